@@ -12,6 +12,7 @@ before sending), so an oversize file never reaches the disk beyond the limit.
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import re
@@ -77,6 +78,7 @@ class UploadArea:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
+        atexit.register(self.close)  # however the app was served, its uploads go when the process ends
 
     def activate(self) -> None:
         """Point Gradio's upload and cache folder here (read when components and the app are created)."""
@@ -147,10 +149,11 @@ class UploadArea:
         self._sweeper.start()
 
     def close(self) -> None:
-        """Remove the folder and everything in it (the server is stopping)."""
+        """Remove the folder and everything in it (the server is stopping). Safe to call twice."""
         self._stop.set()
-        shutil.rmtree(self.path, ignore_errors=True)
-        logger.info("removed the demo's upload folder %s", self.path)
+        if self.path.exists():
+            shutil.rmtree(self.path, ignore_errors=True)
+            logger.info("removed the demo's upload folder %s", self.path)
 
     def _remove(self, path: str) -> None:
         """Remove an upload with the folder Gradio gave it (which also holds its re-encoded copies)."""
