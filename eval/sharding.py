@@ -129,8 +129,14 @@ def ordered(records: dict[str, dict[str, Any]], order: Sequence[str] | None) -> 
 @contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     """An advisory lock on the run directory (released by the OS if the holder dies)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".merge.lock", "a") as f:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        f = open(run_dir / ".merge.lock", "a")
+    except OSError as err:
+        from .store import RunWriteError
+
+        raise RunWriteError("the merge lock", run_dir / ".merge.lock", err) from None
+    with f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
             yield

@@ -87,6 +87,11 @@ def test_demo_server_bounds_uploads_reports_failures_and_cleans_up(tmp_path):
         md, gallery, _ = client.predict(handle_file(str(good)), *args, api_name="/ask")
         assert not md.startswith("**error:**") and len(gallery) >= 1
         assert any(p.name == "clip.mp4" for p in _files(area))
+        client.close()  # the session ends (a browser tab closing): its upload goes at once, not at the sweep
+        end = time.time() + 60
+        while time.time() < end and any(p.name == "clip.mp4" for p in _files(area)):
+            time.sleep(0.2)
+        assert not any(p.name == "clip.mp4" for p in _files(area))
     finally:
         proc.send_signal(signal.SIGTERM)  # stop the server as a service manager would
         rc = proc.wait(timeout=120)
