@@ -106,11 +106,11 @@ def build_demo(default_model: str = "videollm-mini", device: str = "auto", uploa
 
     offline_env_defaults()
     gr = require("gradio", extra="demo", purpose="the demo")
-    area = UploadArea(uploads)
-    area.activate()  # before any component or the app exists: they read the folder when created
     from videollm.backbones import list_models
     from videollm.compressors import list_compressors
 
+    area = UploadArea(uploads)
+    area.activate()  # before any component or the app exists: they read the folder when created
     with gr.Blocks(title="videollm") as demo:
         gr.Markdown("# videollm\nAsk a question about a video. Frames → vision tower → token compressor → "
                     "small LLM → answer.")

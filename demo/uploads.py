@@ -79,6 +79,10 @@ class UploadArea:
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
         atexit.register(self.close)  # however the app was served, its uploads go when the process ends
+        free = shutil.disk_usage(self.path).free
+        if free < 2 * self.max_bytes:
+            logger.warning("only %s free under %s: two uploads of the %s allowed would fill it", human_size(free),
+                           self.path, human_size(self.max_bytes))
 
     def activate(self) -> None:
         """Point Gradio's upload and cache folder here (read when components and the app are created)."""

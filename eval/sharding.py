@@ -131,12 +131,12 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     """An advisory lock on the run directory (released by the OS if the holder dies)."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        f = open(run_dir / ".merge.lock", "a")
+        fd = os.open(run_dir / ".merge.lock", os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
         from .store import RunWriteError
 
         raise RunWriteError("the merge lock", run_dir / ".merge.lock", err) from None
-    with f:
+    with open(fd, "a") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
             yield

@@ -16,9 +16,10 @@ import pytest
 pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
-from videollm.demo.uploads import OWNER_FILE, UploadArea, UploadConfig, parse_size, prune_stale, user_message  # noqa: E402
-from videollm.errors import NotAVideoError  # noqa: E402
-from videollm.synthetic import write_video  # noqa: E402
+from videollm.demo.uploads import OWNER_FILE, UploadArea, UploadConfig, parse_size, prune_stale, user_message
+
+from videollm.errors import NotAVideoError
+from videollm.synthetic import write_video
 
 ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
        "HF_HUB_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1"}
@@ -50,6 +51,7 @@ def _wait_up(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180.0
     raise AssertionError("demo server did not come up:\n" + log.read_text()[-3000:])
 
 
+@pytest.mark.slow
 def test_demo_server_bounds_uploads_reports_failures_and_cleans_up(tmp_path):
     import httpx
     from gradio_client import Client, handle_file
@@ -57,9 +59,10 @@ def test_demo_server_bounds_uploads_reports_failures_and_cleans_up(tmp_path):
     root, log = tmp_path / "tmp", tmp_path / "server.log"
     port = _free_port()
     url = f"http://127.0.0.1:{port}/"
-    proc = subprocess.Popen([sys.executable, "-m", "videollm", "demo", "--model", "tiny-random", "--device", "cpu",
-                             "--port", str(port), "--max-upload-size", "1mb", "--temp-dir", str(root)],
-                            env={**os.environ, **ENV}, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "videollm", "demo", "--model", "tiny-random", "--device",
+                                 "cpu", "--port", str(port), "--max-upload-size", "1mb", "--temp-dir", str(root)],
+                                env={**os.environ, **ENV}, stdout=out, stderr=subprocess.STDOUT)
     try:
         _wait_up(url, proc, log)
         (area,) = root.glob("videollm-demo-*")  # the server's private upload folder
@@ -79,7 +82,7 @@ def test_demo_server_bounds_uploads_reports_failures_and_cleans_up(tmp_path):
         # a 1x1 video: a message on the page naming the user's file, one log line, no traceback
         tiny = write_video(tmp_path / "dot.mp4", 8, fps=4, size=(1, 1), codec="mpeg4",
                            frame_fn=lambda i, h, w: np.full((h, w, 3), 100, np.uint8))
-        md, gallery, details = client.predict(handle_file(str(tiny)), *args, api_name="/ask")
+        md, gallery, _ = client.predict(handle_file(str(tiny)), *args, api_name="/ask")
         assert md.startswith("**error:**") and "dot.mp4" in md and str(root) not in md and gallery == []
 
         # a good video is answered; its upload lives in the private folder while in use

@@ -14,15 +14,14 @@ import pytest
 
 pytest.importorskip("pyarrow")
 
-from test_eval import VIDEOMME, ScriptedPipe, make_videomme  # noqa: E402
-
-from videollm.eval import store  # noqa: E402
-from videollm.eval.lock import LOCK_FILE, RunLockedError, read_holder  # noqa: E402
-from videollm.eval.report import summarize_run, write_run_report  # noqa: E402
-from videollm.eval.runner import RunOptions, run  # noqa: E402
-from videollm.eval.sharding import Shard  # noqa: E402
-from videollm.eval.store import RunWriteError, read_jsonl, write_atomic  # noqa: E402
-from videollm.eval.tasks import get_task, load_samples  # noqa: E402
+from test_eval import VIDEOMME, ScriptedPipe, make_videomme
+from videollm.eval import store
+from videollm.eval.lock import LOCK_FILE, RunLockedError, read_holder
+from videollm.eval.report import summarize_run, write_run_report
+from videollm.eval.runner import RunOptions, run
+from videollm.eval.sharding import Shard
+from videollm.eval.store import RunWriteError, read_jsonl, write_atomic
+from videollm.eval.tasks import get_task, load_samples
 
 TESTS_DIR = Path(__file__).parent
 N_ANSWERABLE = 5  # VIDEOMME: 7 questions, one missing and one corrupt video
@@ -87,6 +86,7 @@ def _opts(**kw) -> RunOptions:
 
 
 # --- one writer per run directory ------------------------------------------------------------------------
+@pytest.mark.slow
 def test_second_process_refuses_naming_holder_then_waits(data, tmp_path, capsys, monkeypatch):
     out, gate = tmp_path / "run", tmp_path / "gate"
     a = _start(data, out, gate, tmp_path / "calls_a.log", tmp_path / "a.log")
@@ -124,6 +124,7 @@ def test_second_process_refuses_naming_holder_then_waits(data, tmp_path, capsys,
     assert ids == [r[1] for r in VIDEOMME]  # each question exactly once
 
 
+@pytest.mark.slow
 def test_shard_locks_per_rank_and_stale_lock_after_sigkill(data, tmp_path):
     """Rank 0 of 2 held by a live process: its twin and a single-process run refuse, rank 1 of 2 runs;
     after the holder is SIGKILLed its lock file is left behind but no obstacle."""
