@@ -197,6 +197,51 @@ def test_full_disk_one_error_line_nothing_torn_then_resume(data, tmp_path, monke
     assert recs[: len(kept)] == kept and summarize_run(out)["score"] == pytest.approx(400 / 7)
 
 
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 64 KiB tmpfs (needs root or CAP_SYS_ADMIN; skipped where it cannot be mounted)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()[:100]}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_really_full_disk(data, small_fs, monkeypatch, capsys):
+    """The same on a real filesystem that fills up: room for a few records only."""
+    from videollm import cli
+
+    filler = small_fs / "filler"
+    with open(filler, "wb", buffering=0) as f:  # fill it, then free three 4 KiB pages: run.json, the lock
+        try:                                      # label and a few records
+            while f.write(b"\0" * 4096):
+                pass
+        except OSError:
+            pass
+    os.truncate(filler, max(0, filler.stat().st_size - 3 * 4096))
+    monkeypatch.setattr(cli, "build_pipeline", lambda args: ScriptedPipe())
+    out = small_fs / "run"
+    argv = ["eval", "--task", "videomme", "--data-dir", str(data), "--output", str(out), "--model", "tiny-random",
+            "--no-progress", "--no-plots"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: could not write ") and "[ENOSPC]" in err[0], err
+    preds = out / "predictions.jsonl"
+    raw = preds.read_bytes() if preds.exists() else b""
+    assert raw == b"" or raw.endswith(b"\n")
+    kept = [json.loads(line) for line in raw.splitlines()]
+    assert len(kept) < len(VIDEOMME) and all(store.is_complete(r) for r in kept)
+
+    filler.unlink()  # space freed: the same command resumes and finishes
+    assert cli.main(argv) == 0
+    recs = read_jsonl(preds)
+    assert [r["question_id"] for r in recs] == [r[1] for r in VIDEOMME] and recs[: len(kept)] == kept
+
+
 def test_failed_atomic_write_keeps_the_old_file(tmp_path, monkeypatch):
     target = tmp_path / "summary.json"
     target.write_text("old")
