@@ -37,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "v0.3.1 (MLVU micro accuracy)")
     g.add_argument("--extractor", default=None, choices=sorted(EXTRACTORS), help="override the rules' extractor")
     g.add_argument("--retry-errors", action="store_true", help="on resume, run again the questions that failed")
+    g.add_argument("--wait", action="store_true",
+                   help="if another process is writing --output (or this rank's shard), wait for it to end "
+                   "instead of refusing")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     add_model_args(p)
@@ -59,11 +62,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from videollm.cli import build_pipeline, pipeline_config
+    from videollm.cli import pipeline_config
     from videollm.errors import InvalidRequestError
 
-    from .report import write_run_report
-    from .runner import RunOptions, check_settings, run
+    from .lock import writer_lock
     from .sharding import detect_shard
     from .tasks import get_task, load_samples
 
@@ -88,14 +90,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "extractor": args.extractor, "limit": args.limit, "data_dir": str(Path(args.data_dir).resolve()),
         "n_questions": len(samples), "world_size": shard.world, "prompt": "lmms-eval default profile",
     }
+    # one writer per run (per shard): refuse or wait before loading a model; held until the report is written
+    with writer_lock(Path(args.output), shard, wait=args.wait):
+        return _eval_locked(args, task, samples, shard, settings)
+
+
+def _eval_locked(args: argparse.Namespace, task: Any, samples: list[Any], shard: Any, settings: dict[str, Any]) -> int:
+    from videollm.cli import build_pipeline
+
+    from .report import write_run_report
+    from .runner import RunOptions, check_settings, run
+
     check_settings(Path(args.output), settings, write=False)  # refuse a mismatched resume before loading a model
     pipe = build_pipeline(args)
     opts = RunOptions(rules=args.rules, extractor=args.extractor, retry_errors=args.retry_errors,
-                      progress=not args.no_progress and (shard.is_main or sys.stderr.isatty()), settings=settings)
+                      progress=not args.no_progress and (shard.is_main or sys.stderr.isatty()), settings=settings,
+                      wait_for_lock=args.wait)
     result = run(task, samples, pipe, args.output, shard=shard, options=opts)
     if result.records is None or not shard.is_main and shard.distributed:
         return 0
     summary = write_run_report(args.output, plots=not args.no_plots)
+    if result.redone:
+        print(f"{result.redone} question(s) had an incomplete or torn record and were answered again",
+              file=sys.stderr)
     if not summary["complete"]:
         print(f"[rank {shard.rank}] shard done ({result.done_now} answered now); waiting for the other ranks "
               f"to finish: {summary['n']} of {summary['n_expected']} questions merged so far", file=sys.stderr)

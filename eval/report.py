@@ -16,7 +16,7 @@ from .extract import extract_choice
 from .metrics import summarize
 from .runner import RUN_FILE, EvalError
 from .sharding import PREDICTIONS, collect, ordered
-from .store import read_jsonl, write_atomic
+from .store import RunWriteError, read_jsonl, write_atomic
 from .tasks import RULE_ALIASES, get_task
 
 logger = logging.getLogger(__name__)
@@ -25,6 +25,8 @@ LMMS_EVAL_REFERENCE = "EvolvingLMMs-Lab/lmms-eval @75571cfe (2026-08-06); curren
 FINAL_ANSWER_RULE = ("text after the last </think> (before <think> if a thought was cut off), then the last "
                      "\\boxed{} if any; then the task's extractor")
 DURATION_ORDER = ("short", "medium", "long")
+REPORT_HINT = ("the predictions are intact; free some space and re-run the same command (or `videollm eval report "
+               "RUN_DIR`) to write it again")
 
 
 def load_run(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -75,6 +77,7 @@ def summarize_run(run_dir: str | Path, rules: str | None = None, extractor: str 
         "lmms_eval_scale": "fraction (0-1)" if task.metric_scale == 1.0 else "percent",
         "n_expected": expected,
         "complete": expected is None or len(records) >= expected,
+        "redone_incomplete": sum(1 for r in records if r.get("replaced_incomplete")),
         "settings": {k: settings.get(k) for k in ("model", "compressor", "compressor_options", "budget", "reasoning",
                                                    "reasoning_options", "sampling", "max_new_tokens", "quant",
                                                    "vision_quant", "limit", "data_dir")},
@@ -86,10 +89,13 @@ def write_run_report(run_dir: str | Path, summary: dict[str, Any] | None = None,
     """summary.json, report.md and (VideoMME) accuracy_by_duration.png in the run directory."""
     d = Path(run_dir)
     s = summary or summarize_run(d)
-    write_atomic(d / "summary.json", json.dumps(s, indent=2, default=str))
-    write_atomic(d / "report.md", run_markdown(s))
+    write_atomic(d / "summary.json", json.dumps(s, indent=2, default=str), REPORT_HINT)
+    write_atomic(d / "report.md", run_markdown(s), REPORT_HINT)
     if plots and s["breakdowns"].get("duration"):
-        plot_duration([s], d / "accuracy_by_duration.png")
+        try:
+            plot_duration([s], d / "accuracy_by_duration.png")
+        except OSError as err:
+            raise RunWriteError("the plot", d / "accuracy_by_duration.png", err, REPORT_HINT) from None
     return s
 
 
@@ -134,6 +140,9 @@ def run_markdown(s: dict[str, Any]) -> str:
         vids = ", ".join(s["error_videos"][:10]) + (" …" if len(s["error_videos"]) > 10 else "")
         kinds = ", ".join(f"{k} ×{n}" for k, n in s["error_messages"].items())
         lines += ["", f"**{s['errors']} question(s) failed** and count as wrong ({kinds}); videos: {vids}."]
+    if s.get("redone_incomplete"):
+        lines += ["", f"{s['redone_incomplete']} question(s) were answered again on resume because their earlier "
+                  "record was incomplete (torn, or missing fields the scorer needs)."]
     for fld, table in s["breakdowns"].items():
         if not table:
             continue

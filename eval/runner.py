@@ -3,8 +3,10 @@
 A run directory holds `run.json` (the settings; a resume with different ones is refused),
 `predictions.jsonl` (merged, in the task's order; what `videollm calibrate` reads), `shards/` when several
 processes ran, and the reports. Re-running with the same directory skips every question that already has
-a record and does the rest. A video that is missing or cannot be decoded becomes an error record for each
-of its questions: counted and reported, never a crash and never a silent gap.
+a record and does the rest; a record missing a field the scorer needs (`store.REQUIRED_FIELDS`) is not
+trusted and its question is run again, the new record saying so (`replaced_incomplete`). A video that is
+missing or cannot be decoded becomes an error record for each of its questions: counted and reported, never
+a crash and never a silent gap. One process (one per shard) writes a run directory at a time (`lock.py`).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import Any
 from videollm.errors import VideoError, VideoLLMError
 
 from .extract import DEFAULT_CHOICES, extract_choice, final_answer_text
+from .lock import writer_lock
 from .sharding import Shard, assign, barrier, collect, merge, output_path
 from .store import JsonlWriter, write_atomic
 from .tasks import Sample, Task
@@ -43,6 +46,7 @@ class RunOptions:
     retry_errors: bool = False
     progress: bool = True
     max_consecutive_failures: int = 20  # non-video errors in a row before the run is declared broken
+    wait_for_lock: bool = False  # another process writes this run (shard): wait for it instead of refusing
     settings: dict[str, Any] = field(default_factory=dict)  # recorded in run.json
 
 
@@ -53,6 +57,7 @@ class RunResult:
     skipped: int
     errors_now: int
     records: list[dict[str, Any]] | None  # the merged predictions (None on ranks that did not merge)
+    redone: int = 0  # questions run again because their record was incomplete or torn
 
 
 def check_settings(run_dir: Path, settings: dict[str, Any], write: bool = True) -> None:
@@ -61,7 +66,11 @@ def check_settings(run_dir: Path, settings: dict[str, Any], write: bool = True) 
     mine = {k: settings.get(k) for k in FINGERPRINT_KEYS if k in settings}
     old: dict[str, Any] = {}
     if path.exists():
-        old = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as err:
+            raise EvalError(f"{path} is unreadable ({type(err).__name__}); move it away to start this run "
+                            "afresh, or pick another --output") from None
         prev = old.get("fingerprint", {})
         diff = [k for k in mine if k in prev and _norm(prev[k]) != _norm(mine[k])]
         if diff:
@@ -149,7 +158,12 @@ def run(task: Task, samples: Sequence[Sample], pipe: Any, run_dir: str | Path, s
     opts = options or RunOptions()
     shard = shard or Shard()
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with writer_lock(run_dir, shard, wait=opts.wait_for_lock):  # a no-op when this process holds it already
+        return _run_locked(task, samples, pipe, run_dir, shard, opts, on_record)
+
+
+def _run_locked(task: Task, samples: Sequence[Sample], pipe: Any, run_dir: Path, shard: Shard, opts: RunOptions,
+                on_record: Callable[[dict[str, Any]], None] | None) -> RunResult:
     extractor = opts.extractor or task.ruleset(opts.rules).extractor
     if shard.is_main:
         check_settings(run_dir, opts.settings)
@@ -158,16 +172,48 @@ def run(task: Task, samples: Sequence[Sample], pipe: Any, run_dir: str | Path, s
         check_settings(run_dir, opts.settings, write=not (run_dir / RUN_FILE).exists())
 
     mine = assign(samples, shard)
-    done = collect(run_dir)
+    incomplete: set[str] = set()
+    done = collect(run_dir, incomplete)
     todo = [s for s in mine if s.question_id not in done or (opts.retry_errors and done[s.question_id].get("error"))]
     skipped = len(mine) - len(todo)
     if skipped:
         logger.info("resuming %s: %d of %d questions already done", run_dir, skipped, len(mine))
+    redo = incomplete & {s.question_id for s in todo}
+    if redo:
+        logger.warning("%s: %d question(s) have only an incomplete or torn record; they will be run again",
+                       run_dir, len(redo))
 
     bar = _progress(len(mine), skipped, f"{task.name}" + (f" [{shard.rank}/{shard.world}]" if shard.world > 1 else ""),
                     opts.progress, shard.rank)
+    try:
+        n_done, n_err = _answer_all(task, todo, pipe, output_path(run_dir, shard), extractor, opts, redo, on_record,
+                                    bar)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    order = [s.question_id for s in samples]
+    records: list[dict[str, Any]] | None = None
+    if shard.distributed:
+        barrier(shard)
+        if shard.is_main:
+            records = merge(run_dir, order)
+    else:
+        records = merge(run_dir, order)  # every rank merges; the last one to finish leaves the complete file
+    return RunResult(run_dir, n_done, skipped, n_err, records, redone=len(redo))
+
+
+def _answer_all(task: Task, todo: Sequence[Sample], pipe: Any, out: Path, extractor: str, opts: RunOptions,
+                redo: set[str], on_record: Callable[[dict[str, Any]], None] | None, bar: Any) -> tuple[int, int]:
+    """Answer `todo` in video groups, appending each record durably; returns (records written, errors)."""
     n_done = n_err = consecutive = 0
-    with JsonlWriter(output_path(run_dir, shard)) as writer:
+    with JsonlWriter(out) as writer:
+
+        def append(rec: dict[str, Any]) -> None:
+            if rec["question_id"] in redo:
+                rec["replaced_incomplete"] = True
+            writer.append(rec)
+
         for group in _groups(todo):
             video = None
             try:
@@ -175,7 +221,7 @@ def run(task: Task, samples: Sequence[Sample], pipe: Any, run_dir: str | Path, s
             except Exception as err:  # noqa: BLE001 - missing, unreadable, empty: each of its questions is an error
                 logger.warning("%s: %s (%d question(s) recorded as errors)", group[0].video, err, len(group))
                 for s in group:
-                    writer.append(rec := error_record(s, err, kind="video"))
+                    append(rec := error_record(s, err, kind="video"))
                     n_done += 1
                     n_err += 1
                     _emit(on_record, rec, bar)
@@ -194,10 +240,10 @@ def run(task: Task, samples: Sequence[Sample], pipe: Any, run_dir: str | Path, s
                         logger.warning("%s: %s: %s", s.question_id, type(err).__name__, err)
                         rec = error_record(s, err)
                         if consecutive >= opts.max_consecutive_failures:
-                            writer.append(rec)
+                            append(rec)
                             raise EvalError(f"{consecutive} questions in a row failed (last: {rec['error']}); "
                                             "stopping. Fix the cause, then re-run with --retry-errors") from err
-                    writer.append(rec)
+                    append(rec)
                     n_done += 1
                     n_err += bool(rec["error"])
                     _emit(on_record, rec, bar)
@@ -205,18 +251,7 @@ def run(task: Task, samples: Sequence[Sample], pipe: Any, run_dir: str | Path, s
                 close = getattr(video, "close", None)
                 if close is not None:
                     close()
-    if bar is not None:
-        bar.close()
-
-    order = [s.question_id for s in samples]
-    records: list[dict[str, Any]] | None = None
-    if shard.distributed:
-        barrier(shard)
-        if shard.is_main:
-            records = merge(run_dir, order)
-    else:
-        records = merge(run_dir, order)  # every rank merges; the last one to finish leaves the complete file
-    return RunResult(run_dir, n_done, skipped, n_err, records)
+    return n_done, n_err
 
 
 def _emit(cb: Callable[[dict[str, Any]], None] | None, rec: dict[str, Any], bar: Any) -> None:

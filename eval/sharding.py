@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .store import read_jsonl, write_jsonl_atomic
+from .store import is_complete, scan_jsonl, write_jsonl_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -94,15 +94,27 @@ def prediction_files(run_dir: Path) -> list[Path]:
     return files + sorted((run_dir / SHARD_DIR).glob("*.jsonl"))
 
 
-def collect(run_dir: Path) -> dict[str, dict[str, Any]]:
-    """One record per question from every prediction file: a success beats an error, else the later one."""
+def collect(run_dir: Path, incomplete: set[str] | None = None) -> dict[str, dict[str, Any]]:
+    """One complete record per question from every prediction file: a success beats an error, else the later one.
+
+    Records missing a field the scorer needs, and torn lines, are left out; the ids of questions that have
+    nothing better are added to `incomplete` when given.
+    """
     best: dict[str, dict[str, Any]] = {}
+    bad: set[str] = set()
     for path in prediction_files(run_dir):
-        for rec in read_jsonl(path):
+        recs, damaged = scan_jsonl(path)
+        bad.update(q for q in damaged if q is not None)
+        for rec in recs:
             qid = str(rec["question_id"])
+            if not is_complete(rec):
+                bad.add(qid)
+                continue
             old = best.get(qid)
             if old is None or not (rec.get("error") and not old.get("error")):
                 best[qid] = rec
+    if incomplete is not None:
+        incomplete.update(bad - best.keys())
     return best
 
 
@@ -117,8 +129,14 @@ def ordered(records: dict[str, dict[str, Any]], order: Sequence[str] | None) -> 
 @contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     """An advisory lock on the run directory (released by the OS if the holder dies)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".merge.lock", "a") as f:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir / ".merge.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        from .store import RunWriteError
+
+        raise RunWriteError("the merge lock", run_dir / ".merge.lock", err) from None
+    with open(fd, "a") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
             yield
