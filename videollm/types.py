@@ -76,6 +76,7 @@ class Answer:
     thinking_fired: bool = False
     finish_reason: str = ""
     compressor_stats: dict[str, Any] = field(default_factory=dict)
+    #: seconds: each stage, `stages_total` (their sum) and `wall` (the whole call, model already loaded)
     timings: dict[str, float] = field(default_factory=dict)
     model: str = ""
     warnings: list[str] = field(default_factory=list)
@@ -84,4 +85,5 @@ class Answer:
         d = asdict(self)
         d["answer"] = d.pop("text")
         d["tokens_per_frame"] = {str(k): v for k, v in self.tokens_per_frame.items()}
+        d["timings_unit"] = "seconds"
         return d
