@@ -71,9 +71,15 @@ def require(module: str, extra: str | None = None, purpose: str = "") -> ModuleT
     try:
         return importlib.import_module(module)
     except ImportError as err:
-        hint = f"pip install 'videollm[{extra}]'" if extra else f"pip install {module}"
+        package = PIP_NAMES.get(module.split(".")[0], module.split(".")[0])
         what = f" (needed for {purpose})" if purpose else ""
-        raise ImportError(f"{module} is not installed{what}; install it with: {hint}") from err
+        group = f"; it is part of videollm's '{extra}' extra" if extra else ""
+        raise ImportError(f"{package} is not installed{what}; install it with: pip install {package}{group}") from err
+
+
+#: import name → the name pip installs it under, where they differ
+PIP_NAMES = {"optimum": "optimum-quanto", "open_clip": "open_clip_torch", "mamba_ssm": "mamba-ssm", "av": "av",
+             "skvideo": "scikit-video", "decord": "decord"}
 
 
 def offline_env_defaults() -> None:

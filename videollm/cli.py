@@ -172,7 +172,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("models:      " + ", ".join(list_models()) + " (or any LLaVA-OneVision hub id / local path)")
     print("compressors: " + ", ".join(list_compressors()))
     print("reasoning:   " + ", ".join(sorted(MODES)))
-    print("decoders:    " + ", ".join(DECODERS))
+    import importlib.util
+
+    modules = {"decord": "decord", "pyav": "av"}
+    installed = [d for d in DECODERS if importlib.util.find_spec(modules.get(d, d)) is not None]
+    print("decoders:    " + (", ".join(installed) or "none installed (pip install av)"))
     return 0
 
 

@@ -82,8 +82,8 @@ class Answer:
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, with the dataclass's own field names (what `--json` prints and eval records)."""
         d = asdict(self)
-        d["answer"] = d.pop("text")
         d["tokens_per_frame"] = {str(k): v for k, v in self.tokens_per_frame.items()}
         d["timings_unit"] = "seconds"
         return d
