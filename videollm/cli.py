@@ -182,10 +182,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="videollm", description="Question answering over long videos.")
-    loud = parser.add_mutually_exclusive_group()
-    loud.add_argument("-v", "--verbose", action="count", default=0,
-                      help="show library logs and loading bars (-vv: debug)")
-    loud.add_argument("-q", "--quiet", action="store_true", help="print the answer only")
+    add_output_args(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     ask = sub.add_parser("ask", help="answer a question about a video")
@@ -205,7 +202,17 @@ def build_parser() -> argparse.ArgumentParser:
     for target in SUBCOMMANDS:
         module, _, fn = target.partition(":")
         getattr(importlib.import_module(module), fn)(sub)
+    for command in sub.choices.values():  # `videollm ask ... -q` works as well as `videollm -q ask ...`
+        add_output_args(command, argparse.SUPPRESS)
     return parser
+
+
+def add_output_args(p: argparse.ArgumentParser, default: object = None) -> None:
+    loud = p.add_mutually_exclusive_group()
+    loud.add_argument("-v", "--verbose", action="count", default=0 if default is None else default,
+                      help="show library logs and loading bars (-vv: debug)")
+    loud.add_argument("-q", "--quiet", action="store_true", default=False if default is None else default,
+                      help="print the answer only")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
