@@ -83,7 +83,7 @@ def summarize(records: Sequence[dict[str, Any]], metric: str, breakdown_fields: 
         "generated_tokens_mean": _mean(r.get("generated_tokens") for r in ok),
         "thinking_rate": _mean(float(bool(r.get("thinking_fired"))) for r in ok) if ok else None,
         "confidence_mean": _mean(r.get("confidence") for r in ok),
-        "seconds_mean": _mean((r.get("timings") or {}).get("total") for r in ok),
+        "seconds_mean": _mean(_wall(r.get("timings") or {}) for r in ok),
     }
     if metric in ("m-avg", "micro"):  # MLVU: report both, whichever is the headline
         out["m_avg"] = mlvu_m_avg(records)
@@ -96,3 +96,8 @@ def _error_counts(failed: Sequence[dict[str, Any]]) -> dict[str, int]:
     for r in failed:
         counts[str(r["error"]).split(":", 1)[0]] += 1  # the exception type
     return dict(sorted(counts.items()))
+
+
+def _wall(timings: dict[str, float]) -> float | None:
+    """A prediction's wall time; records written before 0.2 only have the stages' sum as `total`."""
+    return timings.get("wall", timings.get("total"))

@@ -18,7 +18,8 @@ def test_ask_json(short_video, capsys):
     for key in ("answer", "choice", "kept_frames", "visual_tokens", "timings"):
         assert key in out
     assert out["kept_frames"] == list(range(6)) and out["visual_tokens"] == 6 * 16
-    assert out["timings"]["total"] > 0
+    assert out["timings"]["wall"] >= out["timings"]["stages_total"] > 0
+    assert out["timings_unit"] == "seconds"
 
 
 def test_ask_options_compressor_budget(short_video, capsys):

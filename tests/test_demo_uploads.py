@@ -66,6 +66,7 @@ def test_demo_server_bounds_uploads_reports_failures_and_cleans_up(tmp_path):
     try:
         _wait_up(url, proc, log)
         (area,) = root.glob("videollm-demo-*")  # the server's private upload folder
+        examples = set(_files(root))  # the shipped example clips Gradio copied in for its Examples table
 
         # oversize: the server refuses the stream (HTTP 413) and keeps nothing of it; the client refuses too
         big = tmp_path / "holiday.mp4"
@@ -73,7 +74,7 @@ def test_demo_server_bounds_uploads_reports_failures_and_cleans_up(tmp_path):
         with open(big, "rb") as f:
             r = httpx.post(url + "gradio_api/upload", files={"files": ("holiday.mp4", f)}, timeout=60)
         assert r.status_code == 413 and "maximum allowed size of 1048576 bytes" in r.text
-        assert _files(root) == []
+        assert set(_files(root)) == examples
         client = Client(url, verbose=False)
         args = ("What is shown?", "", "tiny-random", "uniform", None, 4, "direct", "none", "none", 8)
         with pytest.raises(Exception, match="exceeds the maximum file size"):
@@ -82,13 +83,13 @@ def test_demo_server_bounds_uploads_reports_failures_and_cleans_up(tmp_path):
         # a 1x1 video: a message on the page naming the user's file, one log line, no traceback
         tiny = write_video(tmp_path / "dot.mp4", 8, fps=4, size=(1, 1), codec="mpeg4",
                            frame_fn=lambda i, h, w: np.full((h, w, 3), 100, np.uint8))
-        md, gallery, _ = client.predict(handle_file(str(tiny)), *args, api_name="/ask")
-        assert md.startswith("**error:**") and "dot.mp4" in md and str(root) not in md and gallery == []
+        md, _, _, gallery, _ = client.predict(handle_file(str(tiny)), *args, api_name="/ask")
+        assert 'class="vl-error"' in md and "dot.mp4" in md and str(root) not in md and gallery == []
 
         # a good video is answered; its upload lives in the private folder while in use
         good = write_video(tmp_path / "clip.mp4", 12, fps=6, size=(48, 64))
-        md, gallery, _ = client.predict(handle_file(str(good)), *args, api_name="/ask")
-        assert not md.startswith("**error:**") and len(gallery) >= 1
+        md, took, strip, gallery, _ = client.predict(handle_file(str(good)), *args, api_name="/ask")
+        assert "vl-error" not in md and "vl-answer" in md and took.startswith("took") and len(gallery) >= 1
         assert any(p.name == "clip.mp4" for p in _files(area))
         client.close()  # the session ends (a browser tab closing): its upload goes at once, not at the sweep
         end = time.time() + 60

@@ -136,7 +136,7 @@ class ScriptedPipe:
                       tokens_per_frame={i: self.tpf for i in range(4)}, kept_frames=[0, 1, 2, 3],
                       generated_tokens=20 if think else 3, thinking_fired=think,
                       initial_choice="A" if think else None, confidence=0.5 if think else 0.99,
-                      reasoning="auto" if think else "direct", timings={"total": 0.01})
+                      reasoning="auto" if think else "direct", timings={"wall": 0.01})
 
 
 @pytest.fixture(scope="module")

@@ -71,12 +71,48 @@ def require(module: str, extra: str | None = None, purpose: str = "") -> ModuleT
     try:
         return importlib.import_module(module)
     except ImportError as err:
-        hint = f"pip install 'videollm[{extra}]'" if extra else f"pip install {module}"
+        package = PIP_NAMES.get(module.split(".")[0], module.split(".")[0])
         what = f" (needed for {purpose})" if purpose else ""
-        raise ImportError(f"{module} is not installed{what}; install it with: {hint}") from err
+        group = f"; it is part of videollm's '{extra}' extra" if extra else ""
+        raise ImportError(f"{package} is not installed{what}; install it with: pip install {package}{group}") from err
+
+
+#: import name → the name pip installs it under, where they differ
+PIP_NAMES = {"optimum": "optimum-quanto", "open_clip": "open_clip_torch", "mamba_ssm": "mamba-ssm", "av": "av",
+             "skvideo": "scikit-video", "decord": "decord"}
 
 
 def offline_env_defaults() -> None:
     """Quiet the hub/telemetry lookups that can only fail on an offline machine."""
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+def cache_kwargs(cache: object) -> dict[str, object]:
+    """The KV-cache keyword a transformers decoder takes: `cache` from transformers 5.x on, `past_key_values`
+    before. Passing the old name to a new release prints a deprecation warning on every answer."""
+    return {_cache_name(): cache, "use_cache": True}
+
+
+def output_cache(out: object) -> object:
+    """The KV cache of a decoder's output, under whichever name this transformers release uses."""
+    return getattr(out, "cache") if _cache_name() == "cache" else getattr(out, "past_key_values")
+
+
+_CACHE_NAME: list[str] = []
+
+
+def _cache_name() -> str:
+    if not _CACHE_NAME:
+        import inspect
+
+        params = inspect.signature(_llama_forward()).parameters
+        _CACHE_NAME.append("cache" if "cache" in params else "past_key_values")
+    return _CACHE_NAME[0]
+
+
+def _llama_forward() -> object:
+    ensure_torchvision_importable()
+    from transformers.models.llama.modeling_llama import LlamaModel
+
+    return LlamaModel.forward

@@ -5,6 +5,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -23,8 +24,8 @@ SUBCOMMANDS: list[str] = ["videollm.eval.cli:register", "videollm.demo.app:regis
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", default=DEFAULT_MODEL, help=f"preset, hub id or local path (default {DEFAULT_MODEL}; "
-                   "'tiny-random' runs offline with random weights)")
+    g.add_argument("--model", default=None, help=f"preset, hub id or local path (default {DEFAULT_MODEL} when the "
+                   "hub or its cache has it, else the offline videollm-mini)")
     g.add_argument("--compressor", default="uniform", help="token compressor by name (see `videollm list`)")
     g.add_argument("--budget", type=int, default=None, help="max visual tokens handed to the LLM")
     g.add_argument("--compressor-option", action="append", default=[], metavar="KEY=VALUE",
@@ -77,13 +78,37 @@ def pipeline_config(args: argparse.Namespace) -> Any:
 
     sampling = SamplingConfig(num_frames=32 if args.frames is None else args.frames, fps=args.fps, max_frames=args.max_frames)
     sampling.validate()
-    return PipelineConfig(model=args.model, compressor=args.compressor,
+    return PipelineConfig(model=resolve_model(args), compressor=args.compressor,
                           compressor_options=parse_options(args.compressor_option), budget=args.budget,
                           sampling=sampling, generation=GenerationConfig(max_new_tokens=args.max_new_tokens,
                                                                      repetition_penalty=args.repetition_penalty),
                           reasoning=args.reasoning, reasoning_options=reasoning_options(args),
                           device=args.device, dtype=args.dtype, video_backend=args.video_backend,
                           quant=args.quant, vision_quant=args.vision_quant, quant_group_size=args.quant_group_size)
+
+
+def resolve_model(args: argparse.Namespace) -> str:
+    """The model named by --model, or the default if it can be had, else the offline model (said once)."""
+    from .backbones import default_model_id
+    from .hub import require_available, resolve_default_model
+
+    if args.model:
+        model_id = default_model_id(args.model)
+        if model_id and not os.path.isdir(model_id):  # fail in a second, before torch is even imported
+            require_available(model_id, args.model)
+        return str(args.model)
+
+    model, notice = resolve_default_model(DEFAULT_MODEL, default_model_id(DEFAULT_MODEL))
+    if notice:
+        note(args, notice)
+    args.model = model
+    return model
+
+
+def note(args: argparse.Namespace, message: str) -> None:
+    """One line on stderr for the user, unless --quiet."""
+    if not getattr(args, "quiet", False):
+        print(f"note: {message}", file=sys.stderr)
 
 
 def reasoning_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -120,12 +145,21 @@ def cmd_ask(args: argparse.Namespace) -> int:
         print(json.dumps({**ans.to_dict(), "video": video}, ensure_ascii=False))
     else:
         print(ans.choice if ans.choice else ans.text)
-        frames = ", ".join(f"{t:.1f}s" for t in ans.kept_timestamps[:12])
-        more = " …" if len(ans.kept_timestamps) > 12 else ""
-        print(f"[{ans.visual_tokens} visual tokens from {len(ans.kept_frames)}/{ans.sampled_frames} frames "
-              f"({frames}{more}); {ans.generated_tokens} tokens generated; "
-              f"{ans.timings.get('total', 0):.2f}s]", file=sys.stderr)
+        if not args.quiet:
+            for warning in ans.warnings:
+                if warning != pipe.backbone.notice:  # the model's standing notice is for -v and --json
+                    print(f"warning: {warning}", file=sys.stderr)
+            print(summary_line(ans), file=sys.stderr)
     return 0
+
+
+def summary_line(ans: Any) -> str:
+    """One line: which model, how many visual tokens from which frames, how long the answer took."""
+    frames = ", ".join(f"{t:.1f}s" for t in ans.kept_timestamps[:8])
+    more = " …" if len(ans.kept_timestamps) > 8 else ""
+    return (f"[{ans.model} · {ans.visual_tokens} visual tokens from {len(ans.kept_frames)}/{ans.sampled_frames} "
+            f"frames ({frames}{more}) · {ans.generated_tokens} tokens generated · "
+            f"{ans.timings.get('wall', 0):.2f} s]")
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -138,13 +172,17 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("models:      " + ", ".join(list_models()) + " (or any LLaVA-OneVision hub id / local path)")
     print("compressors: " + ", ".join(list_compressors()))
     print("reasoning:   " + ", ".join(sorted(MODES)))
-    print("decoders:    " + ", ".join(DECODERS))
+    import importlib.util
+
+    modules = {"decord": "decord", "pyav": "av"}
+    installed = [d for d in DECODERS if importlib.util.find_spec(modules.get(d, d)) is not None]
+    print("decoders:    " + (", ".join(installed) or "none installed (pip install av)"))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="videollm", description="Question answering over long videos.")
-    parser.add_argument("-v", "--verbose", action="count", default=0)
+    add_output_args(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     ask = sub.add_parser("ask", help="answer a question about a video")
@@ -164,7 +202,17 @@ def build_parser() -> argparse.ArgumentParser:
     for target in SUBCOMMANDS:
         module, _, fn = target.partition(":")
         getattr(importlib.import_module(module), fn)(sub)
+    for command in sub.choices.values():  # `videollm ask ... -q` works as well as `videollm -q ask ...`
+        add_output_args(command, argparse.SUPPRESS)
     return parser
+
+
+def add_output_args(p: argparse.ArgumentParser, default: object = None) -> None:
+    loud = p.add_mutually_exclusive_group()
+    loud.add_argument("-v", "--verbose", action="count", default=0 if default is None else default,
+                      help="show library logs and loading bars (-vv: debug)")
+    loud.add_argument("-q", "--quiet", action="store_true", default=False if default is None else default,
+                      help="print the answer only")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -175,8 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(args_list)
-    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    configure_output(args.verbose, args.quiet)
     try:
         return int(args.func(args) or 0)
     except VideoLLMError as err:
@@ -188,6 +235,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def configure_output(verbose: int, quiet: bool) -> None:
+    """By default the user sees answers and our own one-line notices; -v adds library logs and loading bars.
+
+    The third-party switches are environment variables because transformers and huggingface_hub read them
+    at import, which happens later (only once a model is needed).
+    """
+    level = logging.ERROR if quiet else [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if verbose == 0:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if quiet:
+        os.environ.setdefault("TQDM_DISABLE", "1")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,11 @@ class ModelLoadError(VideoLLMError):
     def __init__(self, model: str, err: Exception):
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         super().__init__(f"could not load model {model!r}: {first[:300]}. Without a model hub, use "
-                         "--model tiny-random (random weights, for testing the pipeline)")
+                         "--model videollm-mini (offline, real weights)")
+
+
+class ModelUnavailableError(VideoLLMError):
+    """A hub model that is neither cached nor downloadable right now (offline)."""
 
 
 class UnknownNameError(VideoLLMError, KeyError):

@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import replace
 from typing import Any
 
 import torch
 
 from .backbones import Backbone, load_backbone
+from .budget import fit_budget, plan_context
 from .config import PipelineConfig
 from .errors import InvalidRequestError
 from .generation import GenerationConfig
 from .prompting import format_question, normalize_options
-from .reasoning import run_mode
+from .reasoning import DEFAULT_MAX_THINK_TOKENS, MAX_ANSWER_TOKENS, run_mode
 from .timing import StageTimer, stage
 from .types import Answer
 from .video import SamplingConfig, Video, load_video
@@ -32,8 +34,8 @@ class VideoQAPipeline:
         self.config = config or PipelineConfig(model=backbone.name)
         self.compressor = compressor or create_compressor(self.config.compressor, backbone,
                                                           **self.config.compressor_options)
-        if backbone.notice:
-            logger.warning(backbone.notice)
+        if backbone.notice:  # also in every Answer.warnings; the CLI shows it once
+            logger.info(backbone.notice)
 
     @classmethod
     def from_pretrained(cls, model: str | None = None, compressor: str = "uniform", budget: int | None = None,
@@ -67,6 +69,7 @@ class VideoQAPipeline:
                  generation: GenerationConfig | None = None, prompt: str | None = None) -> Answer:
         """Answer `question` about `video`. `prompt`, when given, is the exact user turn (a benchmark's own
         wording, options included); `options` then only tell which letters are valid answers."""
+        started = time.perf_counter()
         if prompt is not None:
             if not prompt.strip():
                 raise InvalidRequestError("the prompt is empty")
@@ -77,18 +80,21 @@ class VideoQAPipeline:
         timer = StageTimer()
         budget = self.config.budget if budget is None else budget
         mode = reasoning or self.config.reasoning
+        gen = generation or self.config.generation
         if budget is not None and budget >= self.backbone.max_context:
             raise InvalidRequestError(f"a budget of {budget} visual tokens cannot fit the model's context of "
                                       f"{self.backbone.max_context} tokens; lower --budget")
+        notes: list[str] = []
         with timer.activate():
             with stage("decode"):
                 vid = self.load(video, sampling)
             try:
+                budget = self._fit_budget(budget, vid, user_text, mode, gen, notes)
                 visual = self.compressor(vid, query=question, budget=budget)
             finally:
                 if not isinstance(video, Video):
                     vid.close()
-            outcome = run_mode(mode, self.backbone, user_text, visual, opts, generation or self.config.generation,
+            outcome = run_mode(mode, self.backbone, user_text, visual, opts, gen,
                                system=self.config.system_prompt, **self.config.reasoning_options)
         ts = visual.timestamps
         kept = visual.kept_frames
@@ -101,9 +107,25 @@ class VideoQAPipeline:
             initial_choice=outcome.initial_choice,
             confidence=outcome.confidence, thinking_fired=outcome.thinking_fired,
             finish_reason=outcome.finish_reason, compressor_stats=_jsonable(visual.stats),
-            timings=timer.as_dict(), model=self.backbone.name,
-            warnings=[self.backbone.notice] if self.backbone.notice else [],
+            timings=timer.as_dict(wall=time.perf_counter() - started), model=self.backbone.name,
+            warnings=([self.backbone.notice] if self.backbone.notice else []) + notes,
         )
+
+    def _fit_budget(self, budget: int | None, video: Video, user_text: str, mode: str, generation: GenerationConfig,
+                    notes: list[str]) -> int | None:
+        """Check a requested budget against the context, or choose one when none was given (before decoding)."""
+        allowance = generation.max_new_tokens
+        if mode != "direct":
+            think = self.config.reasoning_options.get("max_think_tokens") or DEFAULT_MAX_THINK_TOKENS
+            allowance += int(think) + min(generation.max_new_tokens, MAX_ANSWER_TOKENS)
+        plan = plan_context(self.backbone, user_text, self.config.system_prompt, len(video), allowance,
+                            self.backbone.text_tokens_per_frame)
+        fitted = fit_budget(plan, budget)
+        if budget is not None or len(video) * self.backbone.tokens_per_frame <= fitted:
+            return budget
+        notes.append(f"no budget given: {len(video)} frames reduced to {fitted} visual tokens to fit the model's "
+                     f"context of {plan.max_context} tokens")
+        return fitted
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

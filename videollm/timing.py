@@ -22,9 +22,13 @@ class StageTimer:
         finally:
             _ACTIVE.reset(token)
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self, wall: float | None = None) -> dict[str, float]:
+        """Seconds per stage, their sum as `stages_total`, and `wall`: the caller's own wall-clock time of the
+        whole call. They differ by the work no stage covers (prompt building, Python overhead)."""
         out = {k: round(v, 6) for k, v in self.seconds.items()}
-        out["total"] = round(sum(self.seconds.values()), 6)
+        out["stages_total"] = round(sum(self.seconds.values()), 6)
+        if wall is not None:
+            out["wall"] = round(wall, 6)
         return out
 
 

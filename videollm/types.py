@@ -76,12 +76,14 @@ class Answer:
     thinking_fired: bool = False
     finish_reason: str = ""
     compressor_stats: dict[str, Any] = field(default_factory=dict)
+    #: seconds: each stage, `stages_total` (their sum) and `wall` (the whole call, model already loaded)
     timings: dict[str, float] = field(default_factory=dict)
     model: str = ""
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, with the dataclass's own field names (what `--json` prints and eval records)."""
         d = asdict(self)
-        d["answer"] = d.pop("text")
         d["tokens_per_frame"] = {str(k): v for k, v in self.tokens_per_frame.items()}
+        d["timings_unit"] = "seconds"
         return d

@@ -46,6 +46,8 @@ def load_backbone(model: str, device: str = "auto", dtype: str = "auto", **kwarg
         builder, model_id = PRESETS[model]
         fn = _resolve(builder)
         args = (model_id,) if model_id else ()
+        if model_id:
+            kwargs.update(_hub_kwargs(model_id, model))
         try:
             return fn(*args, device=device, dtype=dtype, **kwargs)
         except OSError as err:
@@ -57,14 +59,29 @@ def load_backbone(model: str, device: str = "auto", dtype: str = "auto", **kwarg
     from .._compat import require
 
     transformers = require("transformers")
+    kwargs.update(_hub_kwargs(model))
     try:
-        cfg = transformers.AutoConfig.from_pretrained(model)
+        cfg = transformers.AutoConfig.from_pretrained(model, **kwargs)
     except (OSError, ValueError) as err:
         raise ModelLoadError(model, err) from err
     if cfg.model_type not in FAMILIES:
         raise VideoLLMError(f"model type {cfg.model_type!r} of {model} is not supported; supported: "
                             f"{', '.join(FAMILIES.names())}; presets: {', '.join(list_models())}")
     return FAMILIES.get(cfg.model_type).from_pretrained(model, device=device, dtype=dtype, **kwargs)
+
+
+def _hub_kwargs(model_id: str, name: str | None = None) -> dict[str, Any]:
+    """Fail fast when a hub model cannot be had; load from the cache alone when the hub is unreachable."""
+    if Path(model_id).is_dir():
+        return {}
+    from ..hub import require_available
+
+    return {"local_files_only": True} if require_available(model_id, name).local_files_only else {}
+
+
+def default_model_id(name: str) -> str | None:
+    """The hub id behind a preset name (None for presets that need no hub)."""
+    return PRESETS[name][1] if name in PRESETS else name
 
 
 def list_models() -> list[str]:

@@ -36,6 +36,8 @@ class Backbone(ABC):
     chat_template: str | None = None
     #: honest note shown to users (e.g. random weights)
     notice: str | None = None
+    #: text tokens the backbone adds per frame around the visual ones (timestamps, labels), for budgeting
+    text_tokens_per_frame: int = 0
 
     # ---- sizes -------------------------------------------------------------------------------------
     @property

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .._compat import require
+from .._compat import cache_kwargs, output_cache, require
 from .base import Backbone, resize_normalize
 
 logger = logging.getLogger(__name__)
@@ -67,10 +67,11 @@ class LlavaOneVisionBackbone(Backbone):
         dt = resolve_dtype(dtype, dev)
         model = transformers.LlavaOnevisionForConditionalGeneration.from_pretrained(model_id, dtype=dt, **kwargs)
         model.to(dev)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(model_id)
+        hub = {k: v for k, v in kwargs.items() if k == "local_files_only"}
+        tokenizer = transformers.AutoTokenizer.from_pretrained(model_id, **hub)
         mean, std, template = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), None
         try:
-            processor = transformers.AutoProcessor.from_pretrained(model_id)
+            processor = transformers.AutoProcessor.from_pretrained(model_id, **hub)
             ip = getattr(processor, "video_processor", None) or processor.image_processor
             mean, std = tuple(ip.image_mean), tuple(ip.image_std)
             template = getattr(processor, "chat_template", None)
@@ -126,7 +127,7 @@ class LlavaOneVisionBackbone(Backbone):
 
     @torch.inference_mode()
     def lm_forward(self, inputs_embeds: torch.Tensor, cache: Any = None) -> tuple[torch.Tensor, Any]:
-        out = self.model.model.language_model(inputs_embeds=inputs_embeds.to(self.dtype), past_key_values=cache,
-                                              use_cache=True, return_dict=True)
+        out = self.model.model.language_model(inputs_embeds=inputs_embeds.to(self.dtype), **cache_kwargs(cache),
+                                              return_dict=True)
         logits = self.model.lm_head(out.last_hidden_state[:, -1:]).float()[:, -1]
-        return logits, out.past_key_values
+        return logits, output_cache(out)

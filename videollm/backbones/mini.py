@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from .._compat import require
+from .._compat import cache_kwargs, output_cache, require
 from ..prompting import MC_INSTRUCTION
 from ..types import VisualTokens
 from . import mini_assets, mini_bridge
@@ -72,6 +72,7 @@ class MiniConfig:
 class MiniBackbone(Backbone):
     chat_template = CHAT_TEMPLATE
     notice = NOTICE
+    text_tokens_per_frame = 24  # "- 12.3-14.5s: <class names>" per run of frames, at worst one run per frame
 
     def __init__(self, llm: Any, tokenizer: Any, encoder: Any, class_names: list[str],
                  config: MiniConfig | None = None):
@@ -265,14 +266,14 @@ class MiniBackbone(Backbone):
         Runs on the prompt's own KV cache and crops it back afterwards, so the prompt is prefilled only once.
         """
         lead = self.embed_text(ANSWER_LEAD)[None]
-        out = self.llm.model(inputs_embeds=lead, past_key_values=cache, use_cache=True, return_dict=True)
+        out = self.llm.model(inputs_embeds=lead, **cache_kwargs(cache), return_dict=True)
         first = self.llm.lm_head(out.last_hidden_state[:, -1]).float().log_softmax(-1)[0]
         scores = []
         for ids in option_ids:
             total = float(first[ids[0]])
             if len(ids) > 1:
-                o = self.llm.model(inputs_embeds=self.embed_ids(ids[:-1])[None], past_key_values=cache,
-                                   use_cache=True, return_dict=True)
+                o = self.llm.model(inputs_embeds=self.embed_ids(ids[:-1])[None], **cache_kwargs(cache),
+                                   return_dict=True)
                 lp = self.llm.lm_head(o.last_hidden_state[0]).float().log_softmax(-1)
                 total += float(lp[torch.arange(len(ids) - 1), torch.as_tensor(ids[1:])].sum())
                 cache.crop(-(len(ids) - 1))
@@ -298,10 +299,10 @@ class MiniBackbone(Backbone):
     # ---- language model ----------------------------------------------------------------------------
     @torch.inference_mode()
     def lm_forward(self, inputs_embeds: torch.Tensor, cache: Any = None) -> tuple[torch.Tensor, Any]:
-        out = self.llm.model(inputs_embeds=inputs_embeds.to(self.device, self.dtype), past_key_values=cache,
-                             use_cache=True, return_dict=True)
+        out = self.llm.model(inputs_embeds=inputs_embeds.to(self.device, self.dtype), **cache_kwargs(cache),
+                             return_dict=True)
         logits = self.llm.lm_head(out.last_hidden_state[:, -1:]).float()[:, -1]
-        return logits, out.past_key_values
+        return logits, output_cache(out)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "encoder": "tf_efficientnet_lite0 (ImageNet-1k)",
