@@ -29,9 +29,10 @@ _VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".mp
 # FFmpeg "plays" text files as ANSI art; such streams are never what a user means by a video.
 _NOT_VIDEO_FORMATS = {"tty", "bin", "xbin", "adf", "idf"}
 _TEXT_ART_CODECS = {"ansi", "bintext", "xbin", "idf"}
-# decord returns other frames than the ones it is asked for in MPEG program/transport streams (measured:
-# frame 0 → 12 in TS, a batch ending in frame 2 instead of 39 in PS; tests/test_video_exact.py).
-_DECORD_UNSAFE_FORMATS = {"mpegts", "mpeg", "mpegvideo", "vob", "m4v", "h264", "hevc"}
+# decord returns other frames than the ones it is asked for in these containers (measured in
+# tests/test_video_exact.py: frame 0 → 12 in MPEG-TS, a batch ending in frame 2 instead of 39 in MPEG-PS,
+# frames 17, 23, 29 → 15, 21, 27 in NUT); raw elementary streams have no timestamps to check it against.
+_DECORD_UNSAFE_FORMATS = {"mpegts", "mpeg", "mpegvideo", "vob", "nut", "m4v", "h264", "hevc"}
 SEEK_GAP_S = 4.0  # decode through gaps shorter than this; seek to the keyframe before longer ones
 
 
