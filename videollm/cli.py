@@ -51,7 +51,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     m.add_argument("--frames", type=int, default=None, help="sample N frames uniformly (default 32)")
     m.add_argument("--fps", type=float, default=None, help="sample at F frames per second (capped by --max-frames)")
     s.add_argument("--max-frames", type=int, default=256)
-    s.add_argument("--video-backend", default="auto", choices=["auto", "decord", "pyav"])
+    s.add_argument("--video-backend", default="auto", choices=["auto", "decord", "pyav"],
+                   help="preferred decoder (auto = PyAV, then decord); the other takes over when it fails")
+    s.add_argument("--strict-video", action="store_true",
+                   help="a truncated or damaged video is an error (default: answer from the frames that decode, "
+                        "with a warning)")
     s.add_argument("--max-new-tokens", type=int, default=64)
     s.add_argument("--repetition-penalty", type=float, default=1.0,
                    help=">1 discourages repeating generated tokens (small models loop); 1 = off")
@@ -77,13 +81,40 @@ def pipeline_config(args: argparse.Namespace) -> Any:
 
     sampling = SamplingConfig(num_frames=32 if args.frames is None else args.frames, fps=args.fps, max_frames=args.max_frames)
     sampling.validate()
+    generation = GenerationConfig(max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty)
+    generation.validate()
+    validate_reasoning_args(args)
     return PipelineConfig(model=args.model, compressor=args.compressor,
                           compressor_options=parse_options(args.compressor_option), budget=args.budget,
-                          sampling=sampling, generation=GenerationConfig(max_new_tokens=args.max_new_tokens,
-                                                                     repetition_penalty=args.repetition_penalty),
+                          sampling=sampling, generation=generation, strict_video=getattr(args, "strict_video", False),
                           reasoning=args.reasoning, reasoning_options=reasoning_options(args),
                           device=args.device, dtype=args.dtype, video_backend=args.video_backend,
                           quant=args.quant, vision_quant=args.vision_quant, quant_group_size=args.quant_group_size)
+
+
+def validate_reasoning_args(args: argparse.Namespace) -> None:
+    """Nonsense numbers are refused here, before a model loads (argparse lets "nan" through as a float)."""
+    import math
+
+    from .errors import InvalidRequestError
+
+    def bad(flag: str, value: Any, what: str) -> None:
+        raise InvalidRequestError(f"{flag} must be {what}, got {value}")
+
+    t = getattr(args, "confidence_threshold", None)
+    if t is not None and not (math.isfinite(t) and 0 <= t <= 1):
+        bad("--confidence-threshold", t, "a number in [0, 1]")
+    m = getattr(args, "max_think_tokens", None)
+    if m is not None and m < 1:
+        bad("--max-think-tokens", m, "at least 1")
+    o = getattr(args, "overthink_penalty", None)
+    if o is not None and (math.isnan(o) or o < 0):
+        bad("--overthink-penalty", o, "a number >= 0 (inf bans the words)")
+    g = getattr(args, "quant_group_size", 128)
+    if g is not None and g < 1:
+        bad("--quant-group-size", g, "at least 1")
+    if getattr(args, "budget", None) is not None and args.budget < 1:
+        bad("--budget", args.budget, "at least 1")
 
 
 def reasoning_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -116,6 +147,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
         raise SystemExit("error: give a VIDEO path or --sample")
     pipe = build_pipeline(args)
     ans = pipe(video, args.question, args.options)
+    for note in ans.warnings:
+        if note != pipe.backbone.notice:  # the model's own notice was logged when it loaded
+            print(f"warning: {note}", file=sys.stderr)
     if args.json:
         print(json.dumps({**ans.to_dict(), "video": video}, ensure_ascii=False))
     else:

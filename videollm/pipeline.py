@@ -59,7 +59,8 @@ class VideoQAPipeline:
     def load(self, video: str | os.PathLike[str] | Video, sampling: SamplingConfig | None = None) -> Video:
         if isinstance(video, Video):
             return video
-        return load_video(video, sampling or self.config.sampling, backend=self.config.video_backend)
+        return load_video(video, sampling or self.config.sampling, backend=self.config.video_backend,
+                          strict=self.config.strict_video)
 
     @torch.inference_mode()
     def __call__(self, video: str | os.PathLike[str] | Video, question: str, options: list[str] | None = None, *,
@@ -74,8 +75,12 @@ class VideoQAPipeline:
         else:
             user_text = format_question(question, options)  # validate before any decoding
         opts = normalize_options(options)
+        gen_cfg = generation or self.config.generation
+        gen_cfg.validate()
         timer = StageTimer()
         budget = self.config.budget if budget is None else budget
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+            raise InvalidRequestError(f"budget must be a whole number >= 1, got {budget!r}")
         mode = reasoning or self.config.reasoning
         if budget is not None and budget >= self.backbone.max_context:
             raise InvalidRequestError(f"a budget of {budget} visual tokens cannot fit the model's context of "
@@ -88,7 +93,14 @@ class VideoQAPipeline:
             finally:
                 if not isinstance(video, Video):
                     vid.close()
-            outcome = run_mode(mode, self.backbone, user_text, visual, opts, generation or self.config.generation,
+            warnings = [self.backbone.notice] if self.backbone.notice else []
+            short = vid.shortfall()
+            if short is not None:  # answer from what decoded, and say so
+                warnings.append(short.message())
+                logger.info(short.message(vid.source))
+                visual.stats["decode"] = {"planned_frames": short.planned, "decoded_frames": short.decoded,
+                                          "video_ends_at": round(short.ends_at, 3)}
+            outcome = run_mode(mode, self.backbone, user_text, visual, opts, gen_cfg,
                                system=self.config.system_prompt, **self.config.reasoning_options)
         ts = visual.timestamps
         kept = visual.kept_frames
@@ -102,7 +114,7 @@ class VideoQAPipeline:
             confidence=outcome.confidence, thinking_fired=outcome.thinking_fired,
             finish_reason=outcome.finish_reason, compressor_stats=_jsonable(visual.stats),
             timings=timer.as_dict(), model=self.backbone.name,
-            warnings=[self.backbone.notice] if self.backbone.notice else [],
+            warnings=warnings,
         )
 
 

@@ -74,6 +74,7 @@ class Scan:
     height: int
     rotation: int
     truncated: bool  # demuxing stopped on an error before the end of the file
+    promised_duration: float = 0.0  # what the header says (s): more than the frames found = cut short
 
     @property
     def num_frames(self) -> int:
@@ -150,6 +151,10 @@ def scan_video(path: Path) -> Scan:
             raise NotAVideoError(f"{path}: the video stream has no picture size")
         tb = stream.time_base or Fraction(1, 90000)
         rate = stream.average_rate or stream.guessed_rate or Fraction(0)
+        promised = float(stream.duration * tb) if stream.duration else (
+            container.duration / 1e6 if container.duration else 0.0)
+        if stream.frames and rate:
+            promised = max(promised, float(stream.frames / rate))
         pts: list[int | None] = []
         dts: list[int | None] = []
         truncated = False
@@ -176,7 +181,8 @@ def scan_video(path: Path) -> Scan:
     if fps <= 0 and len(table) > 1 and table[-1] > table[0]:
         fps = (len(table) - 1) / (float(table[-1] - table[0]) * float(tb))
     start = int(table.min())
-    return Scan(fmt, index, tb, table, exact, start, fps, width, height, _first_rotation(path, index), truncated)
+    return Scan(fmt, index, tb, table, exact, start, fps, width, height, _first_rotation(path, index), truncated,
+                promised)
 
 
 def _fill_times(pts: list[int | None], dts: list[int | None], rate: Fraction, tb: Fraction) -> np.ndarray:

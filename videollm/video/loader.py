@@ -49,6 +49,7 @@ class DecodeReport:
 class DecodeLog:
     requested: set[int] = field(default_factory=set)
     missing: set[int] = field(default_factory=set)
+    beyond_end: int = 0  # planned frames past the last frame in the file (the header promised more)
     times: dict[int, float] = field(default_factory=dict)  # frame index → time the decoder reported
 
 
@@ -149,11 +150,15 @@ class Video:
     def shortfall(self) -> DecodeReport | None:
         """None when every frame asked for decoded; else how many did and where the video ends."""
         log = self._log
-        if not log.missing:
+        if not log.missing and not log.beyond_end:
             return None
         ok = sorted(log.requested - log.missing)
-        end = log.times.get(ok[-1], float(self.info.frame_times()[ok[-1]])) if ok else 0.0
-        return DecodeReport(planned=len(log.requested), decoded=len(ok), ends_at=end)
+        if ok:
+            end = log.times.get(ok[-1], float(self.info.frame_times()[ok[-1]]))
+        else:
+            end = float(self.info.frame_times()[-1])
+        planned = log.requested | {int(i) for i in self.indices}
+        return DecodeReport(planned=len(planned) + log.beyond_end, decoded=len(planned - log.missing), ends_at=end)
 
     def read(self, positions: np.ndarray | None = None) -> FrameBatch:
         """All sampled frames (or the given positions) at once: for short videos and tests."""
@@ -225,8 +230,23 @@ def load_video(
         probe.close()
         probe = open_decoder(p, backend=info.backend, out_size=out_size, scan=scan)
         info = probe.info()
-    indices = plan_indices(info.frame_times(), sampling)
+    times = info.frame_times()
+    promised = scan.promised_duration if scan is not None else 0.0
+    fps = info.fps if info.fps > 0 else 25.0
+    beyond = 0
+    if len(times) and promised > times[-1] + max(1.0, 2.0 / fps):  # cut short: plan over what was promised
+        extra = times[-1] + np.arange(1, int((promised - times[-1]) * fps) + 1) / fps
+        plan = plan_indices(np.concatenate([times, extra]), sampling)
+        indices, beyond = plan[plan < len(times)], int(np.sum(plan >= len(times)))
+        logger.debug("%s: header promises %.1f s, frames end at %.1f s", p, promised, times[-1])
+    else:
+        indices = plan_indices(times, sampling)
     video = Video(source=str(p), info=info, indices=indices, _decoder=probe, strict=strict)
+    video._log.beyond_end = beyond
+    if beyond and strict:
+        video.close()
+        raise CorruptVideoError(f"{p}: {DecodeReport(len(indices) + beyond, len(indices), float(times[-1])).message()}"
+                                " (drop --strict-video to answer from the frames that decode)")
     if len(indices) == 0 or not _any_decodes(video):
         video.close()
         raise EmptyVideoError(f"{p}: zero decodable frames")
