@@ -66,7 +66,9 @@ def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"error: compressor option {pair!r} is not KEY=VALUE")
+            from .errors import InvalidRequestError
+
+            raise InvalidRequestError(f"compressor option {pair!r} is not KEY=VALUE")
         try:
             out[key.strip()] = json.loads(raw)
         except json.JSONDecodeError:
@@ -135,18 +137,27 @@ def build_pipeline(args: argparse.Namespace) -> Any:
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
+    from .errors import InvalidRequestError
     from .prompting import format_question
     from .samples import sample_path
 
     if args.sample and args.video:
-        raise SystemExit("error: give either VIDEO or --sample, not both")
+        raise InvalidRequestError("give either VIDEO or --sample, not both")
 
     format_question(args.question, args.options)  # fail fast, before loading a model
     video = str(sample_path(args.sample)) if args.sample else args.video
     if video is None:
-        raise SystemExit("error: give a VIDEO path or --sample")
-    pipe = build_pipeline(args)
-    ans = pipe(video, args.question, args.options)
+        raise InvalidRequestError("give a VIDEO path or --sample")
+    cfg = pipeline_config(args)  # every flag checked before the video is opened or a model loads
+    from .pipeline import VideoQAPipeline
+    from .video import load_video
+
+    vid = load_video(video, cfg.sampling, backend=cfg.video_backend, strict=cfg.strict_video)  # a bad file: no model
+    try:
+        pipe = VideoQAPipeline.from_config(cfg)
+        ans = pipe(vid, args.question, args.options)
+    finally:
+        vid.close()
     for note in ans.warnings:
         if note != pipe.backbone.notice:  # the model's own notice was logged when it loaded
             print(f"warning: {note}", file=sys.stderr)
@@ -214,14 +225,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except VideoLLMError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
     except ImportError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # a bug, not the user's input: still one line unless asked for the traceback
+        if args.verbose:
+            raise
+        print(f"error: internal error ({type(err).__name__}: {one_line(err)}); rerun with -v for the traceback",
+              file=sys.stderr)
+        return 1
+
+
+def one_line(err: BaseException) -> str:
+    """A message on one line, whatever it quotes (file names may hold newlines)."""
+    return " ".join(str(err).split("\n")).replace("\r", " ")
 
 
 if __name__ == "__main__":

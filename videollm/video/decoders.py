@@ -151,12 +151,16 @@ def scan_video(path: Path) -> Scan:
             raise NotAVideoError(f"{path}: the video stream has no picture size")
         tb = stream.time_base or Fraction(1, 90000)
         rate = stream.average_rate or stream.guessed_rate or Fraction(0)
-        promised = float(stream.duration * tb) if stream.duration else (
-            container.duration / 1e6 if container.duration else 0.0)
-        if stream.frames and rate:
+        # What the header states (not FFmpeg's estimates from bitrate or dts, which are wrong for TS/NUT):
+        # MP4/MOV stream duration and sample count, AVI frame count, Matroska/WebM segment duration.
+        promised = float(stream.duration * tb) if stream.duration and fmt.startswith(("mov", "matroska")) else 0.0
+        if not promised and fmt.startswith("matroska") and container.duration:
+            promised = container.duration / 1e6
+        if stream.frames and rate and fmt.startswith(("mov", "avi")):
             promised = max(promised, float(stream.frames / rate))
         pts: list[int | None] = []
         dts: list[int | None] = []
+        ends: list[tuple[int, int]] = []  # (byte position, size) of each packet
         truncated = False
         try:
             for pkt in container.demux(stream):
@@ -164,10 +168,18 @@ def scan_video(path: Path) -> Scan:
                     continue
                 pts.append(pkt.pts)
                 dts.append(pkt.dts)
+                ends.append((pkt.pos if pkt.pos is not None else -1, pkt.size))
         except (av.error.FFmpegError, OSError) as err:
             logger.info("%s: demuxing stopped after %d packets: %s", path, len(pts), _short(err))
             truncated = True
         index = stream.index
+        if fmt == "avi" and stream.frames and len(pts) < stream.frames:
+            # AVI times are packet counters: after bytes the demuxer had to skip, every later frame would carry
+            # an earlier frame's time. Keep only what precedes the first hole (the rest is reported missing).
+            cut = _first_hole(ends)
+            if cut is not None:
+                logger.info("%s: damaged AVI: frames after byte %d cannot be timed", path, ends[cut][0])
+                pts, dts, truncated = pts[: cut + 1], dts[: cut + 1], True
     finally:
         container.close()
     if not pts:
@@ -183,6 +195,15 @@ def scan_video(path: Path) -> Scan:
     start = int(table.min())
     return Scan(fmt, index, tb, table, exact, start, fps, width, height, _first_rotation(path, index), truncated,
                 promised)
+
+
+def _first_hole(ends: list[tuple[int, int]]) -> int | None:
+    """Index of the last packet before a stretch of bytes the demuxer skipped (AVI chunks are contiguous)."""
+    for i in range(len(ends) - 1):
+        (pos, size), (nxt, _) = ends[i], ends[i + 1]
+        if pos >= 0 and nxt >= 0 and nxt - (pos + size) > 64:
+            return i
+    return None
 
 
 def _fill_times(pts: list[int | None], dts: list[int | None], rate: Fraction, tb: Fraction) -> np.ndarray:
@@ -235,6 +256,8 @@ class PyAVDecoder:
         self._ordinal = 0  # decode-order counter (streams without unique pts)
         self._no_seek = not scan.exact
         self._seek_check = False  # the next frame is the first after a seek: must not lie past the target
+        steps = np.diff(scan.pts) if scan.exact and len(scan.pts) > 1 else np.zeros(0, np.int64)
+        self._tolerance = int(np.median(steps[steps > 0]) // 2) if np.any(steps > 0) else 0
 
     def info(self) -> StreamInfo:
         return self._info
@@ -247,13 +270,32 @@ class PyAVDecoder:
         if self._threads:
             stream.codec_context.thread_count = self._threads
         self._stream = stream
-        self._iter = self._container.decode(stream)
+        self._iter = self._frames()
         self._last, self._ordinal, self._seek_check = -1, 0, False
+
+    def _frames(self):
+        """Decoded frames, packet by packet: a damaged packet is skipped, not the end of the video."""
+        assert self._container is not None
+        packets = self._container.demux(self._stream)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                return
+            except (self._av.error.FFmpegError, OSError) as err:
+                logger.info("%s: reading stopped after frame %d: %s", self._path, self._last, _short(err))
+                return
+            try:
+                frames = packet.decode()
+            except self._av.error.FFmpegError as err:
+                logger.debug("%s: a damaged packet was skipped: %s", self._path, _short(err))
+                continue
+            yield from frames
 
     def _seek(self, target: int) -> None:
         assert self._container is not None
         self._container.seek(int(self._scan.pts[target]), stream=self._stream, backward=True, any_frame=False)
-        self._iter = self._container.decode(self._stream)
+        self._iter = self._frames()
         self._last, self._seek_check = -1, True
 
     def _far(self, target: int) -> bool:
@@ -262,7 +304,7 @@ class PyAVDecoder:
         here = self._times[self._last] if self._last >= 0 else -SEEK_GAP_S
         return bool(self._times[target] - here > SEEK_GAP_S)
 
-    def _identify(self, frame) -> tuple[int, float]:
+    def _identify(self, frame) -> tuple[int | None, float]:
         """(frame index, presentation time) of a decoded frame."""
         if not self._scan.exact:
             i = self._ordinal
@@ -275,9 +317,11 @@ class PyAVDecoder:
             return i, float(self._times[i])
         table = self._scan.pts
         j = int(np.searchsorted(table, frame.pts))
-        if j >= len(table) or table[j] != frame.pts:  # the decoder moved the pts: nearest listed frame
+        if j >= len(table) or table[j] != frame.pts:  # not a listed time: within half a frame, or unknown
             j = min(range(max(0, j - 1), min(len(table), j + 1)), key=lambda k: abs(int(table[k]) - frame.pts))
-            logger.debug("%s: decoded pts %s is not in the frame table; taking frame %d", self._path, frame.pts, j)
+            if abs(int(table[j]) - frame.pts) > self._tolerance:
+                logger.debug("%s: decoded pts %s is not in the frame table; skipped", self._path, frame.pts)
+                return None, 0.0
         return j, float(self._times[j])
 
     def _to_rgb(self, frame) -> np.ndarray:
@@ -307,6 +351,8 @@ class PyAVDecoder:
                 self._iter = None
                 break
             i, t = self._identify(frame)
+            if i is None:
+                continue
             if self._seek_check:
                 self._seek_check = False
                 if i > want[k]:  # the seek landed past the target: decode from the start, never seek again
@@ -349,6 +395,7 @@ class DecordDecoder:
         if scan is not None and not scan.exact:
             raise DecoderUnsuitableError(f"{path}: timestamps stall or repeat; only PyAV decodes it in order")
         decord.bridge.set_bridge("native")
+        decord.logging.set_level(decord.logging.QUIET)  # its FFmpeg's messages are noise: failures are ours to report
         rotation = scan.rotation if scan is not None else 0
         kwargs = {}
         if out_size is not None and not rotation:  # decord resizes rotated frames into 4 channels: resize here
