@@ -338,3 +338,12 @@ def test_the_real_entry_point_prints_one_line(corpus):
                         "--model", "tiny-random"], capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 2 and p.stdout == ""
     assert p.stderr.strip().count("\n") == 0 and p.stderr.startswith("error: ") and "cover art" in p.stderr
+
+
+@pytest.mark.parametrize("name", ["1x1", "2x2-h264", "16x4000-wide", "4000x16-tall", "3-hours-16x16", "mpeg2-ts",
+                                  "stalled-pts-mkv", "truncated-mkv"])
+def test_decord_preferred_still_answers(corpus, fast_model, capfd, name):
+    """decord crashes on or misreads these; asked for first, it hands them to PyAV instead of failing."""
+    rc, out, err = ask(capfd, corpus[name], "--video-backend", "decord")
+    assert rc == 0 and "Traceback" not in err, err
+    assert json.loads(out)["sampled_frames"] >= 1
