@@ -77,7 +77,9 @@ class TokenCompressor(ABC):
             n = len(batch)
             with stage("vision"):
                 tokens = self.backbone.frame_tokens(batch.frames)
-            yield pos_all[start : start + n], tokens
+            # a frame that did not decode is left out of its batch: the batch says which positions it holds
+            pos = batch.positions.numpy() if batch.positions is not None else pos_all[start : start + n]
+            yield pos, tokens
             start += n
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -28,7 +28,7 @@ from videollm.errors import InvalidRequestError
 from videollm.timing import stage
 from videollm.types import VisualTokens
 from videollm.video import Video
-from videollm.video.sampling import fps_indices
+from videollm.video.sampling import SamplingConfig, plan_indices
 
 from .base import CompressorConfig, TokenCompressor, pack, spread, timed_chunks
 
@@ -376,11 +376,11 @@ class LongVUCompressor(TokenCompressor):
         info = video.info
         if not p.resample or info.fps <= 0:
             return video
-        target = fps_indices(info.num_frames, info.fps, p.fps, p.max_frames)
+        target = plan_indices(info.frame_times(), SamplingConfig(num_frames=None, fps=p.fps, max_frames=p.max_frames))
         if len(target) <= len(video) or video._decoder is None:  # in memory: no frames beyond those held
             return video
         logger.info("longvu: sampling %d frames at %.2f fps (pipeline sampled %d)", len(target), p.fps, len(video))
-        return Video(source=video.source, info=info, indices=target, _decoder=video._decoder)
+        return replace(video, indices=target)  # same decoder, same decode log
 
     def dedup_mask(self, video: Video) -> np.ndarray:
         """Stream DINOv2 over all sampled frames in batches; decide each window as soon as it is complete."""
@@ -394,7 +394,10 @@ class LongVUCompressor(TokenCompressor):
             keep.append(dedup_window_keep(q @ q.T, p.dino_threshold).cpu())
             window.clear()
 
+        decoded: list[np.ndarray] = []
         for batch in timed_chunks(video, self.config.dino_batch, desc="DINOv2 dedup"):
+            decoded.append(batch.positions.numpy() if batch.positions is not None
+                           else np.arange(sum(map(len, decoded)), sum(map(len, decoded)) + len(batch)))
             with stage("dino"):
                 q = normalize_descriptors(enc(batch.frames))
                 for row in q:
@@ -403,9 +406,9 @@ class LongVUCompressor(TokenCompressor):
                         flush()
         if window:
             flush()
-        mask = torch.cat(keep).numpy() if keep else np.zeros(0, dtype=bool)
-        if len(mask) < len(video):  # truncated file: frames that never decoded cannot be kept
-            mask = np.concatenate([mask, np.zeros(len(video) - len(mask), dtype=bool)])
+        mask = np.zeros(len(video), dtype=bool)  # frames that never decoded (damaged file) cannot be kept
+        if keep:
+            mask[np.concatenate(decoded)] = torch.cat(keep).numpy()
         return mask
 
     @torch.inference_mode()

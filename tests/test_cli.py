@@ -15,7 +15,7 @@ def test_ask_json(short_video, capsys):
     rc = main(["ask", str(short_video), "What is shown?", *TINY, "--json"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
-    for key in ("answer", "choice", "kept_frames", "visual_tokens", "timings"):
+    for key in ("text", "choice", "kept_frames", "visual_tokens", "timings"):
         assert key in out
     assert out["kept_frames"] == list(range(6)) and out["visual_tokens"] == 6 * 16
     assert out["timings"]["wall"] >= out["timings"]["stages_total"] > 0

@@ -52,7 +52,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     m.add_argument("--frames", type=int, default=None, help="sample N frames uniformly (default 32)")
     m.add_argument("--fps", type=float, default=None, help="sample at F frames per second (capped by --max-frames)")
     s.add_argument("--max-frames", type=int, default=256)
-    s.add_argument("--video-backend", default="auto", choices=["auto", "decord", "pyav"])
+    s.add_argument("--video-backend", default="auto", choices=["auto", "decord", "pyav"],
+                   help="preferred decoder (auto = PyAV, then decord); the other takes over when it fails")
+    s.add_argument("--strict-video", action="store_true",
+                   help="a truncated or damaged video is an error (default: answer from the frames that decode, "
+                        "with a warning)")
     s.add_argument("--max-new-tokens", type=int, default=64)
     s.add_argument("--repetition-penalty", type=float, default=1.0,
                    help=">1 discourages repeating generated tokens (small models loop); 1 = off")
@@ -63,7 +67,9 @@ def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"error: compressor option {pair!r} is not KEY=VALUE")
+            from .errors import InvalidRequestError
+
+            raise InvalidRequestError(f"compressor option {pair!r} is not KEY=VALUE")
         try:
             out[key.strip()] = json.loads(raw)
         except json.JSONDecodeError:
@@ -78,10 +84,12 @@ def pipeline_config(args: argparse.Namespace) -> Any:
 
     sampling = SamplingConfig(num_frames=32 if args.frames is None else args.frames, fps=args.fps, max_frames=args.max_frames)
     sampling.validate()
+    generation = GenerationConfig(max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty)
+    generation.validate()
+    validate_reasoning_args(args)
     return PipelineConfig(model=resolve_model(args), compressor=args.compressor,
                           compressor_options=parse_options(args.compressor_option), budget=args.budget,
-                          sampling=sampling, generation=GenerationConfig(max_new_tokens=args.max_new_tokens,
-                                                                     repetition_penalty=args.repetition_penalty),
+                          sampling=sampling, generation=generation, strict_video=getattr(args, "strict_video", False),
                           reasoning=args.reasoning, reasoning_options=reasoning_options(args),
                           device=args.device, dtype=args.dtype, video_backend=args.video_backend,
                           quant=args.quant, vision_quant=args.vision_quant, quant_group_size=args.quant_group_size)
@@ -111,6 +119,31 @@ def note(args: argparse.Namespace, message: str) -> None:
         print(f"note: {message}", file=sys.stderr)
 
 
+def validate_reasoning_args(args: argparse.Namespace) -> None:
+    """Nonsense numbers are refused here, before a model loads (argparse lets "nan" through as a float)."""
+    import math
+
+    from .errors import InvalidRequestError
+
+    def bad(flag: str, value: Any, what: str) -> None:
+        raise InvalidRequestError(f"{flag} must be {what}, got {value}")
+
+    t = getattr(args, "confidence_threshold", None)
+    if t is not None and not (math.isfinite(t) and 0 <= t <= 1):
+        bad("--confidence-threshold", t, "a number in [0, 1]")
+    m = getattr(args, "max_think_tokens", None)
+    if m is not None and m < 1:
+        bad("--max-think-tokens", m, "at least 1")
+    o = getattr(args, "overthink_penalty", None)
+    if o is not None and (math.isnan(o) or o < 0):
+        bad("--overthink-penalty", o, "a number >= 0 (inf bans the words)")
+    g = getattr(args, "quant_group_size", 128)
+    if g is not None and g < 1:
+        bad("--quant-group-size", g, "at least 1")
+    if getattr(args, "budget", None) is not None and args.budget < 1:
+        bad("--budget", args.budget, "at least 1")
+
+
 def reasoning_options(args: argparse.Namespace) -> dict[str, Any]:
     names = {"confidence_threshold": "threshold", "max_think_tokens": "max_think_tokens",
              "overthink_penalty": "overthink_penalty", "confidence_method": "confidence", "prefill_box": "prefill_box"}
@@ -129,26 +162,36 @@ def build_pipeline(args: argparse.Namespace) -> Any:
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
+    from .errors import InvalidRequestError
     from .prompting import format_question
     from .samples import sample_path
 
     if args.sample and args.video:
-        raise SystemExit("error: give either VIDEO or --sample, not both")
+        raise InvalidRequestError("give either VIDEO or --sample, not both")
 
     format_question(args.question, args.options)  # fail fast, before loading a model
     video = str(sample_path(args.sample)) if args.sample else args.video
     if video is None:
-        raise SystemExit("error: give a VIDEO path or --sample")
-    pipe = build_pipeline(args)
-    ans = pipe(video, args.question, args.options)
+        raise InvalidRequestError("give a VIDEO path or --sample")
+    cfg = pipeline_config(args)  # every flag checked before the video is opened or a model loads
+    from .pipeline import VideoQAPipeline
+    from .video import load_video
+
+    vid = load_video(video, cfg.sampling, backend=cfg.video_backend, strict=cfg.strict_video)  # a bad file: no model
+    try:
+        pipe = VideoQAPipeline.from_config(cfg)
+        ans = pipe(vid, args.question, args.options)
+    finally:
+        vid.close()
+    if not args.quiet:
+        for warning in ans.warnings:
+            if warning != pipe.backbone.notice:  # the model's standing notice is for -v and --json
+                print(f"warning: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps({**ans.to_dict(), "video": video}, ensure_ascii=False))
     else:
         print(ans.choice if ans.choice else ans.text)
         if not args.quiet:
-            for warning in ans.warnings:
-                if warning != pipe.backbone.notice:  # the model's standing notice is for -v and --json
-                    print(f"warning: {warning}", file=sys.stderr)
             print(summary_line(ans), file=sys.stderr)
     return 0
 
@@ -227,14 +270,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except VideoLLMError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
     except ImportError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # a bug, not the user's input: still one line unless asked for the traceback
+        if args.verbose:
+            raise
+        print(f"error: internal error ({type(err).__name__}: {one_line(err)}); rerun with -v for the traceback",
+              file=sys.stderr)
+        return 1
+
+
+def one_line(err: BaseException) -> str:
+    """A message on one line, whatever it quotes (file names may hold newlines)."""
+    return " ".join(str(err).split("\n")).replace("\r", " ")
 
 
 def configure_output(verbose: int, quiet: bool) -> None:

@@ -25,7 +25,8 @@ class PipelineConfig:
     quant_group_size: int = 128
     device: str = "auto"
     dtype: str = "auto"
-    video_backend: str = "auto"
+    video_backend: str = "auto"  # preferred decoder; the other one takes over when it fails
+    strict_video: bool = False  # a truncated/damaged video is an error instead of a warned partial answer
     system_prompt: str | None = None
 
     def replace(self, **changes: Any) -> "PipelineConfig":

@@ -33,6 +33,23 @@ class GenerationConfig:
     seed: int = 0
     repetition_penalty: float = 1.0  # >1 discourages tokens already generated (CTRL-style); 1 = off
 
+    def validate(self) -> None:
+        """Refuse values that cannot mean anything (checked before a model loads). A large `max_new_tokens`
+        is not an error: generation stops where the model's context ends."""
+        from .errors import InvalidRequestError
+
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) \
+                or self.max_new_tokens < 1:
+            raise InvalidRequestError(f"max_new_tokens must be a whole number >= 1, got {self.max_new_tokens!r}")
+        checks = [("temperature", self.temperature, lambda v: 0 <= v <= 100, "in [0, 100]"),
+                  ("top_p", self.top_p, lambda v: 0 < v <= 1, "in (0, 1]"),
+                  ("repetition_penalty", self.repetition_penalty, lambda v: 0 < v <= 100, "in (0, 100]")]
+        for name, value, ok, what in checks:
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+                raise InvalidRequestError(f"{name} must be a number {what}, got {value!r}")
+        if not isinstance(self.seed, int):
+            raise InvalidRequestError(f"seed must be an integer, got {self.seed!r}")
+
 
 @dataclass
 class GenerationResult:
@@ -44,14 +61,16 @@ class GenerationResult:
     pending_ids: list[int] = field(default_factory=list)  # generated but not yet fed: feed them first to continue
     seconds: float = 0.0
     forward_calls: int = 0
+    context_len: int = 0  # tokens in the context once `pending_ids` are fed: prompt + everything generated
 
 
 @torch.inference_mode()
 def generate(backbone: Any, inputs_embeds: torch.Tensor, config: GenerationConfig, cache: Any = None,
              processors: Sequence[LogitsProcessor] = (), prefill_stage: str = "prefill",
              decode_stage: str = "generate", observers: Sequence[StepObserver] = (),
-             first_step: FirstStep | None = None) -> GenerationResult:
-    """Prefill `inputs_embeds` (1, L, D) after `cache`, then decode up to `max_new_tokens`."""
+             first_step: FirstStep | None = None, context_used: int = 0) -> GenerationResult:
+    """Prefill `inputs_embeds` (1, L, D) after `cache` (holding `context_used` tokens), then decode up to
+    `max_new_tokens`, never past the model's context: a huge limit cannot run for minutes."""
     tok = backbone.tokenizer
     eos = backbone.eos_token_ids
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
@@ -64,8 +83,13 @@ def generate(backbone: Any, inputs_embeds: torch.Tensor, config: GenerationConfi
     ids: list[int] = []
     logps: list[float] = []
     finish = "length"
+    used = context_used + int(inputs_embeds.shape[1])
+    limit = config.max_new_tokens
+    max_context = getattr(backbone, "max_context", None)
+    if isinstance(max_context, int):
+        limit = max(0, min(limit, max_context - used))
     with stage(decode_stage):
-        while len(ids) < config.max_new_tokens:
+        while len(ids) < limit:
             scores = logits[0].float()
             if config.repetition_penalty != 1.0 and ids:
                 scores = repetition_penalty(ids, scores, config.repetition_penalty)
@@ -82,14 +106,14 @@ def generate(backbone: Any, inputs_embeds: torch.Tensor, config: GenerationConfi
             if config.stop_strings and _hits_stop(tok, ids, config.stop_strings):
                 finish = "stop"
                 break
-            if len(ids) >= config.max_new_tokens:
+            if len(ids) >= limit:
                 break
             logits, cache = backbone.lm_forward(backbone.embed_ids([[next_id]]), cache)
             calls += 1
     text_ids = ids[:-1] if finish == "eos" else ids
     text = tok.decode(text_ids, skip_special_tokens=False)
     return GenerationResult(ids, text, logps, finish, cache, pending_ids=ids[-1:] if ids else [],
-                            seconds=time.perf_counter() - start, forward_calls=calls)
+                            seconds=time.perf_counter() - start, forward_calls=calls, context_len=used + len(ids))
 
 
 def continue_generation(backbone: Any, previous: GenerationResult, config: GenerationConfig,
@@ -104,8 +128,10 @@ def continue_generation(backbone: Any, previous: GenerationResult, config: Gener
     if not ids:
         raise ValueError("nothing to feed: the previous generation made no token and no text is forced")
     embeds = backbone.embed_ids(ids).unsqueeze(0)
+    in_cache = previous.context_len - len(previous.pending_ids)
     return generate(backbone, embeds, config, cache=previous.cache, processors=processors,
-                    prefill_stage=prefill_stage, decode_stage=decode_stage, observers=observers)
+                    prefill_stage=prefill_stage, decode_stage=decode_stage, observers=observers,
+                    context_used=in_cache)
 
 
 # ---- logits processors --------------------------------------------------------------------------------

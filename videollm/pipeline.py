@@ -61,7 +61,8 @@ class VideoQAPipeline:
     def load(self, video: str | os.PathLike[str] | Video, sampling: SamplingConfig | None = None) -> Video:
         if isinstance(video, Video):
             return video
-        return load_video(video, sampling or self.config.sampling, backend=self.config.video_backend)
+        return load_video(video, sampling or self.config.sampling, backend=self.config.video_backend,
+                          strict=self.config.strict_video)
 
     @torch.inference_mode()
     def __call__(self, video: str | os.PathLike[str] | Video, question: str, options: list[str] | None = None, *,
@@ -77,10 +78,13 @@ class VideoQAPipeline:
         else:
             user_text = format_question(question, options)  # validate before any decoding
         opts = normalize_options(options)
+        gen = generation or self.config.generation
+        gen.validate()
         timer = StageTimer()
         budget = self.config.budget if budget is None else budget
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+            raise InvalidRequestError(f"budget must be a whole number >= 1, got {budget!r}")
         mode = reasoning or self.config.reasoning
-        gen = generation or self.config.generation
         if budget is not None and budget >= self.backbone.max_context:
             raise InvalidRequestError(f"a budget of {budget} visual tokens cannot fit the model's context of "
                                       f"{self.backbone.max_context} tokens; lower --budget")
@@ -94,6 +98,13 @@ class VideoQAPipeline:
             finally:
                 if not isinstance(video, Video):
                     vid.close()
+            warnings = [self.backbone.notice] if self.backbone.notice else []
+            short = vid.shortfall()
+            if short is not None:  # answer from what decoded, and say so
+                warnings.append(short.message())
+                logger.info(short.message(vid.source))
+                visual.stats["decode"] = {"planned_frames": short.planned, "decoded_frames": short.decoded,
+                                          "video_ends_at": round(short.ends_at, 3)}
             outcome = run_mode(mode, self.backbone, user_text, visual, opts, gen,
                                system=self.config.system_prompt, **self.config.reasoning_options)
         ts = visual.timestamps
@@ -108,7 +119,7 @@ class VideoQAPipeline:
             confidence=outcome.confidence, thinking_fired=outcome.thinking_fired,
             finish_reason=outcome.finish_reason, compressor_stats=_jsonable(visual.stats),
             timings=timer.as_dict(wall=time.perf_counter() - started), model=self.backbone.name,
-            warnings=([self.backbone.notice] if self.backbone.notice else []) + notes,
+            warnings=warnings + notes,
         )
 
     def _fit_budget(self, budget: int | None, video: Video, user_text: str, mode: str, generation: GenerationConfig,

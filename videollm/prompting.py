@@ -15,13 +15,19 @@ _LEAD = re.compile(r"^\s*\(?([A-Za-z])[\.\):：]\s*")
 
 def normalize_options(options: list[str] | None) -> list[str] | None:
     """Give every option a letter label ("A. text"), keeping labels the user already wrote."""
+    if isinstance(options, (str, bytes)):
+        raise InvalidRequestError("options must be a list of strings (one per option), not one string")
     if not options:
         return None
+    if not isinstance(options, (list, tuple)):
+        raise InvalidRequestError(f"options must be a list of strings, got {type(options).__name__}")
     if len(options) > MAX_OPTIONS:
         raise InvalidRequestError(f"at most {MAX_OPTIONS} options are supported, got {len(options)}")
     out = []
     for i, opt in enumerate(options):
-        text = str(opt).strip()
+        if not isinstance(opt, str):
+            raise InvalidRequestError(f"option {i + 1} must be a string, got {type(opt).__name__}")
+        text = opt.strip()
         if not text:
             raise InvalidRequestError(f"option {i + 1} is empty")
         letter = string.ascii_uppercase[i]
@@ -37,6 +43,8 @@ def option_letters(options: list[str] | None) -> list[str]:
 
 def format_question(question: str, options: list[str] | None = None) -> str:
     """The user turn: question, then lettered options and the lmms-eval style instruction."""
+    if question is not None and not isinstance(question, str):
+        raise InvalidRequestError(f"the question must be a string, got {type(question).__name__}")
     q = (question or "").strip()
     if not q:
         raise InvalidRequestError("the question is empty")

@@ -13,7 +13,8 @@ class FrameBatch:
 
     frames: torch.Tensor
     indices: torch.Tensor  # source frame index in the file, (T,) int64
-    timestamps: torch.Tensor  # seconds, (T,) float64
+    timestamps: torch.Tensor  # seconds, (T,) float64: each frame's own presentation time
+    positions: torch.Tensor | None = None  # (T,) int64 positions in the sampled list (None: 0..T-1)
 
     def __len__(self) -> int:
         return int(self.frames.shape[0])

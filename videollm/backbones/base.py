@@ -6,6 +6,7 @@ the vision tower; the pipeline then splices the kept tokens into the prompt with
 """
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,23 @@ import torch.nn.functional as F
 
 from ..errors import InvalidRequestError
 from ..types import VisualTokens
+
+
+# Private-use markers the chat template is rendered around: user text is never part of the template's
+# own text, so it cannot add, remove or move special tokens (`<video>`, `<|im_end|>`) by containing them.
+_USER_MARK = "\ue000videollm:user\ue001"
+_SYSTEM_MARK = "\ue000videollm:system\ue001"
+_MARKS = re.compile(f"({re.escape(_USER_MARK)}|{re.escape(_SYSTEM_MARK)})")
+
+
+@dataclass
+class PromptIds:
+    """The chat prompt split at the video placeholder: token ids and text on each side."""
+
+    before: list[int]
+    after: list[int]
+    before_text: str
+    after_text: str
 
 
 @dataclass
@@ -111,27 +129,61 @@ class Backbone(ABC):
             messages, tokenize=False, add_generation_prompt=True, chat_template=self.chat_template
         )
 
+    def text_ids(self, text: str, user: bool = False) -> list[int]:
+        """Token ids of `text`. User text never yields special tokens: "<|im_end|>" in a question is text."""
+        if user:
+            return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def prompt_ids(self, user_text: str, system: str | None = None, assistant_prefix: str = "") -> PromptIds:
+        """Render the chat template around markers and tokenize it piece by piece.
+
+        The template's own text (roles, turn tokens, the one video placeholder) is tokenized with special
+        tokens; the user's and system text with special tokens split into plain text. The placeholder is
+        found in the template's text, by position, never by searching ids that user text could forge."""
+        rendered = self.render_prompt(_USER_MARK, _SYSTEM_MARK if system else None) + assistant_prefix
+        if rendered.count(_USER_MARK) != 1 or (system and rendered.count(_SYSTEM_MARK) != 1):
+            raise RuntimeError("the chat template must place the user (and system) text exactly once")
+        parts = _MARKS.split(rendered)
+        n_video = sum(p.count(self.video_token) for p in parts if p not in (_USER_MARK, _SYSTEM_MARK))
+        if n_video != 1:
+            raise RuntimeError(f"the chat template must hold exactly one {self.video_token}, found {n_video}")
+        ids: tuple[list[int], list[int]] = ([], [])
+        texts = ["", ""]
+        side = 0
+        for part in parts:
+            if part in (_USER_MARK, _SYSTEM_MARK):
+                text = user_text if part == _USER_MARK else (system or "")
+                ids[side].extend(self.text_ids(text, user=True))
+                texts[side] += text
+            elif side == 0 and self.video_token in part:
+                head, _, tail = part.partition(self.video_token)
+                ids[0].extend(self.text_ids(head))
+                texts[0] += head
+                side = 1
+                ids[1].extend(self.text_ids(tail))
+                texts[1] += tail
+            else:
+                ids[side].extend(self.text_ids(part))
+                texts[side] += part
+        return PromptIds(ids[0], ids[1], texts[0], texts[1])
+
     def build_inputs(self, user_text: str, visual: VisualTokens, system: str | None = None,
                      assistant_prefix: str = "") -> PromptInputs:
         """Splice the visual tokens into the rendered prompt at the video placeholder."""
-        prompt = self.render_prompt(user_text, system) + assistant_prefix
-        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        vid = self.tokenizer.convert_tokens_to_ids(self.video_token)
-        where = [i for i, t in enumerate(ids) if t == vid]
-        if len(where) != 1:
-            raise RuntimeError(f"prompt must hold exactly one {self.video_token} token, found {len(where)}")
-        k = where[0]
-        parts = [self.embed_ids(ids[:k]), visual.embeds.to(self.device, self.dtype)]
+        p = self.prompt_ids(user_text, system, assistant_prefix)
+        parts = [self.embed_ids(p.before), visual.embeds.to(self.device, self.dtype)]
         suffix = self.visual_suffix()
         if suffix is not None:
             parts.append(suffix.to(self.device, self.dtype))
-        parts.append(self.embed_ids(ids[k + 1:]))
+        parts.append(self.embed_ids(p.after))
         embeds = torch.cat(parts, dim=0).unsqueeze(0)
         if embeds.shape[1] > self.max_context:
             raise InvalidRequestError(
                 f"prompt of {embeds.shape[1]} tokens ({visual.num_tokens} visual) exceeds the model's context of "
                 f"{self.max_context}; lower --budget or the number of frames")
-        return PromptInputs(embeds, len(ids) - 1, visual.num_tokens, prompt)
+        prompt = p.before_text + self.video_token + p.after_text
+        return PromptInputs(embeds, len(p.before) + len(p.after), visual.num_tokens, prompt)
 
     def choice_scorer(self, inputs: PromptInputs, user_text: str, visual: VisualTokens) -> Any:
         """Optional: a `generation.FirstStep` that scores a multiple-choice prompt's options itself (for

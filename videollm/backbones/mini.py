@@ -218,12 +218,10 @@ class MiniBackbone(Backbone):
 
     def build_inputs(self, user_text: str, visual: VisualTokens, system: str | None = None,
                      assistant_prefix: str = "") -> PromptInputs:
-        prompt = self.render_prompt(user_text, system) + assistant_prefix
-        if prompt.count(VIDEO_TOKEN) != 1:
-            raise RuntimeError(f"prompt must hold exactly one {VIDEO_TOKEN}, found {prompt.count(VIDEO_TOKEN)}")
-        before, _, after = prompt.partition(VIDEO_TOKEN)
+        p = self.prompt_ids(user_text, system, assistant_prefix)  # user text stays text, whatever it holds
+        before, after = p.before_text, p.after_text
         block, shown, n_block_text = self._video_block(visual)
-        head, tail = self.embed_text(before), self.embed_text(after)
+        head, tail = self.embed_ids(p.before), self.embed_ids(p.after)
         embeds = torch.cat([head, *block, tail]).unsqueeze(0)
         if embeds.shape[1] > self.max_context:
             from ..errors import InvalidRequestError

@@ -1,40 +1,94 @@
-"""Frame decoders behind one small interface: decord first, PyAV as the fallback.
+"""Frame decoders behind one small interface, both frame-exact and in presentation time.
 
-Each decoder returns frames for a sorted list of indices, so callers can stream a long video in
-chunks and hold only one chunk of frames at a time.
+A PyAV *scan* (demuxing packets, no decoding) lists every frame's presentation timestamp once; that list
+is the video's frame table. Frame `i` is the i-th frame in presentation order, and its timestamp is the one
+the file gives it, so sampling, decoding and reporting all speak about the same frame. PyAV decodes and
+identifies each decoded frame by its timestamp (never by a frame counter, which seeks and dropped frames
+break); decord is used only where its own frame table matches the scan, so both decoders pick the same
+frame for a timestamp. Frames come out as players show them: a rotation in the display matrix is applied.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from ..errors import CorruptVideoError, EmptyVideoError, NotAVideoError
+from ..errors import CorruptVideoError, EmptyVideoError, NotAVideoError, VideoError
 
 logger = logging.getLogger(__name__)
 
 # Leading bytes of common video containers: lets us tell "damaged video" from "not a video at all".
 _CONTAINER_MAGIC = (b"\x1a\x45\xdf\xa3", b"RIFF", b"OggS", b"FLV", b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3", b"G")
-_VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".ts", ".wmv", ".3gp", ".ogv"}
-
+_VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".ts", ".wmv", ".3gp",
+                   ".ogv", ".nut", ".vob", ".m2ts"}
 
 # FFmpeg "plays" text files as ANSI art; such streams are never what a user means by a video.
 _NOT_VIDEO_FORMATS = {"tty", "bin", "xbin", "adf", "idf"}
 _TEXT_ART_CODECS = {"ansi", "bintext", "xbin", "idf"}
+# decord returns other frames than the ones it is asked for in these containers (measured in
+# tests/test_video_exact.py: frame 0 → 12 in MPEG-TS, a batch ending in frame 2 instead of 39 in MPEG-PS,
+# frames 17, 23, 29 → 15, 21, 27 in NUT); raw elementary streams have no timestamps to check it against.
+_DECORD_UNSAFE_FORMATS = {"mpegts", "mpeg", "mpegvideo", "vob", "nut", "m4v", "h264", "hevc"}
+SEEK_GAP_S = 4.0  # decode through gaps shorter than this; seek to the keyframe before longer ones
+
+
+class DecoderUnsuitableError(VideoError):
+    """This decoder cannot read this file frame-exactly (the other one may)."""
 
 
 @dataclass(frozen=True)
 class StreamInfo:
     num_frames: int
     fps: float
-    width: int
+    width: int  # as displayed (after rotation and any decode-time downscale)
     height: int
     duration: float
     backend: str
+    #: presentation time of every frame in seconds from the first frame, in presentation order
+    timestamps: np.ndarray | None = field(default=None, compare=False, repr=False)
+    rotation: int = 0  # degrees counter-clockwise the decoders turn stored frames to show them upright
+
+    def frame_times(self) -> np.ndarray:
+        if self.timestamps is not None:
+            return self.timestamps
+        fps = self.fps if self.fps > 0 else 1.0
+        return np.arange(self.num_frames, dtype=np.float64) / fps
+
+
+@dataclass(frozen=True)
+class Scan:
+    """What demuxing (no decoding) says about the first real video stream."""
+
+    format: str
+    stream_index: int
+    time_base: Fraction
+    pts: np.ndarray  # int64 in stream time base: presentation order when `exact`, decode order otherwise
+    exact: bool  # every packet has a unique pts: frames are identified by pts (else by decode order)
+    start: int  # pts of the first frame: time zero
+    fps: float
+    width: int  # stored (before rotation)
+    height: int
+    rotation: int
+    truncated: bool  # demuxing stopped on an error before the end of the file
+    promised_duration: float = 0.0  # what the header says (s): more than the frames found = cut short
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.pts)
+
+    @property
+    def times(self) -> np.ndarray:
+        return (self.pts - self.start).astype(np.float64) * float(self.time_base)
+
+    def info(self, backend: str) -> StreamInfo:
+        t = self.times
+        step = 1.0 / self.fps if self.fps > 0 else 0.0
+        w, h = (self.height, self.width) if self.rotation in (90, 270) else (self.width, self.height)
+        return StreamInfo(self.num_frames, self.fps, w, h, float(t.max(initial=0.0)) + step, backend, t, self.rotation)
 
 
 class FrameDecoder(Protocol):
@@ -42,8 +96,9 @@ class FrameDecoder(Protocol):
 
     def info(self) -> StreamInfo: ...
 
-    def get(self, indices: np.ndarray) -> np.ndarray:
-        """uint8 frames (len(indices), H, W, 3) for sorted, unique indices; may return fewer at a truncated end."""
+    def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For sorted, unique frame indices: uint8 frames (k, H, W, 3), the k indices really decoded (a
+        subset: frames that do not decode are left out, never replaced) and their presentation times."""
         ...
 
     def close(self) -> None: ...
@@ -51,7 +106,8 @@ class FrameDecoder(Protocol):
 
 def looks_like_video_container(path: Path) -> bool:
     try:
-        head = path.open("rb").read(16)
+        with path.open("rb") as fh:
+            head = fh.read(16)
     except OSError:
         return False
     if len(head) >= 8 and head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"):
@@ -61,86 +117,147 @@ def looks_like_video_container(path: Path) -> bool:
     return path.suffix.lower() in _VIDEO_SUFFIXES and len(head) > 0
 
 
-class DecordDecoder:
-    name = "decord"
+def _rotation_of(frame) -> int:
+    try:
+        r = float(frame.rotation or 0)
+    except (AttributeError, TypeError, ValueError):
+        return 0
+    return int(round(r / 90.0)) % 4 * 90
 
-    def __init__(self, path: Path, out_size: tuple[int, int] | None = None, threads: int = 0):
-        import decord  # lazy: optional, barely maintained
 
-        decord.bridge.set_bridge("native")
-        kwargs = {}
-        if out_size is not None:
-            kwargs = {"height": out_size[0], "width": out_size[1]}
+def scan_video(path: Path) -> Scan:
+    """Demux the first video stream (that is not cover art) and list its frames' timestamps."""
+    import av  # lazy
+
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, UnicodeDecodeError, OSError) as err:
+        raise _classify(path, err) from err
+    try:
+        if not container.streams.video:
+            raise NotAVideoError(f"{path}: the file has no video stream")
+        moving = [s for s in container.streams.video if not (s.disposition & av.stream.Disposition.attached_pic)]
+        if not moving:
+            what = "an audio file with cover art" if container.streams.audio else "a still picture"
+            raise NotAVideoError(f"{path}: {what}, not a video")
+        stream = moving[0]
+        fmt = container.format.name
+        if fmt in _NOT_VIDEO_FORMATS or stream.codec_context.name in _TEXT_ART_CODECS:
+            raise NotAVideoError(f"{path}: not a video file (FFmpeg reads it as {fmt!r})")
+        if fmt == "image2" or fmt.endswith("_pipe"):
+            raise NotAVideoError(f"{path}: is a still image, not a video")
+        width, height = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
+        if width <= 0 or height <= 0:
+            raise NotAVideoError(f"{path}: the video stream has no picture size")
+        tb = stream.time_base or Fraction(1, 90000)
+        rate = stream.average_rate or stream.guessed_rate or Fraction(0)
+        # What the header states (not FFmpeg's estimates from bitrate or dts, which are wrong for TS/NUT):
+        # MP4/MOV stream duration and sample count, AVI frame count, Matroska/WebM segment duration.
+        promised = float(stream.duration * tb) if stream.duration and fmt.startswith(("mov", "matroska")) else 0.0
+        if not promised and fmt.startswith("matroska") and container.duration:
+            promised = container.duration / 1e6
+        if stream.frames and rate and fmt.startswith(("mov", "avi")):
+            promised = max(promised, float(stream.frames / rate))
+        pts: list[int | None] = []
+        dts: list[int | None] = []
+        ends: list[tuple[int, int]] = []  # (byte position, size) of each packet
+        truncated = False
         try:
-            self._vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=threads, **kwargs)
-        except decord.DECORDError as err:  # type: ignore[attr-defined]
-            raise _classify(path, err) from err
-        n = len(self._vr)
-        fps = float(self._vr.get_avg_fps() or 0.0)
-        if n == 0:
-            raise EmptyVideoError(f"{path}: the video has zero decodable frames")
-        h, w = self._vr[0].shape[:2] if out_size is None else out_size
-        self._info = StreamInfo(n, fps, int(w), int(h), n / fps if fps > 0 else 0.0, self.name)
+            for pkt in container.demux(stream):
+                if pkt.size == 0:
+                    continue
+                pts.append(pkt.pts)
+                dts.append(pkt.dts)
+                ends.append((pkt.pos if pkt.pos is not None else -1, pkt.size))
+        except (av.error.FFmpegError, OSError) as err:
+            logger.info("%s: demuxing stopped after %d packets: %s", path, len(pts), _short(err))
+            truncated = True
+        index = stream.index
+        if fmt == "avi" and stream.frames and len(pts) < stream.frames:
+            # AVI times are packet counters: after bytes the demuxer had to skip, every later frame would carry
+            # an earlier frame's time. Keep only what precedes the first hole (the rest is reported missing).
+            cut = _first_hole(ends)
+            if cut is not None:
+                logger.info("%s: damaged AVI: frames after byte %d cannot be timed", path, ends[cut][0])
+                pts, dts, truncated = pts[: cut + 1], dts[: cut + 1], True
+    finally:
+        container.close()
+    if not pts:
+        raise EmptyVideoError(f"{path}: the video has zero decodable frames")
+    exact = all(p is not None for p in pts) and len(set(pts)) == len(pts)
+    if exact:
+        table = np.sort(np.asarray(pts, dtype=np.int64))
+    else:  # stalled, repeated or missing pts: frames are known by decode order only
+        table = _fill_times(pts, dts, rate, tb)
+    fps = float(rate)
+    if fps <= 0 and len(table) > 1 and table[-1] > table[0]:
+        fps = (len(table) - 1) / (float(table[-1] - table[0]) * float(tb))
+    start = int(table.min())
+    return Scan(fmt, index, tb, table, exact, start, fps, width, height, _first_rotation(path, index), truncated,
+                promised)
 
-    def info(self) -> StreamInfo:
-        return self._info
 
-    def get(self, indices: np.ndarray) -> np.ndarray:
-        return self._vr.get_batch(indices.tolist()).asnumpy()
+def _first_hole(ends: list[tuple[int, int]]) -> int | None:
+    """Index of the last packet before a stretch of bytes the demuxer skipped (AVI chunks are contiguous)."""
+    for i in range(len(ends) - 1):
+        (pos, size), (nxt, _) = ends[i], ends[i + 1]
+        if pos >= 0 and nxt >= 0 and nxt - (pos + size) > 64:
+            return i
+    return None
 
-    def close(self) -> None:
-        del self._vr
+
+def _fill_times(pts: list[int | None], dts: list[int | None], rate: Fraction, tb: Fraction) -> np.ndarray:
+    step = int(round(1 / (float(rate) * float(tb)))) if rate and tb else 1
+    out: list[int] = []
+    for i, (p, d) in enumerate(zip(pts, dts)):
+        v = p if p is not None else d
+        out.append(int(v) if v is not None else (out[-1] + step if out else i * step))
+    return np.asarray(out, dtype=np.int64)
+
+
+def _first_rotation(path: Path, index: int) -> int:
+    """The display-matrix rotation, read from the first decoded frame (PyAV exposes it per frame)."""
+    import av
+
+    try:
+        with av.open(str(path)) as c:
+            for frame in c.decode(c.streams[index]):
+                return _rotation_of(frame)
+    except (av.error.FFmpegError, OSError, StopIteration):
+        pass
+    return 0
+
+
+def _upright(arr: np.ndarray, rotation: int) -> np.ndarray:
+    return np.ascontiguousarray(np.rot90(arr, rotation // 90)) if rotation else arr
 
 
 class PyAVDecoder:
-    """Sequential decode that keeps only the requested frames: exact for variable frame rate too."""
+    """Decodes forward, seeking to the keyframe before far targets; identifies every frame by its pts."""
 
     name = "pyav"
 
-    def __init__(self, path: Path, out_size: tuple[int, int] | None = None, threads: int = 0):
+    def __init__(self, path: Path, scan: Scan, out_size: tuple[int, int] | None = None, threads: int = 0):
         import av  # lazy
 
         self._av = av
         self._path = path
-        self._out_size = out_size
+        self._scan = scan
         self._threads = threads
-        try:
-            container = av.open(str(path))
-        except (av.error.FFmpegError, UnicodeDecodeError) as err:
-            raise _classify(path, err) from err
-        try:
-            if not container.streams.video:
-                raise NotAVideoError(f"{path}: the file has no video stream")
-            stream = container.streams.video[0]
-            fmt = container.format.name
-            if fmt in _NOT_VIDEO_FORMATS or stream.codec_context.name in _TEXT_ART_CODECS:
-                raise NotAVideoError(f"{path}: not a video file (FFmpeg reads it as {fmt!r})")
-            if fmt == "image2" or fmt.endswith("_pipe"):
-                raise NotAVideoError(f"{path}: is a still image, not a video")
-            rate = stream.average_rate or stream.guessed_rate or Fraction(0)
-            fps = float(rate)
-            duration = float(stream.duration * stream.time_base) if stream.duration else (
-                container.duration / 1e6 if container.duration else 0.0)
-            n = int(stream.frames or 0)
-            if n <= 0:
-                n = self._count_frames(container)
-            if n <= 0:
-                raise EmptyVideoError(f"{path}: the video has zero decodable frames")
-            h, w = (stream.codec_context.height, stream.codec_context.width) if out_size is None else out_size
-            self._info = StreamInfo(n, fps, int(w), int(h), duration or (n / fps if fps else 0.0), self.name)
-        finally:
-            container.close()
+        info = scan.info(self.name)
+        if out_size is not None:
+            info = StreamInfo(info.num_frames, info.fps, out_size[1], out_size[0], info.duration, self.name,
+                              info.timestamps, info.rotation)
+        self._info = info
+        self._times = scan.times
         self._container = None
         self._iter = None
-        self._next_index = 0
-
-    def _count_frames(self, container) -> int:
-        """Count by demuxing packets (no decoding) when the header does not say."""
-        stream = container.streams.video[0]
-        try:
-            return sum(1 for p in container.demux(stream) if p.size > 0)
-        except self._av.error.FFmpegError:
-            return 0
+        self._last = -1  # index of the last frame decoded
+        self._ordinal = 0  # decode-order counter (streams without unique pts)
+        self._no_seek = not scan.exact
+        self._seek_check = False  # the next frame is the first after a seek: must not lie past the target
+        steps = np.diff(scan.pts) if scan.exact and len(scan.pts) > 1 else np.zeros(0, np.int64)
+        self._tolerance = int(np.median(steps[steps > 0]) // 2) if np.any(steps > 0) else 0
 
     def info(self) -> StreamInfo:
         return self._info
@@ -148,75 +265,184 @@ class PyAVDecoder:
     def _open(self) -> None:
         self.close()
         self._container = self._av.open(str(self._path))
-        stream = self._container.streams.video[0]
+        stream = self._container.streams[self._scan.stream_index]
         stream.thread_type = "AUTO"
         if self._threads:
             stream.codec_context.thread_count = self._threads
         self._stream = stream
-        self._start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
-        self._iter = self._container.decode(stream)
-        self._next_index = 0
+        self._iter = self._frames()
+        self._last, self._ordinal, self._seek_check = -1, 0, False
 
-    def _index_of(self, frame) -> int:
-        """Frame index from its timestamp (robust after a seek); the decode counter when there is none."""
-        if frame.pts is None or self._info.fps <= 0:
-            return self._next_index
-        return int(round((float(frame.pts * frame.time_base) - self._start) * self._info.fps))
+    def _frames(self):
+        """Decoded frames, packet by packet: a damaged packet is skipped, not the end of the video."""
+        assert self._container is not None
+        packets = self._container.demux(self._stream)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                return
+            except (self._av.error.FFmpegError, OSError) as err:
+                logger.info("%s: reading stopped after frame %d: %s", self._path, self._last, _short(err))
+                return
+            try:
+                frames = packet.decode()
+            except self._av.error.FFmpegError as err:
+                logger.debug("%s: a damaged packet was skipped: %s", self._path, _short(err))
+                continue
+            yield from frames
 
     def _seek(self, target: int) -> None:
-        """Jump to the keyframe before `target` instead of decoding everything in between."""
-        t = self._start + max(0.0, target / self._info.fps - 0.5)
-        self._container.seek(int(t / self._stream.time_base), stream=self._stream, backward=True, any_frame=False)
-        self._iter = self._container.decode(self._stream)
+        assert self._container is not None
+        self._container.seek(int(self._scan.pts[target]), stream=self._stream, backward=True, any_frame=False)
+        self._iter = self._frames()
+        self._last, self._seek_check = -1, True
 
-    def get(self, indices: np.ndarray) -> np.ndarray:
-        if len(indices) == 0:
-            return np.zeros((0, self._info.height, self._info.width, 3), np.uint8)
-        if self._iter is None or int(indices[0]) < self._next_index:
-            self._open()
-        out: list[np.ndarray] = []
+    def _far(self, target: int) -> bool:
+        if self._no_seek:
+            return False
+        here = self._times[self._last] if self._last >= 0 else -SEEK_GAP_S
+        return bool(self._times[target] - here > SEEK_GAP_S)
+
+    def _identify(self, frame) -> tuple[int | None, float]:
+        """(frame index, presentation time) of a decoded frame."""
+        if not self._scan.exact:
+            i = self._ordinal
+            self._ordinal += 1
+            t = ((frame.pts - self._scan.start) * float(self._scan.time_base) if frame.pts is not None
+                 else float(self._times[min(i, len(self._times) - 1)]))
+            return i, float(t)
+        if frame.pts is None:
+            i = min(self._last + 1, len(self._times) - 1)
+            return i, float(self._times[i])
+        table = self._scan.pts
+        j = int(np.searchsorted(table, frame.pts))
+        if j >= len(table) or table[j] != frame.pts:  # not a listed time: within half a frame, or unknown
+            j = min(range(max(0, j - 1), min(len(table), j + 1)), key=lambda k: abs(int(table[k]) - frame.pts))
+            if abs(int(table[j]) - frame.pts) > self._tolerance:
+                logger.debug("%s: decoded pts %s is not in the frame table; skipped", self._path, frame.pts)
+                return None, 0.0
+        return j, float(self._times[j])
+
+    def _to_rgb(self, frame) -> np.ndarray:
         h, w = self._info.height, self._info.width
-        pending = [int(i) for i in indices]
-        seek_gap = max(64, int(4 * self._info.fps))
-        try:
-            while pending:
-                if self._info.fps > 0 and pending[0] - self._next_index > seek_gap:
-                    self._seek(pending[0])
-                progressed = False
-                for frame in self._iter:  # type: ignore[union-attr]
-                    i = self._index_of(frame)
-                    self._next_index = i + 1
-                    progressed = True
-                    if i < pending[0]:
-                        continue
-                    if i > pending[0]:  # a seek overshot or the frame is missing: take the nearest that follows
-                        logger.debug("%s: wanted frame %d, got %d", self._path, pending[0], i)
-                        while pending and pending[0] < i:
-                            pending.pop(0)
-                            out.append(frame.to_ndarray(format="rgb24", width=w, height=h))
-                        if pending and pending[0] == i:
-                            pending.pop(0)
-                        else:
-                            break
-                        continue
-                    out.append(frame.to_ndarray(format="rgb24", width=w, height=h))
-                    pending.pop(0)
-                    if not pending or pending[0] - self._next_index > seek_gap:
-                        break
-                if not progressed:
-                    break  # end of stream
-        except self._av.error.FFmpegError as err:
-            logger.warning("%s: decoding stopped at frame %d: %s", self._path, self._next_index, err)
-            self._iter = None
-        if not out:
-            return np.zeros((0, h, w, 3), np.uint8)
-        return np.stack(out)
+        rot = self._scan.rotation
+        sh, sw = (w, h) if rot in (90, 270) else (h, w)
+        return _upright(frame.to_ndarray(format="rgb24", width=sw, height=sh), rot)
+
+    def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        want = [int(i) for i in indices]
+        frames: list[np.ndarray] = []
+        got: list[int] = []
+        times: list[float] = []
+        if want:
+            if self._iter is None or want[0] <= self._last or (not self._scan.exact and want[0] < self._ordinal):
+                self._open()
+            if self._far(want[0]):
+                self._seek(want[0])
+        k = 0
+        while k < len(want):
+            try:
+                frame = next(self._iter)  # type: ignore[arg-type]
+            except StopIteration:
+                break
+            except self._av.error.FFmpegError as err:
+                logger.info("%s: decoding stopped after frame %d: %s", self._path, self._last, _short(err))
+                self._iter = None
+                break
+            i, t = self._identify(frame)
+            if i is None:
+                continue
+            if self._seek_check:
+                self._seek_check = False
+                if i > want[k]:  # the seek landed past the target: decode from the start, never seek again
+                    logger.debug("%s: seek overshot (wanted %d, got %d); decoding sequentially", self._path, want[k], i)
+                    self._no_seek = True
+                    self._open()
+                    continue
+            self._last = max(self._last, i)
+            while k < len(want) and want[k] < i:  # listed but never decoded (damaged): left out, not replaced
+                logger.debug("%s: frame %d did not decode", self._path, want[k])
+                k += 1
+            if k < len(want) and want[k] == i:
+                frames.append(self._to_rgb(frame))
+                got.append(i)
+                times.append(t)
+                k += 1
+                if k < len(want) and self._far(want[k]):
+                    self._seek(want[k])
+        h, w = self._info.height, self._info.width
+        arr = np.stack(frames) if frames else np.zeros((0, h, w, 3), np.uint8)
+        return arr, np.asarray(got, dtype=np.int64), np.asarray(times, dtype=np.float64)
 
     def close(self) -> None:
         if self._container is not None:
             self._container.close()
         self._container = None
         self._iter = None
+
+
+class DecordDecoder:
+    """decord, used only when its frame table is the scan's (same count, same timestamps)."""
+
+    name = "decord"
+
+    def __init__(self, path: Path, scan: Scan | None, out_size: tuple[int, int] | None = None, threads: int = 0):
+        import decord  # lazy: optional, barely maintained
+
+        if scan is not None and scan.format in _DECORD_UNSAFE_FORMATS:
+            raise DecoderUnsuitableError(f"{path}: decord does not decode {scan.format!r} streams frame-exactly")
+        if scan is not None and not scan.exact:
+            raise DecoderUnsuitableError(f"{path}: timestamps stall or repeat; only PyAV decodes it in order")
+        decord.bridge.set_bridge("native")
+        decord.logging.set_level(decord.logging.QUIET)  # its FFmpeg's messages are noise: failures are ours to report
+        rotation = scan.rotation if scan is not None else 0
+        kwargs = {}
+        if out_size is not None and not rotation:  # decord resizes rotated frames into 4 channels: resize here
+            kwargs = {"height": out_size[0], "width": out_size[1]}
+        try:
+            self._vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=threads, **kwargs)
+            n = len(self._vr)
+            if n == 0:
+                raise EmptyVideoError(f"{path}: the video has zero decodable frames")
+            stamps = np.asarray(self._vr.get_frame_timestamp(list(range(n))), dtype=np.float64)[:, 0]
+            first = self._vr[0].shape
+        except VideoError:
+            raise
+        except Exception as err:  # noqa: BLE001 - decord raises DECORDError, RuntimeError, ...
+            raise _classify(path, err) from err
+        times = stamps - stamps[0]
+        fps = float(self._vr.get_avg_fps() or 0.0)
+        if scan is not None:
+            tol = max(1e-3, 0.25 / scan.fps) if scan.fps > 0 else 1e-3
+            if n != scan.num_frames or np.max(np.abs(times - scan.times)) > tol:
+                raise DecoderUnsuitableError(f"{path}: decord's frame table differs from the file's timestamps")
+            times, fps = scan.times, scan.fps
+        h, w = out_size if out_size is not None else first[:2]
+        self._out = (int(h), int(w))
+        self._resize = out_size is not None and tuple(first[:2]) != self._out
+        self._info = StreamInfo(n, fps, int(w), int(h), float(times[-1]) + (1 / fps if fps > 0 else 0.0), self.name,
+                                times, rotation)
+
+    def info(self) -> StreamInfo:
+        return self._info
+
+    def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        idx = np.asarray(indices, dtype=np.int64)
+        arr = self._vr.get_batch(idx.tolist()).asnumpy()
+        if arr.ndim != 4 or arr.shape[-1] != 3:
+            raise RuntimeError(f"decord returned frames of shape {arr.shape}")
+        if self._resize:
+            import torch
+            import torch.nn.functional as F
+
+            x = torch.from_numpy(arr).permute(0, 3, 1, 2).float()
+            x = F.interpolate(x, size=self._out, mode="bilinear", align_corners=False, antialias=True)
+            arr = x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+        return arr, idx, self._info.frame_times()[idx]
+
+    def close(self) -> None:
+        self._vr = None
 
 
 def _classify(path: Path, err: Exception) -> Exception:
@@ -230,33 +456,52 @@ def _short(err: Exception) -> str:
     return text[0][:160] if text else type(err).__name__
 
 
-DECODERS = ("decord", "pyav")
+#: in the order `auto` tries them: PyAV first (faster on long videos, exact everywhere; bench/RESULTS.md)
+DECODERS = ("pyav", "decord")
 
 
-def open_decoder(path: Path, backend: str = "auto", out_size: tuple[int, int] | None = None) -> FrameDecoder:
-    """Open with the first backend that can read the file. A user error from every backend is re-raised."""
-    order = DECODERS if backend == "auto" else (backend,)
+def open_decoder(path: Path, backend: str = "auto", out_size: tuple[int, int] | None = None,
+                 scan: Scan | None = None) -> FrameDecoder:
+    """Open with the preferred backend, falling back to the other one on any failure.
+
+    `backend` is a preference, not a promise: a file one decoder cannot read exactly is read by the other.
+    Only when both fail is it an error, the most specific diagnosis first.
+    """
+    if backend not in ("auto", *DECODERS):
+        raise ValueError(f"unknown video backend {backend!r}; choose from {('auto',) + DECODERS}")
+    order = DECODERS if backend == "auto" else (backend, *[d for d in DECODERS if d != backend])
     errors: list[Exception] = []
-    for name in order:
-        cls = {"decord": DecordDecoder, "pyav": PyAVDecoder}.get(name)
-        if cls is None:
-            raise ValueError(f"unknown video backend {name!r}; choose from {('auto',) + DECODERS}")
+    scan_error: Exception | None = None
+    if scan is None:
         try:
-            return cls(path, out_size=out_size)
+            scan = scan_video(path)
+        except ImportError as err:
+            errors.append(err)
+        except NotAVideoError:
+            raise  # no video stream / cover art: decord would only guess
+        except (CorruptVideoError, EmptyVideoError) as err:
+            scan_error = err
+    for name in order:
+        try:
+            if name == "pyav":
+                if scan is None:
+                    raise scan_error or ImportError("PyAV is not installed: pip install av")
+                return PyAVDecoder(path, scan, out_size=out_size)
+            return DecordDecoder(path, scan, out_size=out_size)
         except ImportError as err:
             logger.debug("%s unavailable: %s", name, err)
             errors.append(err)
-        except (CorruptVideoError, NotAVideoError, EmptyVideoError) as err:
+        except VideoError as err:
             logger.debug("%s could not read %s: %s", name, path, err)
             errors.append(err)
         except Exception as err:  # noqa: BLE001 - third-party decoders raise anything; fall back, keep it
             logger.debug("%s failed on %s: %r", name, path, err)
             errors.append(_classify(path, err))
+        if backend == name:
+            logger.warning("%s: %s cannot read it (%s); using the other decoder", path, name, errors[-1])
     user_errors = [e for e in errors if not isinstance(e, ImportError)]
-    if user_errors:
-        # Prefer the most specific diagnosis: empty > not-a-video > corrupt.
-        for kind in (EmptyVideoError, NotAVideoError, CorruptVideoError):
-            for e in user_errors:
-                if isinstance(e, kind):
-                    raise e
-    raise ImportError("no video decoder is installed: pip install decord av")
+    for kind in (EmptyVideoError, NotAVideoError, CorruptVideoError, DecoderUnsuitableError):
+        for e in user_errors:
+            if isinstance(e, kind):
+                raise e
+    raise ImportError("no video decoder is installed: pip install av (and optionally decord)")

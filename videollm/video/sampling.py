@@ -66,6 +66,42 @@ def sample_indices(total: int, native_fps: float, cfg: SamplingConfig) -> np.nda
     return uniform_indices(total, int(cfg.num_frames))  # type: ignore[arg-type]
 
 
+def plan_indices(times: np.ndarray, cfg: SamplingConfig) -> np.ndarray:
+    """Which frames to decode, chosen in presentation time from every frame's timestamp (seconds).
+
+    Uniform: `num_frames` instants evenly spread from the first to the last frame, each taking the nearest
+    frame. Fixed rate: one instant every 1/fps seconds, each taking the frame on screen then (the last
+    one that started at or before it); capped by `max_frames`, spread evenly. On a constant-rate video
+    both equal `uniform_indices` / `fps_indices`; on a variable-rate one they follow the clock, not the
+    frame count. Timestamps that stall or jump back never move the clock backwards.
+    """
+    cfg.validate()
+    t = np.asarray(times, dtype=np.float64)
+    n = len(t)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    clock = np.maximum.accumulate(np.nan_to_num(t, nan=0.0))
+    if cfg.fps is not None:
+        span = clock[-1] - clock[0]
+        targets = clock[0] + np.arange(0.0, span + 1e-9, 1.0 / cfg.fps)
+        idx = np.searchsorted(clock, targets + 1e-6, side="right") - 1
+        idx = np.unique(np.clip(idx, 0, n - 1))
+        if len(idx) > cfg.max_frames:
+            idx = idx[uniform_indices(len(idx), cfg.max_frames)]
+        return idx.astype(np.int64)
+    num = int(cfg.num_frames)  # type: ignore[arg-type]
+    if num >= n:
+        return np.arange(n, dtype=np.int64)
+    strict = clock + np.arange(n) * 1e-9  # equal times keep their order
+    if num == 1:
+        targets = np.array([(strict[0] + strict[-1]) / 2])
+    else:
+        targets = np.linspace(strict[0], strict[-1], num)
+    pos = np.interp(targets, strict, np.arange(n, dtype=np.float64))
+    idx = np.unique(np.clip(np.round(pos + 1e-7 * (num == 1)), 0, n - 1).astype(np.int64))
+    return idx
+
+
 def scaled_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
     """Output (H, W) keeping aspect ratio with the longer side at most `max_side` (even numbers)."""
     if max_side is None or max(height, width) <= max_side:
