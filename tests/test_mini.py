@@ -199,3 +199,34 @@ def test_runs_under_auto_reasoning(mini, clips):
     out = run_mode("auto", mini, format_question("What is the person wearing?", options), clips["carphone"][2],
                    normalize_options(options), GenerationConfig(max_new_tokens=4), max_think_tokens=4, threshold=0.99)
     assert out.mode == "auto" and out.generated_tokens > 0
+
+
+def test_quantization_reaches_mini_llm_and_encoder(mini, clips):
+    """`--quant` / `--vision-quant` go through `quantizable_modules()`, so videollm-mini quantizes too."""
+    import copy
+
+    from videollm.backbones.protocols import SupportsQuantization
+    from videollm.quant import QuantLinear, quantize_backbone
+    from videollm.samples import sample_path
+    from videollm.video import load_video
+
+    bb = copy.deepcopy(mini)
+    assert isinstance(bb, SupportsQuantization)
+    video = load_video(sample_path("bigbuckbunny"))
+    try:
+        frames = video.read(np.arange(4)).frames
+    finally:
+        video.close()
+    ref_feats = bb.encode_frames(frames)
+    ref_classes = [f.classes[0] for f in bb.frame_classes(frames, k=1)]
+    ids = bb.embed_text("The capital of France is").unsqueeze(0)
+    ref_logits, _ = bb.lm_forward(ids)
+    done = quantize_backbone(bb, llm="int8", vision="int8")
+    assert done.llm_layers and done.vision_layers
+    assert isinstance(bb.llm.model.layers[0].self_attn.q_proj, QuantLinear)
+    assert isinstance(bb.encoder.get_classifier(), QuantLinear)
+    assert not isinstance(bb.llm.lm_head, QuantLinear)  # head/embeddings stay float
+    logits, _ = bb.lm_forward(ids)
+    assert logits.argmax() == ref_logits.argmax()
+    assert torch.allclose(bb.encode_frames(frames), ref_feats)  # the convolutions stay float
+    assert [f.classes[0] for f in bb.frame_classes(frames, k=1)] == ref_classes

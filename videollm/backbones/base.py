@@ -131,11 +131,6 @@ class Backbone(ABC):
                 f"{self.max_context}; lower --budget or the number of frames")
         return PromptInputs(embeds, len(ids) - 1, visual.num_tokens, prompt)
 
-    def choice_scorer(self, inputs: PromptInputs, user_text: str, visual: VisualTokens) -> Any:
-        """Optional: a `generation.FirstStep` that scores a multiple-choice prompt's options itself (for
-        backbones too small to map an option to its letter). None = answer by plain generation."""
-        return None
-
     # ---- language model ----------------------------------------------------------------------------
     @abstractmethod
     def lm_forward(self, inputs_embeds: torch.Tensor, cache: Any = None) -> tuple[torch.Tensor, Any]:

@@ -117,6 +117,10 @@ class LlavaOneVisionBackbone(Backbone):
         x = F.interpolate(x, size=(math.ceil(h / 2), math.ceil(w / 2)), mode="bilinear")  # the model's video pooling
         return x.permute(0, 2, 3, 1).contiguous()
 
+    def quantizable_modules(self) -> dict[str, torch.nn.Module]:
+        """The language model (without embeddings and LM head) and the SigLIP tower (`SupportsQuantization`)."""
+        return {"llm": self.model.model.language_model, "vision": self.model.model.vision_tower}
+
     def visual_suffix(self) -> torch.Tensor | None:
         return self.model.model.image_newline.detach()[None, :]
 
