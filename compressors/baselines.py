@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
+from videollm.errors import InvalidRequestError
 from videollm.types import VisualTokens
 from videollm.video import Video
-
-import torch
 
 from .base import CompressorConfig, TokenCompressor, frames_within, pack, pool_grid, spread
 
@@ -37,6 +38,11 @@ class UniformCompressor(TokenCompressor):
 class PoolConfig(CompressorConfig):
     tokens_per_frame: int | None = None  # None: as many as the budget allows, up to the native count
 
+    def validate(self) -> None:
+        super().validate()
+        if self.tokens_per_frame is not None and self.tokens_per_frame < 1:
+            raise InvalidRequestError(f"pool: tokens_per_frame must be >= 1 (or unset), got {self.tokens_per_frame}")
+
 
 class PoolCompressor(TokenCompressor):
     """Spatial average pooling of every sampled frame to the same tokens-per-frame target."""
@@ -47,7 +53,7 @@ class PoolCompressor(TokenCompressor):
 
     def compress(self, video: Video, query: str | None, budget: int | None) -> VisualTokens:
         native = self.backbone.tokens_per_frame
-        target = self.config.tokens_per_frame or native
+        target = native if self.config.tokens_per_frame is None else self.config.tokens_per_frame
         n = len(video)
         positions = spread(n, n)
         if budget is not None:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from videollm.backbones.protocols import VideoLanguageModel
 from videollm.errors import InvalidRequestError
 from videollm.timing import stage
 from videollm.types import VisualTokens
@@ -235,6 +236,10 @@ class LongVUConfig(CompressorConfig):
     context_length: int | None = 8192  # None: the backbone's context
     reserve_tokens: int = 16
 
+    def validate(self) -> None:
+        super().validate()
+        resolve_params(self)
+
 
 @dataclass(frozen=True)
 class LongVUParams:
@@ -307,7 +312,7 @@ class LongVUCompressor(TokenCompressor):
     config_class = LongVUConfig
     config: LongVUConfig
 
-    def __init__(self, backbone: Any, config: LongVUConfig | None = None, **overrides: Any):
+    def __init__(self, backbone: VideoLanguageModel, config: LongVUConfig | None = None, **overrides: Any):
         super().__init__(backbone, config, **overrides)
         self.params = resolve_params(self.config)
         self._dino: Any = None

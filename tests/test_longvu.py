@@ -289,7 +289,7 @@ def test_presets_and_overrides():
                 dict(reduce_mode="x"), dict(fps=0.0), dict(reduced_grid=[0, 2])):
         with pytest.raises(InvalidRequestError):
             make_compressor(**bad)
-    with pytest.raises(TypeError):
+    with pytest.raises(InvalidRequestError, match="unknown longvu option"):
         make_compressor(no_such_option=1)
 
 

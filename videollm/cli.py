@@ -7,12 +7,16 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import DEFAULT_MODEL
 from .samples import SAMPLES
 
 QUANT_CHOICES = ["none", "int8", "int4", "int2", "ternary"]
+
+if TYPE_CHECKING:
+    from .config import PipelineConfig
+    from .pipeline import VideoQAPipeline
 
 logger = logging.getLogger("videollm")
 
@@ -29,6 +33,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--budget", type=int, default=None, help="max visual tokens handed to the LLM")
     g.add_argument("--compressor-option", action="append", default=[], metavar="KEY=VALUE",
                    help="compressor option, repeatable (e.g. tokens_per_frame=16)")
+    g.add_argument("--compressor-weights", default=None, metavar="DIR",
+                   help="trained weights of a compressor that has them (a save_pretrained directory)")
     g.add_argument("--reasoning", default="direct",
                    help="direct | think | auto (answer first, think only when unsure; see docs/reasoning.md)")
     g.add_argument("--confidence-threshold", type=float, default=None,
@@ -62,7 +68,9 @@ def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"error: compressor option {pair!r} is not KEY=VALUE")
+            from .errors import InvalidRequestError
+
+            raise InvalidRequestError(f"compressor option {pair!r} is not KEY=VALUE")
         try:
             out[key.strip()] = json.loads(raw)
         except json.JSONDecodeError:
@@ -70,7 +78,8 @@ def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def pipeline_config(args: argparse.Namespace) -> Any:
+def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
+    """The CLI's arguments as a checked `PipelineConfig` (every name and value; no model is loaded)."""
     from .config import PipelineConfig
     from .generation import GenerationConfig
     from .video.sampling import SamplingConfig
@@ -83,7 +92,8 @@ def pipeline_config(args: argparse.Namespace) -> Any:
                                                                      repetition_penalty=args.repetition_penalty),
                           reasoning=args.reasoning, reasoning_options=reasoning_options(args),
                           device=args.device, dtype=args.dtype, video_backend=args.video_backend,
-                          quant=args.quant, vision_quant=args.vision_quant, quant_group_size=args.quant_group_size)
+                          quant=args.quant, vision_quant=args.vision_quant, quant_group_size=args.quant_group_size,
+                          compressor_weights=args.compressor_weights).validate()
 
 
 def reasoning_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -92,30 +102,33 @@ def reasoning_options(args: argparse.Namespace) -> dict[str, Any]:
     return {key: getattr(args, attr) for attr, key in names.items() if getattr(args, attr, None) is not None}
 
 
-def build_pipeline(args: argparse.Namespace) -> Any:
+def build_pipeline(args: argparse.Namespace, cfg: PipelineConfig | None = None) -> VideoQAPipeline:
     from .pipeline import VideoQAPipeline
 
-    cfg = pipeline_config(args)
-    if args.budget is not None and args.budget < 1:
-        from .errors import InvalidRequestError
-
-        raise InvalidRequestError(f"--budget must be >= 1, got {args.budget}")
-    return VideoQAPipeline.from_config(cfg)
+    return VideoQAPipeline.from_config(cfg or pipeline_config(args))
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
     from .prompting import format_question
     from .samples import sample_path
 
-    if args.sample and args.video:
-        raise SystemExit("error: give either VIDEO or --sample, not both")
+    from .errors import InvalidRequestError
+    from .video import load_video
 
-    format_question(args.question, args.options)  # fail fast, before loading a model
+    if args.sample and args.video:
+        raise InvalidRequestError("give either VIDEO or --sample, not both")
+    # every user error first: question, names, options, values, the file; only then a model loads
+    format_question(args.question, args.options)
+    cfg = pipeline_config(args)
     video = str(sample_path(args.sample)) if args.sample else args.video
     if video is None:
-        raise SystemExit("error: give a VIDEO path or --sample")
-    pipe = build_pipeline(args)
-    ans = pipe(video, args.question, args.options)
+        raise InvalidRequestError("give a VIDEO path or --sample")
+    opened = load_video(video, cfg.sampling, backend=cfg.video_backend)  # exists, is a video, decodes
+    try:
+        pipe = build_pipeline(args, cfg)
+        ans = pipe(opened, args.question, args.options)
+    finally:
+        opened.close()
     if args.json:
         print(json.dumps({**ans.to_dict(), "video": video}, ensure_ascii=False))
     else:

@@ -39,7 +39,7 @@ class ModelLoadError(VideoLLMError):
                          "--model tiny-random (random weights, for testing the pipeline)")
 
 
-class UnknownNameError(VideoLLMError, KeyError):
+class UnknownNameError(InvalidRequestError, KeyError):
     """A compressor, model, mode or task name that is not registered."""
 
     def __str__(self) -> str:  # KeyError would quote the message

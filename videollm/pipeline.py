@@ -7,11 +7,12 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .backbones import Backbone, load_backbone
+from .backbones import load_backbone
+from .backbones.protocols import SupportsQuantization, VideoLanguageModel
 from .config import PipelineConfig
 from .errors import InvalidRequestError
 from .generation import GenerationConfig
@@ -21,17 +22,27 @@ from .timing import StageTimer, stage
 from .types import Answer
 from .video import SamplingConfig, Video, load_video
 
+if TYPE_CHECKING:
+    from videollm.compressors.base import TokenCompressor
+
 logger = logging.getLogger(__name__)
 
 
 class VideoQAPipeline:
-    def __init__(self, backbone: Backbone, config: PipelineConfig | None = None, compressor: Any = None):
+    def __init__(self, backbone: VideoLanguageModel, config: PipelineConfig | None = None,
+                 compressor: TokenCompressor | None = None):
         from videollm.compressors import create_compressor
 
         self.backbone = backbone
-        self.config = config or PipelineConfig(model=backbone.name)
-        self.compressor = compressor or create_compressor(self.config.compressor, backbone,
-                                                          **self.config.compressor_options)
+        self.config = cfg = config or PipelineConfig(model=backbone.name)
+        if compressor is None:
+            compressor = create_compressor(cfg.compressor, backbone, weights=cfg.compressor_weights,
+                                           **cfg.compressor_options)
+            if isinstance(compressor, SupportsQuantization) and (cfg.quant != "none" or cfg.vision_quant != "none"):
+                from .quant import quantize_backbone  # modules the compressor owns, through the same seam
+
+                quantize_backbone(compressor, llm=cfg.quant, vision=cfg.vision_quant, group_size=cfg.quant_group_size)
+        self.compressor = compressor
         if backbone.notice:
             logger.warning(backbone.notice)
 
@@ -48,12 +59,23 @@ class VideoQAPipeline:
 
     @classmethod
     def from_config(cls, cfg: PipelineConfig) -> "VideoQAPipeline":
-        """Load the backbone named in `cfg`, quantize it if asked, and attach the compressor."""
-        backbone = load_backbone(cfg.model, device=cfg.device, dtype=cfg.dtype)
-        if cfg.quant != "none" or cfg.vision_quant != "none":
-            from .quant import quantize_backbone
+        """Check `cfg` (no model needed), then get the backbone it names from the process-wide model cache
+        (loaded and quantized once, shared with the demo, eval and compressors), and attach the compressor."""
+        from .models import get_model
 
-            quantize_backbone(backbone, llm=cfg.quant, vision=cfg.vision_quant, group_size=cfg.quant_group_size)
+        cfg.validate()
+
+        def load() -> VideoLanguageModel:
+            backbone = load_backbone(cfg.model, device=cfg.device, dtype=cfg.dtype)
+            if cfg.quant != "none" or cfg.vision_quant != "none":
+                from .quant import quantize_backbone
+
+                quantize_backbone(backbone, llm=cfg.quant, vision=cfg.vision_quant, group_size=cfg.quant_group_size)
+            return backbone
+
+        quant = "none" if cfg.quant == cfg.vision_quant == "none" else f"{cfg.quant}+{cfg.vision_quant}"
+        options = {"group_size": cfg.quant_group_size} if quant != "none" else {}
+        backbone = get_model(cfg.model, device=cfg.device, dtype=cfg.dtype, quant=quant, loader=load, **options)
         return cls(backbone, cfg)
 
     def load(self, video: str | os.PathLike[str] | Video, sampling: SamplingConfig | None = None) -> Video:

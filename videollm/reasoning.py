@@ -20,6 +20,7 @@ import torch
 
 from .backbones.protocols import SupportsChoiceScoring, VideoLanguageModel
 from .errors import InvalidRequestError
+from .registry import Registry
 from .generation import OVERTHINK_WORDS, GenerationConfig, GenerationResult, TokenPenalty, continue_generation, generate
 from .prompting import option_letters, option_texts, parse_choice
 from .reasoning_format import (
@@ -106,20 +107,15 @@ class ReasoningOptions:
 
 
 ReasoningFn = Callable[..., ReasoningOutcome]
-MODES: dict[str, ReasoningFn] = {}
+MODES: Registry[ReasoningFn] = Registry("reasoning mode")
 
 
 def register_mode(name: str) -> Callable[[ReasoningFn], ReasoningFn]:
-    def deco(fn: ReasoningFn) -> ReasoningFn:
-        MODES[name] = fn
-        return fn
-    return deco
+    return MODES.register(name)
 
 
 def run_mode(name: str, *args: Any, **kwargs: Any) -> ReasoningOutcome:
-    if name not in MODES:
-        raise InvalidRequestError(f"unknown reasoning mode {name!r}; choose from {', '.join(sorted(MODES))}")
-    return MODES[name](*args, **kwargs)
+    return MODES.get(name)(*args, **kwargs)
 
 
 # ---- confidence probes --------------------------------------------------------------------------------

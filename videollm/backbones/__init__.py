@@ -5,6 +5,7 @@ A hub id or path is dispatched on its config's `model_type` (never on substrings
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -71,4 +72,18 @@ def list_models() -> list[str]:
     return sorted(PRESETS)
 
 
-__all__ = ["Backbone", "FAMILIES", "ModelLoadError", "PRESETS", "PromptInputs", "list_models", "load_backbone"]
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def check_model_name(model: str) -> None:
+    """A preset, an existing local path or a hub id ("org/name"); anything else is a typo, refused before
+    any loading (no hub lookup for a name that cannot be one)."""
+    if model in PRESETS or Path(model).expanduser().exists() or _HUB_ID.match(model or ""):
+        return
+    from ..errors import UnknownNameError
+
+    raise UnknownNameError(f"unknown model {model!r}: not a preset ({', '.join(list_models())}), "
+                           "an existing local directory, nor a hub id of the form org/name")
+
+
+__all__ = ["Backbone", "FAMILIES", "check_model_name", "ModelLoadError", "PRESETS", "PromptInputs", "list_models", "load_backbone"]

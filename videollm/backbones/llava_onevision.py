@@ -29,7 +29,9 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
              "float16": torch.float16, "fp16": torch.float16}
     if dtype not in table:
-        raise ValueError(f"unknown dtype {dtype!r}; choose from {sorted(table)} or 'auto'")
+        from ..errors import InvalidRequestError
+
+        raise InvalidRequestError(f"unknown dtype {dtype!r}; choose from {', '.join(sorted(table))} or 'auto'")
     return table[dtype]
 
 
