@@ -75,7 +75,8 @@ class TokenCompressor(ABC):
             raise InvalidRequestError(f"budget must be between 1 and {MAX_BUDGET} visual tokens, got {budget}")
         if len(video) == 0:
             raise InvalidRequestError("the video has no sampled frames")
-        out = self.compress(video, query=query, budget=None if budget is None else int(budget))
+        with torch.inference_mode():  # frames' features are inference tensors; trained modules run as in eval
+            out = self.compress(video, query=query, budget=None if budget is None else int(budget))
         if budget is not None and out.num_tokens > budget:
             logger.warning("%s returned %d tokens for a budget of %d; trimming", self.name, out.num_tokens, budget)
             out = trim_to_budget(out, budget)
@@ -132,6 +133,16 @@ class WeightedCompressor(TokenCompressor, torch.nn.Module):
 
     def quantizable_modules(self) -> dict[str, torch.nn.Module]:
         return dict(self.named_children())
+
+    def shared_model(self, attr: str, name: str, **get_model_args: Any) -> Any:
+        """`self.<attr>` = the cache's one instance of model `name` (`videollm.models.get_model`), held
+        outside the module tree: not saved with the compressor's weights, not moved by its `to()`, not
+        quantized twice (it is loaded quantized through `quant=`)."""
+        from videollm.models import get_model
+
+        model = get_model(name, **get_model_args)
+        object.__setattr__(self, attr, model)
+        return model
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
         from safetensors.torch import save_file

@@ -102,9 +102,15 @@ def _default_load(name: str, device: str, dtype: str, quant: str, **options: Any
         model = load_backbone(name, device=device, dtype=dtype, **options)
     llm, vision = split_quant(quant)
     if llm != "none" or vision != "none":
-        from .quant import quantize_backbone
+        from torch import nn
 
-        quantize_backbone(model, llm=llm, vision=vision)
+        from .backbones.protocols import SupportsQuantization
+        from .quant import config_for, quantize_, quantize_backbone
+
+        if isinstance(model, SupportsQuantization):
+            quantize_backbone(model, llm=llm, vision=vision)
+        elif isinstance(model, nn.Module) and (cfg := config_for(llm)) is not None:
+            quantize_(model, cfg)  # a plain module: every linear layer, with the first scheme
     return model
 
 
