@@ -1,8 +1,9 @@
 """Token compressors: cut a video's visual tokens to a budget before the LLM. Chosen by name.
 
-Built-ins register lazily as "module:Class" strings so `import videollm.compressors` loads no model code;
-third-party packages add theirs through the `videollm.compressors` entry-point group, or with
-`@COMPRESSORS.register("name")` on the class.
+Each class registers where it is defined (`@COMPRESSORS.register("name")`); the registry imports those
+modules on the first lookup, so `import videollm.compressors` loads no model code. A lazy
+`COMPRESSORS.register("name", "module:Class")` works too, and third-party packages add theirs through the
+`videollm.compressors` entry-point group.
 """
 from __future__ import annotations
 
@@ -16,10 +17,9 @@ if TYPE_CHECKING:
 
     from .base import CompressorConfig, TokenCompressor
 
-COMPRESSORS: Registry[Any] = Registry("compressor", entry_point_group="videollm.compressors")
-COMPRESSORS.register("uniform", "videollm.compressors.baselines:UniformCompressor")
-COMPRESSORS.register("pool", "videollm.compressors.baselines:PoolCompressor")
-COMPRESSORS.register("longvu", "videollm.compressors.longvu:LongVUCompressor")
+#: built-ins register with `@COMPRESSORS.register(name)` on their class, in the modules listed here
+COMPRESSORS: Registry[Any] = Registry("compressor", entry_point_group="videollm.compressors",
+                                      modules=("videollm.compressors.baselines", "videollm.compressors.longvu"))
 
 
 def create_compressor(name: str, backbone: VideoLanguageModel | None, config: CompressorConfig | None = None,

@@ -9,9 +9,11 @@ from videollm.errors import InvalidRequestError
 from videollm.types import VisualTokens
 from videollm.video import Video
 
+from . import COMPRESSORS
 from .base import CompressorConfig, TokenCompressor, frames_within, pack, pool_grid, spread
 
 
+@COMPRESSORS.register("uniform")
 class UniformCompressor(TokenCompressor):
     """All native tokens of the sampled frames; under a budget, fewer frames spread evenly (never pooled)."""
 
@@ -44,6 +46,7 @@ class PoolConfig(CompressorConfig):
             raise InvalidRequestError(f"pool: tokens_per_frame must be >= 1 (or unset), got {self.tokens_per_frame}")
 
 
+@COMPRESSORS.register("pool")
 class PoolCompressor(TokenCompressor):
     """Spatial average pooling of every sampled frame to the same tokens-per-frame target."""
 

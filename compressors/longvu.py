@@ -32,6 +32,7 @@ from videollm.types import VisualTokens
 from videollm.video import Video
 from videollm.video.sampling import fps_indices
 
+from . import COMPRESSORS
 from .base import CompressorConfig, TokenCompressor, pack, spread, timed_chunks
 
 logger = logging.getLogger(__name__)
@@ -303,6 +304,7 @@ def resolve_params(cfg: LongVUConfig) -> LongVUParams:
 # =====================================================================================================
 # The compressor
 # =====================================================================================================
+@COMPRESSORS.register("longvu")
 class LongVUCompressor(TokenCompressor):
     """DINOv2 frame dedup → query-guided full/reduced tokens → spatial token compression."""
 

@@ -20,8 +20,6 @@ from videollm.video import SamplingConfig
 
 logger = logging.getLogger(__name__)
 
-QUANT = ["none", "int8", "int4", "int2", "ternary"]
-REASONING = ["direct", "think", "auto"]
 
 
 @lru_cache(maxsize=2)
@@ -84,6 +82,8 @@ def build_demo(default_model: str = "videollm-mini", device: str = "auto") -> An
     gr = require("gradio", extra="demo", purpose="the demo")
     from videollm.backbones import list_models
     from videollm.compressors import list_compressors
+    from videollm.quant.config import SCHEME_NAMES as QUANT
+    from videollm.reasoning import MODES
 
     with gr.Blocks(title="videollm") as demo:
         gr.Markdown("# videollm\nAsk a question about a video. Frames → vision tower → token compressor → "
@@ -98,7 +98,7 @@ def build_demo(default_model: str = "videollm-mini", device: str = "auto") -> An
                     compressor = gr.Dropdown(list_compressors(), value="uniform", label="compressor")
                     budget = gr.Number(value=None, label="visual token budget (empty = none)", precision=0)
                     frames = gr.Slider(1, 256, value=16, step=1, label="frames sampled")
-                    reasoning = gr.Radio(REASONING, value="direct", label="reasoning")
+                    reasoning = gr.Radio(MODES.names(), value="direct", label="reasoning")
                     quant = gr.Dropdown(QUANT, value="none", label="LLM quantization")
                     vision_quant = gr.Dropdown(QUANT, value="none", label="vision quantization")
                     max_new = gr.Slider(8, 2048, value=256, step=8, label="max new tokens")

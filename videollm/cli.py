@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 from .config import DEFAULT_MODEL
 from .samples import SAMPLES
 
-QUANT_CHOICES = ["none", "int8", "int4", "int2", "ternary"]
 
 if TYPE_CHECKING:
     from .config import PipelineConfig
@@ -26,17 +25,23 @@ SUBCOMMANDS: list[str] = ["videollm.eval.cli:register", "videollm.demo.app:regis
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
+    from .quant.config import SCHEME_NAMES
+    from .reasoning import MODES
+    from .video.decoders import DECODERS
+
+    from videollm.compressors import COMPRESSORS
+
     g = p.add_argument_group("model")
     g.add_argument("--model", default=DEFAULT_MODEL, help=f"preset, hub id or local path (default {DEFAULT_MODEL}; "
                    "'tiny-random' runs offline with random weights)")
-    g.add_argument("--compressor", default="uniform", help="token compressor by name (see `videollm list`)")
+    g.add_argument("--compressor", default="uniform", help=f"token compressor: {', '.join(COMPRESSORS.names())} (see `videollm list`)")
     g.add_argument("--budget", type=int, default=None, help="max visual tokens handed to the LLM")
     g.add_argument("--compressor-option", action="append", default=[], metavar="KEY=VALUE",
                    help="compressor option, repeatable (e.g. tokens_per_frame=16)")
     g.add_argument("--compressor-weights", default=None, metavar="DIR",
                    help="trained weights of a compressor that has them (a save_pretrained directory)")
     g.add_argument("--reasoning", default="direct",
-                   help="direct | think | auto (answer first, think only when unsure; see docs/reasoning.md)")
+                   help=f"{' | '.join(MODES.names())} (auto: answer first, think only when unsure; see docs/reasoning.md)")
     g.add_argument("--confidence-threshold", type=float, default=None,
                    help="auto reasoning: think when the first answer's confidence is below this")
     g.add_argument("--max-think-tokens", type=int, default=None, help="limit on the thinking phase's tokens")
@@ -47,8 +52,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "probability among the valid letters (letter; for backbones not trained in the format)")
     g.add_argument("--prefill-box", action="store_true", default=None,
                    help="think/auto: start the answer with \\boxed{ (helps backbones not trained in the format)")
-    g.add_argument("--quant", default="none", choices=QUANT_CHOICES, help="LLM weight quantization")
-    g.add_argument("--vision-quant", default="none", choices=QUANT_CHOICES, help="vision encoder quantization")
+    g.add_argument("--quant", default="none", choices=SCHEME_NAMES, help="LLM weight quantization")
+    g.add_argument("--vision-quant", default="none", choices=SCHEME_NAMES, help="vision encoder quantization")
     g.add_argument("--quant-group-size", type=int, default=128)
     g.add_argument("--device", default="auto")
     g.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
@@ -57,7 +62,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     m.add_argument("--frames", type=int, default=None, help="sample N frames uniformly (default 32)")
     m.add_argument("--fps", type=float, default=None, help="sample at F frames per second (capped by --max-frames)")
     s.add_argument("--max-frames", type=int, default=256)
-    s.add_argument("--video-backend", default="auto", choices=["auto", "decord", "pyav"])
+    s.add_argument("--video-backend", default="auto", choices=["auto", *DECODERS.names()])
     s.add_argument("--max-new-tokens", type=int, default=64)
     s.add_argument("--repetition-penalty", type=float, default=1.0,
                    help=">1 discourages repeating generated tokens (small models loop); 1 = off")
@@ -142,16 +147,20 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .backbones import list_models
+    from .backbones import PRESETS
+    from .quant.config import SCHEME_NAMES
     from .reasoning import MODES
     from .video.decoders import DECODERS
 
-    from videollm.compressors import list_compressors
+    from videollm.compressors import COMPRESSORS
+    from videollm.eval.tasks import TASKS
 
-    print("models:      " + ", ".join(list_models()) + " (or any LLaVA-OneVision hub id / local path)")
-    print("compressors: " + ", ".join(list_compressors()))
-    print("reasoning:   " + ", ".join(sorted(MODES)))
-    print("decoders:    " + ", ".join(DECODERS))
+    print("models:      " + ", ".join(PRESETS.names()) + " (or any LLaVA-OneVision hub id / local path)")
+    print("compressors: " + ", ".join(COMPRESSORS.names()))
+    print("reasoning:   " + ", ".join(MODES.names()))
+    print("quant:       " + ", ".join(SCHEME_NAMES))
+    print("tasks:       " + ", ".join(TASKS.names()))
+    print("decoders:    " + ", ".join(DECODERS.names()))
     return 0
 
 

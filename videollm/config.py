@@ -12,7 +12,6 @@ import dataclasses
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, replace
-from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import InvalidRequestError, UnknownNameError
@@ -83,8 +82,10 @@ class PipelineConfig:
             raise InvalidRequestError(f"quant group size must be >= 1, got {self.quant_group_size}")
         if self.dtype not in DTYPES:
             raise InvalidRequestError(f"unknown dtype {self.dtype!r}; choose from {', '.join(DTYPES)}")
-        if self.video_backend not in ("auto", "decord", "pyav"):
-            raise InvalidRequestError(f"unknown video backend {self.video_backend!r}; choose auto, decord or pyav")
+        if self.video_backend != "auto":
+            from .video.decoders import DECODERS
+
+            DECODERS.get(self.video_backend)
         check_budget(self.budget)
         self.sampling.validate()
         validate_generation(self.generation)
@@ -184,7 +185,3 @@ def _type_name(tp: Any) -> str:
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
-
-
-def looks_like_path(model: str) -> bool:
-    return Path(model).expanduser().exists()

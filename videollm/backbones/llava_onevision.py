@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .._compat import require
+from . import register_preset
 from .base import Backbone, resize_normalize
 
 logger = logging.getLogger(__name__)
@@ -136,3 +137,8 @@ class LlavaOneVisionBackbone(Backbone):
                                               use_cache=True, return_dict=True)
         logits = self.model.lm_head(out.last_hidden_state[:, -1:]).float()[:, -1]
         return logits, out.past_key_values
+
+
+for _name, _model_id in {"llava-onevision-0.5b": DEFAULT_MODEL_ID,
+                         "llava-onevision-7b": "llava-hf/llava-onevision-qwen2-7b-ov-hf"}.items():
+    register_preset(_name, _model_id)(LlavaOneVisionBackbone.from_pretrained)

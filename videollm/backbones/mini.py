@@ -28,7 +28,7 @@ import torch
 
 from .._compat import require
 from ..types import VisualTokens
-from . import mini_assets, mini_bridge
+from . import mini_assets, mini_bridge, register_preset
 from .base import Backbone, PromptInputs, resize_normalize
 from .protocols import FirstStep
 from .llava_onevision import resolve_device, resolve_dtype
@@ -309,6 +309,7 @@ class MiniBackbone(Backbone):
                 "llm": "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized)", "tokens_per_frame": self.tokens_per_frame}
 
 
+@register_preset("videollm-mini")
 def build_mini(device: str | torch.device | None = "auto", dtype: str | torch.dtype | None = "auto",
                tokens_per_frame: int = 3, **kwargs: Any) -> MiniBackbone:
     """Load videollm-mini from the packaged weights (first call converts the GGUF into the cache)."""

@@ -14,6 +14,10 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import CorruptVideoError, EmptyVideoError, NotAVideoError
+from ..registry import Registry
+
+#: frame decoders by name, tried in this (alphabetical) order under backend="auto": decord, then PyAV
+DECODERS: Registry[type] = Registry("video backend")
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +65,7 @@ def looks_like_video_container(path: Path) -> bool:
     return path.suffix.lower() in _VIDEO_SUFFIXES and len(head) > 0
 
 
+@DECODERS.register("decord")
 class DecordDecoder:
     name = "decord"
 
@@ -92,6 +97,7 @@ class DecordDecoder:
         del self._vr
 
 
+@DECODERS.register("pyav")
 class PyAVDecoder:
     """Sequential decode that keeps only the requested frames: exact for variable frame rate too."""
 
@@ -230,17 +236,12 @@ def _short(err: Exception) -> str:
     return text[0][:160] if text else type(err).__name__
 
 
-DECODERS = ("decord", "pyav")
-
-
 def open_decoder(path: Path, backend: str = "auto", out_size: tuple[int, int] | None = None) -> FrameDecoder:
     """Open with the first backend that can read the file. A user error from every backend is re-raised."""
-    order = DECODERS if backend == "auto" else (backend,)
+    order = DECODERS.names() if backend == "auto" else [backend]
     errors: list[Exception] = []
     for name in order:
-        cls = {"decord": DecordDecoder, "pyav": PyAVDecoder}.get(name)
-        if cls is None:
-            raise ValueError(f"unknown video backend {name!r}; choose from {('auto',) + DECODERS}")
+        cls = DECODERS.get(name)
         try:
             return cls(path, out_size=out_size)
         except ImportError as err:
