@@ -235,3 +235,19 @@ def test_bad_input_is_refused_before_any_model_loads(extra, needle, short_video,
     assert rc == 2 and len(lines) == 1 and needle in lines[0], err
     assert "Traceback" not in err and not loaded
     assert time.perf_counter() - start < 5  # a typo costs no model load (generous: shared, busy CPU)
+
+
+def test_fingerprint_is_derived_from_the_config():
+    from dataclasses import fields
+
+    from videollm.config import RUNTIME_FIELDS, PipelineConfig, fingerprint_keys
+
+    base = PipelineConfig(model="tiny-random", compressor="pool")
+    fp = base.fingerprint()
+    assert set(fp) == set(fingerprint_keys())
+    assert {f.name for f in fields(PipelineConfig)} - set(RUNTIME_FIELDS) <= set(fp)  # every field, by default
+    assert base.replace(compressor_options={"tokens_per_frame": None}).fingerprint() == fp  # explicit default
+    assert base.replace(compressor_options={"tokens_per_frame": 4}).fingerprint()["compressor_options"] == \
+        {"tokens_per_frame": 4}
+    assert base.replace(device="cpu").fingerprint() == fp  # where it runs does not change predictions
+    assert base.replace(reasoning_options={"threshold": 0.5}).fingerprint() != fp

@@ -106,9 +106,21 @@ class PipelineConfig:
         d = self.to_dict()
         for k in RUNTIME_FIELDS:
             d.pop(k, None)
-        d["compressor_options"] = asdict(self.compressor_config())
-        d["reasoning_options"] = _jsonable(asdict(self.reasoning_config()))
+        d["compressor_options"] = non_defaults(self.compressor_config())  # canonical: typed, defaults dropped
+        d["reasoning_options"] = _jsonable(non_defaults(self.reasoning_config()))
+        d["max_new_tokens"] = self.generation.max_new_tokens  # the key runs recorded before the config tree
         return d
+
+
+def fingerprint_keys() -> tuple[str, ...]:
+    """The keys `PipelineConfig.fingerprint()` holds (eval's resume check compares these)."""
+    return (*(f.name for f in fields(PipelineConfig) if f.name not in RUNTIME_FIELDS), "max_new_tokens")
+
+
+def non_defaults(cfg: Any) -> dict[str, Any]:
+    """The fields of dataclass `cfg` that differ from their defaults: `{}` and an explicit default agree."""
+    default = type(cfg)()
+    return {f.name: getattr(cfg, f.name) for f in fields(cfg) if getattr(cfg, f.name) != getattr(default, f.name)}
 
 
 def check_budget(budget: int | None) -> None:
