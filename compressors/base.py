@@ -26,6 +26,7 @@ from videollm.errors import InvalidRequestError
 from videollm.timing import stage
 from videollm.types import VisualTokens
 from videollm.video import Video
+from videollm.video.sampling import uniform_indices
 
 logger = logging.getLogger(__name__)
 
@@ -254,7 +255,7 @@ def pack(frame_tokens: list[torch.Tensor], frame_positions: list[int], timestamp
 
 def trim_to_budget(vt: VisualTokens, budget: int) -> VisualTokens:
     """Last-resort enforcement: keep `budget` tokens spread evenly over the sequence."""
-    keep = torch.from_numpy(np.unique(np.round(np.linspace(0, vt.num_tokens - 1, budget)).astype(np.int64)))
+    keep = torch.from_numpy(spread(budget, vt.num_tokens))
     return VisualTokens(vt.embeds[keep], vt.frame_ids[keep], vt.patch_ids[keep], vt.timestamps,
                         vt.num_sampled_frames, {**vt.stats, "trimmed": True})
 
@@ -267,11 +268,9 @@ def frames_within(budget: int | None, num_frames: int, per_frame: int) -> int:
 
 
 def spread(n_keep: int, n_total: int) -> np.ndarray:
-    """`n_keep` positions spread evenly over `n_total` (always includes both ends when n_keep > 1)."""
-    if n_keep >= n_total:
-        return np.arange(n_total)
-    return np.unique(np.round(np.linspace(0, n_total - 1, n_keep)).astype(np.int64)) if n_keep > 1 else \
-        np.array([n_total // 2])
+    """`n_keep` positions spread evenly over `n_total` (always includes both ends when n_keep > 1): the
+    same rule as uniform frame sampling, so a compressor thinning frames agrees with the sampler."""
+    return uniform_indices(n_total, n_keep)
 
 
 def ceil_div(a: int, b: int) -> int:

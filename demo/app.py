@@ -15,7 +15,7 @@ import numpy as np
 
 from videollm.config import PipelineConfig
 from videollm.errors import VideoLLMError
-from videollm.generation import GenerationConfig
+from videollm.answer.generation import GenerationConfig
 from videollm.video import SamplingConfig
 
 logger = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def build_demo(default_model: str = "videollm-mini", device: str = "auto") -> An
     from videollm.backbones import list_models
     from videollm.compressors import list_compressors
     from videollm.quant.config import SCHEME_NAMES as QUANT
-    from videollm.reasoning import MODES
+    from videollm.answer.reasoning import MODES
 
     with gr.Blocks(title="videollm") as demo:
         gr.Markdown("# videollm\nAsk a question about a video. Frames → vision tower → token compressor → "

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from videollm.backbones import mini_assets, mini_bridge
+from videollm.backbones.mini import assets as mini_assets, bridge as mini_bridge
 
 HAVE_WEIGHTS = all(importlib.util.find_spec(m) for m in
                    (mini_assets.LLM_MODULE, mini_assets.ENCODER_MODULE, "gguf", "timm", "skvideo"))
@@ -68,7 +68,7 @@ def mini():
 @pytest.fixture(scope="module")
 def pipe(mini):
     from videollm.config import PipelineConfig
-    from videollm.generation import GenerationConfig
+    from videollm.answer.generation import GenerationConfig
     from videollm.pipeline import VideoQAPipeline
     from videollm.video import SamplingConfig
 
@@ -113,7 +113,7 @@ def test_cache_is_reused_without_converting_again(mini, monkeypatch):
 @needs_weights
 def test_converted_llm_knows_facts(mini):
     """Dequantization and the q/k un-permutation are right only if the LLM still completes plain text."""
-    from videollm.generation import GenerationConfig, generate
+    from videollm.answer.generation import GenerationConfig, generate
 
     ids = mini.tokenizer("The capital of France is", add_special_tokens=False)["input_ids"]
     out = generate(mini, mini.embed_ids(ids)[None], GenerationConfig(max_new_tokens=3))
@@ -153,9 +153,9 @@ def test_objects_answer_names_what_the_encoder_sees(pipe, mini, clips, clip):
 @needs_weights
 @pytest.mark.parametrize("clip", ["bigbuckbunny", "carphone"])
 def test_multiple_choice_top_class_is_chosen(mini, clips, clip):
-    from videollm.generation import GenerationConfig
-    from videollm.prompting import format_question, normalize_options
-    from videollm.reasoning import run_mode
+    from videollm.answer.generation import GenerationConfig
+    from videollm.answer.prompting import format_question, normalize_options
+    from videollm.answer.reasoning import run_mode
 
     ranked, seen, visual = clips[clip]
     right = mini.class_names[ranked[0]]
@@ -191,9 +191,9 @@ def test_budgets_and_pooling_change_what_the_llm_reads(mini, pipe):
 
 @needs_weights
 def test_runs_under_auto_reasoning(mini, clips):
-    from videollm.generation import GenerationConfig
-    from videollm.prompting import format_question, normalize_options
-    from videollm.reasoning import run_mode
+    from videollm.answer.generation import GenerationConfig
+    from videollm.answer.prompting import format_question, normalize_options
+    from videollm.answer.reasoning import run_mode
 
     options = ["a bow tie", "a helmet"]
     out = run_mode("auto", mini, format_question("What is the person wearing?", options), clips["carphone"][2],

@@ -20,13 +20,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger("videollm")
 
 #: other modules' subcommands: "module:function", each called with the subparsers object to add its own
-SUBCOMMANDS: list[str] = ["videollm.eval.cli:register", "videollm.demo.app:register", "videollm.calibration:register",
+SUBCOMMANDS: list[str] = ["videollm.eval.cli:register", "videollm.demo.app:register", "videollm.eval.calibration:register",
                            "videollm.quant.cli:register"]
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     from .quant.config import SCHEME_NAMES
-    from .reasoning import MODES
+    from .answer.reasoning import MODES
     from .video.decoders import DECODERS
 
     from videollm.compressors import COMPRESSORS
@@ -86,7 +86,7 @@ def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
 def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     """The CLI's arguments as a checked `PipelineConfig` (every name and value; no model is loaded)."""
     from .config import PipelineConfig
-    from .generation import GenerationConfig
+    from .answer.generation import GenerationConfig
     from .video.sampling import SamplingConfig
 
     sampling = SamplingConfig(num_frames=32 if args.frames is None else args.frames, fps=args.fps, max_frames=args.max_frames)
@@ -114,7 +114,7 @@ def build_pipeline(args: argparse.Namespace, cfg: PipelineConfig | None = None) 
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    from .prompting import format_question
+    from .answer.prompting import format_question
     from .samples import sample_path
 
     from .errors import InvalidRequestError
@@ -149,7 +149,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from .backbones import PRESETS
     from .quant.config import SCHEME_NAMES
-    from .reasoning import MODES
+    from .answer.reasoning import MODES
     from .video.decoders import DECODERS
 
     from videollm.compressors import COMPRESSORS

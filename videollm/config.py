@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, TypeVar
 
 from .errors import InvalidRequestError, UnknownNameError
-from .generation import GenerationConfig
+from .answer.generation import GenerationConfig
 from .video.sampling import SamplingConfig
 
 DEFAULT_MODEL = "llava-onevision-0.5b"
@@ -59,7 +59,7 @@ class PipelineConfig:
         return COMPRESSORS.get(self.compressor).make_config(None, **self.compressor_options)
 
     def reasoning_config(self) -> Any:
-        from .reasoning import ReasoningOptions
+        from .answer.reasoning import ReasoningOptions
 
         return ReasoningOptions.from_kwargs(**self.reasoning_options)
 
@@ -70,7 +70,7 @@ class PipelineConfig:
 
         from .backbones import check_model_name
         from .quant.api import check_scheme_names
-        from .reasoning import MODES
+        from .answer.reasoning import MODES
 
         check_model_name(self.model)
         if self.compressor not in COMPRESSORS:

@@ -11,9 +11,9 @@ import os
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ._compat import require
+from .backbones.base import pad_square, resize_normalize
 from .errors import InvalidRequestError, VideoLLMError
 
 logger = logging.getLogger(__name__)
@@ -70,15 +70,8 @@ class DinoV2Encoder:
 
     @torch.inference_mode()
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
-        x = frames.to(self.device).permute(0, 3, 1, 2).float()
-        if self.pad_to_square:
-            x = pad_square(x, tuple(m * 255.0 for m in self.mean))
-        if tuple(x.shape[-2:]) != self.image_size:
-            x = F.interpolate(x, size=self.image_size, mode="bicubic", align_corners=False, antialias=True)
-        x = x.clamp_(0, 255).div_(255.0)
-        mean = torch.tensor(self.mean, device=self.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=self.device).view(1, -1, 1, 1)
-        x = ((x - mean) / std).to(self.dtype)
+        x = resize_normalize(frames, self.image_size, self.mean, self.std, self.device, self.dtype,
+                             pad_to_square=self.pad_to_square)
         tokens = self.model.forward_features(x)[:, self.num_prefix_tokens:]
         h, w = self.grid
         return tokens.reshape(tokens.shape[0], h, w, tokens.shape[-1])
@@ -142,18 +135,6 @@ def hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
             return True
     except OSError:
         return False
-
-
-def pad_square(x: torch.Tensor, fill: tuple[float, ...]) -> torch.Tensor:
-    """Centre (n, C, H, W) on a square canvas of `fill` colour (LongVU's `expand2square`)."""
-    n, c, h, w = x.shape
-    if h == w:
-        return x
-    s = max(h, w)
-    out = torch.tensor(fill, dtype=x.dtype, device=x.device).view(1, c, 1, 1).expand(n, c, s, s).clone()
-    top, left = (s - h) // 2, (s - w) // 2
-    out[:, :, top : top + h, left : left + w] = x
-    return out
 
 
 __all__ = ["DEFAULT_DINOV2", "DinoV2Encoder", "EncoderLoadError", "find_pretrained", "hub_reachable", "pad_square"]

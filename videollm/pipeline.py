@@ -15,9 +15,9 @@ from .backbones import load_backbone
 from .backbones.protocols import SupportsQuantization, VideoLanguageModel
 from .config import PipelineConfig
 from .errors import InvalidRequestError
-from .generation import GenerationConfig
-from .prompting import format_question, normalize_options
-from .reasoning import run_mode
+from .answer.generation import GenerationConfig
+from .answer.prompting import format_question, normalize_options
+from .answer.reasoning import run_mode
 from .timing import StageTimer, stage
 from .types import Answer
 from .video import SamplingConfig, Video, load_video

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from .backbones.protocols import FirstStep, LanguageModel
-from .timing import stage
+from ..backbones.protocols import FirstStep, LanguageModel
+from ..timing import stage
 
 LogitsProcessor = Callable[[list[int], torch.Tensor], torch.Tensor]
 #: sees (tokens generated so far, processed scores) before each choice; for probes such as option letters

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 import string
 
-from .errors import InvalidRequestError
+from ..errors import InvalidRequestError
 
 MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 MAX_QUESTION_CHARS = 20_000

@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from .backbones.protocols import SupportsChoiceScoring, VideoLanguageModel
-from .errors import InvalidRequestError
-from .registry import Registry
+from ..backbones.protocols import SupportsChoiceScoring, VideoLanguageModel
+from ..errors import InvalidRequestError
+from ..registry import Registry
 from .generation import OVERTHINK_WORDS, GenerationConfig, GenerationResult, TokenPenalty, continue_generation, generate
 from .prompting import option_letters, option_texts, parse_choice
 from .reasoning_format import (
@@ -40,7 +40,7 @@ from .reasoning_format import (
     span_token_indices,
     split_r1,
 )
-from .types import VisualTokens
+from ..types import VisualTokens
 
 logger = logging.getLogger(__name__)
 

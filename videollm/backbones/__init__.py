@@ -27,7 +27,7 @@ class Preset:
 
 #: models by name; each registers where its builder is defined, with `@register_preset(name[, model_id])`
 PRESETS: Registry[Preset] = Registry("model", modules=("videollm.backbones.tiny", "videollm.backbones.llava_onevision",
-                                                       "videollm.backbones.mini"))
+                                                       "videollm.backbones.mini.model"))
 
 #: transformers `model_type` -> backbone class
 FAMILIES: Registry[Any] = Registry("backbone family", entry_point_group="videollm.backbones")

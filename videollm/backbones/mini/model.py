@@ -2,8 +2,8 @@
 
 Vision tower: ImageNet EfficientNet-Lite0 (timm `tf_efficientnet_lite0`), run on square crops of each frame.
 Projector: no training — a frame's top-k ImageNet classes become k soft tokens, each the LLM's own input
-embedding of the class name (`mini_bridge`). LLM: SmolLM2-135M-Instruct, dequantized once from the packaged
-Q4_1 GGUF into a cached safetensors copy (`mini_assets`).
+embedding of the class name (`bridge`). LLM: SmolLM2-135M-Instruct, dequantized once from the packaged
+Q4_1 GGUF into a cached safetensors copy (`assets`).
 
 A 135M model reads words far better than soft tokens, so `build_inputs` also *reads* the visual tokens it
 receives back into class names (matching pursuit against the class table) and writes them, with each
@@ -20,18 +20,20 @@ from __future__ import annotations
 
 import logging
 import math
-import string
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from .._compat import require
-from ..types import VisualTokens
-from . import mini_assets, mini_bridge, register_preset
-from .base import Backbone, PromptInputs, resize_normalize
-from .protocols import FirstStep
-from .llava_onevision import resolve_device, resolve_dtype
+from ..._compat import require
+from ...answer.prompting import option_letters
+from ...types import VisualTokens
+from .. import register_preset
+from . import assets as mini_assets
+from . import bridge as mini_bridge
+from ..base import Backbone, PromptInputs, resize_normalize
+from ..protocols import FirstStep
+from ..llava_onevision import resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +230,7 @@ class MiniBackbone(Backbone):
         head, tail = self.embed_text(before), self.embed_text(after)
         embeds = torch.cat([head, *block, tail]).unsqueeze(0)
         if embeds.shape[1] > self.max_context:
-            from ..errors import InvalidRequestError
+            from ...errors import InvalidRequestError
 
             raise InvalidRequestError(f"prompt of {embeds.shape[1]} tokens exceeds videollm-mini's context of "
                                       f"{self.max_context}; lower --budget or the number of frames")
@@ -243,7 +245,7 @@ class MiniBackbone(Backbone):
         letter order. None (plain generation) when scoring is off or a letter is not one token."""
         if not self.config.score_options or len(options) < 2:
             return None
-        letters = list(string.ascii_uppercase[: len(options)])
+        letters = option_letters(options)
         letter_ids = [self.tokenizer(letter, add_special_tokens=False)["input_ids"] for letter in letters]
         if any(len(ids) != 1 for ids in letter_ids):
             return None
