@@ -251,3 +251,24 @@ def test_fingerprint_is_derived_from_the_config():
         {"tokens_per_frame": 4}
     assert base.replace(device="cpu").fingerprint() == fp  # where it runs does not change predictions
     assert base.replace(reasoning_options={"threshold": 0.5}).fingerprint() != fp
+
+
+def test_config_tree_nests_typed_compressor_and_reasoning_configs(tiny_backbone, short_video):
+    from videollm.answer.reasoning import ReasoningConfig
+    from videollm.compressors.baselines import PoolConfig
+    from videollm.compressors.longvu import LongVUConfig
+    from videollm.config import PipelineConfig
+    from videollm.pipeline import VideoQAPipeline
+    from videollm.video import SamplingConfig
+
+    typed = PipelineConfig(model="tiny-random", compressor="pool", compressor_options=PoolConfig(tokens_per_frame=4),
+                           reasoning_options=ReasoningConfig(max_think_tokens=8), sampling=SamplingConfig(num_frames=3))
+    as_dicts = typed.replace(compressor_options={"tokens_per_frame": 4}, reasoning_options={"max_think_tokens": 8})
+    assert typed.validate().fingerprint() == as_dicts.validate().fingerprint()
+    pipe = VideoQAPipeline(tiny_backbone, typed)
+    assert pipe.compressor.config == PoolConfig(tokens_per_frame=4)
+    assert pipe(short_video, "What?").visual_tokens == 12
+    with pytest.raises(InvalidRequestError, match="takes a PoolConfig"):
+        typed.replace(compressor_options=LongVUConfig()).validate()
+    with pytest.raises(InvalidRequestError, match="tokens_per_frame must be >= 1"):
+        typed.replace(compressor_options=PoolConfig(tokens_per_frame=0)).validate()

@@ -30,12 +30,14 @@ D = TypeVar("D")
 class PipelineConfig:
     model: str = DEFAULT_MODEL  # preset name, hub id or local path
     compressor: str = "uniform"
-    compressor_options: dict[str, Any] = field(default_factory=dict)  # fields of the compressor's config_class
+    #: the compressor's options: its `config_class` instance, or a dict of that dataclass's fields
+    compressor_options: Any = field(default_factory=dict)
     budget: int | None = None  # max visual tokens handed to the LLM
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     reasoning: str = "direct"
-    reasoning_options: dict[str, Any] = field(default_factory=dict)  # fields of `ReasoningOptions`
+    #: the mode's options: a `ReasoningConfig`, or a dict of its fields
+    reasoning_options: Any = field(default_factory=dict)
     quant: str = "none"  # LLM weights: none | int8 | int4 | int2 | ternary
     vision_quant: str = "none"  # vision encoder weights, same choices
     quant_group_size: int = 128
@@ -56,12 +58,22 @@ class PipelineConfig:
         """The compressor's own config dataclass, option names and values checked."""
         from videollm.compressors import COMPRESSORS
 
-        return COMPRESSORS.get(self.compressor).make_config(None, **self.compressor_options)
+        cls = COMPRESSORS.get(self.compressor)
+        if dataclasses.is_dataclass(self.compressor_options):
+            if not isinstance(self.compressor_options, cls.config_class):
+                raise InvalidRequestError(f"compressor {self.compressor!r} takes a {cls.config_class.__name__}, "
+                                          f"not a {type(self.compressor_options).__name__}")
+            return cls.make_config(self.compressor_options)
+        return cls.make_config(None, **self.compressor_options)
 
     def reasoning_config(self) -> Any:
         from .answer.reasoning import ReasoningOptions
 
-        return ReasoningOptions.from_kwargs(**self.reasoning_options)
+        opts = self.reasoning_options
+        if isinstance(opts, ReasoningOptions):
+            opts.validate()
+            return opts
+        return ReasoningOptions.from_kwargs(**opts)
 
     # ---- validation ---------------------------------------------------------------------------------
     def validate(self) -> "PipelineConfig":

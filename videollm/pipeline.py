@@ -4,6 +4,7 @@ The CLI, demo and evaluator all go through this class and nothing else.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import replace
@@ -36,8 +37,10 @@ class VideoQAPipeline:
         self.backbone = backbone
         self.config = cfg = config or PipelineConfig(model=backbone.name)
         if compressor is None:
-            compressor = create_compressor(cfg.compressor, backbone, weights=cfg.compressor_weights,
-                                           **cfg.compressor_options)
+            typed = dataclasses.is_dataclass(cfg.compressor_options)
+            compressor = create_compressor(cfg.compressor, backbone, config=cfg.compressor_options if typed else None,
+                                           weights=cfg.compressor_weights,
+                                           **({} if typed else cfg.compressor_options))
             if isinstance(compressor, SupportsQuantization) and (cfg.quant != "none" or cfg.vision_quant != "none"):
                 from .quant import quantize_backbone  # modules the compressor owns, through the same seam
 
@@ -111,7 +114,7 @@ class VideoQAPipeline:
                 if not isinstance(video, Video):
                     vid.close()
             outcome = run_mode(mode, self.backbone, user_text, visual, opts, generation or self.config.generation,
-                               system=self.config.system_prompt, **self.config.reasoning_options)
+                               system=self.config.system_prompt, **_fields(self.config.reasoning_options))
         ts = visual.timestamps
         kept = visual.kept_frames
         return Answer(
@@ -126,6 +129,11 @@ class VideoQAPipeline:
             timings=timer.as_dict(), model=self.backbone.name,
             warnings=[self.backbone.notice] if self.backbone.notice else [],
         )
+
+
+def _fields(options: Any) -> dict[str, Any]:
+    """A config dataclass or a dict of its fields, as keyword arguments."""
+    return dataclasses.asdict(options) if dataclasses.is_dataclass(options) else dict(options)
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

@@ -106,6 +106,9 @@ class ReasoningOptions:
             raise InvalidRequestError(f"answer tokens must be >= 1, got {self.answer_tokens}")
 
 
+#: the name `PipelineConfig` nests: the reasoning modes' options as one typed dataclass
+ReasoningConfig = ReasoningOptions
+
 ReasoningFn = Callable[..., ReasoningOutcome]
 MODES: Registry[ReasoningFn] = Registry("reasoning mode")
 
