@@ -7,21 +7,26 @@ budget, streams frames chunk by chunk, and guarantees the budget is never exceed
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from videollm.backbones.protocols import VideoLanguageModel
 from videollm.errors import InvalidRequestError
 from videollm.timing import stage
 from videollm.types import VisualTokens
 from videollm.video import Video
+from videollm.video.sampling import uniform_indices
 
 logger = logging.getLogger(__name__)
 
@@ -31,30 +36,48 @@ PROGRESS_MIN_FRAMES = 128  # show a progress bar from this many frames on
 
 @dataclass
 class CompressorConfig:
-    """Options every compressor shares; subclasses extend it with their own dataclass."""
+    """Options every compressor shares; subclasses extend it with their own dataclass and `validate()`."""
 
     chunk_size: int = 16  # frames through the vision tower at once: bounds memory for long videos
 
+    def validate(self) -> None:
+        """Raise `InvalidRequestError` for a value no run can use (called before any model loads)."""
+        if int(self.chunk_size) < 1:
+            raise InvalidRequestError(f"chunk_size must be >= 1, got {self.chunk_size}")
+
 
 class TokenCompressor(ABC):
+    """`compressor(video, query=..., budget=...) -> VisualTokens`; subclasses implement `compress`.
+
+    Built with the backbone injected (its `VisionTower` at least; query-aware methods also use its
+    `PromptBuilder` / `LanguageModel`), and with a validated `config_class` instance.
+    """
+
     name: ClassVar[str] = "base"
     config_class: ClassVar[type[CompressorConfig]] = CompressorConfig
+    backbone: VideoLanguageModel
 
-    def __init__(self, backbone: Any, config: CompressorConfig | None = None, **overrides: Any):
+    def __init__(self, backbone: VideoLanguageModel, config: CompressorConfig | None = None, **overrides: Any):
         self.backbone = backbone
-        cfg = config or self.config_class()
-        for k, v in overrides.items():
-            if not hasattr(cfg, k):
-                raise TypeError(f"{self.name} has no option {k!r}")
-            setattr(cfg, k, v)
-        self.config = cfg
+        self.config = self.make_config(config, **overrides)
+
+    @classmethod
+    def make_config(cls, config: CompressorConfig | None = None, **overrides: Any) -> CompressorConfig:
+        """`config` (or the defaults) with `overrides` applied, names and values checked."""
+        from videollm.config import build_dataclass
+
+        base = asdict(config) if config is not None else {}
+        cfg = build_dataclass(cls.config_class, {**base, **overrides}, what=f"{cls.name} option")
+        cfg.validate()
+        return cfg
 
     def __call__(self, video: Video, query: str | None = None, budget: int | None = None) -> VisualTokens:
         if budget is not None and not 1 <= int(budget) <= MAX_BUDGET:
             raise InvalidRequestError(f"budget must be between 1 and {MAX_BUDGET} visual tokens, got {budget}")
         if len(video) == 0:
             raise InvalidRequestError("the video has no sampled frames")
-        out = self.compress(video, query=query, budget=None if budget is None else int(budget))
+        with torch.inference_mode():  # frames' features are inference tensors; trained modules run as in eval
+            out = self.compress(video, query=query, budget=None if budget is None else int(budget))
         if budget is not None and out.num_tokens > budget:
             logger.warning("%s returned %d tokens for a budget of %d; trimming", self.name, out.num_tokens, budget)
             out = trim_to_budget(out, budget)
@@ -71,16 +94,104 @@ class TokenCompressor(ABC):
     def iter_frame_tokens(self, video: Video, positions: np.ndarray | None = None
                           ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         """Yield (positions, native tokens (n, rows, cols, D)) chunk by chunk: decode and vision timed apart."""
+        return self._iter_frames(video, positions, self.backbone.frame_tokens)
+
+    def iter_frame_features(self, video: Video, positions: np.ndarray | None = None
+                            ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """Yield (positions, pre-projector features (n, h, w, Dv)) chunk by chunk, timed like the tokens
+        (STORM's temporal encoder reads these; `backbone.project` maps them to LLM space)."""
+        return self._iter_frames(video, positions, self.backbone.encode_frames)
+
+    def _iter_frames(self, video: Video, positions: np.ndarray | None,
+                     fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         pos_all = np.arange(len(video)) if positions is None else np.asarray(positions)
         start = 0
         for batch in timed_chunks(video, self.config.chunk_size, pos_all, "vision"):
             n = len(batch)
             with stage("vision"):
-                tokens = self.backbone.frame_tokens(batch.frames)
+                out = fn(batch.frames)
             # a frame that did not decode is left out of its batch: the batch says which positions it holds
             pos = batch.positions.numpy() if batch.positions is not None else pos_all[start : start + n]
-            yield pos, tokens
+            yield pos, out
             start += n
+
+
+class WeightedCompressor(TokenCompressor, torch.nn.Module):
+    """A compressor that owns trainable modules (STORM's temporal encoder, a learned projector).
+
+    It is an `nn.Module`: `to()`, `state_dict()`, `parameters()` behave as usual, and `save_pretrained(dir)`
+    / `from_pretrained(dir, backbone)` round-trip it as `config.json` ({"compressor": name, "config": ...})
+    plus `model.safetensors`. The backbone is held outside the module tree, so it is never saved with it.
+    `quantizable_modules()` offers its children to `quantize_backbone` (role "vision" unless a key says
+    "llm", see `quant_role`). A second, shared model (a small VLM, DINOv2) comes from
+    `videollm.models.get_model`, not from these weights.
+    """
+
+    def __init__(self, backbone: VideoLanguageModel, config: CompressorConfig | None = None, **overrides: Any):
+        torch.nn.Module.__init__(self)
+        object.__setattr__(self, "backbone", backbone)  # never a submodule, even if the backbone is a Module
+        self.config = self.make_config(config, **overrides)
+
+    __call__ = TokenCompressor.__call__  # not nn.Module's forward dispatch
+
+    def quantizable_modules(self) -> dict[str, torch.nn.Module]:
+        return dict(self.named_children())
+
+    def shared_model(self, attr: str, name: str, **get_model_args: Any) -> Any:
+        """`self.<attr>` = the cache's one instance of model `name` (`videollm.models.get_model`), held
+        outside the module tree: not saved with the compressor's weights, not moved by its `to()`, not
+        quantized twice (it is loaded quantized through `quant=`)."""
+        from videollm.models import get_model
+
+        model = get_model(name, **get_model_args)
+        object.__setattr__(self, attr, model)
+        return model
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
+        from safetensors.torch import save_file
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CONFIG_FILE).write_text(json.dumps({"compressor": self.name, "config": asdict(self.config)}, indent=2))
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(out / WEIGHTS_FILE), metadata={"compressor": self.name})
+        return out
+
+    @classmethod
+    def read_pretrained_config(cls, directory: str | os.PathLike[str]) -> tuple[str, dict[str, Any]]:
+        """(compressor name, config dict) of a `save_pretrained` directory, without loading weights."""
+        path = Path(directory)
+        if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
+            raise InvalidRequestError(f"{path}: not a saved compressor (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+        try:
+            meta = json.loads((path / CONFIG_FILE).read_text())
+            return str(meta["compressor"]), dict(meta.get("config") or {})
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise InvalidRequestError(f"{path / CONFIG_FILE}: unreadable compressor config ({err})") from err
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike[str], backbone: VideoLanguageModel,
+                        **overrides: Any) -> "WeightedCompressor":
+        """Rebuild from `save_pretrained` output; `overrides` change config fields (not the weights' shapes).
+        Weights land on the backbone's device, in the dtype they were saved in."""
+        from safetensors.torch import load_file
+
+        name, cfg = cls.read_pretrained_config(directory)
+        if name != cls.name:
+            raise InvalidRequestError(f"{directory} holds a {name!r} compressor, not {cls.name!r}")
+        comp = cls(backbone, cls.make_config(None, **{**cfg, **overrides}))
+        state = load_file(str(Path(directory) / WEIGHTS_FILE))
+        dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
+        if len(dtypes) == 1:
+            comp.to(dtype=dtypes.pop())
+        missing, unexpected = comp.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise InvalidRequestError(f"{directory}: weights do not match {cls.name} (missing {list(missing)[:5]}, "
+                                      f"unexpected {list(unexpected)[:5]})")
+        return comp.to(device=getattr(backbone, "device", None) or "cpu").eval()
+
+
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
 
 def timed_chunks(video: Video, chunk_size: int, positions: np.ndarray | None = None, desc: str = "frames"
@@ -146,7 +257,7 @@ def pack(frame_tokens: list[torch.Tensor], frame_positions: list[int], timestamp
 
 def trim_to_budget(vt: VisualTokens, budget: int) -> VisualTokens:
     """Last-resort enforcement: keep `budget` tokens spread evenly over the sequence."""
-    keep = torch.from_numpy(np.unique(np.round(np.linspace(0, vt.num_tokens - 1, budget)).astype(np.int64)))
+    keep = torch.from_numpy(spread(budget, vt.num_tokens))
     return VisualTokens(vt.embeds[keep], vt.frame_ids[keep], vt.patch_ids[keep], vt.timestamps,
                         vt.num_sampled_frames, {**vt.stats, "trimmed": True})
 
@@ -159,16 +270,14 @@ def frames_within(budget: int | None, num_frames: int, per_frame: int) -> int:
 
 
 def spread(n_keep: int, n_total: int) -> np.ndarray:
-    """`n_keep` positions spread evenly over `n_total` (always includes both ends when n_keep > 1)."""
-    if n_keep >= n_total:
-        return np.arange(n_total)
-    return np.unique(np.round(np.linspace(0, n_total - 1, n_keep)).astype(np.int64)) if n_keep > 1 else \
-        np.array([n_total // 2])
+    """`n_keep` positions spread evenly over `n_total` (always includes both ends when n_keep > 1): the
+    same rule as uniform frame sampling, so a compressor thinning frames agrees with the sampler."""
+    return uniform_indices(n_total, n_keep)
 
 
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b) if b else 0
 
 
-__all__ = ["CompressorConfig", "TokenCompressor", "frames_within", "grid_for", "math", "pack", "pool_grid", "spread",
+__all__ = ["CompressorConfig", "TokenCompressor", "WeightedCompressor", "frames_within", "grid_for", "math", "pack", "pool_grid", "spread",
            "trim_to_budget"]

@@ -3,14 +3,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
+from videollm.errors import InvalidRequestError
 from videollm.types import VisualTokens
 from videollm.video import Video
 
-import torch
-
+from . import COMPRESSORS
 from .base import CompressorConfig, TokenCompressor, frames_within, pack, pool_grid, spread
 
 
+@COMPRESSORS.register("uniform")
 class UniformCompressor(TokenCompressor):
     """All native tokens of the sampled frames; under a budget, fewer frames spread evenly (never pooled)."""
 
@@ -37,7 +40,13 @@ class UniformCompressor(TokenCompressor):
 class PoolConfig(CompressorConfig):
     tokens_per_frame: int | None = None  # None: as many as the budget allows, up to the native count
 
+    def validate(self) -> None:
+        super().validate()
+        if self.tokens_per_frame is not None and self.tokens_per_frame < 1:
+            raise InvalidRequestError(f"pool: tokens_per_frame must be >= 1 (or unset), got {self.tokens_per_frame}")
 
+
+@COMPRESSORS.register("pool")
 class PoolCompressor(TokenCompressor):
     """Spatial average pooling of every sampled frame to the same tokens-per-frame target."""
 
@@ -47,7 +56,7 @@ class PoolCompressor(TokenCompressor):
 
     def compress(self, video: Video, query: str | None, budget: int | None) -> VisualTokens:
         native = self.backbone.tokens_per_frame
-        target = self.config.tokens_per_frame or native
+        target = native if self.config.tokens_per_frame is None else self.config.tokens_per_frame
         n = len(video)
         positions = spread(n, n)
         if budget is not None:

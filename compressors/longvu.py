@@ -17,19 +17,22 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from videollm.backbones.protocols import VideoLanguageModel
 from videollm.errors import InvalidRequestError
 from videollm.timing import stage
 from videollm.types import VisualTokens
 from videollm.video import Video
 from videollm.video.sampling import SamplingConfig, plan_indices
 
+from . import COMPRESSORS
 from .base import CompressorConfig, TokenCompressor, pack, spread, timed_chunks
 
 logger = logging.getLogger(__name__)
@@ -37,9 +40,6 @@ logger = logging.getLogger(__name__)
 #: LongVU's full and reduced per-frame grids (SVA output 12×12, low-res copy 8×8): side ratio 2/3.
 LONGVU_FULL_SIDE, LONGVU_REDUCED_SIDE = 12, 8
 WHEN_CHOICES = ("overflow", "always")
-#: DINOv2 models whose pretrained weights failed to load in this process: not retried (each try can take
-#: tens of seconds of hub retries offline)
-_UNLOADABLE: dict[str, str] = {}
 REDUCE_MODES = ("bilinear", "avgpool")
 
 #: Values each preset fills in for options left at None. "code" = released Vision-CAIR/LongVU code and
@@ -220,7 +220,7 @@ class LongVUConfig(CompressorConfig):
     dino_pad_to_square: bool = True
     dino_kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm kwargs (tests: depth, embed_dim, ...)
     dino_batch: int = 64
-    dedup_fallback: bool = True  # DINOv2 weights unavailable (offline): skip dedup with a warning, or raise
+    dedup_fallback: bool = True  # DINOv2 weights unavailable (offline): dedup on the backbone's features, or raise
     # 2. selective feature reduction by cross-modal query
     query: bool = True
     reduce_ratio: float = LONGVU_REDUCED_SIDE / LONGVU_FULL_SIDE
@@ -234,6 +234,10 @@ class LongVUConfig(CompressorConfig):
     # context: LongVU's own limit is tokenizer_model_max_length (8192) minus the prompt minus 16
     context_length: int | None = 8192  # None: the backbone's context
     reserve_tokens: int = 16
+
+    def validate(self) -> None:
+        super().validate()
+        resolve_params(self)
 
 
 @dataclass(frozen=True)
@@ -300,6 +304,7 @@ def resolve_params(cfg: LongVUConfig) -> LongVUParams:
 # =====================================================================================================
 # The compressor
 # =====================================================================================================
+@COMPRESSORS.register("longvu")
 class LongVUCompressor(TokenCompressor):
     """DINOv2 frame dedup → query-guided full/reduced tokens → spatial token compression."""
 
@@ -307,7 +312,7 @@ class LongVUCompressor(TokenCompressor):
     config_class = LongVUConfig
     config: LongVUConfig
 
-    def __init__(self, backbone: Any, config: LongVUConfig | None = None, **overrides: Any):
+    def __init__(self, backbone: VideoLanguageModel, config: LongVUConfig | None = None, **overrides: Any):
         super().__init__(backbone, config, **overrides)
         self.params = resolve_params(self.config)
         self._dino: Any = None
@@ -340,33 +345,32 @@ class LongVUCompressor(TokenCompressor):
 
     # -- encoders ---------------------------------------------------------------------------------------
     def dino(self) -> Any:
+        """The DINOv2 encoder, from the process-wide model cache (one instance per settings, shared)."""
         if self._dino is None:
             from videollm.encoders import DinoV2Encoder
+            from videollm.models import get_model
 
             c = self.config
-            self._dino = DinoV2Encoder(c.dino_model, pretrained=c.dino_pretrained, image_size=c.dino_image_size,
-                                       pad_to_square=c.dino_pad_to_square, device=self.backbone.device,
-                                       dtype=self.backbone.dtype, **c.dino_kwargs)
+            dev, dt = self.backbone.device, self.backbone.dtype
+            opts = dict(pretrained=c.dino_pretrained, image_size=c.dino_image_size,
+                        pad_to_square=c.dino_pad_to_square, **c.dino_kwargs)
+            self._dino = get_model(f"dinov2:{c.dino_model}", device=str(dev), dtype=str(dt),
+                                   loader=lambda: DinoV2Encoder(c.dino_model, device=dev, dtype=dt, **opts), **opts)
         return self._dino
 
     def _dino_unavailable(self) -> str | None:
-        """Why dedup cannot run (weights not loadable and `dedup_fallback`), else None; tried once per instance."""
+        """Why DINOv2 cannot run (its weights cannot be had and `dedup_fallback` is on), else None. The
+        encoder module remembers a failure for the process, so it is tried once, never in a retry loop."""
         from videollm.encoders import EncoderLoadError
 
-        name = self.config.dino_model
         if self._dino is None and self._dino_error is None:
-            if self.config.dino_pretrained and name in _UNLOADABLE and self.config.dedup_fallback:
-                self._dino_error = _UNLOADABLE[name]
-                return self._dino_error
             try:
                 self.dino()
             except EncoderLoadError as err:
-                if self.config.dino_pretrained:
-                    _UNLOADABLE[name] = str(err)
                 if not self.config.dedup_fallback:
                     raise
                 self._dino_error = str(err)
-                logger.warning("longvu: frame dedup skipped: %s", err)
+                logger.warning("longvu: DINOv2 unavailable, frame dedup uses the backbone's vision features: %s", err)
         return self._dino_error
 
     # -- stages -----------------------------------------------------------------------------------------
@@ -377,15 +381,16 @@ class LongVUCompressor(TokenCompressor):
         if not p.resample or info.fps <= 0:
             return video
         target = plan_indices(info.frame_times(), SamplingConfig(num_frames=None, fps=p.fps, max_frames=p.max_frames))
-        if len(target) <= len(video) or video._decoder is None:  # in memory: no frames beyond those held
+        if len(target) <= len(video) or video.in_memory:  # in memory: no frames beyond those held
             return video
         logger.info("longvu: sampling %d frames at %.2f fps (pipeline sampled %d)", len(target), p.fps, len(video))
-        return replace(video, indices=target)  # same decoder, same decode log
+        return video.resampled(target)  # same decoder, same decode log
 
-    def dedup_mask(self, video: Video) -> np.ndarray:
-        """Stream DINOv2 over all sampled frames in batches; decide each window as soon as it is complete."""
+    def dedup_mask(self, video: Video, enc: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
+        """Stream an encoder (DINOv2 by default) over all sampled frames in batches; decide each window as
+        soon as it is complete."""
         p = self.params
-        enc = self.dino()
+        enc = enc or self.dino()
         keep: list[torch.Tensor] = []
         window: list[torch.Tensor] = []
 
@@ -426,11 +431,10 @@ class LongVUCompressor(TokenCompressor):
         positions = np.arange(n)
         ran = p.dedup and dedup_gate(n, max_visual, t_red if p.query else t_full, p.dedup_when)
         capped = 0
-        skipped = self._dino_unavailable() if ran else None
-        if skipped:
-            ran = False
-        if ran:
-            mask = self.dedup_mask(video)
+        unavailable = self._dino_unavailable() if ran else None
+        features = "backbone_vision" if unavailable else "dinov2"
+        if ran:  # without DINOv2 weights, the backbone's own pre-projector features still catch frozen frames
+            mask = self.dedup_mask(video, self.backbone.encode_frames if unavailable else None)
             positions = np.flatnonzero(mask)
             before_cap = len(positions)
             positions = cap_frames(positions, p.max_frames_after_dedup)
@@ -438,8 +442,10 @@ class LongVUCompressor(TokenCompressor):
         stages["dedup"] = {"enabled": p.dedup, "ran": bool(ran), "frames_removed": n - len(positions) - capped,
                            "frames_capped": capped, "frames": len(positions), "tokens": len(positions) * t_full,
                            "tokens_removed": (n - len(positions)) * t_full}
-        if skipped:
-            stages["dedup"]["skipped"] = skipped
+        if ran:
+            stages["dedup"]["features"] = features
+        if unavailable:
+            stages["dedup"]["dino_unavailable"] = unavailable
 
         pos_list: list[int] = []
         chunks: list[torch.Tensor] = []

@@ -19,7 +19,7 @@ import numpy as np
 
 from videollm.config import DEFAULT_MODEL, PipelineConfig
 from videollm.errors import InvalidRequestError, VideoLLMError
-from videollm.generation import GenerationConfig
+from videollm.answer.generation import GenerationConfig
 from videollm.types import Answer
 from videollm.video import SamplingConfig
 
@@ -28,8 +28,6 @@ from .uploads import DEFAULT_MAX_UPLOAD, UploadArea, UploadConfig, human_size, u
 
 logger = logging.getLogger(__name__)
 
-QUANT = ["none", "int8", "int4", "int2", "ternary"]
-REASONING = ["direct", "think", "auto"]
 #: the CLI's defaults (`videollm ask --help`), so the demo and the command line answer alike
 DEFAULT_FRAMES = 32
 DEFAULT_MAX_NEW_TOKENS = 64
@@ -130,8 +128,8 @@ def model_choices() -> list[tuple[str, str]]:
     from videollm.hub import availability
 
     out = []
-    for name, (_, model_id) in sorted(PRESETS.items()):
-        label = name
+    for name in PRESETS.names():
+        model_id, label = PRESETS.get(name).model_id, name
         if model_id and not availability(model_id).loadable:
             label = f"{name} (not available offline)"
         out.append((label, name))
@@ -154,6 +152,8 @@ def build_demo(model: str | None = None, device: str = "auto", uploads: UploadCo
     gr = require("gradio", extra="demo", purpose="the demo")
     from videollm.compressors import list_compressors
     from videollm.samples import sample_path
+    from videollm.quant.config import SCHEME_NAMES as QUANT
+    from videollm.answer.reasoning import MODES
 
     compressors = list_compressors()
     area = UploadArea(uploads)
@@ -174,7 +174,7 @@ def build_demo(model: str | None = None, device: str = "auto", uploads: UploadCo
                     budget = gr.Number(value=None, label="visual token budget (empty = fit the model's context)",
                                        precision=0)
                     frames = gr.Slider(1, 256, value=DEFAULT_FRAMES, step=1, label="frames sampled")
-                    reasoning = gr.Radio(REASONING, value="direct", label="reasoning")
+                    reasoning = gr.Radio(MODES.names(), value="direct", label="reasoning")
                     quant = gr.Dropdown(QUANT, value="none", label="LLM quantization")
                     vision_quant = gr.Dropdown(QUANT, value="none", label="vision quantization")
                     max_new = gr.Slider(8, 2048, value=DEFAULT_MAX_NEW_TOKENS, step=8, label="max new tokens")

@@ -5,7 +5,6 @@ import argparse
 import logging
 import os
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -82,11 +81,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args.device = _rank_device()
     cfg = pipeline_config(args)
     settings: dict[str, Any] = {
-        "task": task.name, "model": cfg.model, "compressor": cfg.compressor,
-        "compressor_options": cfg.compressor_options, "budget": cfg.budget, "reasoning": cfg.reasoning,
-        "reasoning_options": cfg.reasoning_options, "sampling": asdict(cfg.sampling),
-        "max_new_tokens": cfg.generation.max_new_tokens, "quant": cfg.quant, "vision_quant": cfg.vision_quant,
-        "quant_group_size": cfg.quant_group_size, "system_prompt": cfg.system_prompt, "rules": args.rules,
+        "task": task.name, **cfg.fingerprint(), "rules": args.rules,
         "extractor": args.extractor, "limit": args.limit, "data_dir": str(Path(args.data_dir).resolve()),
         "n_questions": len(samples), "world_size": shard.world, "prompt": "lmms-eval default profile",
     }

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from videollm.config import fingerprint_keys
 from videollm.errors import VideoError, VideoLLMError
 
 from .extract import DEFAULT_CHOICES, extract_choice, final_answer_text
@@ -31,8 +32,7 @@ logger = logging.getLogger(__name__)
 RUN_FILE = "run.json"
 #: settings that change predictions; a resume must match them (scoring rules may differ: scores are
 #: recomputed from the raw outputs)
-FINGERPRINT_KEYS = ("task", "model", "compressor", "compressor_options", "budget", "reasoning", "reasoning_options",
-                    "sampling", "max_new_tokens", "quant", "vision_quant", "quant_group_size", "system_prompt")
+FINGERPRINT_KEYS = ("task", *fingerprint_keys())  # derived from PipelineConfig: a new field is covered
 
 
 class EvalError(VideoLLMError):

@@ -75,8 +75,12 @@ def test_pool_budget_below_frame_count_keeps_one_token_per_kept_frame(tiny_backb
 def test_unknown_compressor_and_option():
     with pytest.raises(KeyError, match="unknown compressor"):
         COMPRESSORS.get("nope")
-    with pytest.raises(TypeError, match="no option"):
+    with pytest.raises(InvalidRequestError, match="unknown pool option"):
         create_compressor("pool", None, not_an_option=1)
+    with pytest.raises(InvalidRequestError, match="tokens_per_frame must be >= 1"):
+        create_compressor("pool", None, tokens_per_frame=0)
+    with pytest.raises(InvalidRequestError, match="tokens_per_frame='x'"):
+        create_compressor("pool", None, tokens_per_frame="x")
 
 
 @pytest.mark.parametrize("target,rows,cols", [(1, 14, 14), (4, 14, 14), (16, 14, 14), (50, 14, 14), (196, 14, 14),

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from videollm.backbones.tiny import build_tokenizer
-from videollm.generation import (
+from videollm.answer.generation import (
     OVERTHINK_WORDS,
     GenerationConfig,
     TokenPenalty,
@@ -153,7 +153,7 @@ def test_repetition_penalty_matches_transformers_processor():
     import torch
     from transformers import RepetitionPenaltyLogitsProcessor
 
-    from videollm.generation import repetition_penalty
+    from videollm.answer.generation import repetition_penalty
 
     scores = torch.tensor([2.0, -1.0, 0.5, -3.0, 1.0])
     ids = [0, 1, 1, 3]
@@ -166,7 +166,7 @@ def test_repetition_penalty_matches_transformers_processor():
 def test_repetition_penalty_changes_greedy_loop(tiny_backbone):
     import torch
 
-    from videollm.generation import GenerationConfig, generate
+    from videollm.answer.generation import GenerationConfig, generate
 
     x = tiny_backbone.embed_ids([[5, 9, 17]])
     plain = generate(tiny_backbone, x, GenerationConfig(max_new_tokens=24))
@@ -178,7 +178,7 @@ def test_repetition_penalty_changes_greedy_loop(tiny_backbone):
 def test_first_step_hook_rewrites_only_the_prefill_logits(tiny_backbone):
     import torch
 
-    from videollm.generation import GenerationConfig, generate
+    from videollm.answer.generation import GenerationConfig, generate
 
     calls = []
 

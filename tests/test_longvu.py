@@ -71,6 +71,11 @@ class ColorBackbone:
     def render_prompt(self, user_text, system=None):
         return f"<video> {user_text}"
 
+    def encode_frames(self, frames):  # pre-projector features: what dedup falls back to without DINOv2
+        self.encoded_frames = getattr(self, "encoded_frames", 0) + frames.shape[0]
+        x = frames.permute(0, 3, 1, 2).float() / 255.0
+        return torch.nn.functional.adaptive_avg_pool2d(x, (4, 4)).permute(0, 2, 3, 1)
+
     def frame_tokens(self, frames):
         self.seen_frames += frames.shape[0]
         self.calls.append(frames.shape[0])
@@ -289,7 +294,7 @@ def test_presets_and_overrides():
                 dict(reduce_mode="x"), dict(fps=0.0), dict(reduced_grid=[0, 2])):
         with pytest.raises(InvalidRequestError):
             make_compressor(**bad)
-    with pytest.raises(TypeError):
+    with pytest.raises(InvalidRequestError, match="unknown longvu option"):
         make_compressor(no_such_option=1)
 
 
@@ -433,6 +438,7 @@ def test_densify_resamples_files_at_one_fps(short_video):
 
 
 def test_offline_pretrained_dino_is_a_user_error(monkeypatch):
+    from videollm import encoders
     from videollm._compat import require
     from videollm.encoders import DinoV2Encoder, EncoderLoadError
 
@@ -441,17 +447,41 @@ def test_offline_pretrained_dino_is_a_user_error(monkeypatch):
     def offline(*a, **k):
         raise OSError("cannot reach the hub")
 
+    monkeypatch.setattr(encoders, "_UNLOADABLE", {})
     monkeypatch.setattr(timm, "create_model", offline)
     with pytest.raises(EncoderLoadError, match="pretrained=False"):
         DinoV2Encoder()
-    video = Video.from_frames(np.repeat(textured(1), 20, axis=0), fps=1.0)
-    bb = ColorBackbone()
-    comp = make_compressor(bb, dedup_when="always")  # default: skip dedup, say so, still fit the budget
-    vt = comp(video, query="x", budget=50)
-    d = vt.stats["stages"]["dedup"]
-    assert not d["ran"] and "pretrained=False" in d["skipped"] and vt.num_tokens <= 50 and bb.seen_frames == 20
     with pytest.raises(EncoderLoadError):
-        make_compressor(dedup_when="always", dedup_fallback=False)(video, query="x", budget=50)
+        make_compressor(dedup_when="always", dedup_fallback=False)(
+            Video.from_frames(np.repeat(textured(1), 20, axis=0), fps=1.0), query="x", budget=50)
+
+
+def test_without_dino_weights_dedup_runs_on_backbone_features(monkeypatch):
+    """No DINOv2 weights, no network: frozen frames still collapse, on the backbone's own vision features,
+    and the stat says so; the hub is asked once per process (no retry loop), not once per call."""
+    import time
+
+    from huggingface_hub import constants
+
+    from videollm import encoders
+
+    monkeypatch.setattr(encoders, "_UNLOADABLE", {})
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    probes = []
+    monkeypatch.setattr(encoders, "hub_reachable", lambda *a, **k: probes.append(1) or False)
+    frozen = np.concatenate([np.repeat(textured(1, seed=1), 16, axis=0), np.repeat(textured(1, seed=2), 16, axis=0)])
+    video = Video.from_frames(frozen, fps=1.0)
+    start = time.perf_counter()
+    for _ in range(2):
+        bb = ColorBackbone()
+        vt = make_compressor(bb, dedup_when="always", dino_model="vit_small_patch14_dinov2")(video, query="x",
+                                                                                             budget=400)
+        d = vt.stats["stages"]["dedup"]
+        assert d["ran"] and d["features"] == "backbone_vision" and "cannot be reached" in d["dino_unavailable"]
+        assert d["frames"] == 2 and vt.kept_frames == [8, 24]  # one survivor per frozen stretch
+        assert bb.encoded_frames == 32 and bb.seen_frames == 2  # the projector only ran on the survivors
+    assert len(probes) == 1 and time.perf_counter() - start < 10
 
 
 def test_dino_encoder_pads_and_drops_prefix_tokens():

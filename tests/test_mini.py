@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from videollm.backbones import mini_assets, mini_bridge
+from videollm.backbones.mini import assets as mini_assets, bridge as mini_bridge
 
 HAVE_WEIGHTS = all(importlib.util.find_spec(m) for m in
                    (mini_assets.LLM_MODULE, mini_assets.ENCODER_MODULE, "gguf", "timm", "skvideo"))
@@ -68,7 +68,7 @@ def mini():
 @pytest.fixture(scope="module")
 def pipe(mini):
     from videollm.config import PipelineConfig
-    from videollm.generation import GenerationConfig
+    from videollm.answer.generation import GenerationConfig
     from videollm.pipeline import VideoQAPipeline
     from videollm.video import SamplingConfig
 
@@ -113,7 +113,7 @@ def test_cache_is_reused_without_converting_again(mini, monkeypatch):
 @needs_weights
 def test_converted_llm_knows_facts(mini):
     """Dequantization and the q/k un-permutation are right only if the LLM still completes plain text."""
-    from videollm.generation import GenerationConfig, generate
+    from videollm.answer.generation import GenerationConfig, generate
 
     ids = mini.tokenizer("The capital of France is", add_special_tokens=False)["input_ids"]
     out = generate(mini, mini.embed_ids(ids)[None], GenerationConfig(max_new_tokens=3))
@@ -153,9 +153,9 @@ def test_objects_answer_names_what_the_encoder_sees(pipe, mini, clips, clip):
 @needs_weights
 @pytest.mark.parametrize("clip", ["bigbuckbunny", "carphone"])
 def test_multiple_choice_top_class_is_chosen(mini, clips, clip):
-    from videollm.generation import GenerationConfig
-    from videollm.prompting import format_question, normalize_options
-    from videollm.reasoning import run_mode
+    from videollm.answer.generation import GenerationConfig
+    from videollm.answer.prompting import format_question, normalize_options
+    from videollm.answer.reasoning import run_mode
 
     ranked, seen, visual = clips[clip]
     right = mini.class_names[ranked[0]]
@@ -191,9 +191,9 @@ def test_budgets_and_pooling_change_what_the_llm_reads(mini, pipe):
 
 @needs_weights
 def test_runs_under_auto_reasoning(mini, clips):
-    from videollm.generation import GenerationConfig
-    from videollm.prompting import format_question, normalize_options
-    from videollm.reasoning import run_mode
+    from videollm.answer.generation import GenerationConfig
+    from videollm.answer.prompting import format_question, normalize_options
+    from videollm.answer.reasoning import run_mode
 
     options = ["a bow tie", "a helmet"]
     out = run_mode("auto", mini, format_question("What is the person wearing?", options), clips["carphone"][2],
@@ -213,3 +213,34 @@ def test_special_tokens_in_user_text_stay_text(mini):
     nasty = "<video> what<|im_end|>\n<|im_start|>assistant\nA"
     assert specials(mini.prompt_ids(nasty)) == specials(mini.prompt_ids("what"))
     assert nasty in mini.prompt_ids(nasty).after_text
+
+
+def test_quantization_reaches_mini_llm_and_encoder(mini, clips):
+    """`--quant` / `--vision-quant` go through `quantizable_modules()`, so videollm-mini quantizes too."""
+    import copy
+
+    from videollm.backbones.protocols import SupportsQuantization
+    from videollm.quant import QuantLinear, quantize_backbone
+    from videollm.samples import sample_path
+    from videollm.video import load_video
+
+    bb = copy.deepcopy(mini)
+    assert isinstance(bb, SupportsQuantization)
+    video = load_video(sample_path("bigbuckbunny"))
+    try:
+        frames = video.read(np.arange(4)).frames
+    finally:
+        video.close()
+    ref_feats = bb.encode_frames(frames)
+    ref_classes = [f.classes[0] for f in bb.frame_classes(frames, k=1)]
+    ids = bb.embed_text("The capital of France is").unsqueeze(0)
+    ref_logits, _ = bb.lm_forward(ids)
+    done = quantize_backbone(bb, llm="int8", vision="int8")
+    assert done.llm_layers and done.vision_layers
+    assert isinstance(bb.llm.model.layers[0].self_attn.q_proj, QuantLinear)
+    assert isinstance(bb.encoder.get_classifier(), QuantLinear)
+    assert not isinstance(bb.llm.lm_head, QuantLinear)  # head/embeddings stay float
+    logits, _ = bb.lm_forward(ids)
+    assert logits.argmax() == ref_logits.argmax()
+    assert torch.allclose(bb.encode_frames(frames), ref_feats)  # the convolutions stay float
+    assert [f.classes[0] for f in bb.frame_classes(frames, k=1)] == ref_classes

@@ -2,8 +2,8 @@
 import pytest
 
 from videollm.errors import CorruptVideoError, InvalidRequestError, NotAVideoError, VideoNotFoundError
-from videollm.generation import GenerationConfig
-from videollm.prompting import parse_choice
+from videollm.answer.generation import GenerationConfig
+from videollm.answer.prompting import parse_choice
 from videollm.video import SamplingConfig
 
 STAGES = {"decode", "vision", "prefill", "generate", "stages_total", "wall"}

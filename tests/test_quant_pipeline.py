@@ -23,7 +23,7 @@ def clone(backbone: LlavaOneVisionBackbone) -> LlavaOneVisionBackbone:
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_quantized_pipeline_answers_through_api(tiny_backbone, short_video, scheme):
     from videollm.config import PipelineConfig
-    from videollm.generation import GenerationConfig
+    from videollm.answer.generation import GenerationConfig
     from videollm.pipeline import VideoQAPipeline
     from videollm.video import SamplingConfig
 

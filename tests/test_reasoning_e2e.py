@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from videollm.calibration import load_predictions, sweep
+from videollm.eval.calibration import load_predictions, sweep
 from videollm.cli import main
 from videollm.config import PipelineConfig
 from videollm.errors import InvalidRequestError

@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from videollm.prompting import MC_INSTRUCTION, format_question, parse_choice
-from videollm.reasoning_format import (
+from videollm.answer.prompting import MC_INSTRUCTION, format_question, parse_choice
+from videollm.answer.reasoning_format import (
     BOX_INSTRUCTION,
     Box,
     choice_from_content,

@@ -1,7 +1,7 @@
 """videollm: question answering over long videos with small, quantized models.
 
 Data flow: video → frames (`videollm.video`) → visual tokens (`videollm.backbones`) → compressed tokens
-(`videollm.compressors`) → LLM answer (`videollm.reasoning`) → `Answer`. `import videollm` stays light:
+(`videollm.compressors`) → LLM answer (`videollm.answer.reasoning`) → `Answer`. `import videollm` stays light:
 heavy modules load on first use.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ _LAZY = {
     "VideoQAPipeline": "videollm.pipeline",
     "PipelineConfig": "videollm.config",
     "SamplingConfig": "videollm.video.sampling",
-    "GenerationConfig": "videollm.generation",
+    "GenerationConfig": "videollm.answer.generation",
     "load_video": "videollm.video.loader",
     "Video": "videollm.video.loader",
     "load_backbone": "videollm.backbones",
@@ -25,7 +25,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from .backbones import load_backbone
     from .config import PipelineConfig
-    from .generation import GenerationConfig
+    from .answer.generation import GenerationConfig
     from .pipeline import VideoQAPipeline
     from .types import Answer, VisualTokens
     from .video import SamplingConfig, Video, load_video

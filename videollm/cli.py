@@ -8,30 +8,41 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import DEFAULT_MODEL
 from .samples import SAMPLES
 
-QUANT_CHOICES = ["none", "int8", "int4", "int2", "ternary"]
+
+if TYPE_CHECKING:
+    from .config import PipelineConfig
+    from .pipeline import VideoQAPipeline
 
 logger = logging.getLogger("videollm")
 
 #: other modules' subcommands: "module:function", each called with the subparsers object to add its own
-SUBCOMMANDS: list[str] = ["videollm.eval.cli:register", "videollm.demo.app:register", "videollm.calibration:register",
+SUBCOMMANDS: list[str] = ["videollm.eval.cli:register", "videollm.demo.app:register", "videollm.eval.calibration:register",
                            "videollm.quant.cli:register"]
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
+    from .quant.config import SCHEME_NAMES
+    from .answer.reasoning import MODES
+    from .video.decoders import DECODERS
+
+    from videollm.compressors import COMPRESSORS
+
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None, help=f"preset, hub id or local path (default {DEFAULT_MODEL} when the "
                    "hub or its cache has it, else the offline videollm-mini)")
-    g.add_argument("--compressor", default="uniform", help="token compressor by name (see `videollm list`)")
+    g.add_argument("--compressor", default="uniform", help=f"token compressor: {', '.join(COMPRESSORS.names())} (see `videollm list`)")
     g.add_argument("--budget", type=int, default=None, help="max visual tokens handed to the LLM")
     g.add_argument("--compressor-option", action="append", default=[], metavar="KEY=VALUE",
                    help="compressor option, repeatable (e.g. tokens_per_frame=16)")
+    g.add_argument("--compressor-weights", default=None, metavar="DIR",
+                   help="trained weights of a compressor that has them (a save_pretrained directory)")
     g.add_argument("--reasoning", default="direct",
-                   help="direct | think | auto (answer first, think only when unsure; see docs/reasoning.md)")
+                   help=f"{' | '.join(MODES.names())} (auto: answer first, think only when unsure; see docs/reasoning.md)")
     g.add_argument("--confidence-threshold", type=float, default=None,
                    help="auto reasoning: think when the first answer's confidence is below this")
     g.add_argument("--max-think-tokens", type=int, default=None, help="limit on the thinking phase's tokens")
@@ -42,8 +53,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "probability among the valid letters (letter; for backbones not trained in the format)")
     g.add_argument("--prefill-box", action="store_true", default=None,
                    help="think/auto: start the answer with \\boxed{ (helps backbones not trained in the format)")
-    g.add_argument("--quant", default="none", choices=QUANT_CHOICES, help="LLM weight quantization")
-    g.add_argument("--vision-quant", default="none", choices=QUANT_CHOICES, help="vision encoder quantization")
+    g.add_argument("--quant", default="none", choices=SCHEME_NAMES, help="LLM weight quantization")
+    g.add_argument("--vision-quant", default="none", choices=SCHEME_NAMES, help="vision encoder quantization")
     g.add_argument("--quant-group-size", type=int, default=128)
     g.add_argument("--device", default="auto")
     g.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
@@ -52,7 +63,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     m.add_argument("--frames", type=int, default=None, help="sample N frames uniformly (default 32)")
     m.add_argument("--fps", type=float, default=None, help="sample at F frames per second (capped by --max-frames)")
     s.add_argument("--max-frames", type=int, default=256)
-    s.add_argument("--video-backend", default="auto", choices=["auto", "decord", "pyav"],
+    s.add_argument("--video-backend", default="auto", choices=["auto", *DECODERS.names()],
                    help="preferred decoder (auto = PyAV, then decord); the other takes over when it fails")
     s.add_argument("--strict-video", action="store_true",
                    help="a truncated or damaged video is an error (default: answer from the frames that decode, "
@@ -77,9 +88,10 @@ def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def pipeline_config(args: argparse.Namespace) -> Any:
+def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
+    """The CLI's arguments as a checked `PipelineConfig` (every name and value; no model is loaded)."""
     from .config import PipelineConfig
-    from .generation import GenerationConfig
+    from .answer.generation import GenerationConfig
     from .video.sampling import SamplingConfig
 
     sampling = SamplingConfig(num_frames=32 if args.frames is None else args.frames, fps=args.fps, max_frames=args.max_frames)
@@ -92,7 +104,8 @@ def pipeline_config(args: argparse.Namespace) -> Any:
                           sampling=sampling, generation=generation, strict_video=getattr(args, "strict_video", False),
                           reasoning=args.reasoning, reasoning_options=reasoning_options(args),
                           device=args.device, dtype=args.dtype, video_backend=args.video_backend,
-                          quant=args.quant, vision_quant=args.vision_quant, quant_group_size=args.quant_group_size)
+                          quant=args.quant, vision_quant=args.vision_quant, quant_group_size=args.quant_group_size,
+                          compressor_weights=args.compressor_weights).validate()
 
 
 def resolve_model(args: argparse.Namespace) -> str:
@@ -150,39 +163,32 @@ def reasoning_options(args: argparse.Namespace) -> dict[str, Any]:
     return {key: getattr(args, attr) for attr, key in names.items() if getattr(args, attr, None) is not None}
 
 
-def build_pipeline(args: argparse.Namespace) -> Any:
+def build_pipeline(args: argparse.Namespace, cfg: PipelineConfig | None = None) -> VideoQAPipeline:
     from .pipeline import VideoQAPipeline
 
-    cfg = pipeline_config(args)
-    if args.budget is not None and args.budget < 1:
-        from .errors import InvalidRequestError
-
-        raise InvalidRequestError(f"--budget must be >= 1, got {args.budget}")
-    return VideoQAPipeline.from_config(cfg)
+    return VideoQAPipeline.from_config(cfg or pipeline_config(args))
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
+    from .answer.prompting import format_question
     from .errors import InvalidRequestError
-    from .prompting import format_question
     from .samples import sample_path
+    from .video import load_video
 
     if args.sample and args.video:
         raise InvalidRequestError("give either VIDEO or --sample, not both")
-
-    format_question(args.question, args.options)  # fail fast, before loading a model
+    # every user error first: question, names, options, values, the file; only then a model loads
+    format_question(args.question, args.options)
+    cfg = pipeline_config(args)
     video = str(sample_path(args.sample)) if args.sample else args.video
     if video is None:
         raise InvalidRequestError("give a VIDEO path or --sample")
-    cfg = pipeline_config(args)  # every flag checked before the video is opened or a model loads
-    from .pipeline import VideoQAPipeline
-    from .video import load_video
-
-    vid = load_video(video, cfg.sampling, backend=cfg.video_backend, strict=cfg.strict_video)  # a bad file: no model
+    opened = load_video(video, cfg.sampling, backend=cfg.video_backend, strict=cfg.strict_video)  # a bad file: no model
     try:
-        pipe = VideoQAPipeline.from_config(cfg)
-        ans = pipe(vid, args.question, args.options)
+        pipe = build_pipeline(args, cfg)
+        ans = pipe(opened, args.question, args.options)
     finally:
-        vid.close()
+        opened.close()
     if not args.quiet:
         for warning in ans.warnings:
             if warning != pipe.backbone.notice:  # the model's standing notice is for -v and --json
@@ -206,19 +212,24 @@ def summary_line(ans: Any) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .backbones import list_models
-    from .reasoning import MODES
+    from .backbones import PRESETS
+    from .quant.config import SCHEME_NAMES
+    from .answer.reasoning import MODES
     from .video.decoders import DECODERS
 
-    from videollm.compressors import list_compressors
+    from videollm.compressors import COMPRESSORS
+    from videollm.eval.tasks import TASKS
 
-    print("models:      " + ", ".join(list_models()) + " (or any LLaVA-OneVision hub id / local path)")
-    print("compressors: " + ", ".join(list_compressors()))
-    print("reasoning:   " + ", ".join(sorted(MODES)))
     import importlib.util
 
-    modules = {"decord": "decord", "pyav": "av"}
-    installed = [d for d in DECODERS if importlib.util.find_spec(modules.get(d, d)) is not None]
+    from .video.decoders import DECODER_MODULES
+
+    print("models:      " + ", ".join(PRESETS.names()) + " (or any LLaVA-OneVision hub id / local path)")
+    print("compressors: " + ", ".join(COMPRESSORS.names()))
+    print("reasoning:   " + ", ".join(MODES.names()))
+    print("quant:       " + ", ".join(SCHEME_NAMES))
+    print("tasks:       " + ", ".join(TASKS.names()))
+    installed = [d for d in DECODERS.names() if importlib.util.find_spec(DECODER_MODULES.get(d, d)) is not None]
     print("decoders:    " + (", ".join(installed) or "none installed (pip install av)"))
     return 0
 

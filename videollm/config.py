@@ -1,25 +1,43 @@
-"""One dataclass config for the whole pipeline; presets are named instances of it."""
+"""One dataclass config tree for the whole pipeline, and the one way it is checked.
+
+`PipelineConfig` nests `SamplingConfig` and `GenerationConfig`; the compressor's and the reasoning mode's
+options are typed through their own dataclasses (`compressor_config()`, `reasoning_config()`).
+`validate()` checks every name and value that needs no model (model, compressor, mode, quant schemes,
+dtype, option names and types, budget) and raises `InvalidRequestError`/`UnknownNameError`, so a typo
+costs milliseconds, never a model load. `fingerprint()` is what an eval run must match to resume.
+"""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, TypeVar
 
-from .generation import GenerationConfig
+from .errors import InvalidRequestError, UnknownNameError
+from .answer.generation import GenerationConfig
 from .video.sampling import SamplingConfig
 
 DEFAULT_MODEL = "llava-onevision-0.5b"
+DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+#: fields that do not change predictions (where and how fast a run goes), left out of the fingerprint
+RUNTIME_FIELDS = ("device", "video_backend")
+
+D = TypeVar("D")
 
 
 @dataclass
 class PipelineConfig:
     model: str = DEFAULT_MODEL  # preset name, hub id or local path
     compressor: str = "uniform"
-    compressor_options: dict[str, Any] = field(default_factory=dict)
+    #: the compressor's options: its `config_class` instance, or a dict of that dataclass's fields
+    compressor_options: Any = field(default_factory=dict)
     budget: int | None = None  # max visual tokens handed to the LLM
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     reasoning: str = "direct"
-    reasoning_options: dict[str, Any] = field(default_factory=dict)  # e.g. threshold, max_think_tokens
+    #: the mode's options: a `ReasoningConfig`, or a dict of its fields
+    reasoning_options: Any = field(default_factory=dict)
     quant: str = "none"  # LLM weights: none | int8 | int4 | int2 | ternary
     vision_quant: str = "none"  # vision encoder weights, same choices
     quant_group_size: int = 128
@@ -28,9 +46,167 @@ class PipelineConfig:
     video_backend: str = "auto"  # preferred decoder; the other one takes over when it fails
     strict_video: bool = False  # a truncated/damaged video is an error instead of a warned partial answer
     system_prompt: str | None = None
+    compressor_weights: str | None = None  # a `save_pretrained` directory for compressors with weights
 
     def replace(self, **changes: Any) -> "PipelineConfig":
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    # ---- typed views of the per-component options ---------------------------------------------------
+    def compressor_config(self) -> Any:
+        """The compressor's own config dataclass, option names and values checked."""
+        from videollm.compressors import COMPRESSORS
+
+        cls = COMPRESSORS.get(self.compressor)
+        if dataclasses.is_dataclass(self.compressor_options):
+            if not isinstance(self.compressor_options, cls.config_class):
+                raise InvalidRequestError(f"compressor {self.compressor!r} takes a {cls.config_class.__name__}, "
+                                          f"not a {type(self.compressor_options).__name__}")
+            return cls.make_config(self.compressor_options)
+        return cls.make_config(None, **self.compressor_options)
+
+    def reasoning_config(self) -> Any:
+        from .answer.reasoning import ReasoningOptions
+
+        opts = self.reasoning_options
+        if isinstance(opts, ReasoningOptions):
+            opts.validate()
+            return opts
+        return ReasoningOptions.from_kwargs(**opts)
+
+    # ---- validation ---------------------------------------------------------------------------------
+    def validate(self) -> "PipelineConfig":
+        """Every check that needs no model; raises a `VideoLLMError` subclass. Returns self."""
+        from videollm.compressors import COMPRESSORS
+
+        from .backbones import check_model_name
+        from .quant.api import check_scheme_names
+        from .answer.reasoning import MODES
+
+        check_model_name(self.model)
+        if self.compressor not in COMPRESSORS:
+            raise UnknownNameError(f"unknown compressor {self.compressor!r}; available: {', '.join(COMPRESSORS.names())}")
+        if self.reasoning not in MODES:
+            raise UnknownNameError(f"unknown reasoning mode {self.reasoning!r}; available: {', '.join(MODES.names())}")
+        check_scheme_names(self.quant, self.vision_quant)
+        if self.quant_group_size is not None and int(self.quant_group_size) < 1:
+            raise InvalidRequestError(f"quant group size must be >= 1, got {self.quant_group_size}")
+        if self.dtype not in DTYPES:
+            raise InvalidRequestError(f"unknown dtype {self.dtype!r}; choose from {', '.join(DTYPES)}")
+        if self.video_backend != "auto":
+            from .video.decoders import DECODERS
+
+            DECODERS.get(self.video_backend)
+        check_budget(self.budget)
+        self.sampling.validate()
+        validate_generation(self.generation)
+        self.reasoning_config()
+        if self.compressor_weights is not None:
+            from videollm.compressors.base import WeightedCompressor
+
+            name, _ = WeightedCompressor.read_pretrained_config(self.compressor_weights)
+            if name != self.compressor:
+                raise InvalidRequestError(f"{self.compressor_weights} holds a {name!r} compressor, "
+                                          f"not {self.compressor!r}")
+        self.compressor_config()
+        return self
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings that change predictions (all but `RUNTIME_FIELDS`), JSON-ready: a resumed eval
+        run must match them. Derived from the dataclass fields, so a new field is covered by default."""
+        d = self.to_dict()
+        for k in RUNTIME_FIELDS:
+            d.pop(k, None)
+        d["compressor_options"] = non_defaults(self.compressor_config())  # canonical: typed, defaults dropped
+        d["reasoning_options"] = _jsonable(non_defaults(self.reasoning_config()))
+        d["max_new_tokens"] = self.generation.max_new_tokens  # the key runs recorded before the config tree
+        return d
+
+
+def fingerprint_keys() -> tuple[str, ...]:
+    """The keys `PipelineConfig.fingerprint()` holds (eval's resume check compares these)."""
+    return (*(f.name for f in fields(PipelineConfig) if f.name not in RUNTIME_FIELDS), "max_new_tokens")
+
+
+def non_defaults(cfg: Any) -> dict[str, Any]:
+    """The fields of dataclass `cfg` that differ from their defaults: `{}` and an explicit default agree."""
+    default = type(cfg)()
+    return {f.name: getattr(cfg, f.name) for f in fields(cfg) if getattr(cfg, f.name) != getattr(default, f.name)}
+
+
+def check_budget(budget: int | None) -> None:
+    from videollm.compressors.base import MAX_BUDGET
+
+    if budget is None:
+        return
+    if isinstance(budget, bool) or not isinstance(budget, int) or not 1 <= budget <= MAX_BUDGET:
+        raise InvalidRequestError(f"budget must be an integer between 1 and {MAX_BUDGET} visual tokens, got {budget}")
+
+
+def validate_generation(g: GenerationConfig) -> None:
+    if int(g.max_new_tokens) < 1:
+        raise InvalidRequestError(f"max new tokens must be >= 1, got {g.max_new_tokens}")
+    if float(g.temperature) < 0 or not 0 < float(g.top_p) <= 1:
+        raise InvalidRequestError(f"temperature must be >= 0 and top_p in (0, 1], got {g.temperature}, {g.top_p}")
+    if float(g.repetition_penalty) <= 0:
+        raise InvalidRequestError(f"repetition penalty must be > 0, got {g.repetition_penalty}")
+
+
+def build_dataclass(cls: type[D], values: dict[str, Any], what: str = "option") -> D:
+    """`cls(**values)` with every name and value type checked against `cls`'s annotations, so
+    `tokens_per_frame="x"` or a misspelt name is one clear `InvalidRequestError`, never a TypeError."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls) if f.init}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InvalidRequestError(f"unknown {what}(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}")
+    out = {}
+    for k, v in values.items():
+        ok, coerced = _coerce(v, hints.get(k, Any))
+        if not ok:
+            raise InvalidRequestError(f"{what} {k}={v!r}: expected {_type_name(hints.get(k, Any))}")
+        out[k] = coerced
+    return cls(**out)
+
+
+def _coerce(v: Any, tp: Any) -> tuple[bool, Any]:
+    if tp is Any:
+        return True, v
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            ok, c = _coerce(v, arg)
+            if ok:
+                return True, c
+        return False, v
+    if tp is type(None):
+        return v is None, v
+    if tp is bool:
+        return isinstance(v, bool), v
+    if tp is int:
+        return isinstance(v, int) and not isinstance(v, bool), v
+    if tp is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool), float(v) if isinstance(v, (int, float)) else v
+    if tp is str:
+        return isinstance(v, str), v
+    if origin in (list, tuple) or tp in (list, tuple):
+        if not isinstance(v, (list, tuple)):
+            return False, v
+        return True, (tuple(v) if (origin or tp) is tuple else list(v))
+    if origin is dict or tp is dict:
+        return isinstance(v, dict), v
+    if dataclasses.is_dataclass(tp):
+        if isinstance(v, tp):
+            return True, v
+        return (True, build_dataclass(tp, v)) if isinstance(v, dict) else (False, v)
+    return True, v
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}

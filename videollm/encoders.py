@@ -7,12 +7,13 @@ through timm so any DINOv2 size works by name, and tests can build a tiny random
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ._compat import require
+from .backbones.base import pad_square, resize_normalize
 from .errors import InvalidRequestError, VideoLLMError
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ class DinoV2Encoder:
         kwargs = dict(timm_kwargs)
         if image_size is not None:
             kwargs["img_size"] = int(image_size)
+        if pretrained:  # local weights first; an unreachable hub fails at once, never in a retry loop
+            kwargs["pretrained_cfg_overlay"] = {"file": find_pretrained(model_name)}
         try:
             with torch.random.fork_rng(devices=[]):  # random weights (tests) are the same on every build
                 torch.manual_seed(seed)
@@ -67,30 +70,71 @@ class DinoV2Encoder:
 
     @torch.inference_mode()
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
-        x = frames.to(self.device).permute(0, 3, 1, 2).float()
-        if self.pad_to_square:
-            x = pad_square(x, tuple(m * 255.0 for m in self.mean))
-        if tuple(x.shape[-2:]) != self.image_size:
-            x = F.interpolate(x, size=self.image_size, mode="bicubic", align_corners=False, antialias=True)
-        x = x.clamp_(0, 255).div_(255.0)
-        mean = torch.tensor(self.mean, device=self.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=self.device).view(1, -1, 1, 1)
-        x = ((x - mean) / std).to(self.dtype)
+        x = resize_normalize(frames, self.image_size, self.mean, self.std, self.device, self.dtype,
+                             pad_to_square=self.pad_to_square)
         tokens = self.model.forward_features(x)[:, self.num_prefix_tokens:]
         h, w = self.grid
         return tokens.reshape(tokens.shape[0], h, w, tokens.shape[-1])
 
 
-def pad_square(x: torch.Tensor, fill: tuple[float, ...]) -> torch.Tensor:
-    """Centre (n, C, H, W) on a square canvas of `fill` colour (LongVU's `expand2square`)."""
-    n, c, h, w = x.shape
-    if h == w:
-        return x
-    s = max(h, w)
-    out = torch.tensor(fill, dtype=x.dtype, device=x.device).view(1, c, 1, 1).expand(n, c, s, s).clone()
-    top, left = (s - h) // 2, (s - w) // 2
-    out[:, :, top : top + h, left : left + w] = x
-    return out
+_UNLOADABLE: dict[str, str] = {}  # model name → why its weights cannot be had (asked once per process)
 
 
-__all__ = ["DEFAULT_DINOV2", "DinoV2Encoder", "EncoderLoadError", "pad_square"]
+def find_pretrained(model_name: str) -> str:
+    """A local file with `model_name`'s pretrained weights: from the Hugging Face cache, or downloaded once
+    when the hub answers within seconds. Raises `EncoderLoadError` at once otherwise (remembered for the
+    process), so an offline machine never spends tens of seconds in hub retries."""
+    if model_name in _UNLOADABLE:
+        raise EncoderLoadError(_UNLOADABLE[model_name])
+    try:
+        path = _locate(model_name)
+    except EncoderLoadError as err:
+        _UNLOADABLE[model_name] = str(err)
+        raise
+    return path
+
+
+def _locate(model_name: str) -> str:
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    timm = require("timm", extra="vision", purpose="DINOv2 frame features")
+    hint = ("without a model hub, DINOv2 dedup runs on the backbone's own vision features; for random DINOv2 "
+            "weights pass pretrained=False (--compressor-option dino_pretrained=false)")
+    if not timm.is_model(model_name.split(".")[0]):
+        raise InvalidRequestError(f"unknown timm image model {model_name!r}")
+    cfg = timm.models.get_pretrained_cfg(model_name)
+    repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not repo:
+        raise EncoderLoadError(f"{model_name!r} has no pretrained weights on the hub; {hint}")
+    for fname in ("model.safetensors", "pytorch_model.bin"):
+        hit = huggingface_hub.try_to_load_from_cache(repo, fname)
+        if isinstance(hit, str):
+            return hit
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "True", "YES", "yes"):
+        raise EncoderLoadError(f"pretrained {model_name!r} ({repo}) is not in the local cache and the hub is "
+                               f"offline (HF_HUB_OFFLINE); {hint}")
+    if not hub_reachable(constants.ENDPOINT):
+        raise EncoderLoadError(f"pretrained {model_name!r} ({repo}) is not in the local cache and "
+                               f"{constants.ENDPOINT} cannot be reached; {hint}")
+    try:
+        return huggingface_hub.hf_hub_download(repo, "model.safetensors", etag_timeout=5)
+    except Exception as err:  # noqa: BLE001 - the hub client raises many kinds; one line is what users need
+        raise EncoderLoadError(f"could not download {repo}: {str(err).splitlines()[0][:200]}; {hint}") from err
+
+
+def hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the hub's host opens within `timeout` seconds."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(endpoint)
+    try:
+        with socket.create_connection((url.hostname or "", url.port or (443 if url.scheme == "https" else 80)),
+                                      timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+__all__ = ["DEFAULT_DINOV2", "DinoV2Encoder", "EncoderLoadError", "find_pretrained", "hub_reachable", "pad_square"]

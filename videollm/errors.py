@@ -43,7 +43,7 @@ class ModelUnavailableError(VideoLLMError):
     """A hub model that is neither cached nor downloadable right now (offline)."""
 
 
-class UnknownNameError(VideoLLMError, KeyError):
+class UnknownNameError(InvalidRequestError, KeyError):
     """A compressor, model, mode or task name that is not registered."""
 
     def __str__(self) -> str:  # KeyError would quote the message

@@ -4,36 +4,50 @@ The CLI, demo and evaluator all go through this class and nothing else.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .backbones import Backbone, load_backbone
-from .budget import fit_budget, plan_context
+from .backbones import load_backbone
+from .backbones.protocols import SupportsQuantization, VideoLanguageModel
 from .config import PipelineConfig
 from .errors import InvalidRequestError
-from .generation import GenerationConfig
-from .prompting import format_question, normalize_options
-from .reasoning import DEFAULT_MAX_THINK_TOKENS, MAX_ANSWER_TOKENS, run_mode
+from .answer.generation import GenerationConfig
+from .answer.prompting import format_question, normalize_options
+from .answer.reasoning import DEFAULT_MAX_THINK_TOKENS, MAX_ANSWER_TOKENS, run_mode
+from .budget import fit_budget, plan_context
 from .timing import StageTimer, stage
 from .types import Answer
 from .video import SamplingConfig, Video, load_video
+
+if TYPE_CHECKING:
+    from videollm.compressors.base import TokenCompressor
 
 logger = logging.getLogger(__name__)
 
 
 class VideoQAPipeline:
-    def __init__(self, backbone: Backbone, config: PipelineConfig | None = None, compressor: Any = None):
+    def __init__(self, backbone: VideoLanguageModel, config: PipelineConfig | None = None,
+                 compressor: TokenCompressor | None = None):
         from videollm.compressors import create_compressor
 
         self.backbone = backbone
-        self.config = config or PipelineConfig(model=backbone.name)
-        self.compressor = compressor or create_compressor(self.config.compressor, backbone,
-                                                          **self.config.compressor_options)
+        self.config = cfg = config or PipelineConfig(model=backbone.name)
+        if compressor is None:
+            typed = dataclasses.is_dataclass(cfg.compressor_options)
+            compressor = create_compressor(cfg.compressor, backbone, config=cfg.compressor_options if typed else None,
+                                           weights=cfg.compressor_weights,
+                                           **({} if typed else cfg.compressor_options))
+            if isinstance(compressor, SupportsQuantization) and (cfg.quant != "none" or cfg.vision_quant != "none"):
+                from .quant import quantize_backbone  # modules the compressor owns, through the same seam
+
+                quantize_backbone(compressor, llm=cfg.quant, vision=cfg.vision_quant, group_size=cfg.quant_group_size)
+        self.compressor = compressor
         if backbone.notice:  # also in every Answer.warnings; the CLI shows it once
             logger.info(backbone.notice)
 
@@ -50,12 +64,23 @@ class VideoQAPipeline:
 
     @classmethod
     def from_config(cls, cfg: PipelineConfig) -> "VideoQAPipeline":
-        """Load the backbone named in `cfg`, quantize it if asked, and attach the compressor."""
-        backbone = load_backbone(cfg.model, device=cfg.device, dtype=cfg.dtype)
-        if cfg.quant != "none" or cfg.vision_quant != "none":
-            from .quant import quantize_backbone
+        """Check `cfg` (no model needed), then get the backbone it names from the process-wide model cache
+        (loaded and quantized once, shared with the demo, eval and compressors), and attach the compressor."""
+        from .models import get_model
 
-            quantize_backbone(backbone, llm=cfg.quant, vision=cfg.vision_quant, group_size=cfg.quant_group_size)
+        cfg.validate()
+
+        def load() -> VideoLanguageModel:
+            backbone = load_backbone(cfg.model, device=cfg.device, dtype=cfg.dtype)
+            if cfg.quant != "none" or cfg.vision_quant != "none":
+                from .quant import quantize_backbone
+
+                quantize_backbone(backbone, llm=cfg.quant, vision=cfg.vision_quant, group_size=cfg.quant_group_size)
+            return backbone
+
+        quant = "none" if cfg.quant == cfg.vision_quant == "none" else f"{cfg.quant}+{cfg.vision_quant}"
+        options = {"group_size": cfg.quant_group_size} if quant != "none" else {}
+        backbone = get_model(cfg.model, device=cfg.device, dtype=cfg.dtype, quant=quant, loader=load, **options)
         return cls(backbone, cfg)
 
     def load(self, video: str | os.PathLike[str] | Video, sampling: SamplingConfig | None = None) -> Video:
@@ -106,7 +131,7 @@ class VideoQAPipeline:
                 visual.stats["decode"] = {"planned_frames": short.planned, "decoded_frames": short.decoded,
                                           "video_ends_at": round(short.ends_at, 3)}
             outcome = run_mode(mode, self.backbone, user_text, visual, opts, gen,
-                               system=self.config.system_prompt, **self.config.reasoning_options)
+                               system=self.config.system_prompt, **_fields(self.config.reasoning_options))
         ts = visual.timestamps
         kept = visual.kept_frames
         return Answer(
@@ -127,16 +152,21 @@ class VideoQAPipeline:
         """Check a requested budget against the context, or choose one when none was given (before decoding)."""
         allowance = generation.max_new_tokens
         if mode != "direct":
-            think = self.config.reasoning_options.get("max_think_tokens") or DEFAULT_MAX_THINK_TOKENS
+            think = _fields(self.config.reasoning_options).get("max_think_tokens") or DEFAULT_MAX_THINK_TOKENS
             allowance += int(think) + min(generation.max_new_tokens, MAX_ANSWER_TOKENS)
         plan = plan_context(self.backbone, user_text, self.config.system_prompt, len(video), allowance,
-                            self.backbone.text_tokens_per_frame)
+                            getattr(self.backbone, "text_tokens_per_frame", 0))
         fitted = fit_budget(plan, budget)
         if budget is not None or len(video) * self.backbone.tokens_per_frame <= fitted:
             return budget
         notes.append(f"no budget given: {len(video)} frames reduced to {fitted} visual tokens to fit the model's "
                      f"context of {plan.max_context} tokens")
         return fitted
+
+
+def _fields(options: Any) -> dict[str, Any]:
+    """A config dataclass or a dict of its fields, as keyword arguments."""
+    return dataclasses.asdict(options) if dataclasses.is_dataclass(options) else dict(options)
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

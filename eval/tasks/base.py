@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from videollm.errors import VideoLLMError
+from videollm.registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -17,6 +18,16 @@ VIDEO_EXTS = (".mp4", ".MP4", ".mkv", ".webm", ".avi", ".mov")
 
 class DatasetError(VideoLLMError):
     """The benchmark's annotations are missing or not in the published layout."""
+
+
+#: benchmark tasks by name; each class registers itself with `@register_task`
+TASKS: Registry[type["Task"]] = Registry("task", error=DatasetError, modules=(
+    "videollm.eval.tasks.videomme", "videollm.eval.tasks.mlvu", "videollm.eval.tasks.lvbench"))
+
+
+def register_task(cls: type["Task"]) -> type["Task"]:
+    TASKS.register(cls.name, cls)
+    return cls
 
 
 @dataclass

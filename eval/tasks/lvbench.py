@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .base import (RuleSet, Sample, Task, as_list, find_annotation, letter_of, read_table, require_columns,
+from .base import (register_task, RuleSet, Sample, Task, as_list, find_annotation, letter_of, read_table, require_columns,
                    resolve_video)
 
 POST_PROMPT = "\nAnswer the question with the option letter"  # the YAML default (no period)
@@ -30,6 +30,7 @@ def lvbench_prompt(question: str, options: list[str] | None = None) -> str:
     return question + POST_PROMPT
 
 
+@register_task
 class LVBench(Task):
     name = "lvbench"
     rules: ClassVar[dict[str, RuleSet]] = {

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import ClassVar
 
-from .base import (DatasetError, RuleSet, Sample, Task, as_list, find_annotation, letter_of, read_table,
+from .base import (register_task, DatasetError, RuleSet, Sample, Task, as_list, find_annotation, letter_of, read_table,
                    require_columns, resolve_video)
 
 POST_PROMPT = "\nOnly give the best option.\nBest option: ("  # lmms-eval `default` profile since 2025-04-17
@@ -40,6 +40,7 @@ def mlvu_prompt(question: str) -> str:
     return question + POST_PROMPT
 
 
+@register_task
 class MLVU(Task):
     name = "mlvu"
     rules: ClassVar[dict[str, RuleSet]] = {

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .base import RuleSet, Sample, Task, as_list, find_annotation, letter_of, read_table, require_columns, resolve_video
+from .base import register_task, RuleSet, Sample, Task, as_list, find_annotation, letter_of, read_table, require_columns, resolve_video
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ def subtitles_for_frames(path: Path, fps: float, total_frames: int, frame_num: i
     return "\n".join(lines)
 
 
+@register_task
 class VideoMME(Task):
     name = "videomme"
     rules: ClassVar[dict[str, RuleSet]] = {
@@ -123,6 +124,7 @@ class VideoMME(Task):
         return subtitle_prompt(sample.question, sample.options, text)
 
 
+@register_task
 class VideoMMESubtitles(VideoMME):
     name = "videomme_w_subtitle"
     subtitles = True

@@ -5,6 +5,9 @@ A hub id or path is dispatched on its config's `model_type` (never on substrings
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,44 +17,43 @@ from .base import Backbone, PromptInputs
 
 logger = logging.getLogger(__name__)
 
-#: preset name -> (builder "module:attr", default model id or None)
-PRESETS: dict[str, tuple[str, str | None]] = {
-    "tiny-random": ("videollm.backbones.tiny:build_tiny_random", None),
-    "llava-onevision-0.5b-random": ("videollm.backbones.tiny:build_random_llava_onevision_0_5b", None),
-    "llava-onevision-0.5b": ("videollm.backbones.llava_onevision:LlavaOneVisionBackbone.from_pretrained",
-                             "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"),
-    "llava-onevision-7b": ("videollm.backbones.llava_onevision:LlavaOneVisionBackbone.from_pretrained",
-                           "llava-hf/llava-onevision-qwen2-7b-ov-hf"),
-    "videollm-mini": ("videollm.backbones.mini:build_mini", None),
-}
+@dataclass(frozen=True)
+class Preset:
+    """A named model: `build(model_id, device=..., dtype=...)` (model_id None for self-contained ones)."""
+
+    build: Callable[..., Backbone]
+    model_id: str | None = None
+
+
+#: models by name; each registers where its builder is defined, with `@register_preset(name[, model_id])`
+PRESETS: Registry[Preset] = Registry("model", modules=("videollm.backbones.tiny", "videollm.backbones.llava_onevision",
+                                                       "videollm.backbones.mini.model"))
 
 #: transformers `model_type` -> backbone class
 FAMILIES: Registry[Any] = Registry("backbone family", entry_point_group="videollm.backbones")
 FAMILIES.register("llava_onevision", "videollm.backbones.llava_onevision:LlavaOneVisionBackbone")
 
 
-def _resolve(target: str) -> Any:
-    import importlib
-
-    module, _, attr = target.partition(":")
-    obj: Any = importlib.import_module(module)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj
+def register_preset(name: str, model_id: str | None = None) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
+    """Decorator: `@register_preset("tiny-random")` on a builder `(device=..., dtype=...) -> Backbone`, or
+    `register_preset("llava-onevision-0.5b", "llava-hf/...")(Cls.from_pretrained)` for a hub checkpoint."""
+    def deco(fn: Callable[..., Backbone]) -> Callable[..., Backbone]:
+        PRESETS.register(name, Preset(fn, model_id))
+        return fn
+    return deco
 
 
 def load_backbone(model: str, device: str = "auto", dtype: str = "auto", **kwargs: Any) -> Backbone:
     """Build a backbone from a preset name, a hub id or a local directory."""
     if model in PRESETS:
-        builder, model_id = PRESETS[model]
-        fn = _resolve(builder)
-        args = (model_id,) if model_id else ()
-        if model_id:
-            kwargs.update(_hub_kwargs(model_id, model))
+        preset = PRESETS.get(model)
+        args = (preset.model_id,) if preset.model_id else ()
+        if preset.model_id:
+            kwargs.update(_hub_kwargs(preset.model_id, model))
         try:
-            return fn(*args, device=device, dtype=dtype, **kwargs)
+            return preset.build(*args, device=device, dtype=dtype, **kwargs)
         except OSError as err:
-            raise ModelLoadError(model_id or model, err) from err
+            raise ModelLoadError(preset.model_id or model, err) from err
     if (Path(model) / "videollm_quant.json").is_file():  # saved by `videollm quantize`
         from ..quant.io import load_quantized
 
@@ -81,11 +83,25 @@ def _hub_kwargs(model_id: str, name: str | None = None) -> dict[str, Any]:
 
 def default_model_id(name: str) -> str | None:
     """The hub id behind a preset name (None for presets that need no hub)."""
-    return PRESETS[name][1] if name in PRESETS else name
+    return PRESETS.get(name).model_id if name in PRESETS else name
 
 
 def list_models() -> list[str]:
-    return sorted(PRESETS)
+    return PRESETS.names()
 
 
-__all__ = ["Backbone", "FAMILIES", "ModelLoadError", "PRESETS", "PromptInputs", "list_models", "load_backbone"]
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def check_model_name(model: str) -> None:
+    """A preset, an existing local path or a hub id ("org/name"); anything else is a typo, refused before
+    any loading (no hub lookup for a name that cannot be one)."""
+    if model in PRESETS or Path(model).expanduser().exists() or _HUB_ID.match(model or ""):
+        return
+    from ..errors import UnknownNameError
+
+    raise UnknownNameError(f"unknown model {model!r}: not a preset ({', '.join(list_models())}), "
+                           "an existing local directory, nor a hub id of the form org/name")
+
+
+__all__ = ["Backbone", "FAMILIES", "Preset", "check_model_name", "register_preset", "ModelLoadError", "PRESETS", "PromptInputs", "list_models", "load_backbone"]

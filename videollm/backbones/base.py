@@ -185,11 +185,6 @@ class Backbone(ABC):
         prompt = p.before_text + self.video_token + p.after_text
         return PromptInputs(embeds, len(p.before) + len(p.after), visual.num_tokens, prompt)
 
-    def choice_scorer(self, inputs: PromptInputs, user_text: str, visual: VisualTokens) -> Any:
-        """Optional: a `generation.FirstStep` that scores a multiple-choice prompt's options itself (for
-        backbones too small to map an option to its letter). None = answer by plain generation."""
-        return None
-
     # ---- language model ----------------------------------------------------------------------------
     @abstractmethod
     def lm_forward(self, inputs_embeds: torch.Tensor, cache: Any = None) -> tuple[torch.Tensor, Any]:
@@ -201,12 +196,27 @@ class Backbone(ABC):
 
 
 def resize_normalize(frames: torch.Tensor, size: tuple[int, int], mean: tuple[float, ...], std: tuple[float, ...],
-                     device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """uint8 (n, H, W, 3) → normalised float (n, 3, h, w); batched on the target device (faster than PIL)."""
+                     device: torch.device, dtype: torch.dtype, pad_to_square: bool = False) -> torch.Tensor:
+    """uint8 (n, H, W, 3) → normalised float (n, 3, h, w); batched on the target device (faster than PIL).
+    `pad_to_square` first centres the frame on a square of the mean colour (LongVU's `expand2square`)."""
     x = frames.to(device).permute(0, 3, 1, 2).float()
+    if pad_to_square:
+        x = pad_square(x, tuple(m * 255.0 for m in mean))
     if tuple(x.shape[-2:]) != tuple(size):
         x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
     x = x.clamp_(0, 255).div_(255.0)
     m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
     s = torch.tensor(std, device=device).view(1, -1, 1, 1)
     return ((x - m) / s).to(dtype)
+
+
+def pad_square(x: torch.Tensor, fill: tuple[float, ...]) -> torch.Tensor:
+    """Centre (n, C, H, W) on a square canvas of `fill` colour (LongVU's `expand2square`)."""
+    n, c, h, w = x.shape
+    if h == w:
+        return x
+    s = max(h, w)
+    out = torch.tensor(fill, dtype=x.dtype, device=x.device).view(1, c, 1, 1).expand(n, c, s, s).clone()
+    top, left = (s - h) // 2, (s - w) // 2
+    out[:, :, top : top + h, left : left + w] = x
+    return out

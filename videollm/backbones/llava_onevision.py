@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .._compat import cache_kwargs, output_cache, require
+from . import register_preset
 from .base import Backbone, resize_normalize
 
 logger = logging.getLogger(__name__)
@@ -29,7 +30,9 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
              "float16": torch.float16, "fp16": torch.float16}
     if dtype not in table:
-        raise ValueError(f"unknown dtype {dtype!r}; choose from {sorted(table)} or 'auto'")
+        from ..errors import InvalidRequestError
+
+        raise InvalidRequestError(f"unknown dtype {dtype!r}; choose from {', '.join(sorted(table))} or 'auto'")
     return table[dtype]
 
 
@@ -118,6 +121,10 @@ class LlavaOneVisionBackbone(Backbone):
         x = F.interpolate(x, size=(math.ceil(h / 2), math.ceil(w / 2)), mode="bilinear")  # the model's video pooling
         return x.permute(0, 2, 3, 1).contiguous()
 
+    def quantizable_modules(self) -> dict[str, torch.nn.Module]:
+        """The language model (without embeddings and LM head) and the SigLIP tower (`SupportsQuantization`)."""
+        return {"llm": self.model.model.language_model, "vision": self.model.model.vision_tower}
+
     def visual_suffix(self) -> torch.Tensor | None:
         return self.model.model.image_newline.detach()[None, :]
 
@@ -131,3 +138,8 @@ class LlavaOneVisionBackbone(Backbone):
                                               return_dict=True)
         logits = self.model.lm_head(out.last_hidden_state[:, -1:]).float()[:, -1]
         return logits, output_cache(out)
+
+
+for _name, _model_id in {"llava-onevision-0.5b": DEFAULT_MODEL_ID,
+                         "llava-onevision-7b": "llava-hf/llava-onevision-qwen2-7b-ov-hf"}.items():
+    register_preset(_name, _model_id)(LlavaOneVisionBackbone.from_pretrained)

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from .._compat import require
+from . import register_preset
 from .llava_onevision import LlavaOneVisionBackbone, resolve_device, resolve_dtype
 
 NOTICE = "tiny-random has random weights: its answers are meaningless (it exists to test the pipeline offline)."
@@ -76,6 +77,7 @@ def tiny_config(tokenizer: Any, image_size: int = 112) -> Any:
     return _llava_config(tokenizer, vision, text, tie_word_embeddings=True)
 
 
+@register_preset("tiny-random")
 def build_tiny_random(device: str | torch.device | None = "cpu", dtype: str | torch.dtype | None = "float32",
                       seed: int = 0, **_: Any) -> LlavaOneVisionBackbone:
     transformers = require("transformers")
@@ -103,6 +105,7 @@ def llava_onevision_0_5b_config(tokenizer: Any) -> Any:
     return _llava_config(tokenizer, vision, text, tie_word_embeddings=False)
 
 
+@register_preset("llava-onevision-0.5b-random")
 def build_random_llava_onevision_0_5b(device: str | torch.device | None = "auto",
                                       dtype: str | torch.dtype | None = "auto", seed: int = 0,
                                       **_: Any) -> LlavaOneVisionBackbone:

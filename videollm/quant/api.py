@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..backbones.protocols import SupportsQuantization, quant_role
 from ..errors import InvalidRequestError
 from . import backends
 from .config import SCHEME_NAMES, WeightQuantConfig, config_for
@@ -81,42 +82,58 @@ class BackboneQuantization:
         return d
 
 
-def backbone_parts(backbone: Any) -> tuple[nn.Module, nn.Module]:
-    """(language model without embeddings/head, vision tower) of a LLaVA-OneVision-style backbone."""
-    model = getattr(backbone, "model", None)
-    inner = getattr(model, "model", None)
-    lm, vt = getattr(inner, "language_model", None), getattr(inner, "vision_tower", None)
-    if lm is None or vt is None:
-        raise InvalidRequestError(f"backbone {getattr(backbone, 'name', backbone)!r} has no "
-                                  "model.model.language_model / vision_tower to quantize")
-    return lm, vt
+def backbone_parts(backbone: SupportsQuantization) -> tuple[nn.Module, nn.Module]:
+    """(language model without embeddings/head, vision encoder) from `quantizable_modules()`."""
+    mods = _quantizable(backbone)
+    if "llm" not in mods or "vision" not in mods:
+        raise InvalidRequestError(f"{getattr(backbone, 'name', type(backbone).__name__)} offers no 'llm' and "
+                                  "'vision' modules to quantize")
+    return mods["llm"], mods["vision"]
 
 
-def quantize_backbone(backbone: Any, llm: str = "none", vision: str = "none", group_size: int | None = 128,
-                      backend: str = "auto", symmetric: bool | None = None) -> BackboneQuantization:
-    """Quantize the LLM's and the vision encoder's linear layers in place.
+def _quantizable(owner: object) -> dict[str, nn.Module]:
+    if not isinstance(owner, SupportsQuantization):
+        raise InvalidRequestError(f"{getattr(owner, 'name', type(owner).__name__)} has no quantizable modules")
+    return owner.quantizable_modules()
+
+
+def check_scheme_names(llm: str = "none", vision: str = "none") -> None:
+    """`--quant` / `--vision-quant` names, checked before any model loads."""
+    for what, scheme in (("--quant", llm), ("--vision-quant", vision)):
+        if scheme not in SCHEME_NAMES:
+            raise InvalidRequestError(f"{what} {scheme!r} is not one of {', '.join(SCHEME_NAMES)}")
+
+
+def quantize_backbone(backbone: SupportsQuantization, llm: str = "none", vision: str = "none",
+                      group_size: int | None = 128, backend: str = "auto",
+                      symmetric: bool | None = None) -> BackboneQuantization:
+    """Quantize the linear layers of every module `backbone.quantizable_modules()` offers, in place: keys
+    with the "llm" role take `llm`, the others `vision` (see `quant_role`). Works the same on a compressor
+    that owns models (STORM's encoder, Tempo's small VLM) and on any backbone.
 
     `symmetric` applies to int4 (None = asymmetric with zero points, the default; see `WeightQuantConfig`).
 
     Embeddings, `lm_head`, the projector, the patch embedding and norms stay in float: they are a small
     share of the compute, and the LM head/embeddings (tied in Qwen2-0.5B) are the most error-sensitive.
     """
-    for what, scheme in (("--quant", llm), ("--vision-quant", vision)):
-        if scheme not in SCHEME_NAMES:
-            raise InvalidRequestError(f"{what} {scheme!r} is not one of {', '.join(SCHEME_NAMES)}")
-    lm, vt = backbone_parts(backbone)
+    check_scheme_names(llm, vision)
+    mods = _quantizable(backbone)
     done = BackboneQuantization(llm=llm, vision=vision, group_size=group_size, backend=backend, symmetric=symmetric)
-    cfg = config_for(llm, group_size, backend, symmetric)
-    if cfg is not None:
-        done.llm_layers = quantize_(lm, cfg)
-    cfg = config_for(vision, group_size, backend, symmetric)
-    if cfg is not None:
-        done.vision_layers = quantize_(vt, cfg)
+    configs = {"llm": config_for(llm, group_size, backend, symmetric),
+               "vision": config_for(vision, group_size, backend, symmetric)}
+    for key, module in mods.items():
+        role = quant_role(key)
+        cfg = configs[role]
+        if cfg is None:
+            continue
+        names = quantize_(module, cfg)
+        prefix = "" if key == role else key + "."
+        (done.llm_layers if role == "llm" else done.vision_layers).extend(prefix + n for n in names)
     prev = getattr(backbone, "quantization", None)
     if isinstance(prev, BackboneQuantization):  # quantizing in two calls keeps both records
         done.llm = llm if llm != "none" else prev.llm
         done.vision = vision if vision != "none" else prev.vision
         done.llm_layers = done.llm_layers or prev.llm_layers
         done.vision_layers = done.vision_layers or prev.vision_layers
-    backbone.quantization = done
+    backbone.quantization = done  # type: ignore[attr-defined]
     return done

@@ -4,8 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import InvalidRequestError
+from ..registry import Registry
 
-SCHEME_NAMES = ("none", "int8", "int4", "int2", "ternary")
+#: weight schemes by name, each a config dataclass registered where it is defined (torchao's style)
+QUANT_SCHEMES: Registry[type["WeightQuantConfig"]] = Registry("quantization scheme")
 BACKENDS = ("auto", "native", "reference", "torchao", "quanto")
 
 
@@ -37,9 +39,9 @@ class WeightQuantConfig:
     clip_search: bool = False
 
     def __post_init__(self) -> None:
-        if self.scheme not in SCHEME_NAMES[1:]:
+        if self.scheme not in QUANT_SCHEMES:
             raise InvalidRequestError(f"unknown quantization scheme {self.scheme!r}; choose from "
-                                      f"{', '.join(SCHEME_NAMES)}")
+                                      f"{', '.join(QUANT_SCHEMES.names())}")
         if self.backend not in BACKENDS:
             raise InvalidRequestError(f"unknown quantization backend {self.backend!r}; choose from {', '.join(BACKENDS)}")
         if self.group_size is not None and self.group_size < 0:
@@ -63,17 +65,20 @@ class WeightQuantConfig:
         return {"int8": 8.0, "int4": 4.0, "int2": 2.0, "ternary": 1.6}[self.scheme]
 
 
+@QUANT_SCHEMES.register("int8")
 @dataclass
 class Int8WeightConfig(WeightQuantConfig):
     scheme: str = "int8"
     group_size: int | None = None
 
 
+@QUANT_SCHEMES.register("int4")
 @dataclass
 class Int4WeightConfig(WeightQuantConfig):
     scheme: str = "int4"
 
 
+@QUANT_SCHEMES.register("int2")
 @dataclass
 class Int2WeightConfig(WeightQuantConfig):
     """ParetoQ 2-bit (SEQ levels ±0.25, ±0.75 of alpha)."""
@@ -81,6 +86,7 @@ class Int2WeightConfig(WeightQuantConfig):
     scheme: str = "int2"
 
 
+@QUANT_SCHEMES.register("ternary")
 @dataclass
 class TernaryWeightConfig(WeightQuantConfig):
     """ParetoQ ternary / 1.58-bit (SEQ levels -2/3, 0, 2/3 of alpha), stored 5 weights per byte."""
@@ -97,3 +103,7 @@ def config_for(scheme: str, group_size: int | None = 128, backend: str = "auto",
         symmetric, clip_search = None, False
     return WeightQuantConfig(scheme=scheme, group_size=group_size, backend=backend, symmetric=symmetric,
                              clip_search=clip_search)
+
+
+#: what `--quant` / `--vision-quant` accept, widest first; "none" keeps float weights
+SCHEME_NAMES = ("none", *sorted(QUANT_SCHEMES.names(), key=lambda n: -QUANT_SCHEMES.get(n)().bits))

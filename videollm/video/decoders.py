@@ -18,6 +18,10 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import CorruptVideoError, EmptyVideoError, NotAVideoError, VideoError
+from ..registry import Registry
+
+#: frame decoders by name (`@DECODERS.register`); `AUTO_ORDER` is the order `backend="auto"` tries them in
+DECODERS: Registry[type] = Registry("video backend")
 
 logger = logging.getLogger(__name__)
 
@@ -232,6 +236,7 @@ def _upright(arr: np.ndarray, rotation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(arr, rotation // 90)) if rotation else arr
 
 
+@DECODERS.register("pyav")
 class PyAVDecoder:
     """Decodes forward, seeking to the keyframe before far targets; identifies every frame by its pts."""
 
@@ -382,6 +387,7 @@ class PyAVDecoder:
         self._iter = None
 
 
+@DECODERS.register("decord")
 class DecordDecoder:
     """decord, used only when its frame table is the scan's (same count, same timestamps)."""
 
@@ -457,7 +463,9 @@ def _short(err: Exception) -> str:
 
 
 #: in the order `auto` tries them: PyAV first (faster on long videos, exact everywhere; bench/RESULTS.md)
-DECODERS = ("pyav", "decord")
+AUTO_ORDER = ("pyav", "decord")
+#: the Python module each decoder needs, to list only installed ones
+DECODER_MODULES = {"pyav": "av", "decord": "decord"}
 
 
 def open_decoder(path: Path, backend: str = "auto", out_size: tuple[int, int] | None = None,
@@ -467,9 +475,9 @@ def open_decoder(path: Path, backend: str = "auto", out_size: tuple[int, int] | 
     `backend` is a preference, not a promise: a file one decoder cannot read exactly is read by the other.
     Only when both fail is it an error, the most specific diagnosis first.
     """
-    if backend not in ("auto", *DECODERS):
-        raise ValueError(f"unknown video backend {backend!r}; choose from {('auto',) + DECODERS}")
-    order = DECODERS if backend == "auto" else (backend, *[d for d in DECODERS if d != backend])
+    if backend != "auto":
+        DECODERS.get(backend)  # an unknown name is a one-line user error
+    order = AUTO_ORDER if backend == "auto" else (backend, *[d for d in AUTO_ORDER if d != backend])
     errors: list[Exception] = []
     scan_error: Exception | None = None
     if scan is None:

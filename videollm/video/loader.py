@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -160,8 +160,24 @@ class Video:
         planned = log.requested | {int(i) for i in self.indices}
         return DecodeReport(planned=len(planned) + log.beyond_end, decoded=len(planned - log.missing), ends_at=end)
 
+    @property
+    def in_memory(self) -> bool:
+        """True for `from_frames` videos: no frames exist beyond those held."""
+        return self._frames is not None
+
+    def resampled(self, indices: np.ndarray) -> "Video":
+        """The same file with another sampling plan (source frame indices), sharing the open decoder, so a
+        compressor can sample more densely than the pipeline did (LongVU). Not for in-memory videos."""
+        if self._decoder is None:
+            raise InvalidRequestError(f"{self.source}: an in-memory video cannot be resampled")
+        idx = np.asarray(indices, dtype=np.int64)
+        if len(idx) and (idx.min() < 0 or idx.max() >= max(self.info.num_frames, 1)):
+            raise InvalidRequestError(f"{self.source}: frame indices outside 0..{self.info.num_frames - 1}")
+        return replace(self, indices=idx)  # same decoder, same decode log (a shortfall is reported once)
+
     def read(self, positions: np.ndarray | None = None) -> FrameBatch:
-        """All sampled frames (or the given positions) at once: for short videos and tests."""
+        """The sampled frames at `positions` (all by default) at once, e.g. to re-read chosen frames after a
+        decision; long videos should stream with `iter_chunks` instead."""
         batches = list(self.iter_chunks(DEFAULT_CHUNK, positions))
         if not batches:
             raise EmptyVideoError(f"{self.source}: zero decodable frames")

@@ -18,9 +18,11 @@ from typing import Any
 
 import torch
 
-from .errors import InvalidRequestError
+from ..backbones.protocols import SupportsChoiceScoring, VideoLanguageModel
+from ..errors import InvalidRequestError
+from ..registry import Registry
 from .generation import OVERTHINK_WORDS, GenerationConfig, GenerationResult, TokenPenalty, continue_generation, generate
-from .prompting import option_letters, parse_choice
+from .prompting import option_letters, option_texts, parse_choice
 from .reasoning_format import (
     BOX_PREFIX,
     DEFER_TEXT,
@@ -38,7 +40,7 @@ from .reasoning_format import (
     span_token_indices,
     split_r1,
 )
-from .types import VisualTokens
+from ..types import VisualTokens
 
 logger = logging.getLogger(__name__)
 
@@ -104,21 +106,19 @@ class ReasoningOptions:
             raise InvalidRequestError(f"answer tokens must be >= 1, got {self.answer_tokens}")
 
 
+#: the name `PipelineConfig` nests: the reasoning modes' options as one typed dataclass
+ReasoningConfig = ReasoningOptions
+
 ReasoningFn = Callable[..., ReasoningOutcome]
-MODES: dict[str, ReasoningFn] = {}
+MODES: Registry[ReasoningFn] = Registry("reasoning mode")
 
 
 def register_mode(name: str) -> Callable[[ReasoningFn], ReasoningFn]:
-    def deco(fn: ReasoningFn) -> ReasoningFn:
-        MODES[name] = fn
-        return fn
-    return deco
+    return MODES.register(name)
 
 
 def run_mode(name: str, *args: Any, **kwargs: Any) -> ReasoningOutcome:
-    if name not in MODES:
-        raise InvalidRequestError(f"unknown reasoning mode {name!r}; choose from {', '.join(sorted(MODES))}")
-    return MODES[name](*args, **kwargs)
+    return MODES.get(name)(*args, **kwargs)
 
 
 # ---- confidence probes --------------------------------------------------------------------------------
@@ -162,7 +162,7 @@ def _char_ends(tokenizer: Any, ids: Sequence[int], upto: int) -> list[int]:
     return ends
 
 
-def _answer_confidences(backbone: Any, out: GenerationResult, offset: int, answer: ParsedAnswer,
+def _answer_confidences(backbone: VideoLanguageModel, out: GenerationResult, offset: int, answer: ParsedAnswer,
                         probe: LetterProbe | None) -> tuple[float | None, float | None]:
     """(box confidence, letter confidence) of an answer whose key characters are `answer.span` in
     `prefix + out.text`, the prefix being `offset` characters the model did not generate."""
@@ -181,7 +181,7 @@ def _answer_confidences(backbone: Any, out: GenerationResult, offset: int, answe
 
 # ---- modes --------------------------------------------------------------------------------------------
 @register_mode("direct")
-def answer_direct(backbone: Any, user_text: str, visual: VisualTokens, options: list[str] | None,
+def answer_direct(backbone: VideoLanguageModel, user_text: str, visual: VisualTokens, options: list[str] | None,
                   generation: GenerationConfig, system: str | None = None, **kwargs: Any) -> ReasoningOutcome:
     """One pass with the direct-answer prompt; stops at `<think>` should a reasoning model start one.
 
@@ -193,8 +193,9 @@ def answer_direct(backbone: Any, user_text: str, visual: VisualTokens, options: 
     inputs = backbone.build_inputs(user_text, visual, system=system)
     probe = LetterProbe(backbone.tokenizer, option_letters(options)) if options else None
     cfg = replace(generation, stop_strings=tuple(generation.stop_strings) + (THINK_OPEN,))
-    hook = getattr(backbone, "choice_scorer", None)  # optional part of the backbone protocol
-    scorer = hook(inputs, user_text, visual) if options and hook is not None else None
+    scorer = None
+    if options and isinstance(backbone, SupportsChoiceScoring):  # an optional capability
+        scorer = backbone.choice_scorer(inputs, option_texts(options), visual)
     out = generate(backbone, inputs.embeds, cfg, observers=[probe] if probe else (), first_step=scorer)
     text = out.text.split(THINK_OPEN)[0].strip()
     choice = parse_choice(text, options)
@@ -213,7 +214,7 @@ def answer_direct(backbone: Any, user_text: str, visual: VisualTokens, options: 
 
 
 @register_mode("think")
-def answer_think(backbone: Any, user_text: str, visual: VisualTokens, options: list[str] | None,
+def answer_think(backbone: VideoLanguageModel, user_text: str, visual: VisualTokens, options: list[str] | None,
                  generation: GenerationConfig, system: str | None = None, **kwargs: Any) -> ReasoningOutcome:
     """Always reason: initial answer, `<think>`, reviewed answer. The initial answer's confidence is still
     recorded, which is what `videollm calibrate` sweeps thresholds over."""
@@ -222,7 +223,7 @@ def answer_think(backbone: Any, user_text: str, visual: VisualTokens, options: l
 
 
 @register_mode("auto")
-def answer_auto(backbone: Any, user_text: str, visual: VisualTokens, options: list[str] | None,
+def answer_auto(backbone: VideoLanguageModel, user_text: str, visual: VisualTokens, options: list[str] | None,
                 generation: GenerationConfig, system: str | None = None, **kwargs: Any) -> ReasoningOutcome:
     """VideoAuto-R1: answer; if the answer's confidence reaches the threshold stop there, else think on."""
     opts = ReasoningOptions.from_kwargs(**kwargs)
@@ -236,7 +237,7 @@ def should_think(mode: str, confidence: float | None, threshold: float) -> bool:
     return confidence is None or confidence < threshold
 
 
-def _answer_then_think(backbone: Any, user_text: str, visual: VisualTokens, options: list[str] | None,
+def _answer_then_think(backbone: VideoLanguageModel, user_text: str, visual: VisualTokens, options: list[str] | None,
                        generation: GenerationConfig, system: str | None, opts: ReasoningOptions,
                        mode: str) -> ReasoningOutcome:
     start = time.perf_counter()

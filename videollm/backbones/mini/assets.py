@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._compat import require
-from ..errors import ModelLoadError, VideoLLMError
+from ..._compat import require
+from ...errors import ModelLoadError, VideoLLMError
 
 logger = logging.getLogger(__name__)
 

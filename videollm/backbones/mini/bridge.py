@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 def imagenet_names() -> list[str]:
     """A short, readable name per ImageNet-1k class: the first synonym of timm's description."""
-    from .._compat import require
+    from ..._compat import require
 
     require("timm", extra="mini", purpose="ImageNet class names")
     from timm.data import ImageNetInfo

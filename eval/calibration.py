@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import VideoLLMError
+from videollm.errors import VideoLLMError
 
 logger = logging.getLogger(__name__)
 

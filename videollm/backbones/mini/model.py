@@ -2,8 +2,8 @@
 
 Vision tower: ImageNet EfficientNet-Lite0 (timm `tf_efficientnet_lite0`), run on square crops of each frame.
 Projector: no training — a frame's top-k ImageNet classes become k soft tokens, each the LLM's own input
-embedding of the class name (`mini_bridge`). LLM: SmolLM2-135M-Instruct, dequantized once from the packaged
-Q4_1 GGUF into a cached safetensors copy (`mini_assets`).
+embedding of the class name (`bridge`). LLM: SmolLM2-135M-Instruct, dequantized once from the packaged
+Q4_1 GGUF into a cached safetensors copy (`assets`).
 
 A 135M model reads words far better than soft tokens, so `build_inputs` also *reads* the visual tokens it
 receives back into class names (matching pursuit against the class table) and writes them, with each
@@ -20,19 +20,20 @@ from __future__ import annotations
 
 import logging
 import math
-import re
-import string
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from .._compat import cache_kwargs, output_cache, require
-from ..prompting import MC_INSTRUCTION
-from ..types import VisualTokens
-from . import mini_assets, mini_bridge
-from .base import Backbone, PromptInputs, resize_normalize
-from .llava_onevision import resolve_device, resolve_dtype
+from ..._compat import cache_kwargs, output_cache, require
+from ...answer.prompting import option_letters
+from ...types import VisualTokens
+from .. import register_preset
+from . import assets as mini_assets
+from . import bridge as mini_bridge
+from ..base import Backbone, PromptInputs, resize_normalize
+from ..protocols import FirstStep
+from ..llava_onevision import resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,6 @@ INTRO = "An image classifier looked at frames of the video. What it recognised, 
 ANSWER_LEAD = "Answer:"
 #: nats added per unit of visual evidence (cosine between an option's name vector and the visual tokens)
 EVIDENCE_WEIGHT = 12.0
-_OPTION_LINE = re.compile(r"^([A-Z])\.\s+(.+)$")
 
 
 @dataclass
@@ -138,7 +138,7 @@ class MiniBackbone(Backbone):
     def class_probs(self, features: torch.Tensor) -> torch.Tensor:
         """Pooled features (n, 1, 1, 1280) → ImageNet class probabilities (n, 1000)."""
         clf = self.encoder.get_classifier()
-        x = features.reshape(features.shape[0], -1).to(clf.weight.dtype)
+        x = features.reshape(features.shape[0], -1).to(next(self.encoder.parameters()).dtype)  # clf may be quantized
         return clf(x).float().softmax(-1)
 
     @torch.inference_mode()
@@ -213,6 +213,11 @@ class MiniBackbone(Backbone):
         return parts, "".join(shown), n_text
 
     # ---- text --------------------------------------------------------------------------------------
+    def quantizable_modules(self) -> dict[str, torch.nn.Module]:
+        """SmolLM2's decoder layers (embeddings and the tied head stay float) and the EfficientNet encoder
+        (`SupportsQuantization`; its linear layer is the ImageNet classifier the soft tokens come from)."""
+        return {"llm": self.llm.model, "vision": self.encoder}
+
     def input_embeddings(self) -> torch.nn.Embedding:
         return self.llm.get_input_embeddings()
 
@@ -224,7 +229,7 @@ class MiniBackbone(Backbone):
         head, tail = self.embed_ids(p.before), self.embed_ids(p.after)
         embeds = torch.cat([head, *block, tail]).unsqueeze(0)
         if embeds.shape[1] > self.max_context:
-            from ..errors import InvalidRequestError
+            from ...errors import InvalidRequestError
 
             raise InvalidRequestError(f"prompt of {embeds.shape[1]} tokens exceeds videollm-mini's context of "
                                       f"{self.max_context}; lower --budget or the number of frames")
@@ -232,21 +237,19 @@ class MiniBackbone(Backbone):
         return PromptInputs(embeds, n_text, visual.num_tokens, before + shown + after)
 
     # ---- multiple choice by option likelihood ------------------------------------------------------
-    def choice_scorer(self, inputs: PromptInputs, user_text: str, visual: VisualTokens) -> Any:
-        """Lettered multiple choice: the first token's logits become option scores (the option text's
-        likelihood after the prompt plus its visual evidence), so the letter chosen is the best-supported
-        option and its softmax is the letter confidence. Plain generation when the prompt is not one."""
-        if not self.config.score_options or MC_INSTRUCTION not in user_text:
+    def choice_scorer(self, inputs: PromptInputs, options: list[str], visual: VisualTokens) -> FirstStep | None:
+        """Multiple choice (`SupportsChoiceScoring`): the first token's logits become option scores (the
+        option text's likelihood after the prompt plus its visual evidence), so the letter chosen is the
+        best-supported option and its softmax is the letter confidence. `options` are the options' texts in
+        letter order. None (plain generation) when scoring is off or a letter is not one token."""
+        if not self.config.score_options or len(options) < 2:
             return None
-        options = [m.groups() for line in user_text.splitlines() if (m := _OPTION_LINE.match(line.strip()))]
-        letters = [letter for letter, _ in options]
-        if len(options) < 2 or letters != list(string.ascii_uppercase[: len(options)]):
-            return None
+        letters = option_letters(options)
         letter_ids = [self.tokenizer(letter, add_special_tokens=False)["input_ids"] for letter in letters]
         if any(len(ids) != 1 for ids in letter_ids):
             return None
-        option_ids = [self.tokenizer(" " + body.strip(), add_special_tokens=False)["input_ids"] for _, body in options]
-        evidence = self.visual_evidence([body for _, body in options], visual)
+        option_ids = [self.tokenizer(" " + body.strip(), add_special_tokens=False)["input_ids"] for body in options]
+        evidence = self.visual_evidence(list(options), visual)
         first_ids = [ids[0] for ids in letter_ids]
 
         def score(logits: torch.Tensor, cache: Any) -> torch.Tensor:
@@ -307,6 +310,7 @@ class MiniBackbone(Backbone):
                 "llm": "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized)", "tokens_per_frame": self.tokens_per_frame}
 
 
+@register_preset("videollm-mini")
 def build_mini(device: str | torch.device | None = "auto", dtype: str | torch.dtype | None = "auto",
                tokens_per_frame: int = 3, **kwargs: Any) -> MiniBackbone:
     """Load videollm-mini from the packaged weights (first call converts the GGUF into the cache)."""

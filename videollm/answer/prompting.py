@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 import string
 
-from .errors import InvalidRequestError
+from ..errors import InvalidRequestError
 
 MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 MAX_QUESTION_CHARS = 20_000
@@ -35,6 +35,11 @@ def normalize_options(options: list[str] | None) -> list[str] | None:
         body = text[m.end():] if m and m.group(1).upper() == letter else text
         out.append(f"{letter}. {body}")
     return out
+
+
+def option_texts(options: list[str] | None) -> list[str]:
+    """The options' texts without their letters, in letter order (what choice scoring receives)."""
+    return [_LEAD.sub("", o, count=1).strip() for o in normalize_options(options) or []]
 
 
 def option_letters(options: list[str] | None) -> list[str]:
@@ -82,7 +87,7 @@ def parse_choice(text: str, options: list[str] | None) -> str | None:
                and not (m.group(1).islower() and re.match(r"\s+[A-Za-z]", t[m.end():]))]  # "is a dog"
     if phrases:
         return phrases[-1]
-    bodies = [_LEAD.sub("", o, count=1).strip().lower() for o in normalize_options(options) or []]
+    bodies = [b.lower() for b in option_texts(options)]
     exact = [letters[i] for i, b in enumerate(bodies) if b and b == t.lower().rstrip(".").strip()]
     if len(exact) == 1:  # "A dog" is option B's text, not option A
         return exact[0]

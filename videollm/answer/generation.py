@@ -15,13 +15,12 @@ from typing import Any
 
 import torch
 
-from .timing import stage
+from ..backbones.protocols import FirstStep, LanguageModel
+from ..timing import stage
 
 LogitsProcessor = Callable[[list[int], torch.Tensor], torch.Tensor]
 #: sees (tokens generated so far, processed scores) before each choice; for probes such as option letters
 StepObserver = Callable[[list[int], torch.Tensor], None]
-#: rewrites the prefill's logits with the prompt's KV cache at hand (a backbone's own option scoring)
-FirstStep = Callable[[torch.Tensor, Any], torch.Tensor]
 
 
 @dataclass
@@ -65,7 +64,7 @@ class GenerationResult:
 
 
 @torch.inference_mode()
-def generate(backbone: Any, inputs_embeds: torch.Tensor, config: GenerationConfig, cache: Any = None,
+def generate(backbone: LanguageModel, inputs_embeds: torch.Tensor, config: GenerationConfig, cache: Any = None,
              processors: Sequence[LogitsProcessor] = (), prefill_stage: str = "prefill",
              decode_stage: str = "generate", observers: Sequence[StepObserver] = (),
              first_step: FirstStep | None = None, context_used: int = 0) -> GenerationResult:
@@ -116,7 +115,7 @@ def generate(backbone: Any, inputs_embeds: torch.Tensor, config: GenerationConfi
                             seconds=time.perf_counter() - start, forward_calls=calls, context_len=used + len(ids))
 
 
-def continue_generation(backbone: Any, previous: GenerationResult, config: GenerationConfig,
+def continue_generation(backbone: LanguageModel, previous: GenerationResult, config: GenerationConfig,
                         forced_text: str = "", drop_pending: bool = False,
                         processors: Sequence[LogitsProcessor] = (), observers: Sequence[StepObserver] = (),
                         prefill_stage: str = "prefill", decode_stage: str = "generate") -> GenerationResult:
