@@ -110,10 +110,11 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
 
 def resolve_model(args: argparse.Namespace) -> str:
     """The model named by --model, or the default if it can be had, else the offline model (said once)."""
-    from .backbones import default_model_id
+    from .backbones import check_model_name, default_model_id
     from .hub import require_available, resolve_default_model
 
     if args.model:
+        check_model_name(args.model)  # a typo is "unknown model", not "not cached"
         model_id = default_model_id(args.model)
         if model_id and not os.path.isdir(model_id):  # fail in a second, before torch is even imported
             require_available(model_id, args.model)

@@ -35,7 +35,7 @@ class GenerationConfig:
     def validate(self) -> None:
         """Refuse values that cannot mean anything (checked before a model loads). A large `max_new_tokens`
         is not an error: generation stops where the model's context ends."""
-        from .errors import InvalidRequestError
+        from ..errors import InvalidRequestError
 
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) \
                 or self.max_new_tokens < 1:
