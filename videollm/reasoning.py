@@ -298,9 +298,7 @@ def _answer_then_think(backbone: Any, user_text: str, visual: VisualTokens, opti
 
     raw = head + forced + s2.text + forced2 + s3.text
     parts = split_r1(raw)
-    reviewed, source = final_answer(parts.final, parts.thought, options)
-    if reviewed is None and initial is not None and not deferred:
-        reviewed, source = initial, "initial"
+    reviewed, source = final_answer(raw, options)  # the same candidates eval's scorer reads (answer_candidates)
     n = len(s1.token_ids) + len(s2.token_ids) + len(s3.token_ids)
     extra.update(raw=raw, final_source=source, think_closed=s2.finish_reason == "stop",
                  think_finish=s2.finish_reason,
