@@ -82,7 +82,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     settings: dict[str, Any] = {
         "task": task.name, "model": cfg.model, "compressor": cfg.compressor,
         "compressor_options": cfg.compressor_options, "budget": cfg.budget, "reasoning": cfg.reasoning,
-        "reasoning_options": cfg.reasoning_options, "sampling": asdict(cfg.sampling),
+        "reasoning_options": cfg.reasoning_options, "answer_format": cfg.answer_format, "sampling": asdict(cfg.sampling),
         "max_new_tokens": cfg.generation.max_new_tokens, "quant": cfg.quant, "vision_quant": cfg.vision_quant,
         "quant_group_size": cfg.quant_group_size, "system_prompt": cfg.system_prompt, "rules": args.rules,
         "extractor": args.extractor, "limit": args.limit, "data_dir": str(Path(args.data_dir).resolve()),

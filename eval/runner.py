@@ -29,7 +29,7 @@ RUN_FILE = "run.json"
 #: settings that change predictions; a resume must match them (scoring rules may differ: scores are
 #: recomputed from the raw outputs)
 FINGERPRINT_KEYS = ("task", "model", "compressor", "compressor_options", "budget", "reasoning", "reasoning_options",
-                    "sampling", "max_new_tokens", "quant", "vision_quant", "quant_group_size", "system_prompt")
+                    "answer_format", "sampling", "max_new_tokens", "quant", "vision_quant", "quant_group_size", "system_prompt")
 
 
 class EvalError(VideoLLMError):

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .choice import ANSWER_FORMATS
 from .config import DEFAULT_MODEL
 from .samples import SAMPLES
 
@@ -41,6 +42,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "probability among the valid letters (letter; for backbones not trained in the format)")
     g.add_argument("--prefill-box", action="store_true", default=None,
                    help="think/auto: start the answer with \\boxed{ (helps backbones not trained in the format)")
+    g.add_argument("--answer-format", default="free", choices=ANSWER_FORMATS,
+                   help="multiple choice: free generation (default, lmms-eval parity) or 'choice': the answer's "
+                        "first token is constrained to the option letters, so a letter always comes back")
+    g.add_argument("--choice", dest="answer_format", action="store_const", const="choice",
+                   help="same as --answer-format choice")
     g.add_argument("--quant", default="none", choices=QUANT_CHOICES, help="LLM weight quantization")
     g.add_argument("--vision-quant", default="none", choices=QUANT_CHOICES, help="vision encoder quantization")
     g.add_argument("--quant-group-size", type=int, default=128)
@@ -82,6 +88,7 @@ def pipeline_config(args: argparse.Namespace) -> Any:
                           sampling=sampling, generation=GenerationConfig(max_new_tokens=args.max_new_tokens,
                                                                      repetition_penalty=args.repetition_penalty),
                           reasoning=args.reasoning, reasoning_options=reasoning_options(args),
+                          answer_format=getattr(args, "answer_format", "free"),
                           device=args.device, dtype=args.dtype, video_backend=args.video_backend,
                           quant=args.quant, vision_quant=args.vision_quant, quant_group_size=args.quant_group_size)
 
@@ -111,6 +118,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
         raise SystemExit("error: give either VIDEO or --sample, not both")
 
     format_question(args.question, args.options)  # fail fast, before loading a model
+    from .choice import check_answer_format
+
+    check_answer_format(args.answer_format, args.options)
     video = str(sample_path(args.sample)) if args.sample else args.video
     if video is None:
         raise SystemExit("error: give a VIDEO path or --sample")

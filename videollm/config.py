@@ -20,6 +20,7 @@ class PipelineConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     reasoning: str = "direct"
     reasoning_options: dict[str, Any] = field(default_factory=dict)  # e.g. threshold, max_think_tokens
+    answer_format: str = "free"  # "free" (generate, lmms-eval parity) | "choice" (always an option letter)
     quant: str = "none"  # LLM weights: none | int8 | int4 | int2 | ternary
     vision_quant: str = "none"  # vision encoder weights, same choices
     quant_group_size: int = 128

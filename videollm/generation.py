@@ -95,9 +95,11 @@ def generate(backbone: Any, inputs_embeds: torch.Tensor, config: GenerationConfi
 def continue_generation(backbone: Any, previous: GenerationResult, config: GenerationConfig,
                         forced_text: str = "", drop_pending: bool = False,
                         processors: Sequence[LogitsProcessor] = (), observers: Sequence[StepObserver] = (),
-                        prefill_stage: str = "prefill", decode_stage: str = "generate") -> GenerationResult:
+                        prefill_stage: str = "prefill", decode_stage: str = "generate",
+                        first_step: FirstStep | None = None) -> GenerationResult:
     """Go on from `previous` in its KV cache: feed its pending token (unless dropped, e.g. an EOS the caller
-    overrides), then `forced_text` (a tag the model did not write), then decode. Nothing is re-encoded."""
+    overrides), then `forced_text` (a tag the model did not write), then decode. Nothing is re-encoded.
+    `first_step` rewrites the logits of the first token chosen after the forced text."""
     ids = [] if drop_pending else list(previous.pending_ids)
     if forced_text:
         ids += backbone.tokenizer(forced_text, add_special_tokens=False)["input_ids"]
@@ -105,7 +107,8 @@ def continue_generation(backbone: Any, previous: GenerationResult, config: Gener
         raise ValueError("nothing to feed: the previous generation made no token and no text is forced")
     embeds = backbone.embed_ids(ids).unsqueeze(0)
     return generate(backbone, embeds, config, cache=previous.cache, processors=processors,
-                    prefill_stage=prefill_stage, decode_stage=decode_stage, observers=observers)
+                    prefill_stage=prefill_stage, decode_stage=decode_stage, observers=observers,
+                    first_step=first_step)
 
 
 # ---- logits processors --------------------------------------------------------------------------------

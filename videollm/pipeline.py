@@ -16,6 +16,7 @@ from .config import PipelineConfig
 from .errors import InvalidRequestError
 from .generation import GenerationConfig
 from .prompting import format_question, normalize_options
+from .choice import check_answer_format
 from .reasoning import run_mode
 from .timing import StageTimer, stage
 from .types import Answer
@@ -64,9 +65,11 @@ class VideoQAPipeline:
     @torch.inference_mode()
     def __call__(self, video: str | os.PathLike[str] | Video, question: str, options: list[str] | None = None, *,
                  budget: int | None = None, reasoning: str | None = None, sampling: SamplingConfig | None = None,
-                 generation: GenerationConfig | None = None, prompt: str | None = None) -> Answer:
+                 generation: GenerationConfig | None = None, prompt: str | None = None,
+                 answer_format: str | None = None) -> Answer:
         """Answer `question` about `video`. `prompt`, when given, is the exact user turn (a benchmark's own
-        wording, options included); `options` then only tell which letters are valid answers."""
+        wording, options included); `options` then only tell which letters are valid answers.
+        `answer_format="choice"` makes a multiple-choice answer always one of the option letters."""
         if prompt is not None:
             if not prompt.strip():
                 raise InvalidRequestError("the prompt is empty")
@@ -74,6 +77,8 @@ class VideoQAPipeline:
         else:
             user_text = format_question(question, options)  # validate before any decoding
         opts = normalize_options(options)
+        fmt = answer_format or self.config.reasoning_options.get("answer_format") or self.config.answer_format
+        check_answer_format(fmt, opts)
         timer = StageTimer()
         budget = self.config.budget if budget is None else budget
         mode = reasoning or self.config.reasoning
@@ -89,7 +94,8 @@ class VideoQAPipeline:
                 if not isinstance(video, Video):
                     vid.close()
             outcome = run_mode(mode, self.backbone, user_text, visual, opts, generation or self.config.generation,
-                               system=self.config.system_prompt, **self.config.reasoning_options)
+                               system=self.config.system_prompt,
+                               **{**self.config.reasoning_options, "answer_format": fmt})
         ts = visual.timestamps
         kept = visual.kept_frames
         return Answer(
