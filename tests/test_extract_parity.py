@@ -83,7 +83,7 @@ def lmms_mcq(response: str, choices: list[str] = CHOICES) -> str:
         found = [(c, t.rfind(c), "fallback") for c in choices if c in t]
     if not found:
         return ""
-    return max(reversed(found), key=lambda f: (_RANK[f[2]], f[1]))[0]  # ties: the first appended wins
+    return max(found, key=lambda f: (_RANK[f[2]], f[1]))[0]  # a stable descending sort: ties keep the first
 
 
 def lmms_regex_legacy(s: str) -> str:
