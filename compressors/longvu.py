@@ -40,15 +40,24 @@ logger = logging.getLogger(__name__)
 #: LongVU's full and reduced per-frame grids (SVA output 12×12, low-res copy 8×8): side ratio 2/3.
 LONGVU_FULL_SIDE, LONGVU_REDUCED_SIDE = 12, 8
 WHEN_CHOICES = ("overflow", "always")
+#: "code": the released gate arithmetic (the `<image>` placeholder counted as a prompt token, frame limits
+#: `max(1, V // T)`); "exact": the placeholder not counted, token-exact `N·T <= V` comparisons
+GATE_CHOICES = ("code", "exact")
+#: leftover overflow after STC. "code": the released cut, `ceil(excess / windows)` from every window's end,
+#: then whatever still overflows from the end of the video; "even": the same number from every window, never
+#: more than a window holds, landing exactly on the budget
+OVERFLOW_CUTS = ("code", "even")
 REDUCE_MODES = ("bilinear", "avgpool")
 
 #: Values each preset fills in for options left at None. "code" = released Vision-CAIR/LongVU code and
 #: config; "paper" = the paper's description (see docs/longvu.md for sources and what is unverified).
 PRESETS: dict[str, dict[str, Any]] = {
     "code": dict(fps=1.0, dedup_when="overflow", dedup_window=16, dino_threshold=0.83, max_frames_after_dedup=400,
-                 reduce_mode="bilinear", stc_when="overflow", stc_window=8, stc_threshold=0.7),
+                 reduce_mode="bilinear", stc_when="overflow", stc_window=8, stc_threshold=0.7, gates="code",
+                 overflow_cut="code"),
     "paper": dict(fps=1.0, dedup_when="always", dedup_window=8, dino_threshold=0.83, max_frames_after_dedup=0,
-                  reduce_mode="avgpool", stc_when="overflow", stc_window=8, stc_threshold=0.8),
+                  reduce_mode="avgpool", stc_when="overflow", stc_window=8, stc_threshold=0.8, gates="exact",
+                  overflow_cut="even"),
 }
 
 
@@ -103,11 +112,14 @@ def dedup_gate(num_frames: int, max_visual: int, tokens_per_frame: int, when: st
 
 
 def cap_frames(positions: np.ndarray, cap: int | None) -> np.ndarray:
-    """The code's guard after dedup: more than `cap` survivors are subsampled with idx = int(i * n / cap)."""
+    """The code's guard after dedup: more than `cap` survivors are subsampled with idx = int((n / cap) * i),
+    in that floating-point order (`interval = n / float(cap)` first), so the indices are the released ones
+    bit for bit (`int(i * n / cap)` differs by one frame where the product rounds below an integer)."""
     n = len(positions)
     if not cap or n <= cap:
         return positions
-    return positions[[int(i * n / cap) for i in range(cap)]]
+    interval = n / float(cap)
+    return positions[[int(interval * i) for i in range(cap)]]
 
 
 def reduced_grid(rows: int, cols: int, ratio: float = LONGVU_REDUCED_SIDE / LONGVU_FULL_SIDE) -> tuple[int, int]:
@@ -129,6 +141,25 @@ def plan_resolution(num_frames: int, max_visual: int, t_full: int, t_reduced: in
     if t_reduced >= t_full or num_frames * t_reduced > max_visual:
         return ResolutionPlan("overflow", num_frames)
     k = (max_visual - num_frames * t_reduced) // (t_full - t_reduced)
+    return ResolutionPlan("mix", int(min(num_frames, k)))
+
+
+def plan_resolution_code(num_frames: int, gate_visual: int, max_visual: int, t_full: int,
+                         t_reduced: int) -> ResolutionPlan:
+    """The released gates, verbatim: all frames full if `N < max(1, G // T_full)`; even the reduced copies
+    overflow (STC's turn) if `N > max(1, G // T_red)`; else mix, upgrading
+    `min(N, floor((V − N·T_red) / (T_full − T_red)))` frames (none when `V <= N·T_red`).
+
+    `G` is the gates' limit (the prompt counted with its `<image>` placeholder, one token less than `V`),
+    `V` the limit the mix and the final cut use. The `max(1, ...)` means a single frame never overflows:
+    with a budget smaller than one reduced frame it keeps its reduced copy, which the cut then trims.
+    """
+    if num_frames < max(1, gate_visual // t_full):
+        return ResolutionPlan("full", num_frames)
+    if t_reduced >= t_full or num_frames > max(1, gate_visual // t_reduced):
+        return ResolutionPlan("overflow", num_frames)
+    spare = max_visual - num_frames * t_reduced
+    k = spare // (t_full - t_reduced) if spare > 0 else 0
     return ResolutionPlan("mix", int(min(num_frames, k)))
 
 
@@ -196,6 +227,28 @@ def trim_counts(counts: np.ndarray | list[int], budget: int) -> np.ndarray:
     return out
 
 
+def trim_counts_code(counts: np.ndarray | list[int], budget: int) -> np.ndarray:
+    """The released overflow cut: `ceil(excess / windows)` tokens off every window's end (a window shorter
+    than that empties), then `[:budget]` over the concatenation, which cuts the *end of the video* whenever
+    emptied windows left too much. The ceiling can also under-fill the budget by up to `windows - 1`."""
+    c = np.asarray(counts, dtype=np.int64)
+    if budget < 0:
+        raise ValueError("budget must be >= 0")
+    total = int(c.sum())
+    if total <= budget or len(c) == 0:
+        return c.copy()
+    force_remove = -(-(total - budget) // len(c))
+    out = np.maximum(c - force_remove, 0)
+    excess = int(out.sum()) - budget
+    for w in range(len(out) - 1, -1, -1):  # the final slice keeps the first `budget` tokens
+        if excess <= 0:
+            break
+        take = min(int(out[w]), excess)
+        out[w] -= take
+        excess -= take
+    return out
+
+
 # =====================================================================================================
 # Config
 # =====================================================================================================
@@ -231,6 +284,9 @@ class LongVUConfig(CompressorConfig):
     stc_when: str | None = None  # "overflow" (both) | "always"
     stc_window: int | None = None
     stc_threshold: float | None = None
+    # released-code arithmetic (see GATE_CHOICES / OVERFLOW_CUTS)
+    gates: str | None = None  # "code" (placeholder counted, max(1, V // T) limits) | "exact"
+    overflow_cut: str | None = None  # "code" (ceil per window, then the video's end) | "even"
     # context: LongVU's own limit is tokenizer_model_max_length (8192) minus the prompt minus 16
     context_length: int | None = 8192  # None: the backbone's context
     reserve_tokens: int = 16
@@ -259,6 +315,8 @@ class LongVUParams:
     stc_when: str
     stc_window: int
     stc_threshold: float
+    gates: str
+    overflow_cut: str
 
 
 def resolve_params(cfg: LongVUConfig) -> LongVUParams:
@@ -284,6 +342,10 @@ def resolve_params(cfg: LongVUConfig) -> LongVUParams:
     for name in ("dedup_when", "stc_when"):
         if getattr(p, name) not in WHEN_CHOICES:
             problems.append(f"{name} must be one of {WHEN_CHOICES}, got {getattr(p, name)!r}")
+    if p.gates not in GATE_CHOICES:
+        problems.append(f"gates must be one of {GATE_CHOICES}, got {p.gates!r}")
+    if p.overflow_cut not in OVERFLOW_CUTS:
+        problems.append(f"overflow_cut must be one of {OVERFLOW_CUTS}, got {p.overflow_cut!r}")
     if p.reduce_mode not in REDUCE_MODES:
         problems.append(f"reduce_mode must be one of {REDUCE_MODES}, got {p.reduce_mode!r}")
     if p.max_frames_after_dedup is not None and p.max_frames_after_dedup < 0:
@@ -331,14 +393,20 @@ class LongVUCompressor(TokenCompressor):
             return min(int(r), self.full_grid[0]), min(int(c), self.full_grid[1])
         return reduced_grid(*self.full_grid, ratio=self.config.reduce_ratio)
 
-    def max_visual_tokens(self, query: str | None, budget: int | None) -> int:
-        """LongVU's max_visual_len = context - prompt tokens - reserve, further capped by the budget."""
+    def max_visual_tokens(self, query: str | None, budget: int | None, count_placeholder: bool = False) -> int:
+        """LongVU's max_visual_len = context - prompt tokens - reserve, further capped by the budget.
+
+        The released code counts the prompt two ways: its gates (dedup, mix/overflow) take the length of
+        `input_ids`, which still holds the `<image>` placeholder (`count_placeholder=True`, one token less for
+        frames); the mix count and the final cut sum the text embeddings around it (the placeholder not counted).
+        """
         ctx = int(self.backbone.max_context)
         if self.config.context_length is not None:
             ctx = min(ctx, int(self.config.context_length))
         tok = self.backbone.tokenizer
         prompt = self.backbone.render_prompt(query or "")
-        text_len = max(0, len(tok(prompt, add_special_tokens=False)["input_ids"]) - 1)  # minus the placeholder
+        n_ids = len(tok(prompt, add_special_tokens=False)["input_ids"])
+        text_len = n_ids if count_placeholder else max(0, n_ids - 1)
         avail = ctx - text_len - self.config.reserve_tokens
         limit = avail if budget is None else min(budget, avail)
         return max(1, int(limit))
@@ -425,11 +493,13 @@ class LongVUCompressor(TokenCompressor):
         red = self.reduced_grid
         t_red = red[0] * red[1]
         max_visual = self.max_visual_tokens(query, budget)
+        code_gates = p.gates == "code"
+        gate_visual = self.max_visual_tokens(query, budget, count_placeholder=True) if code_gates else max_visual
         stages: dict[str, dict[str, Any]] = {"sampling": {"frames": n, "tokens": n * t_full}}
 
         # 1. temporal reduction: DINOv2 on every sampled frame, the vision tower only on the survivors
         positions = np.arange(n)
-        ran = p.dedup and dedup_gate(n, max_visual, t_red if p.query else t_full, p.dedup_when)
+        ran = p.dedup and dedup_gate(n, gate_visual, t_red if p.query else t_full, p.dedup_when)
         capped = 0
         unavailable = self._dino_unavailable() if ran else None
         features = "backbone_vision" if unavailable else "dinov2"
@@ -460,9 +530,11 @@ class LongVUCompressor(TokenCompressor):
             full_flat = full.flatten(1, 2)
 
             # 2. selective feature reduction by cross-modal query
-            if p.query:
+            if p.query and code_gates:
+                plan = plan_resolution_code(m, gate_visual, max_visual, t_full, t_red)
+            elif p.query:
                 plan = plan_resolution(m, max_visual, t_full, t_red)
-            else:
+            else:  # no reduced copy (the code without `highres`): STC runs once the tokens overflow
                 plan = ResolutionPlan("full" if m * t_full <= max_visual else "overflow", m)
             is_full = torch.ones(m, dtype=torch.bool)
             reduced_flat = None
@@ -498,10 +570,11 @@ class LongVUCompressor(TokenCompressor):
             stages["stc"] = {"enabled": p.stc, "ran": bool(run_stc), "tokens": after_stc,
                              "tokens_removed": int(counts.sum()) - after_stc}
 
-            # leftover overflow: cut evenly from the end of every window
+            # leftover overflow: cut from the end of every window (OVERFLOW_CUTS)
             win = p.stc_window
             wcounts = [sum(int(per_frame[i].sum()) for i in range(a, min(a + win, m))) for a in range(0, m, win)]
-            allowed = trim_counts(wcounts, max_visual)
+            cut = trim_counts_code if p.overflow_cut == "code" else trim_counts
+            allowed = cut(wcounts, max_visual)
             tokens, frames, patches = [], [], []
             for w, a in enumerate(range(0, m, win)):
                 quota = int(allowed[w])
@@ -542,5 +615,5 @@ def reduce_tokens(tokens: torch.Tensor, grid: tuple[int, int], mode: str) -> tor
 
 __all__ = ["LongVUCompressor", "LongVUConfig", "LongVUParams", "PRESETS", "ResolutionPlan", "cap_frames",
            "dedup_gate", "dedup_keep", "dedup_window_keep", "normalize_descriptors", "plan_resolution",
-           "query_scores", "reduce_tokens", "reduced_grid", "resolve_params", "select_full_frames",
-           "stc_keep_mask", "trim_counts"]
+           "plan_resolution_code", "query_scores", "reduce_tokens", "reduced_grid", "resolve_params",
+           "select_full_frames", "stc_keep_mask", "trim_counts", "trim_counts_code"]

@@ -5,69 +5,39 @@ changed its parser in April 2026 (v0.7.2). Every rule is therefore kept under a 
 default is the current one, and the run summary records which one scored it.
 
 Two steps, both pure functions:
-1. `final_answer_text` picks the part of the output that holds the *final* answer: a think-then-review
-   output (``\\boxed{B}<think>...</think>\\boxed{C}``) holds two answers, and only the last one counts.
-2. an extractor maps that text to a letter ("" when none), exactly as the named lmms-eval version did.
+1. `videollm.answer.reasoning_format.answer_candidates` lists the parts of the output that may hold the *final*
+   answer, most trusted first (the same list the reasoning modes read): a think-then-review output
+   (``\\boxed{B}<think>...</think>\\boxed{C}``) holds two answers, and only the last one counts.
+2. an extractor maps a part to a letter ("" when none), exactly as the named lmms-eval version did; the
+   first part it reads a letter from wins. The last part is lmms-eval's own input (the output with its
+   reasoning blocks stripped), so no answer lmms-eval would find is dropped. docs/eval.md lists where the
+   two still differ, and why.
 """
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
 
+from videollm.answer.reasoning_format import REASONING_TAGS, answer_candidates, find_boxes, strip_reasoning_tags
+
+__all__ = ["DEFAULT_CHOICES", "EXTRACTORS", "REASONING_TAGS", "boxed_contents", "extract_choice",
+           "extract_mcq_v2026", "extract_paren_v2024", "extract_regex_v2024", "final_answer_text",
+           "get_extractor", "strip_reasoning_tags"]
+
 DEFAULT_CHOICES = ("A", "B", "C", "D")  # what all three lmms-eval tasks pass, whatever the option count
 
-#: lmms-eval >= v0.7 strips these blocks before scoring (CLI default `--reasoning_tags`)
-REASONING_TAGS = (("<think>", "</think>"), ("<analysis>", "</analysis>"))
-
-
-def strip_reasoning_tags(text: str, tag_pairs: Sequence[tuple[str, str]] = REASONING_TAGS) -> str:
-    """Remove every closed start…end block; with only a closing tag, keep what follows the last one."""
-    out = text
-    for start_tag, end_tag in tag_pairs:
-        while start_tag in out and end_tag in out:
-            start = out.find(start_tag)
-            end = out.find(end_tag, start)
-            if end == -1:
-                break
-            out = out[:start] + out[end + len(end_tag):]
-        if end_tag in out and start_tag not in out:
-            out = out.rsplit(end_tag, 1)[-1]
-    return out.strip()
-
-
 def boxed_contents(text: str) -> list[str]:
-    """Contents of every ``\\boxed{...}`` in order, allowing nested braces."""
-    out: list[str] = []
-    key = "\\boxed{"
-    i = text.find(key)
-    while i != -1:
-        j, depth = i + len(key), 1
-        while j < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[j], 0)
-            j += 1
-        if depth == 0:
-            out.append(text[i + len(key): j - 1])
-        i = text.find(key, j if depth == 0 else i + len(key))
-    return out
+    """Contents of every closed ``\\boxed{...}`` in order, allowing nested braces."""
+    return [b.content for b in find_boxes(text) if b.closed]
 
 
 def final_answer_text(text: str) -> str:
-    """The part of an output that states the final answer.
-
-    After the last ``</think>`` when the model reviewed its answer; before ``<think>`` when a thought was
-    cut off (the only answer is the first one); then the last ``\\boxed{}`` if there is one (VideoAuto-R1's
-    scorer does the same). Plain direct answers pass through unchanged (only stripped).
-    """
-    t = text or ""
-    for start_tag, end_tag in REASONING_TAGS:
-        if end_tag in t:
-            t = t.rsplit(end_tag, 1)[1]
-        elif start_tag in t:
-            t = t.split(start_tag, 1)[0]
-    boxes = boxed_contents(t)
-    if boxes:
-        t = boxes[-1]
-    return t.strip()
+    """The part of an output that states the final answer: the first of `answer_candidates` (the rule the
+    reasoning modes use). After the last ``</think>`` (its last box, else its text); else a box inside the
+    thought; else before ``<think>`` (its last box, else its text: ``C<think>…</think>`` → ``C``); plain
+    direct answers pass through stripped. "" when the output states nothing."""
+    cands = answer_candidates(text or "")
+    return cands[0].text if cands else ""
 
 
 # --- lmms-eval >= v0.7.2 (2026-04-11, PR #1276 + #1274, phrases from 7a69a9a1): extract_mcq_answer ---------
@@ -171,6 +141,19 @@ def get_extractor(name: str) -> Extractor:
 
 def extract_choice(text: str, extractor: str = "mcq-v2026", choices: Sequence[str] = DEFAULT_CHOICES,
                    final_only: bool = True) -> str:
-    """The letter a (possibly think-then-review) output commits to, by the named rule; "" if none."""
-    scored = final_answer_text(text) if final_only else (text or "")
-    return get_extractor(extractor)(scored, choices)
+    """The letter a (possibly think-then-review) output commits to, by the named rule; "" if none.
+
+    The extractor reads the answer candidates in order and the first letter it finds wins; when none gives a
+    letter, its reading of the first candidate is returned (a legacy MLVU parse may be a non-letter string,
+    which scores wrong, as upstream).
+    """
+    ex = get_extractor(extractor)
+    if not final_only:
+        return ex(text or "", choices)
+    first: str | None = None
+    for cand in answer_candidates(text or ""):
+        got = ex(cand.text, choices)
+        if got in choices:
+            return got
+        first = got if first is None else first
+    return first if first is not None else ex("", choices)

@@ -22,8 +22,9 @@ from .tasks import RULE_ALIASES, get_task
 logger = logging.getLogger(__name__)
 
 LMMS_EVAL_REFERENCE = "EvolvingLMMs-Lab/lmms-eval @75571cfe (2026-08-06); current rules = v0.7.2+"
-FINAL_ANSWER_RULE = ("text after the last </think> (before <think> if a thought was cut off), then the last "
-                     "\\boxed{} if any; then the task's extractor")
+FINAL_ANSWER_RULE = ("answer candidates in order (last \\boxed{} after </think>, that text, a box inside the "
+                     "thought, last box before <think>, that text, lmms-eval's tag-stripped text); the first one "
+                     "the task's extractor reads a letter from")
 DURATION_ORDER = ("short", "medium", "long")
 REPORT_HINT = ("the predictions are intact; free some space and re-run the same command (or `videollm eval report "
                "RUN_DIR`) to write it again")

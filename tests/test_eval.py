@@ -472,3 +472,21 @@ def test_cli_reports_missing_annotations_in_one_line(tmp_path, capsys):
                "--model", "tiny-random"])
     err = capsys.readouterr().err
     assert rc == 2 and "LVBench annotations not found" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_choice_always_scores_a_letter(bench, tmp_path, capsys):
+    """`--choice` (issue 14, item 8): every prediction is an option letter; it is part of the run's settings."""
+    from videollm.cli import main
+
+    out = tmp_path / "choice"
+    argv = ["eval", "--task", "videomme", "--data-dir", str(bench["videomme"]), "--output", str(out),
+            "--model", "tiny-random", "--frames", "2", "--budget", "16", "--no-progress", "--limit", "3", "--choice"]
+    assert main(argv) == 0
+    recs = read_jsonl(out / "predictions.jsonl")
+    assert len(recs) == 3
+    assert all(r["choice"] in {"A", "B", "C", "D"} and r["prediction"] == r["choice"] for r in recs)
+    assert all(r["generated_tokens"] == 1 and r["error"] is None for r in recs)
+    assert json.loads((out / "run.json").read_text())["settings"]["answer_format"] == "choice"
+    capsys.readouterr()
+    assert main(argv[:-1]) == 2  # the same folder with free generation: refused before loading a model
+    assert "answer_format" in capsys.readouterr().err

@@ -17,6 +17,7 @@ from videollm.compressors.longvu import (
     dedup_keep,
     dedup_window_keep,
     plan_resolution,
+    plan_resolution_code,
     query_scores,
     reduce_tokens,
     reduced_grid,
@@ -24,6 +25,7 @@ from videollm.compressors.longvu import (
     select_full_frames,
     stc_keep_mask,
     trim_counts,
+    trim_counts_code,
 )
 
 from videollm.errors import InvalidRequestError
@@ -409,8 +411,12 @@ def test_each_stage_disabled_in_turn():
     assert st["none"]["query"]["mode"] == "mix" and not st["query"]["query"]["ran"]
     assert st["query"]["stc"]["ran"]  # 4 full frames overflow 60 → STC
     assert not st["stc"]["stc"]["ran"] and st["stc"]["stc"]["tokens_removed"] == 0
-    off_all = make_compressor(dedup=False, query=False, stc=False)(video, query="blue", budget=budget)
+    off_all = make_compressor(dedup=False, query=False, stc=False, overflow_cut="even")(video, query="blue",
+                                                                                        budget=budget)
     assert off_all.num_tokens == budget and off_all.stats["stages"]["budget"]["tokens_removed"] == 64 * 16 - budget
+    # the released cut takes ceil(964 / 8) = 121 of each 8-frame window's 128 tokens: 8 × 7 = 56, under the budget
+    code_cut = make_compressor(dedup=False, query=False, stc=False)(video, query="blue", budget=budget)
+    assert code_cut.num_tokens == 8 * (128 - math.ceil((64 * 16 - budget) / 8)) == 56
 
 
 def test_dedup_is_gated_by_the_context_like_the_code():
@@ -511,3 +517,117 @@ def test_cli_ask_with_longvu(short_video, capsys):
     assert stats["sampled_frames"] == 20 and ans["sampled_frames"] == 20
     assert set(ans["kept_frames"]) <= set(range(20))
     assert not math.isnan(ans["timings"]["wall"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# parity with the released code (preset=code): issue 14, item 11
+# ---------------------------------------------------------------------------------------------------
+def released_cap(n: int, max_num_frames: int = 400) -> list[int]:
+    """cambrian_arch.select_frame's OOM guard, as written there."""
+    interval = n / float(max_num_frames)
+    return [int(interval * i) for i in range(max_num_frames)]
+
+
+def released_trim(counts: list[int], max_visual_len: int) -> int:
+    """The released 'ablation drop' tail on per-window token tensors: ceil(excess / windows) off every
+    window's end with `x[:-force_remove]`, then `[:max_visual_len]` over the concatenation."""
+    frames = [torch.arange(c) for c in counts]
+    reduced = sum(x.shape[0] for x in frames)
+    if reduced > max_visual_len:
+        force_remove = math.ceil((reduced - max_visual_len) / len(frames))
+        frames = [x[:-force_remove] for x in frames]
+    return torch.cat(frames)[:max_visual_len].shape[0], [x.shape[0] for x in frames]
+
+
+def test_frame_cap_index_is_the_released_float_expression():
+    pos = np.arange(402)
+    assert cap_frames(pos, 400)[200] == 200  # int((402 / 400.0) * 200) = int(200.99999...) = 200
+    assert int(200 * 402 / 400) == 201  # the algebraically equal order picks the next frame
+    for n in list(range(401, 1300)) + [4000, 10_001]:
+        assert cap_frames(np.arange(n) * 3, 400).tolist() == [3 * i for i in released_cap(n)], n
+
+
+def test_trim_counts_code_is_the_released_cut():
+    assert trim_counts_code([5, 5], 20).tolist() == [5, 5]
+    assert trim_counts_code([10, 10, 10], 1).tolist() == [0, 0, 0]  # ceil(29 / 3) = 10 empties every window
+    # ceil(93 / 3) = 31 from each: [69, 0, 19] = 88 > 60, so the final slice cuts the end of the video
+    assert trim_counts_code([100, 3, 50], 60).tolist() == [60, 0, 0]
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        c = rng.integers(0, 60, rng.integers(1, 10)).tolist()
+        b = int(rng.integers(0, sum(c) + 5))
+        out = trim_counts_code(c, b)
+        total, per_window = released_trim(c, b)
+        assert out.sum() == total <= b and (out >= 0).all() and (out <= np.array(c)).all()
+        kept = np.minimum(per_window, np.maximum(0, b - np.concatenate([[0], np.cumsum(per_window)[:-1]])))
+        assert out.tolist() == kept.tolist()
+
+
+def test_gates_count_the_image_placeholder_as_text():
+    bb = ColorBackbone()  # prompt "<video> x": 3 ids, the placeholder among them
+    comp = make_compressor(bb, context_length=108)
+    assert comp.max_visual_tokens("x", None) == 108 - 2 - 16 == 90
+    assert comp.max_visual_tokens("x", None, count_placeholder=True) == 89
+    assert comp.max_visual_tokens("x", 50, count_placeholder=True) == 50  # a binding budget is the limit
+    # 10 frames × 9 reduced tokens = 90 = V: the released mix gate says 10 > 89 // 9 → overflow (STC's turn)
+    video = Video.from_frames(textured(10, seed=4), fps=1.0)
+    code = make_compressor(bb, context_length=108, dedup=False)(video, query="x")
+    exact = make_compressor(bb, context_length=108, dedup=False, gates="exact")(video, query="x")
+    assert code.stats["stages"]["query"]["mode"] == "overflow" and code.stats["stages"]["stc"]["ran"]
+    assert exact.stats["stages"]["query"]["mode"] == "mix" and exact.num_tokens == 90
+    assert plan_resolution_code(10, 89, 90, 16, 9).mode == "overflow"
+    assert plan_resolution(10, 90, 16, 9).mode == "mix"
+    # the dedup gate: 9 frames, 89 // 9 = 9 → dedup runs under the released gate, not under the exact one
+    frozen = Video.from_frames(np.repeat(textured(1, seed=0), 9, axis=0), fps=1.0)
+    code = make_compressor(bb, context_length=108, **TINY_DINO)(frozen, query="x")
+    exact = make_compressor(bb, context_length=108, gates="exact", **TINY_DINO)(frozen, query="x")
+    assert code.stats["stages"]["dedup"]["ran"] and code.kept_frames == [4]
+    assert not exact.stats["stages"]["dedup"]["ran"] and len(exact.kept_frames) == 9
+
+
+def test_one_frame_under_a_reduced_frame_keeps_the_reduced_copy():
+    frames = textured(1, seed=7)
+    video = Video.from_frames(frames, fps=1.0)
+    bb = ColorBackbone()
+    for budget in (1, 5, 8):
+        vt = make_compressor(bb, **TINY_DINO)(video, query="x", budget=budget)
+        assert vt.stats["stages"]["dedup"]["ran"] and vt.kept_frames == [0]  # the gate's max(1, ...) runs it
+        assert vt.num_tokens == budget and (vt.patch_ids == -1).all()  # the reduced 3×3 copy, trimmed
+        assert vt.stats["stages"]["query"]["mode"] == "mix" and vt.stats["stages"]["query"]["full_frames"] == 0
+        red = reduce_tokens(bb.frame_tokens(torch.from_numpy(frames)), (3, 3), "bilinear").flatten(1, 2)[0]
+        assert torch.allclose(vt.embeds, red[:budget].to(vt.embeds))
+        exact = make_compressor(bb, gates="exact", **TINY_DINO)(video, query="x", budget=budget)
+        assert exact.stats["stages"]["query"]["mode"] == "overflow" and (exact.patch_ids >= 0).all()
+    assert plan_resolution_code(1, 4, 5, 16, 9) == plan_resolution_code(1, 0, 1, 16, 9)
+    assert plan_resolution_code(1, 4, 5, 16, 9).mode == "mix"
+    assert plan_resolution_code(2, 4, 5, 16, 9).mode == "overflow"  # two frames do overflow
+    assert plan_resolution_code(1, 15, 16, 16, 9).num_full == 1  # V = one full frame: upgraded
+
+
+def test_plan_resolution_code_matches_the_released_branches():
+    """Brute force over small sizes against a transcription of the released branch structure."""
+    for t_full, t_red in ((16, 9), (144, 64)):
+        for n in range(1, 30):
+            for v in range(1, 40 * t_full, 7):
+                g = v - 1 if v > 1 else 1
+                mix = True
+                if n < max(1, g // t_full):
+                    mix = False
+                    want = ("full", n)
+                elif n > max(1, g // t_red):
+                    want = ("overflow", n)
+                else:
+                    highres = math.floor((v - n * t_red) / (t_full - t_red)) if v > n * t_red else 0
+                    want = ("mix", min(max(highres, 0), n))
+                p = plan_resolution_code(n, g, v, t_full, t_red)
+                assert (p.mode, p.num_full) == want, (n, v, t_full, t_red, mix)
+
+
+def test_presets_pick_the_released_gates_and_cut():
+    code, paper = resolve_params(LongVUConfig()), resolve_params(LongVUConfig(preset="paper"))
+    assert (code.gates, code.overflow_cut) == ("code", "code")
+    assert (paper.gates, paper.overflow_cut) == ("exact", "even")
+    assert resolve_params(LongVUConfig(overflow_cut="even")).overflow_cut == "even"
+    for bad in (dict(gates="x"), dict(overflow_cut="ceil")):
+        with pytest.raises(InvalidRequestError):
+            make_compressor(**bad)

@@ -209,7 +209,7 @@ def test_no_box_at_all_falls_back_cleanly():
     assert out.initial_choice == "C"
     assert out.extra["forced"][0] == "<think>"
     # the model has nothing to add after the forced tag: the reviewed answer falls back to the initial one
-    assert out.choice == "C" and out.extra["final_source"] == "initial"
+    assert out.choice == "C" and out.extra["final_source"] == "initial_text"
 
 
 def test_eos_after_confident_box_exits_and_unconfident_is_forced_to_think():

@@ -104,19 +104,28 @@ def test_split_r1(text, initial, thought, final, opened, closed):
         initial, thought, final, opened, closed)
 
 
-@pytest.mark.parametrize("final, thought, options, expect, source", [
-    ("\\boxed{B}", "x", OPTS, "B", "final_box"),
-    ("\n\n\\boxed{ (c) }", "x", OPTS, "C", "final_box"),
-    ("So the answer is \\boxed{A}. Final: \\boxed{D}", "x", OPTS, "D", "final_box"),  # the last box counts
-    ("The answer is (B).", "x", OPTS, "B", "final_text"),
-    ("", "it must be \\boxed{C} because", OPTS, "C", "thought_box"),
-    (None, "hmm", OPTS, None, "none"),
-    ("\\boxed{Let's analyze the problem step by step.}", None, OPTS, None, "none"),
-    ("\\boxed{12 seconds}", "x", None, "12 seconds", "final_box"),
-    ("about twelve", "x", None, "about twelve", "final_text"),
+@pytest.mark.parametrize("output, options, expect, source", [
+    ("\\boxed{A}<think>x</think>\\boxed{B}", OPTS, "B", "final_box"),
+    ("\\boxed{A}<think>x</think>\n\n\\boxed{ (c) }", OPTS, "C", "final_box"),
+    ("\\boxed{A}<think>x</think>So the answer is \\boxed{A}. Final: \\boxed{D}", OPTS, "D", "final_box"),
+    ("\\boxed{A}<think>x</think>The answer is (B).", OPTS, "B", "final_text"),
+    ("\\boxed{A}<think>it must be \\boxed{C} because</think>", OPTS, "C", "thought_box"),
+    ("<think>hmm", OPTS, None, "none"),
+    ("\\boxed{Let's analyze the problem step by step.}", OPTS, None, "none"),
+    ("\\boxed{x}<think>x</think>\\boxed{12 seconds}", None, "12 seconds", "final_box"),
+    ("<think>x</think>about twelve", None, "about twelve", "final_text"),
+    # an answer before a closed thought with nothing after it (issue 14, item 7)
+    ("C<think>the dog runs, so C</think>", OPTS, "C", "initial_text"),
+    ("\\boxed{D}<think>thinking</think>  \n", OPTS, "D", "initial_box"),
+    # a closed thought's prose is not an answer (lmms-eval strips it too)
+    ("\\boxed{Let's analyze the problem step by step.}<think>so A</think>", OPTS, None, "none"),
+    ("\\boxed{A}<think>x</think>\\boxed{E}", OPTS, "A", "initial_box"),  # E is no option: the first answer stands
+    ("\\boxed{B}<think>cut off mid-thought", OPTS, "B", "initial_box"),
+    ("I pick (B) reasoning without opening</think>", OPTS, None, "none"),  # lmms-eval: after </think>, nothing
+    ("\\boxed{B} reasoning without opening</think>", OPTS, "B", "initial_box"),  # a box before it is an answer
 ])
-def test_final_answer(final, thought, options, expect, source):
-    ans, where = final_answer(final, thought, options)
+def test_final_answer(output, options, expect, source):
+    ans, where = final_answer(output, options)
     got = None if ans is None else (ans.choice if options else ans.text)
     assert (got, where) == (expect, source)
 

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from .answer.choice import ANSWER_FORMATS
 from .config import DEFAULT_MODEL
 from .samples import SAMPLES
 
@@ -53,6 +54,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "probability among the valid letters (letter; for backbones not trained in the format)")
     g.add_argument("--prefill-box", action="store_true", default=None,
                    help="think/auto: start the answer with \\boxed{ (helps backbones not trained in the format)")
+    g.add_argument("--answer-format", default="free", choices=ANSWER_FORMATS,
+                   help="multiple choice: free generation (default, lmms-eval parity) or 'choice': the answer's "
+                        "first token is constrained to the option letters, so a letter always comes back")
+    g.add_argument("--choice", dest="answer_format", action="store_const", const="choice",
+                   help="same as --answer-format choice")
     g.add_argument("--quant", default="none", choices=SCHEME_NAMES, help="LLM weight quantization")
     g.add_argument("--vision-quant", default="none", choices=SCHEME_NAMES, help="vision encoder quantization")
     g.add_argument("--quant-group-size", type=int, default=128)
@@ -103,6 +109,7 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
                           compressor_options=parse_options(args.compressor_option), budget=args.budget,
                           sampling=sampling, generation=generation, strict_video=getattr(args, "strict_video", False),
                           reasoning=args.reasoning, reasoning_options=reasoning_options(args),
+                          answer_format=getattr(args, "answer_format", "free"),
                           device=args.device, dtype=args.dtype, video_backend=args.video_backend,
                           quant=args.quant, vision_quant=args.vision_quant, quant_group_size=args.quant_group_size,
                           compressor_weights=args.compressor_weights).validate()
@@ -181,6 +188,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
     # every user error first: question, names, options, values, the file; only then a model loads
     format_question(args.question, args.options)
     cfg = pipeline_config(args)
+    from .answer.choice import check_answer_format
+
+    check_answer_format(args.answer_format, args.options)
     video = str(sample_path(args.sample)) if args.sample else args.video
     if video is None:
         raise InvalidRequestError("give a VIDEO path or --sample")

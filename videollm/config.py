@@ -38,6 +38,7 @@ class PipelineConfig:
     reasoning: str = "direct"
     #: the mode's options: a `ReasoningConfig`, or a dict of its fields
     reasoning_options: Any = field(default_factory=dict)
+    answer_format: str = "free"  # "free" (generate, lmms-eval parity) | "choice" (always an option letter)
     quant: str = "none"  # LLM weights: none | int8 | int4 | int2 | ternary
     vision_quant: str = "none"  # vision encoder weights, same choices
     quant_group_size: int = 128

@@ -21,6 +21,7 @@ from .answer.generation import GenerationConfig
 from .answer.prompting import format_question, normalize_options
 from .answer.reasoning import DEFAULT_MAX_THINK_TOKENS, MAX_ANSWER_TOKENS, run_mode
 from .budget import fit_budget, plan_context
+from .answer.choice import check_answer_format
 from .timing import StageTimer, stage
 from .types import Answer
 from .video import SamplingConfig, Video, load_video
@@ -92,9 +93,11 @@ class VideoQAPipeline:
     @torch.inference_mode()
     def __call__(self, video: str | os.PathLike[str] | Video, question: str, options: list[str] | None = None, *,
                  budget: int | None = None, reasoning: str | None = None, sampling: SamplingConfig | None = None,
-                 generation: GenerationConfig | None = None, prompt: str | None = None) -> Answer:
+                 generation: GenerationConfig | None = None, prompt: str | None = None,
+                 answer_format: str | None = None) -> Answer:
         """Answer `question` about `video`. `prompt`, when given, is the exact user turn (a benchmark's own
-        wording, options included); `options` then only tell which letters are valid answers."""
+        wording, options included); `options` then only tell which letters are valid answers.
+        `answer_format="choice"` makes a multiple-choice answer always one of the option letters."""
         started = time.perf_counter()
         if prompt is not None:
             if not prompt.strip():
@@ -105,6 +108,8 @@ class VideoQAPipeline:
         opts = normalize_options(options)
         gen = generation or self.config.generation
         gen.validate()
+        fmt = answer_format or _fields(self.config.reasoning_options).get("answer_format") or self.config.answer_format
+        check_answer_format(fmt, opts)
         timer = StageTimer()
         budget = self.config.budget if budget is None else budget
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
@@ -131,7 +136,7 @@ class VideoQAPipeline:
                 visual.stats["decode"] = {"planned_frames": short.planned, "decoded_frames": short.decoded,
                                           "video_ends_at": round(short.ends_at, 3)}
             outcome = run_mode(mode, self.backbone, user_text, visual, opts, gen,
-                               system=self.config.system_prompt, **_fields(self.config.reasoning_options))
+                               system=self.config.system_prompt, **{**_fields(self.config.reasoning_options), "answer_format": fmt})
         ts = visual.timestamps
         kept = visual.kept_frames
         return Answer(

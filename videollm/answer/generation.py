@@ -118,9 +118,11 @@ def generate(backbone: LanguageModel, inputs_embeds: torch.Tensor, config: Gener
 def continue_generation(backbone: LanguageModel, previous: GenerationResult, config: GenerationConfig,
                         forced_text: str = "", drop_pending: bool = False,
                         processors: Sequence[LogitsProcessor] = (), observers: Sequence[StepObserver] = (),
-                        prefill_stage: str = "prefill", decode_stage: str = "generate") -> GenerationResult:
+                        prefill_stage: str = "prefill", decode_stage: str = "generate",
+                        first_step: FirstStep | None = None) -> GenerationResult:
     """Go on from `previous` in its KV cache: feed its pending token (unless dropped, e.g. an EOS the caller
-    overrides), then `forced_text` (a tag the model did not write), then decode. Nothing is re-encoded."""
+    overrides), then `forced_text` (a tag the model did not write), then decode. Nothing is re-encoded.
+    `first_step` rewrites the logits of the first token chosen after the forced text."""
     ids = [] if drop_pending else list(previous.pending_ids)
     if forced_text:
         ids += backbone.tokenizer(forced_text, add_special_tokens=False)["input_ids"]
@@ -130,7 +132,7 @@ def continue_generation(backbone: LanguageModel, previous: GenerationResult, con
     in_cache = previous.context_len - len(previous.pending_ids)
     return generate(backbone, embeds, config, cache=previous.cache, processors=processors,
                     prefill_stage=prefill_stage, decode_stage=decode_stage, observers=observers,
-                    context_used=in_cache)
+                    context_used=in_cache, first_step=first_step)
 
 
 # ---- logits processors --------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import torch
 from ..backbones.protocols import SupportsChoiceScoring, VideoLanguageModel
 from ..errors import InvalidRequestError
 from ..registry import Registry
+from .choice import ANSWER_FORMATS, LetterConstraint, check_answer_format, letter_token_ids
 from .generation import OVERTHINK_WORDS, GenerationConfig, GenerationResult, TokenPenalty, continue_generation, generate
 from .prompting import option_letters, option_texts, parse_choice
 from .reasoning_format import (
@@ -81,6 +82,8 @@ class ReasoningOptions:
     # the format); falls back to "box" where no letter token is found
     prefill_box: bool = False  # start the assistant turn with "\boxed{" (helps backbones not trained in the format)
     answer_tokens: int | None = None  # budget of each answer phase; None = max_new_tokens, at most MAX_ANSWER_TOKENS
+    answer_format: str = "free"  # "free": generate; "choice": each answer's first token is an option letter
+    # (greedy), so multiple choice always yields a letter (videollm.answer.choice)
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> ReasoningOptions:
@@ -104,6 +107,9 @@ class ReasoningOptions:
             raise InvalidRequestError(f"confidence method must be one of {CONFIDENCE_METHODS}, got {self.confidence!r}")
         if self.answer_tokens is not None and int(self.answer_tokens) < 1:
             raise InvalidRequestError(f"answer tokens must be >= 1, got {self.answer_tokens}")
+        if self.answer_format not in ANSWER_FORMATS:
+            raise InvalidRequestError(f"answer format must be one of {', '.join(ANSWER_FORMATS)}, "
+                                      f"got {self.answer_format!r}")
 
 
 #: the name `PipelineConfig` nests: the reasoning modes' options as one typed dataclass
@@ -126,12 +132,7 @@ class LetterProbe:
     """Records, at every step, the log-probabilities of the option letters' tokens (`A`, ` A`, ...)."""
 
     def __init__(self, tokenizer: Any, letters: Sequence[str]):
-        self.token_letter: dict[int, str] = {}
-        for letter in letters:
-            for text in (letter, " " + letter):
-                ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-                if len(ids) == 1:
-                    self.token_letter.setdefault(int(ids[0]), letter)
+        self.token_letter: dict[int, str] = letter_token_ids(tokenizer, letters)
         self._ids = torch.tensor(sorted(self.token_letter), dtype=torch.long)
         self.rows: list[torch.Tensor] = []
 
@@ -186,9 +187,11 @@ def answer_direct(backbone: VideoLanguageModel, user_text: str, visual: VisualTo
     """One pass with the direct-answer prompt; stops at `<think>` should a reasoning model start one.
 
     Confidence: the chosen letter's probability among the valid letters (multiple choice), else the geometric
-    mean probability of the answer's tokens, recorded so a direct run can be calibrated too.
+    mean probability of the answer's tokens, recorded so a direct run can be calibrated too. With
+    `answer_format="choice"` the answer is one greedy token constrained to the option letters.
     """
-    ReasoningOptions.from_kwargs(**kwargs)
+    opts = ReasoningOptions.from_kwargs(**kwargs)
+    check_answer_format(opts.answer_format, options)
     start = time.perf_counter()
     inputs = backbone.build_inputs(user_text, visual, system=system)
     probe = LetterProbe(backbone.tokenizer, option_letters(options)) if options else None
@@ -196,9 +199,14 @@ def answer_direct(backbone: VideoLanguageModel, user_text: str, visual: VisualTo
     scorer = None
     if options and isinstance(backbone, SupportsChoiceScoring):  # an optional capability
         scorer = backbone.choice_scorer(inputs, option_texts(options), visual)
+    if opts.answer_format == "choice":
+        scorer = LetterConstraint(backbone.tokenizer, option_letters(options), inner=scorer)
+        cfg = replace(cfg, max_new_tokens=1, temperature=0.0, stop_strings=())
     out = generate(backbone, inputs.embeds, cfg, observers=[probe] if probe else (), first_step=scorer)
     text = out.text.split(THINK_OPEN)[0].strip()
     choice = parse_choice(text, options)
+    if isinstance(scorer, LetterConstraint):
+        choice = text = scorer.token_letter[out.token_ids[0]]
     confidence, method = None, None
     if probe is not None and choice is not None:
         confidence = next((probe.confidence(i, t) for i, t in enumerate(out.token_ids)
@@ -240,17 +248,22 @@ def should_think(mode: str, confidence: float | None, threshold: float) -> bool:
 def _answer_then_think(backbone: VideoLanguageModel, user_text: str, visual: VisualTokens, options: list[str] | None,
                        generation: GenerationConfig, system: str | None, opts: ReasoningOptions,
                        mode: str) -> ReasoningOutcome:
+    check_answer_format(opts.answer_format, options)
     start = time.perf_counter()
     tok = backbone.tokenizer
     answer_budget = int(opts.answer_tokens or min(generation.max_new_tokens, MAX_ANSWER_TOKENS))
-    prefix = BOX_PREFIX if opts.prefill_box else ""
+    # choice: every answer is a box whose first token is an option letter (greedy), so there always is one
+    letters = LetterConstraint(tok, option_letters(options)) if opts.answer_format == "choice" else None
+    if letters is not None:
+        generation = replace(generation, temperature=0.0)
+    prefix = BOX_PREFIX if opts.prefill_box or letters is not None else ""
     inputs = backbone.build_inputs(r1_user_text(user_text), visual, system=r1_system_prompt(system),
                                    assistant_prefix=prefix)
     probe = LetterProbe(tok, option_letters(options)) if options else None
 
     # phase 1: the initial answer, up to <think>
     cfg1 = replace(generation, max_new_tokens=answer_budget, stop_strings=(THINK_OPEN,))
-    s1 = generate(backbone, inputs.embeds, cfg1, observers=[probe] if probe else ())
+    s1 = generate(backbone, inputs.embeds, cfg1, observers=[probe] if probe else (), first_step=letters)
     head = prefix + s1.text
     initial_text = head.split(THINK_OPEN)[0]
     box = first_box(initial_text)
@@ -264,6 +277,12 @@ def _answer_then_think(backbone: VideoLanguageModel, user_text: str, visual: Vis
         # malformed: no box at all. Keep what the text says as the initial answer, with no confidence
         choice = parse_choice(initial_text, options) if options else None
         initial = ParsedAnswer(choice or initial_text.strip(), choice, (0, 0))
+    if letters is not None and s1.token_ids:  # the constrained token is the answer, whatever follows it
+        letter = letters.token_letter[s1.token_ids[0]]
+        if initial is None or initial.choice != letter:
+            span = (len(prefix), len(prefix) + len(tok.decode(s1.token_ids[:1])))
+            initial = ParsedAnswer(letter, letter, span)
+            box_conf, letter_conf = _answer_confidences(backbone, s1, len(prefix), initial, probe)
     confidence, method = box_conf, "box" if box_conf is not None else None
     if opts.confidence == "letter" and letter_conf is not None:
         confidence, method = letter_conf, "letter"
@@ -295,13 +314,20 @@ def _answer_then_think(backbone: VideoLanguageModel, user_text: str, visual: Vis
     if forced2:
         extra["forced"].append(THINK_CLOSE)
     cfg3 = replace(generation, max_new_tokens=answer_budget, stop_strings=())
-    s3 = continue_generation(backbone, s2, cfg3, forced_text=forced2, drop_pending=s2.finish_reason == "eos")
+    box3 = BOX_PREFIX if letters is not None else ""
+    if box3:
+        extra["forced"].append(box3)
+    s3 = continue_generation(backbone, s2, cfg3, forced_text=forced2 + box3, drop_pending=s2.finish_reason == "eos",
+                             first_step=letters)
 
-    raw = head + forced + s2.text + forced2 + s3.text
+    raw = head + forced + s2.text + forced2 + box3 + s3.text
     parts = split_r1(raw)
-    reviewed, source = final_answer(parts.final, parts.thought, options)
-    if reviewed is None and initial is not None and not deferred:
-        reviewed, source = initial, "initial"
+    reviewed, source = final_answer(raw, options)  # the same candidates eval's scorer reads (answer_candidates)
+    if letters is not None and s3.token_ids:
+        letter = letters.token_letter[s3.token_ids[0]]
+        if reviewed is None or reviewed.choice != letter or source != "final_box":
+            start_at = len(raw) - len(s3.text)
+            reviewed, source = ParsedAnswer(letter, letter, (start_at, start_at + 1)), "choice"
     n = len(s1.token_ids) + len(s2.token_ids) + len(s3.token_ids)
     extra.update(raw=raw, final_source=source, think_closed=s2.finish_reason == "stop",
                  think_finish=s2.finish_reason,

@@ -194,22 +194,132 @@ def split_r1(text: str) -> R1Output:
     return R1Output(initial, thought.strip(), final, True, True)
 
 
-def final_answer(final_text: str | None, thought: str | None, options: Sequence[str] | None
-                 ) -> tuple[ParsedAnswer | None, str]:
-    """The reviewed answer and where it came from: the last box after </think>, else that text's answer
-    phrase, else the last box inside the thought; (None, "none") when nothing is there."""
-    for source, name in ((final_text, "final_box"), (thought, "thought_box")):
-        if not source:
-            continue
-        box = last_box(source, closed_only=False)
-        if box is not None and box.content.strip() and not is_deferral(box.content):
-            return parse_box_answer(box, source, options), name
-        if name == "final_box" and source.strip():
-            choice = parse_choice(source, list(options)) if options else None
+# ---- which part of an output states the final answer (one rule for the modes and for eval) -------------
+#: reasoning blocks lmms-eval (>= v0.7) strips before scoring: its CLI default `--reasoning_tags`
+REASONING_TAGS: tuple[tuple[str, str], ...] = ((THINK_OPEN, THINK_CLOSE), ("<analysis>", "</analysis>"))
+#: where an answer may come from, most trusted first (see `answer_candidates`)
+CANDIDATE_SOURCES = ("final_box", "final_text", "thought_box", "initial_box", "initial_text", "whole")
+
+
+def strip_reasoning_tags(text: str, tag_pairs: Sequence[tuple[str, str]] = REASONING_TAGS) -> str:
+    """lmms-eval's pre-step (`lmms_eval/api/reasoning.py`, v0.7.1 on): remove every closed start…end block;
+    with only a closing tag left, keep what follows the last one; an unclosed opening tag passes through."""
+    out = text
+    for start_tag, end_tag in tag_pairs:
+        while start_tag in out and end_tag in out:
+            start = out.find(start_tag)
+            end = out.find(end_tag, start)
+            if end == -1:
+                break
+            out = out[:start] + out[end + len(end_tag):]
+        if end_tag in out and start_tag not in out:
+            out = out.rsplit(end_tag, 1)[-1]
+    return out.strip()
+
+
+@dataclass(frozen=True)
+class AnswerCandidate:
+    """A stretch of an output that may state the answer. `text` is a box's content or plain text; `box`
+    (positions in the whole output) is set for box candidates; `start`/`end` locate `text` in the output
+    (the "whole" candidate, lmms-eval's stripped text, is not one stretch: its span is the whole output)."""
+
+    text: str
+    source: str  # one of CANDIDATE_SOURCES
+    start: int
+    end: int
+    box: Box | None = None
+
+
+def _usable_boxes(text: str, offset: int) -> list[Box]:
+    """Boxes that hold an answer (not empty, not a deferral), with positions shifted by `offset`."""
+    return [Box(b.content, b.start + offset, b.end + offset, b.closed) for b in find_boxes(text)
+            if b.content.strip() and not is_deferral(b.content)]
+
+
+def _has_words(text: str) -> bool:
+    return any(ch.isalnum() for ch in text)
+
+
+def _regions(output: str, tags: Sequence[tuple[str, str]]) -> tuple[tuple[int, int], tuple[int, int] | None,
+                                                                   tuple[int, int] | None]:
+    """(initial, thought, final) character ranges; thought/final None when absent. The first tag pair that
+    occurs decides. A closing tag without an opening one (the chat template prefilled `<think>`): the head's
+    first closed box is an answer given before the thought, the rest of the head is the thought."""
+    n = len(output)
+    pair = next(((o, c) for o, c in tags if o in output or c in output), None)
+    if pair is None:
+        return (0, n), None, None
+    open_tag, close_tag = pair
+    first_open, last_close = output.find(open_tag), output.rfind(close_tag)
+    if last_close != -1 and (first_open == -1 or first_open < last_close):
+        final = (last_close + len(close_tag), n)
+        if first_open != -1:
+            return (0, first_open), (first_open + len(open_tag), last_close), final
+        head = output[: output.find(close_tag)]
+        first = first_box(head)
+        cut = first.end + 1 if first is not None and first.closed else 0
+        return (0, cut), (cut, last_close), final
+    return (0, first_open), (first_open + len(open_tag), n), None  # opened, never closed
+
+
+def answer_candidates(output: str, tags: Sequence[tuple[str, str]] = REASONING_TAGS) -> list[AnswerCandidate]:
+    """Where the final answer of `output` may be stated, most trusted first; the caller takes the first
+    candidate its own parser reads an answer from (an option letter, or any text for free-form questions).
+
+    1. after the last closing tag: its last box (`final_box`), else that text (`final_text`);
+    2. a box inside the thought (`thought_box`): the reviewed answer of a model that stopped or forgot to
+       close before repeating it;
+    3. before the thought (the whole text when there is none): its last box (`initial_box`), else that text
+       (`initial_text`). So `C<think>…</think>` and `\\boxed{D}<think>…</think>` answer C and D;
+    4. lmms-eval's own input, `strip_reasoning_tags(output)` (`whole`), so no answer lmms-eval would find is
+       ever dropped.
+
+    Deferral boxes ("Let's analyze the problem step by step.") and empty boxes are never answers.
+    """
+    out = output or ""
+    initial, thought, final = _regions(out, tags)
+    cands: list[AnswerCandidate] = []
+
+    def add_box(region: tuple[int, int], source: str) -> None:
+        boxes = _usable_boxes(out[region[0]:region[1]], region[0])
+        if boxes:
+            b = boxes[-1]
+            cands.append(AnswerCandidate(out[b.start:b.end], source, b.start, b.end, b))
+
+    def add_text(region: tuple[int, int], source: str) -> None:
+        raw = out[region[0]:region[1]]
+        if _has_words(raw):
+            lead = len(raw) - len(raw.lstrip())
+            cands.append(AnswerCandidate(raw.strip(), source, region[0] + lead, region[0] + len(raw.rstrip())))
+
+    if final is not None:
+        add_box(final, "final_box")
+        add_text(final, "final_text")
+    if thought is not None:
+        add_box(thought, "thought_box")
+    add_box(initial, "initial_box")
+    add_text(initial, "initial_text")
+    whole = strip_reasoning_tags(out, tags)
+    if _has_words(whole) and all(c.text != whole for c in cands):
+        cands.append(AnswerCandidate(whole, "whole", 0, len(out)))
+    return cands
+
+
+def final_answer(output: str, options: Sequence[str] | None) -> tuple[ParsedAnswer | None, str]:
+    """The reviewed answer of a whole output and the candidate it came from (`answer_candidates`); with
+    options, the first candidate that names one; (None, "none") when nothing does."""
+    for cand in answer_candidates(output):
+        if cand.box is not None:
+            parsed = parse_box_answer(cand.box, output, options)
+            if options and parsed.choice is None:
+                continue
+            return parsed, cand.source
+        if options:
+            choice = parse_choice(cand.text, list(options))
             if choice is not None:
-                return ParsedAnswer(choice, choice, (0, len(source))), "final_text"
-            if not options and source.strip():
-                return ParsedAnswer(source.strip(), None, (0, len(source))), "final_text"
+                return ParsedAnswer(choice, choice, (cand.start, cand.end)), cand.source
+            continue
+        return ParsedAnswer(cand.text, None, (cand.start, cand.end)), cand.source
     return None, "none"
 
 
