@@ -55,6 +55,53 @@ def test_missing_weights_package_is_a_user_error(monkeypatch):
         mini_assets.gguf_path()
 
 
+def test_question_shape_picks_moment_or_coverage():
+    from videollm.backbones.mini_evidence import question_shape
+
+    for q in ("Which of these objects appears in the video?", "Does a cup appear?", "What is shown when the bus "
+              "stops?", "Is there a dog at any point?"):
+        assert question_shape(q) == "moment", q
+    for q in ("What is the video mostly about?", "Which object is seen throughout the video?",
+              "What is the main subject of this clip?"):
+        assert question_shape(q) == "coverage", q
+    assert question_shape("Name it.") == "mixed"
+
+
+def test_moment_evidence_finds_a_short_moment_that_the_mean_averages_away():
+    """Option 0 matches 4 frames of 180 strongly; option 1 matches every frame moderately."""
+    from videollm.backbones.mini_evidence import evidence
+
+    n = 180
+    sims = torch.full((2, n), 0.25)
+    sims[0, 100:104] = 1.0
+    sims[1] = 0.6
+    times = [float(i) for i in range(n)]
+    moment = evidence(sims, times, "moment")
+    assert moment.combined[0] > moment.combined[1]  # "does X appear": the moment wins
+    assert moment.when[0] in (100.0, 101.0, 102.0, 103.0)
+    coverage = evidence(sims, times, "coverage")
+    assert coverage.combined[1] > coverage.combined[0]  # "mostly about": coverage wins
+    assert abs(float(moment.moment[0]) - 1.0) < 0.01 and float(moment.coverage[0]) < 0.3
+    # neither swamps the other: an option that is both strong and everywhere beats a glimpse under both shapes
+    sims[1] = 1.0
+    for shape in ("moment", "coverage", "mixed"):
+        assert evidence(sims, times, shape).combined[1] > evidence(sims, times, shape).combined[0]
+
+
+def test_sightings_group_frames_into_time_ranges_and_put_moments_first():
+    from videollm.backbones.mini_evidence import format_ranges, sightings
+
+    readings = [(float(t), [1, 2]) for t in range(10)]
+    readings[6] = (6.0, [7, 1])  # a one-frame moment whose first class is 7
+    found = sightings(readings)
+    assert [s.cls for s in found][:2] == [7, 1]  # strongest and briefest first, not the most frequent
+    by = {s.cls: s for s in found}
+    assert by[1].ranges == [(0.0, 9.0)] and by[1].frames == 10
+    assert by[2].ranges == [(0.0, 5.0), (7.0, 9.0)] and by[2].strength == 0.5
+    assert format_ranges(by[2].ranges) == "0.0-5.0s, 7.0-9.0s"
+    assert format_ranges([(float(i), float(i)) for i in range(0, 10, 2)], max_ranges=2) == "0.0s, 2.0s, +3 more"
+
+
 # ---- the real model ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def mini():

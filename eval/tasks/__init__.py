@@ -7,9 +7,10 @@ from pathlib import Path
 from .base import RULE_ALIASES, DatasetError, RuleSet, Sample, Task
 from .lvbench import LVBench
 from .mlvu import MLVU
+from .needle import NeedleTask
 from .videomme import VideoMME, VideoMMESubtitles
 
-TASKS: dict[str, type[Task]] = {t.name: t for t in (VideoMME, VideoMMESubtitles, MLVU, LVBench)}
+TASKS: dict[str, type[Task]] = {t.name: t for t in (VideoMME, VideoMMESubtitles, MLVU, LVBench, NeedleTask)}
 
 
 def get_task(name: str) -> Task:
