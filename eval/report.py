@@ -90,6 +90,8 @@ def write_run_report(run_dir: str | Path, summary: dict[str, Any] | None = None,
     write_atomic(d / "report.md", run_markdown(s))
     if plots and s["breakdowns"].get("duration"):
         plot_duration([s], d / "accuracy_by_duration.png")
+    if plots:
+        plot_needle([s], d / NEEDLE_PLOT)
     return s
 
 
@@ -169,6 +171,19 @@ def _pyplot() -> Any:
     return plt
 
 
+NEEDLE_PLOT = "needle_heatmap.png"
+
+
+def plot_needle(summaries: Sequence[dict[str, Any]], path: str | Path) -> Path | None:
+    """Accuracy by length × depth, one heat map per needle run (V-NIAH's figure)."""
+    runs = [s for s in summaries if s["breakdowns"].get("cell")]
+    if not runs:
+        return None
+    from .tasks.needle import plot_heatmaps
+
+    return plot_heatmaps(runs, [_label(s) for s in runs], path)
+
+
 def plot_duration(summaries: Sequence[dict[str, Any]], path: str | Path) -> Path | None:
     """Grouped bars: accuracy per duration bucket, one colour per run."""
     runs = [s for s in summaries if s["breakdowns"].get("duration")]
@@ -241,4 +256,7 @@ def compare(run_dirs: Sequence[str | Path], out_dir: str | Path, rules: str | No
             p = fn(summaries, out / fname)
             if p is not None:
                 files[name] = p
+        p = plot_needle(summaries, out / NEEDLE_PLOT)
+        if p is not None:
+            files["needle_plot"] = p
     return summaries, files

@@ -246,3 +246,156 @@ def test_runs_under_auto_reasoning(mini, clips):
     out = run_mode("auto", mini, format_question("What is the person wearing?", options), clips["carphone"][2],
                    normalize_options(options), GenerationConfig(max_new_tokens=4), max_think_tokens=4, threshold=0.99)
     assert out.mode == "auto" and out.generated_tokens > 0
+
+
+# ---- long videos: a short moment in a long haystack (needle in a haystack) ---------------------------------
+NEEDLE_FPS = 0.5  # model sampling: 20 s → 10 frames, 40 s → 20 frames; the 4-second needle → 2 frames
+
+
+@pytest.fixture(scope="module")
+def needle_set(tmp_path_factory):
+    """10 videos from the shipped clips (bikes, bigbuckbunny, carphone looped): two lengths × five depths, each
+    with one of four shipped photos shown for 4 s. Skipped when the photos' packages are missing."""
+    from videollm.eval.tasks.needle import NeedleSpec, build_needle_set
+    from videollm.samples import available_sample_images
+
+    if not HAVE_WEIGHTS or len(available_sample_images()) < 4:
+        pytest.skip("needs the weights packages and scikit-image + matplotlib (requirements-nodeps.txt)")
+    root = tmp_path_factory.mktemp("needle")
+    items = build_needle_set(root, NeedleSpec(lengths=[20.0, 40.0], depths=[0.0, 0.25, 0.5, 0.75, 1.0]),
+                             progress=False)
+    return root, items
+
+
+@needs_weights
+def test_needle_set_is_valid_only_the_needle_answers(mini, pipe, needle_set):
+    """No haystack frame reads as a needle's class or a distractor (top-5), and each needle photo reads as its
+    label: the question is answerable from the moment and only from it."""
+    from videollm.eval.tasks.needle import DISTRACTOR_POOL, haystack_frames, load_image, resolve_needle
+
+    root, items = needle_set
+    hay = haystack_frames(["bikes", "bigbuckbunny", "carphone"], 1.0, 160)
+    seen = {mini.class_names[c] for f in mini.frame_classes(torch.from_numpy(hay), k=5) for c in f.classes}
+    labels = {it.label for it in items}
+    assert not (labels | set(DISTRACTOR_POOL)) & seen, (labels | set(DISTRACTOR_POOL)) & seen
+    for name in {it.needle for it in items}:
+        _, path, label = resolve_needle(name)
+        top = mini.frame_classes(torch.from_numpy(load_image(path, 160))[None], k=3)[0].classes
+        assert label in [mini.class_names[c] for c in top]
+
+
+def _needle_visual(pipe, mini, root, item, compressor="uniform", budget=None):
+    from videollm.compressors import create_compressor
+    from videollm.eval.tasks.needle import QUESTION
+    from videollm.video import SamplingConfig
+
+    video = pipe.load(root / "videos" / item.video, SamplingConfig(num_frames=None, fps=NEEDLE_FPS))
+    try:
+        return create_compressor(compressor, mini)(video, query=QUESTION, budget=budget)
+    finally:
+        video.close()
+
+
+def _ask(mini, question, options, visual):
+    from videollm.generation import GenerationConfig
+    from videollm.prompting import format_question, normalize_options
+    from videollm.reasoning import run_mode
+
+    return run_mode("direct", mini, format_question(question, options), visual, normalize_options(options),
+                    GenerationConfig(max_new_tokens=2))
+
+
+def _kept(visual, item) -> bool:
+    return any(item.start <= float(visual.timestamps[f]) < item.end for f in visual.kept_frames)
+
+
+@pytest.fixture(scope="module")
+def needle_full(pipe, mini, needle_set):
+    """Every sampled frame kept: (item, visual tokens, multiple-choice answer) per video."""
+    from videollm.eval.tasks.needle import QUESTION
+
+    root, items = needle_set
+    out = []
+    for it in items:
+        visual = _needle_visual(pipe, mini, root, it)
+        assert _kept(visual, it)
+        out.append((it, visual, _ask(mini, QUESTION, it.options, visual)))
+    return out
+
+
+@needs_weights
+def test_needle_with_every_frame_kept_is_found_9_of_10(mini, needle_full):
+    """Which of four objects appears, when one is on screen 4 s of a 20-40 s video: at least 9 of 10."""
+    right = [out.choice == it.answer for it, _, out in needle_full]
+    assert sum(right) >= 9, [(it.qid, out.choice, it.answer) for it, _, out in needle_full]
+    assert {it.length for it, _, _ in needle_full} == {20.0, 40.0}
+    assert len({it.depth for it, _, _ in needle_full}) == 5 and len({it.label for it, _, _ in needle_full}) == 4
+    for it, visual, _ in needle_full:  # the moment score points at the needle's time
+        ev = mini.option_evidence(it.options, visual, "Which of these objects appears in the video?")
+        k = it.options.index(it.label)
+        assert ev.shape == "moment" and it.start - 1 <= ev.when[k] < it.end + 1, (it.qid, ev.when[k], it.start)
+
+
+@needs_weights
+def test_needle_is_named_with_its_time_in_what_the_llm_reads(mini, needle_full):
+    """Free-form: the text the 135M LLM reads names the needle with its time range, whatever its depth."""
+    from videollm.eval.tasks.needle import FREE_FORM_QUESTION
+
+    named = 0
+    for it, visual, _ in needle_full:
+        text = mini.build_inputs(FREE_FORM_QUESTION, visual).prompt_text
+        seen = next(line for line in text.splitlines() if line.startswith("Seen, with when:"))
+        named += f"{it.label} {it.start:.1f}" in seen
+    assert named >= 9
+
+
+@needs_weights
+def test_needle_free_form_answer(pipe, mini, needle_full):
+    """Free-form generation names the needle for most videos (the 135M LLM copies from the sightings line)."""
+    from videollm.generation import GenerationConfig
+    from videollm.reasoning import run_mode
+
+    hits = []
+    for it, visual, _ in needle_full[::3]:
+        out = run_mode("direct", mini, "Which object is shown briefly in this video?", visual, None,
+                       GenerationConfig(max_new_tokens=16))
+        hits.append(it.label.lower() in out.text.lower() or it.label.split()[-1].lower() in out.text.lower())
+    assert sum(hits) >= 2, hits
+
+
+@needs_weights
+def test_coverage_question_prefers_what_fills_the_video(mini, needle_full):
+    """"Mostly about" weighs coverage: the haystack's most frequent class beats the 4-second needle, while the
+    moment question on the same options would find both; neither score swamps the other."""
+    from videollm.eval.tasks.needle import DISTRACTOR_POOL
+
+    it, visual, _ = next(x for x in needle_full if x[0].length == 40.0)
+    frames = mini.read_frames(visual)
+    main = mini.class_names[mini.summary(frames)[0]]
+    assert main != it.label
+    options = [it.label, main, *DISTRACTOR_POOL[:2]]
+    out = _ask(mini, "What is the video mostly about?", options, visual)
+    assert out.choice == "ABCD"[options.index(main)], (out.text, options)
+    ev = mini.option_evidence(options, visual, "What is the video mostly about?")
+    assert ev.shape == "coverage" and ev.coverage[1] > ev.coverage[0] and ev.moment[0] > ev.moment[2]
+
+
+@needs_weights
+@pytest.mark.parametrize("compressor,budget", [("uniform", 9), ("pool", 5)])
+def test_needle_under_a_tight_budget_tracks_whether_the_moment_was_kept(pipe, mini, needle_set, compressor, budget):
+    """3 of 10-20 frames (uniform) or 5 one-token frames (pool): right where the moment survived; where it did
+    not, the needle is nowhere in what the LLM reads (any right answer there is luck)."""
+    from videollm.eval.tasks.needle import QUESTION
+
+    root, items = needle_set
+    kept, lost = [], []
+    for it in items:
+        visual = _needle_visual(pipe, mini, root, it, compressor, budget)
+        assert visual.num_tokens <= budget
+        if _kept(visual, it):
+            kept.append(_ask(mini, QUESTION, it.options, visual).choice == it.answer)
+        else:
+            assert it.label not in mini.build_inputs(QUESTION, visual).prompt_text
+            lost.append(it.qid)
+    assert kept and lost, (kept, lost)  # the budget drops some moments and keeps others
+    assert sum(kept) >= len(kept) - 1, kept

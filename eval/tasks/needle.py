@@ -35,6 +35,9 @@ FREE_FORM_QUESTION = "What objects appear in this video?"
 DISTRACTOR_POOL = ("banana", "goldfish", "pizza", "tractor", "volcano", "umbrella", "zebra", "airliner",
                    "pineapple", "jellyfish", "acoustic guitar", "teapot")
 DEFAULT_HAYSTACK = ("bikes", "bigbuckbunny", "carphone")
+#: shipped photos used by default: each one's class is never read in the default haystack's frames (checked
+#: in tests/test_mini.py; `motorcycle` is left out because bikes.mp4 reads as "moped" in places)
+DEFAULT_NEEDLES = ("grace_hopper", "coffee", "chelsea", "camera")
 
 
 @dataclass
@@ -44,7 +47,7 @@ class NeedleSpec:
 
     lengths: list[float] = field(default_factory=lambda: [60.0, 180.0])  # seconds
     depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])  # where the needle starts
-    needles: list[str] = field(default_factory=list)  # empty: every shipped photo whose package is installed
+    needles: list[str] = field(default_factory=list)  # empty: DEFAULT_NEEDLES whose package is installed
     haystack: list[str] = field(default_factory=lambda: list(DEFAULT_HAYSTACK))
     needles_per_cell: int = 1  # videos per (length, depth); needles rotate over cells
     needle_seconds: float = 4.0
@@ -185,7 +188,7 @@ def build_needle_set(out_dir: str | Path, spec: NeedleSpec | None = None, progre
     existing = _read_set(out)
     if existing is not None and existing[0] == _spec_json(spec):
         return existing[1]
-    entries = spec.needles or available_sample_images()
+    entries = spec.needles or [n for n in DEFAULT_NEEDLES if n in available_sample_images()]
     if not entries:
         raise DatasetError("no needle images: install scikit-image/matplotlib (pip install --no-deps -r "
                            "requirements-nodeps.txt) or list your own as PATH=LABEL in needle_spec.json")

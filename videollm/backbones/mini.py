@@ -67,7 +67,7 @@ class MiniConfig:
     image_size: int = 224
     max_crops: int = 3  # square crops across wide frames, their class probabilities averaged
     summary_classes: int = 5  # "seen most often" names written after the per-frame lines
-    text_budget: int = 768  # most prompt tokens the video's text may take (per-frame lines, sightings, summary)
+    text_budget: int = 384  # most prompt tokens the video's text may take (per-frame lines, sightings, summary)
     reserve_tokens: int = 512  # context kept free for the question, the options and the answer
     score_options: bool = True  # lettered multiple choice: option likelihood + visual evidence
 
@@ -179,22 +179,24 @@ class MiniBackbone(Backbone):
         return sorted(score, key=lambda c: -score[c])[: self.config.summary_classes]
 
     def sightings_line(self, frames: list[tuple[float, list[int], torch.Tensor]], budget: int) -> str:
-        """"Seen, with when: espresso 84.0-87.0s; bicycle 0.0-9.0s, 20.0-29.0s, +5 more; ..." — every class read
-        in any kept frame, most salient first (`mini_evidence.sightings`), cut to `budget` tokens."""
+        """"Seen, with when: bicycle 0.0-9.0s, 20.0-29.0s, +5 more; espresso 84.0-87.0s; ..." — every class read
+        in any kept frame with its time ranges, in time order; past `budget` tokens the least salient are left
+        out (`mini_evidence.sightings`: weakest rank first, then the most frequent, which the summary names)."""
         found = mini_evidence.sightings([(t, classes) for t, classes, _ in frames])
         if not found:
             return ""
         head = "Seen, with when: "
         used = len(self._ids(head)) + 1
-        items: list[str] = []
-        for s in found:
+        chosen: list[tuple[float, str]] = []
+        for s in found:  # most salient first while the budget lasts, then written in time order
             item = f"{self.class_names[s.cls]} {mini_evidence.format_ranges(s.ranges)}"
             cost = len(self._ids(" " + item + ";"))
             if used + cost > budget:
                 break
-            items.append(item)
+            chosen.append((s.ranges[0][0], item))
             used += cost
-        return head + "; ".join(items) + ".\n" if items else ""
+        chosen.sort(key=lambda x: x[0])
+        return head + "; ".join(item for _, item in chosen) + ".\n" if chosen else ""
 
     def _video_block(self, visual: VisualTokens) -> tuple[list[torch.Tensor], str, int]:
         """Embeddings (interleaved text and soft tokens), their text rendering, and the text token count.
