@@ -5,7 +5,7 @@ once per (compressor, budget) with `videollm-mini` at 1 fps, and reports accurac
 survived the compressor, and accuracy split by that. The vision tower's output is cached across runs (the same
 frames are encoded once), so only the compressors and the LLM run per configuration.
 
-    python bench/bench_needle.py --out runs/needle [--lengths 60 180] [--budgets 48 144] [--per-cell 2]
+    python bench/bench_needle.py --out runs/needle [--lengths 60 180] [--budgets 48 144] [--per-cell 1]
 """
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/needle")
     ap.add_argument("--lengths", type=float, nargs="+", default=[60.0, 180.0])
     ap.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
-    ap.add_argument("--per-cell", type=int, default=2, help="videos per (length, depth)")
+    ap.add_argument("--per-cell", type=int, default=1, help="videos per (length, depth)")
     ap.add_argument("--budgets", type=int, nargs="+", default=[48, 144])
     ap.add_argument("--compressors", nargs="+", default=["uniform", "pool", "longvu"])
     ap.add_argument("--fps", type=float, default=1.0, help="sampling rate of the model")

@@ -93,6 +93,7 @@ class MiniBackbone(Backbone):
         weight = self.input_embeddings().weight.detach()
         self.token_norm = mini_bridge.typical_norm(weight)
         self.class_table = mini_bridge.name_table(class_names, self._ids, weight, self.token_norm).to(self.device)
+        self.class_center = torch.nn.functional.normalize(self.class_table.float(), dim=-1).mean(0)
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -339,11 +340,15 @@ class MiniBackbone(Backbone):
     @torch.inference_mode()
     def frame_matches(self, options: list[str], visual: VisualTokens) -> torch.Tensor:
         """(n_options, n_kept_frames): per kept frame, the best cosine between the option's name vector and the
-        frame's tokens, in the LLM's embedding space."""
+        frame's tokens, in the LLM's embedding space with the class names' common direction removed."""
         weight = self.input_embeddings().weight.detach()
-        vecs = torch.nn.functional.normalize(mini_bridge.name_table(options, self._ids, weight, 1.0), dim=-1)
-        toks = torch.nn.functional.normalize(visual.embeds.float().to(vecs.device), dim=-1)
-        sims = vecs @ toks.T  # (n_options, n_tokens)
+        unit = torch.nn.functional.normalize
+        vecs = unit(mini_bridge.name_table(options, self._ids, weight, 1.0), dim=-1)
+        toks = unit(visual.embeds.float().to(vecs.device), dim=-1)
+        # Name vectors share a common direction (any two sit at cosine ~0.6): without it, an unrelated name
+        # scores ~0 and the object seen scores ~1, so a moment stands out from the LLM's noise.
+        center = self.class_center.to(vecs.device)
+        sims = unit(vecs - center, dim=-1) @ unit(toks - center, dim=-1).T  # (n_options, n_tokens)
         per_frame = [sims[:, visual.frame_ids == f].max(dim=1).values for f in visual.kept_frames]
         return torch.stack(per_frame, dim=1).cpu()
 
