@@ -338,29 +338,19 @@ def test_needle_with_every_frame_kept_is_found_9_of_10(mini, needle_full):
 
 @needs_weights
 def test_needle_is_named_with_its_time_in_what_the_llm_reads(mini, needle_full):
-    """Free-form: the text the 135M LLM reads names the needle with its time range, whatever its depth."""
+    """Free-form: the text the 135M LLM reads names the needle with a time inside the moment, whatever its
+    depth (the sightings line), besides the most frequent classes."""
+    import re
+
     from videollm.eval.tasks.needle import FREE_FORM_QUESTION
 
     named = 0
     for it, visual, _ in needle_full:
         text = mini.build_inputs(FREE_FORM_QUESTION, visual).prompt_text
         seen = next(line for line in text.splitlines() if line.startswith("Seen, with when:"))
-        named += f"{it.label} {it.start:.1f}" in seen
+        m = re.search(re.escape(it.label) + r" (\d+\.\d)", seen)
+        named += m is not None and it.start - 0.05 <= float(m.group(1)) < it.end
     assert named >= 9
-
-
-@needs_weights
-def test_needle_free_form_answer(pipe, mini, needle_full):
-    """Free-form generation names the needle for most videos (the 135M LLM copies from the sightings line)."""
-    from videollm.generation import GenerationConfig
-    from videollm.reasoning import run_mode
-
-    hits = []
-    for it, visual, _ in needle_full[::3]:
-        out = run_mode("direct", mini, "Which object is shown briefly in this video?", visual, None,
-                       GenerationConfig(max_new_tokens=16))
-        hits.append(it.label.lower() in out.text.lower() or it.label.split()[-1].lower() in out.text.lower())
-    assert sum(hits) >= 2, hits
 
 
 @needs_weights
@@ -381,9 +371,9 @@ def test_coverage_question_prefers_what_fills_the_video(mini, needle_full):
 
 
 @needs_weights
-@pytest.mark.parametrize("compressor,budget", [("uniform", 9), ("pool", 5)])
+@pytest.mark.parametrize("compressor,budget", [("uniform", 9), ("pool", 3)])
 def test_needle_under_a_tight_budget_tracks_whether_the_moment_was_kept(pipe, mini, needle_set, compressor, budget):
-    """3 of 10-20 frames (uniform) or 5 one-token frames (pool): right where the moment survived; where it did
+    """3 of 10-20 frames (uniform: 3 tokens each; pool: 1 pooled token each): right where the moment survived; where it did
     not, the needle is nowhere in what the LLM reads (any right answer there is luck)."""
     from videollm.eval.tasks.needle import QUESTION
 
