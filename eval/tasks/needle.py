@@ -316,7 +316,7 @@ def plot_heatmaps(summaries: list[dict[str, Any]], titles: list[str], path: str 
     n = len(summaries)
     cols = min(cols, n)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 1.6 + 0.9 * rows * 2), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 0.6 + 2.0 * rows), squeeze=False, layout="constrained")
     im = None
     for ax, s, title in zip(axes.flat, summaries, titles):
         lengths, depths, acc = cell_table(s)
