@@ -347,9 +347,13 @@ def test_needle_is_named_with_its_time_in_what_the_llm_reads(mini, needle_full):
     named = 0
     for it, visual, _ in needle_full:
         text = mini.build_inputs(FREE_FORM_QUESTION, visual).prompt_text
-        seen = next(line for line in text.splitlines() if line.startswith("Seen, with when:"))
-        m = re.search(re.escape(it.label) + r" (\d+\.\d)", seen)
-        named += m is not None and it.start - 0.05 <= float(m.group(1)) < it.end
+        times = []
+        for line in text.splitlines():
+            if line.startswith("Seen, with when:"):  # long: "label 16.0-18.0s"
+                times += [float(t) for t in re.findall(re.escape(it.label) + r" (\d+\.\d)", line)]
+            elif line.startswith("- ") and it.label in line:  # short: "- 16.0-18.0s:[...] label, ..."
+                times.append(float(re.match(r"- (\d+\.\d)", line).group(1)))
+        named += any(it.start - 0.05 <= t < it.end for t in times)
     assert named >= 9
 
 

@@ -67,7 +67,7 @@ class MiniConfig:
     image_size: int = 224
     max_crops: int = 3  # square crops across wide frames, their class probabilities averaged
     summary_classes: int = 5  # "seen most often" names written after the per-frame lines
-    text_budget: int = 384  # most prompt tokens the video's text may take (per-frame lines, sightings, summary)
+    text_budget: int = 768  # most prompt tokens the video's text may take (per-frame lines, sightings, summary)
     reserve_tokens: int = 512  # context kept free for the question, the options and the answer
     score_options: bool = True  # lettered multiple choice: option likelihood + visual evidence
 
@@ -202,10 +202,11 @@ class MiniBackbone(Backbone):
     def _video_block(self, visual: VisualTokens) -> tuple[list[torch.Tensor], str, int]:
         """Embeddings (interleaved text and soft tokens), their text rendering, and the text token count.
 
-        Short videos get one line per run of frames that read the same (time, soft tokens, class names). When
-        those lines would pass the text budget (long videos), the soft tokens go in one block in time order and
-        the sightings line carries the times. Then every class seen in any moment with its time ranges, then
-        the classes seen most: a 4-second moment of a 3-minute video is named, not averaged away.
+        Short videos get one line per run of frames that read the same (time, soft tokens, class names): every
+        class with its time. When those lines would pass the text budget (long videos), the soft tokens go
+        in one block in time order and a sightings line names every class seen in any moment with its time
+        ranges, within the budget. Then the classes seen most: a 4-second moment of a 3-minute video is named,
+        not averaged away.
         """
         frames = self.read_frames(visual)
         runs: list[list[tuple[float, list[int], torch.Tensor]]] = []
@@ -226,9 +227,9 @@ class MiniBackbone(Backbone):
             run_lines.append((f"- {stamp}:", f" {names}\n"))
         fixed = len(self._ids(INTRO)) + len(self._ids(summary))
         per_run = sum(len(self._ids(a)) + len(self._ids(b)) for a, b in run_lines)
-        detailed = fixed + per_run <= budget // 2  # leave at least half the budget to the sightings
-        if detailed:
-            seen = self.sightings_line(frames, budget - fixed - per_run) if len(runs) > 1 else ""
+        detailed = fixed + per_run <= budget
+        if detailed:  # the per-run lines already name every class with its time (short clips read as before)
+            seen = ""
         else:
             seen = self.sightings_line(frames, budget - fixed - 16)
 
