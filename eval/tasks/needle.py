@@ -100,7 +100,7 @@ def _square(img: np.ndarray, size: int) -> np.ndarray:
     s = min(h, w)
     y, x = (h - s) // 2, (w - s) // 2
     crop = Image.fromarray(np.ascontiguousarray(img[y:y + s, x:x + s, :3]))
-    return np.asarray(crop.resize((size, size), Image.BILINEAR), dtype=np.uint8)
+    return np.array(crop.resize((size, size), Image.BILINEAR), dtype=np.uint8)
 
 
 def resolve_needle(entry: str) -> tuple[str, Path, str]:
