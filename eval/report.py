@@ -97,6 +97,11 @@ def write_run_report(run_dir: str | Path, summary: dict[str, Any] | None = None,
             plot_duration([s], d / "accuracy_by_duration.png")
         except OSError as err:
             raise RunWriteError("the plot", d / "accuracy_by_duration.png", err, REPORT_HINT) from None
+    if plots:
+        try:
+            plot_needle([s], d / NEEDLE_PLOT)
+        except OSError as err:
+            raise RunWriteError("the plot", d / NEEDLE_PLOT, err, REPORT_HINT) from None
     return s
 
 
@@ -179,6 +184,19 @@ def _pyplot() -> Any:
     return plt
 
 
+NEEDLE_PLOT = "needle_heatmap.png"
+
+
+def plot_needle(summaries: Sequence[dict[str, Any]], path: str | Path) -> Path | None:
+    """Accuracy by length × depth, one heat map per needle run (V-NIAH's figure)."""
+    runs = [s for s in summaries if s["breakdowns"].get("cell")]
+    if not runs:
+        return None
+    from .tasks.needle import plot_heatmaps
+
+    return plot_heatmaps(runs, [_label(s) for s in runs], path)
+
+
 def plot_duration(summaries: Sequence[dict[str, Any]], path: str | Path) -> Path | None:
     """Grouped bars: accuracy per duration bucket, one colour per run."""
     runs = [s for s in summaries if s["breakdowns"].get("duration")]
@@ -251,4 +269,7 @@ def compare(run_dirs: Sequence[str | Path], out_dir: str | Path, rules: str | No
             p = fn(summaries, out / fname)
             if p is not None:
                 files[name] = p
+        p = plot_needle(summaries, out / NEEDLE_PLOT)
+        if p is not None:
+            files["needle_plot"] = p
     return summaries, files

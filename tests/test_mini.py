@@ -55,6 +55,53 @@ def test_missing_weights_package_is_a_user_error(monkeypatch):
         mini_assets.gguf_path()
 
 
+def test_question_shape_picks_moment_or_coverage():
+    from videollm.backbones.mini.evidence import question_shape
+
+    for q in ("Which of these objects appears in the video?", "Does a cup appear?", "What is shown when the bus "
+              "stops?", "Is there a dog at any point?"):
+        assert question_shape(q) == "moment", q
+    for q in ("What is the video mostly about?", "Which object is seen throughout the video?",
+              "What is the main subject of this clip?"):
+        assert question_shape(q) == "coverage", q
+    assert question_shape("Name it.") == "mixed"
+
+
+def test_moment_evidence_finds_a_short_moment_that_the_mean_averages_away():
+    """Option 0 matches 4 frames of 180 strongly; option 1 matches every frame moderately."""
+    from videollm.backbones.mini.evidence import evidence
+
+    n = 180
+    sims = torch.full((2, n), 0.25)
+    sims[0, 100:104] = 1.0
+    sims[1] = 0.6
+    times = [float(i) for i in range(n)]
+    moment = evidence(sims, times, "moment")
+    assert moment.combined[0] > moment.combined[1]  # "does X appear": the moment wins
+    assert moment.when[0] in (100.0, 101.0, 102.0, 103.0)
+    coverage = evidence(sims, times, "coverage")
+    assert coverage.combined[1] > coverage.combined[0]  # "mostly about": coverage wins
+    assert abs(float(moment.moment[0]) - 1.0) < 0.01 and float(moment.coverage[0]) < 0.3
+    # neither swamps the other: an option that is both strong and everywhere beats a glimpse under both shapes
+    sims[1] = 1.0
+    for shape in ("moment", "coverage", "mixed"):
+        assert evidence(sims, times, shape).combined[1] > evidence(sims, times, shape).combined[0]
+
+
+def test_sightings_group_frames_into_time_ranges_and_put_moments_first():
+    from videollm.backbones.mini.evidence import format_ranges, sightings
+
+    readings = [(float(t), [1, 2]) for t in range(10)]
+    readings[6] = (6.0, [7, 1])  # a one-frame moment whose first class is 7
+    found = sightings(readings)
+    assert [s.cls for s in found][:2] == [7, 1]  # strongest and briefest first, not the most frequent
+    by = {s.cls: s for s in found}
+    assert by[1].ranges == [(0.0, 9.0)] and by[1].frames == 10
+    assert by[2].ranges == [(0.0, 5.0), (7.0, 9.0)] and by[2].strength == 0.5
+    assert format_ranges(by[2].ranges) == "0.0-5.0s, 7.0-9.0s"
+    assert format_ranges([(float(i), float(i)) for i in range(0, 10, 2)], max_ranges=2) == "0.0s, 2.0s, +3 more"
+
+
 # ---- the real model ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def mini():
@@ -244,3 +291,150 @@ def test_quantization_reaches_mini_llm_and_encoder(mini, clips):
     assert logits.argmax() == ref_logits.argmax()
     assert torch.allclose(bb.encode_frames(frames), ref_feats)  # the convolutions stay float
     assert [f.classes[0] for f in bb.frame_classes(frames, k=1)] == ref_classes
+
+
+# ---- long videos: a short moment in a long haystack (needle in a haystack) ---------------------------------
+NEEDLE_FPS = 0.5  # model sampling: 20 s → 10 frames, 40 s → 20 frames; the 4-second needle → 2 frames
+
+
+@pytest.fixture(scope="module")
+def needle_set(tmp_path_factory):
+    """10 videos from the shipped clips (bikes, bigbuckbunny, carphone looped): two lengths × five depths, each
+    with one of four shipped photos shown for 4 s. Skipped when the photos' packages are missing."""
+    from videollm.eval.tasks.needle import NeedleSpec, build_needle_set
+    from videollm.samples import available_sample_images
+
+    if not HAVE_WEIGHTS or len(available_sample_images()) < 4:
+        pytest.skip("needs the weights packages and scikit-image + matplotlib (requirements-nodeps.txt)")
+    root = tmp_path_factory.mktemp("needle")
+    items = build_needle_set(root, NeedleSpec(lengths=[20.0, 40.0], depths=[0.0, 0.25, 0.5, 0.75, 1.0]),
+                             progress=False)
+    return root, items
+
+
+@needs_weights
+def test_needle_set_is_valid_only_the_needle_answers(mini, pipe, needle_set):
+    """No haystack frame reads as a needle's class or a distractor (top-5), and each needle photo reads as its
+    label: the question is answerable from the moment and only from it."""
+    from videollm.eval.tasks.needle import DISTRACTOR_POOL, haystack_frames, load_image, resolve_needle
+
+    root, items = needle_set
+    hay = haystack_frames(["bikes", "bigbuckbunny", "carphone"], 1.0, 160)
+    seen = {mini.class_names[c] for f in mini.frame_classes(torch.from_numpy(hay), k=5) for c in f.classes}
+    labels = {it.label for it in items}
+    assert not (labels | set(DISTRACTOR_POOL)) & seen, (labels | set(DISTRACTOR_POOL)) & seen
+    for name in {it.needle for it in items}:
+        _, path, label = resolve_needle(name)
+        top = mini.frame_classes(torch.from_numpy(load_image(path, 160))[None], k=3)[0].classes
+        assert label in [mini.class_names[c] for c in top]
+
+
+def _needle_visual(pipe, mini, root, item, compressor="uniform", budget=None):
+    from videollm.compressors import create_compressor
+    from videollm.eval.tasks.needle import QUESTION
+    from videollm.video import SamplingConfig
+
+    video = pipe.load(root / "videos" / item.video, SamplingConfig(num_frames=None, fps=NEEDLE_FPS))
+    try:
+        return create_compressor(compressor, mini)(video, query=QUESTION, budget=budget)
+    finally:
+        video.close()
+
+
+def _ask(mini, question, options, visual):
+    from videollm.answer.generation import GenerationConfig
+    from videollm.answer.prompting import format_question, normalize_options
+    from videollm.answer.reasoning import run_mode
+
+    return run_mode("direct", mini, format_question(question, options), visual, normalize_options(options),
+                    GenerationConfig(max_new_tokens=2))
+
+
+def _kept(visual, item) -> bool:
+    return any(item.start <= float(visual.timestamps[f]) < item.end for f in visual.kept_frames)
+
+
+@pytest.fixture(scope="module")
+def needle_full(pipe, mini, needle_set):
+    """Every sampled frame kept: (item, visual tokens, multiple-choice answer) per video."""
+    from videollm.eval.tasks.needle import QUESTION
+
+    root, items = needle_set
+    out = []
+    for it in items:
+        visual = _needle_visual(pipe, mini, root, it)
+        assert _kept(visual, it)
+        out.append((it, visual, _ask(mini, QUESTION, it.options, visual)))
+    return out
+
+
+@needs_weights
+def test_needle_with_every_frame_kept_is_found_9_of_10(mini, needle_full):
+    """Which of four objects appears, when one is on screen 4 s of a 20-40 s video: at least 9 of 10."""
+    right = [out.choice == it.answer for it, _, out in needle_full]
+    assert sum(right) >= 9, [(it.qid, out.choice, it.answer) for it, _, out in needle_full]
+    assert {it.length for it, _, _ in needle_full} == {20.0, 40.0}
+    assert len({it.depth for it, _, _ in needle_full}) == 5 and len({it.label for it, _, _ in needle_full}) == 4
+    for it, visual, _ in needle_full:  # the moment score points at the needle's time
+        ev = mini.option_evidence(it.options, visual, "Which of these objects appears in the video?")
+        k = it.options.index(it.label)
+        assert ev.shape == "moment" and it.start - 1 <= ev.when[k] < it.end + 1, (it.qid, ev.when[k], it.start)
+
+
+@needs_weights
+def test_needle_is_named_with_its_time_in_what_the_llm_reads(mini, needle_full):
+    """Free-form: the text the 135M LLM reads names the needle with a time inside the moment, whatever its
+    depth (the sightings line), besides the most frequent classes."""
+    import re
+
+    from videollm.eval.tasks.needle import FREE_FORM_QUESTION
+
+    named = 0
+    for it, visual, _ in needle_full:
+        text = mini.build_inputs(FREE_FORM_QUESTION, visual).prompt_text
+        times = []
+        for line in text.splitlines():
+            if line.startswith("Seen, with when:"):  # long: "label 16.0-18.0s"
+                times += [float(t) for t in re.findall(re.escape(it.label) + r" (\d+\.\d)", line)]
+            elif line.startswith("- ") and it.label in line:  # short: "- 16.0-18.0s:[...] label, ..."
+                times.append(float(re.match(r"- (\d+\.\d)", line).group(1)))
+        named += any(it.start - 0.05 <= t < it.end for t in times)
+    assert named >= 9
+
+
+@needs_weights
+def test_coverage_question_prefers_what_fills_the_video(mini, needle_full):
+    """"Mostly about" weighs coverage: the haystack's most frequent class beats the 4-second needle, while the
+    moment question on the same options would find both; neither score swamps the other."""
+    from videollm.eval.tasks.needle import DISTRACTOR_POOL
+
+    it, visual, _ = next(x for x in needle_full if x[0].length == 40.0)
+    frames = mini.read_frames(visual)
+    main = mini.class_names[mini.summary(frames)[0]]
+    assert main != it.label
+    options = [it.label, main, *DISTRACTOR_POOL[:2]]
+    out = _ask(mini, "What is the video mostly about?", options, visual)
+    assert out.choice == "ABCD"[options.index(main)], (out.text, options)
+    ev = mini.option_evidence(options, visual, "What is the video mostly about?")
+    assert ev.shape == "coverage" and ev.coverage[1] > ev.coverage[0] and ev.moment[0] > ev.moment[2]
+
+
+@needs_weights
+@pytest.mark.parametrize("compressor,budget", [("uniform", 9), ("pool", 3)])
+def test_needle_under_a_tight_budget_tracks_whether_the_moment_was_kept(pipe, mini, needle_set, compressor, budget):
+    """3 of 10-20 frames (uniform: 3 tokens each; pool: 1 pooled token each): right where the moment survived; where it did
+    not, the needle is nowhere in what the LLM reads (any right answer there is luck)."""
+    from videollm.eval.tasks.needle import QUESTION
+
+    root, items = needle_set
+    kept, lost = [], []
+    for it in items:
+        visual = _needle_visual(pipe, mini, root, it, compressor, budget)
+        assert visual.num_tokens <= budget
+        if _kept(visual, it):
+            kept.append(_ask(mini, QUESTION, it.options, visual).choice == it.answer)
+        else:
+            assert it.label not in mini.build_inputs(QUESTION, visual).prompt_text
+            lost.append(it.qid)
+    assert kept and lost, (kept, lost)  # the budget drops some moments and keeps others
+    assert sum(kept) >= len(kept) - 1, kept

