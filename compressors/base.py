@@ -39,6 +39,8 @@ class CompressorConfig:
 class TokenCompressor(ABC):
     name: ClassVar[str] = "base"
     config_class: ClassVar[type[CompressorConfig]] = CompressorConfig
+    #: True: the pipeline passes the question with its options as `query` (Tempo's SVLM reads both)
+    wants_options: ClassVar[bool] = False
 
     def __init__(self, backbone: Any, config: CompressorConfig | None = None, **overrides: Any):
         self.backbone = backbone

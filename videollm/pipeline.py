@@ -84,7 +84,8 @@ class VideoQAPipeline:
             with stage("decode"):
                 vid = self.load(video, sampling)
             try:
-                visual = self.compressor(vid, query=question, budget=budget)
+                query = user_text if getattr(self.compressor, "wants_options", False) else question
+                visual = self.compressor(vid, query=query, budget=budget)
             finally:
                 if not isinstance(video, Video):
                     vid.close()

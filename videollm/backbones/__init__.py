@@ -23,11 +23,15 @@ PRESETS: dict[str, tuple[str, str | None]] = {
     "llava-onevision-7b": ("videollm.backbones.llava_onevision:LlavaOneVisionBackbone.from_pretrained",
                            "llava-hf/llava-onevision-qwen2-7b-ov-hf"),
     "videollm-mini": ("videollm.backbones.mini:build_mini", None),
+    "tempo-6b": ("videollm.backbones.tempo6b:load_tempo", "Vision-CAIR/Tempo-6B"),
 }
 
 #: transformers `model_type` -> backbone class
 FAMILIES: Registry[Any] = Registry("backbone family", entry_point_group="videollm.backbones")
 FAMILIES.register("llava_onevision", "videollm.backbones.llava_onevision:LlavaOneVisionBackbone")
+FAMILIES.register("tempo_qwen", "videollm.backbones.tempo6b:TempoBackbone")
+#: model types transformers does not know (their config.json is read directly)
+_CUSTOM_TYPES = {"tempo_qwen"}
 
 
 def _resolve(target: str) -> Any:
@@ -56,6 +60,13 @@ def load_backbone(model: str, device: str = "auto", dtype: str = "auto", **kwarg
         return load_quantized(model, device=device)
     from .._compat import require
 
+    local = Path(model).expanduser() / "config.json"
+    if local.is_file():  # a checkpoint of a model type transformers does not register (Tempo's tempo_qwen)
+        import json
+
+        model_type = json.loads(local.read_text()).get("model_type")
+        if model_type in _CUSTOM_TYPES:
+            return FAMILIES.get(model_type).from_pretrained(model, device=device, dtype=dtype, **kwargs)
     transformers = require("transformers")
     try:
         cfg = transformers.AutoConfig.from_pretrained(model)
