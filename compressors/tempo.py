@@ -288,6 +288,8 @@ class TempoCompressor(TokenCompressor):
         m, big_m = self._limits(full)
         limit = budget if budget is not None else sum(stamp_costs) + big_m * len(segments)
         alloc = allocate(scores.numpy(), limit, m, big_m, stamp_costs)
+        if not alloc.kept.any():  # not even one stamp + token fits: the picture matters more than its time
+            alloc = allocate(scores.numpy(), limit, m, big_m, None)
         native = [self.backbone.tokens_per_frame * s.frames for s in segments]
         tokens = np.minimum(alloc.tokens, native)
         return Allocation(tokens, alloc.stamp_tokens, alloc.min_tokens, alloc.max_tokens), stamp_costs
@@ -326,7 +328,7 @@ class TempoCompressor(TokenCompressor):
             k = int(alloc.tokens[i])
             if k == 0:
                 continue
-            if self.config.timestamps:
+            if alloc.stamp_tokens[i] > 0:
                 e = self.backbone.embed_text(stamps[i]).detach()
                 parts.append(e)
                 frames.append(torch.full((e.shape[0],), seg.start, dtype=torch.long))
@@ -375,12 +377,14 @@ class TempoCompressor(TokenCompressor):
         m = min(big_m, tokens_per_segment(self.config.min_tokens_per_frame, full))
         limit = budget if budget is not None else sum(costs) + big_m * len(segments)
         alloc = allocate(rel_all.numpy(), limit, m, big_m, costs)
+        if not alloc.kept.any():  # not even one stamp + token fits: the picture matters more than its time
+            alloc = allocate(rel_all.numpy(), limit, m, big_m, None)
         parts, frames, patches = [], [], []
         for i, seg in enumerate(segments):
             k = int(alloc.tokens[i])
             if k == 0:
                 continue
-            if self.config.timestamps:
+            if alloc.stamp_tokens[i] > 0:
                 e = self.backbone.embed_text(stamps[i]).detach()
                 parts.append(e)
                 frames.append(torch.full((e.shape[0],), seg.start, dtype=torch.long))

@@ -60,6 +60,7 @@ EVIDENCE_WEIGHT = 12.0
 _OPTION_LINE = re.compile(r"^([A-Z])\.\s+(.+)$")
 #: Tempo relevance: logit per unit of cosine between a query word and a segment's object tokens
 RELEVANCE_WEIGHT = 8.0
+RELEVANCE_CENTRE = 0.5  # a cosine this high adds nothing; an exact name match (1.0) adds RELEVANCE_WEIGHT / 2
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]{2,}")
 _STOPWORDS = frozenset(
     "the and for are was were what which who whom whose where when why how does did this that these those there "
@@ -319,7 +320,7 @@ class MiniBackbone(Backbone):
     def relevance_prior(self, query: str, visual: VisualTokens) -> float:
         """Logit added to this LLM's own Yes-vs-No on a segment: how closely a word of the query names an
         object recognised in the segment (best cosine, in the LLM's input-embedding space, between the
-        query's words and the segment's class tokens), times RELEVANCE_WEIGHT.
+        query's words and the segment's class tokens), minus RELEVANCE_CENTRE, times RELEVANCE_WEIGHT.
 
         SmolLM2-135M reads the segment's objects and the question, but its Yes/No alone barely separates a
         relevant segment from the rest (docs/tempo.md); this term carries the match between the words it
@@ -332,7 +333,7 @@ class MiniBackbone(Backbone):
         weight = self.input_embeddings().weight.detach()
         vecs = torch.nn.functional.normalize(mini_bridge.name_table(words, self._ids, weight, 1.0), dim=-1)
         toks = torch.nn.functional.normalize(visual.embeds.float().to(vecs.device), dim=-1)
-        return RELEVANCE_WEIGHT * float((vecs @ toks.T).max())
+        return RELEVANCE_WEIGHT * (float((vecs @ toks.T).max()) - RELEVANCE_CENTRE)
 
     @torch.inference_mode()
     def batch_last_logits(self, prompts: list[torch.Tensor]) -> torch.Tensor:
