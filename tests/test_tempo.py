@@ -178,3 +178,16 @@ def test_cli_ask_with_tempo(long_video, capsys):
     assert stats["compressor"] == "tempo" and len(stats["segments"]) == 5
     assert {"start", "end", "relevance", "tokens"} <= set(stats["segments"][0])
     assert np.isfinite([s["relevance"] for s in stats["segments"]]).all()
+
+
+def test_svlm_by_name_is_a_second_model_with_the_same_scores(tiny_backbone, long_video):
+    """svlm=tiny-random loads a second copy (same seed, same weights): separate pass, identical relevance."""
+    video = load_video(long_video, SamplingConfig(num_frames=4))
+    own = TempoCompressor(tiny_backbone)(video, query="What moves?", budget=300)
+    comp = TempoCompressor(tiny_backbone, svlm="tiny-random")
+    assert comp._svlm() is not tiny_backbone and comp._svlm() is comp._svlm()  # loaded once, cached
+    other = comp(video, query="What moves?", budget=300)
+    a = [s["relevance"] for s in own.stats["segments"]]
+    b = [s["relevance"] for s in other.stats["segments"]]
+    assert np.allclose(a, b, atol=1e-4)
+    assert other.stats["svlm"] == "tiny-random"
