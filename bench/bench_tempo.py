@@ -97,7 +97,8 @@ def part_mini() -> str:
     mini = load_backbone("videollm-mini", device="cpu")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        path = footage_with_moment(Path(tmp) / "needle.mp4", shipped_photo("cheetah"), seconds=24.0, moment=(11.0, 12.0))
+        path = footage_with_moment(Path(tmp) / "needle.mp4", shipped_photo("cheetah"), seconds=24.0,
+                                   moment=(11.0, 12.0))
         video = load_video(path, SamplingConfig(fps=2, max_frames=256))
         q = format_question("What animal appears in the video?", ["a cheetah", "a dog", "a horse", "an elephant"])
         cheetah = mini.class_names.index("cheetah")

@@ -423,4 +423,5 @@ class TempoCompressor(TokenCompressor):
 
 
 __all__ = ["RELEVANCE_SYSTEM", "RELEVANCE_USER", "RelevancePrior", "Segment", "SegmentMemoryEncoder", "TempoCompressor",
-           "TempoConfig", "cut_segments", "reduce_frame", "reduce_segment", "sampling_interval", "segment_centre", "stamp_text"]
+           "TempoConfig", "cut_segments", "reduce_frame", "reduce_segment", "sampling_interval", "segment_centre",
+           "stamp_text"]

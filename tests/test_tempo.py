@@ -97,7 +97,8 @@ def test_yes_no_relevance_is_the_two_way_softmax(tiny_backbone):
     tok = tiny_backbone.tokenizer
     assert yes == tok("Yes", add_special_tokens=False)["input_ids"][0]
     for seg, r in zip(segs, rel):
-        inputs = tiny_backbone.build_inputs(RELEVANCE_USER.format(query="Is there a dog?"), seg, system=RELEVANCE_SYSTEM)
+        user = RELEVANCE_USER.format(query="Is there a dog?")
+        inputs = tiny_backbone.build_inputs(user, seg, system=RELEVANCE_SYSTEM)
         logits, _ = tiny_backbone.lm_forward(inputs.embeds)
         p = torch.softmax(logits[0, [yes, no]], -1)[0]
         assert abs(float(p) - float(r)) < 1e-4

