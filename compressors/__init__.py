@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 #: built-ins register with `@COMPRESSORS.register(name)` on their class, in the modules listed here
 COMPRESSORS: Registry[Any] = Registry("compressor", entry_point_group="videollm.compressors",
-                                      modules=("videollm.compressors.baselines", "videollm.compressors.longvu"))
+                                      modules=("videollm.compressors.baselines", "videollm.compressors.longvu",
+                                               "videollm.compressors.tempo"))
 
 
 def create_compressor(name: str, backbone: VideoLanguageModel | None, config: CompressorConfig | None = None,

@@ -56,6 +56,8 @@ class TokenCompressor(ABC):
     name: ClassVar[str] = "base"
     config_class: ClassVar[type[CompressorConfig]] = CompressorConfig
     backbone: VideoLanguageModel
+    #: True: the pipeline passes the question with its options as `query` (Tempo's SVLM reads both)
+    wants_options: ClassVar[bool] = False
 
     def __init__(self, backbone: VideoLanguageModel, config: CompressorConfig | None = None, **overrides: Any):
         self.backbone = backbone

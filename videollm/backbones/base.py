@@ -190,6 +190,15 @@ class Backbone(ABC):
     def lm_forward(self, inputs_embeds: torch.Tensor, cache: Any = None) -> tuple[torch.Tensor, Any]:
         """Run the LLM on (1, L, D) embeddings after `cache`; return last-position logits (1, V) and the cache."""
 
+    @torch.inference_mode()
+    def batch_last_logits(self, prompts: list[torch.Tensor]) -> torch.Tensor:
+        """Last-position logits (B, V) of several prompts, each (L_i, D) embeddings, without a cache.
+
+        Tempo's relevance pass scores many segment prompts at once. This default runs `lm_forward` once per
+        prompt (works for any backbone); backbones override it with one left-padded batched forward.
+        """
+        return torch.cat([self.lm_forward(p[None])[0] for p in prompts])
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "hidden_size": self.hidden_size, "frame_grid": list(self.frame_grid),
                 "max_context": self.max_context, "device": str(self.device), "dtype": str(self.dtype)}
@@ -220,3 +229,17 @@ def pad_square(x: torch.Tensor, fill: tuple[float, ...]) -> torch.Tensor:
     top, left = (s - h) // 2, (s - w) // 2
     out[:, :, top : top + h, left : left + w] = x
     return out
+
+
+def left_pad(prompts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stack (L_i, D) prompts left-padded with zeros: embeddings (B, L, D), attention mask and position ids
+    (B, L), so every prompt's last token sits at the last position and keeps its unpadded positions."""
+    n = max(int(p.shape[0]) for p in prompts)
+    d = prompts[0].shape[-1]
+    embeds = prompts[0].new_zeros(len(prompts), n, d)
+    mask = torch.zeros(len(prompts), n, dtype=torch.long, device=prompts[0].device)
+    for i, p in enumerate(prompts):
+        embeds[i, n - p.shape[0]:] = p
+        mask[i, n - p.shape[0]:] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return embeds, mask, positions

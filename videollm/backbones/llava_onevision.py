@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .._compat import cache_kwargs, output_cache, require
 from . import register_preset
-from .base import Backbone, resize_normalize
+from .base import Backbone, left_pad, resize_normalize
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +138,15 @@ class LlavaOneVisionBackbone(Backbone):
                                               return_dict=True)
         logits = self.model.lm_head(out.last_hidden_state[:, -1:]).float()[:, -1]
         return logits, output_cache(out)
+
+
+    @torch.inference_mode()
+    def batch_last_logits(self, prompts: list[torch.Tensor]) -> torch.Tensor:
+        """One left-padded forward over several prompts (Tempo's batched relevance pass)."""
+        embeds, mask, positions = left_pad([p.to(self.device, self.dtype) for p in prompts])
+        out = self.model.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                                              use_cache=False, return_dict=True)
+        return self.model.lm_head(out.last_hidden_state[:, -1]).float()
 
 
 for _name, _model_id in {"llava-onevision-0.5b": DEFAULT_MODEL_ID,

@@ -63,6 +63,16 @@ INTRO = "An image classifier looked at frames of the video. What it recognised, 
 ANSWER_LEAD = "Answer:"
 #: nats added per unit of visual evidence (cosine between an option's name vector and the visual tokens)
 EVIDENCE_WEIGHT = 12.0
+#: Tempo relevance: logit per unit of cosine between a query word and a segment's object tokens
+RELEVANCE_WEIGHT = 8.0
+RELEVANCE_CENTRE = 0.5  # a cosine this high adds nothing; an exact name match (1.0) adds RELEVANCE_WEIGHT / 2
+_WORD = re.compile(r"[A-Za-z][A-Za-z'-]{2,}")
+_STOPWORDS = frozenset(
+    "the and for are was were what which who whom whose where when why how does did this that these those there "
+    "with from into onto over under about after before during video clip segment part scene frame frames "
+    "appear appears appeared shown show shows seen see happen happens happening answer option options letter "
+    "given choices directly question is are can could would should will its it's their them they you your "
+    "yes not".split())
 
 
 @dataclass
@@ -279,6 +289,7 @@ class MiniBackbone(Backbone):
 
     def build_inputs(self, user_text: str, visual: VisualTokens, system: str | None = None,
                      assistant_prefix: str = "") -> PromptInputs:
+        visual = visual.without_text()  # Tempo's timestamp text: mini writes each frame's time itself
         p = self.prompt_ids(user_text, system, assistant_prefix)  # user text stays text, whatever it holds
         before, after = p.before_text, p.after_text
         block, shown, n_block_text = self._video_block(visual)
@@ -302,6 +313,7 @@ class MiniBackbone(Backbone):
         None (plain generation) when scoring is off or a letter is not one token."""
         if not self.config.score_options or len(options) < 2:
             return None
+        visual = visual.without_text()
         letters = option_letters(options)
         letter_ids = [self.tokenizer(letter, add_special_tokens=False)["input_ids"] for letter in letters]
         if any(len(ids) != 1 for ids in letter_ids):
@@ -380,6 +392,36 @@ class MiniBackbone(Backbone):
                              return_dict=True)
         logits = self.llm.lm_head(out.last_hidden_state[:, -1:]).float()[:, -1]
         return logits, output_cache(out)
+
+    # ---- Tempo's segment relevance (compressors/tempo.py) -------------------------------------------
+    @torch.inference_mode()
+    def relevance_prior(self, query: str, visual: VisualTokens) -> float:
+        """Logit added to this LLM's own Yes-vs-No on a segment: how closely a word of the query names an
+        object recognised in the segment (best cosine, in the LLM's input-embedding space, between the
+        query's words and the segment's class tokens), minus RELEVANCE_CENTRE, times RELEVANCE_WEIGHT.
+
+        SmolLM2-135M reads the segment's objects and the question, but its Yes/No alone barely separates a
+        relevant segment from the rest (docs/tempo.md); this term carries the match between the words it
+        read and the words it was asked about.
+        """
+        words = sorted({w.lower() for w in _WORD.findall(query)} - _STOPWORDS)
+        visual = visual.without_text()
+        if not words or visual.num_tokens == 0:
+            return 0.0
+        weight = self.input_embeddings().weight.detach()
+        vecs = torch.nn.functional.normalize(mini_bridge.name_table(words, self._ids, weight, 1.0), dim=-1)
+        toks = torch.nn.functional.normalize(visual.embeds.float().to(vecs.device), dim=-1)
+        return RELEVANCE_WEIGHT * (float((vecs @ toks.T).max()) - RELEVANCE_CENTRE)
+
+    @torch.inference_mode()
+    def batch_last_logits(self, prompts: list[torch.Tensor]) -> torch.Tensor:
+        """One left-padded forward over several prompts (Tempo's batched relevance pass)."""
+        from .base import left_pad
+
+        embeds, mask, positions = left_pad([p.to(self.device, self.dtype) for p in prompts])
+        out = self.llm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False,
+                             return_dict=True)
+        return self.llm.lm_head(out.last_hidden_state[:, -1]).float()
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "encoder": "tf_efficientnet_lite0 (ImageNet-1k)",
