@@ -3,7 +3,8 @@
 Its slow path (unpack → dequantize → `F.linear`) works for every scheme on every device and is the
 oracle the fast paths are tested against. On CPU, int8 and int4 use PyTorch's own weight-only kernels
 (`aten::_weight_int8pack_mm`, `aten::_weight_int4pack_mm_for_cpu`, the ones optimum-quanto dispatches to)
-in bfloat16, casting activations in and out, so a float32 model keeps its float32 interfaces.
+in bfloat16, casting activations in and out, so a float32 model keeps its float32 interfaces; int3, int2,
+ternary and int1 use `cpu_kernels` (packed bytes decoded in registers), else a PyTorch lookup path.
 
 State dicts always hold the portable layout (`qweight` packed as in `packing`, `scale` (N, G) bfloat16,
 for asymmetric int4 `zero` (N, G) bfloat16, optional `bias`); kernel layouts are derived on load, since
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import packing
+from . import cpu_kernels, packing
 from .paretoq import SCHEMES, dequantize_codes, effective_group, padded_k, quantize_codes, quantize_int4_asym
 
 logger = logging.getLogger(__name__)
@@ -62,8 +63,9 @@ class QuantLinear(nn.Module):
         self.register_buffer("zero", torch.zeros(out_features, n_groups, dtype=torch.bfloat16, device=device)
                              if zero_point else None)
         self.register_buffer("bias", torch.zeros(out_features, device=device) if bias else None)
-        self._kweight: torch.Tensor | None = None  # kernel layout (int4), replaces qweight in memory
+        self._kweight: torch.Tensor | None = None  # kernel layout (int4, ternary), replaces qweight in memory
         self._kscale: torch.Tensor | None = None
+        self._lowbit: cpu_kernels.LowBitGemv | None = None
 
     # ---- construction ------------------------------------------------------------------------------------
     @classmethod
@@ -102,7 +104,7 @@ class QuantLinear(nn.Module):
             self.zero = zero.to(torch.bfloat16).contiguous()
         if bias is not None:
             self.bias = bias.to(self.qweight.device, torch.float32)
-        self._kweight = self._kscale = None
+        self._kweight = self._kscale = self._lowbit = None
         self.kernel = "dequant"
         self._select_kernel()
 
@@ -115,7 +117,25 @@ class QuantLinear(nn.Module):
         elif self.scheme == "int4" and self.group in _INT4_GROUPS:
             self._try("int4_cpu", self._prepare_int4)
         if self.kernel == "dequant" and self.scheme != "int8":
+            self._try("lowbit", self._prepare_lowbit)
+        if self.kernel == "dequant" and self.scheme not in ("int8", "int3"):
             self._try("lut", self._prepare_lut)
+
+    def _prepare_lowbit(self) -> None:
+        """The C kernel reads our packed rows when groups start on byte boundaries; ternary is re-packed as
+        2-bit codes for it (1.6 bits a weight on disk, 2 in memory: base-3 bytes do not decode with shifts)."""
+        width, groups = self.spec.width, self.scale.shape[1]
+        per = 8 if width == 3 else 4 if width == "ternary" else packing.PER_BYTE[width]
+        if groups > 1 and self.group % per:
+            raise NotImplementedError(f"group {self.group} does not start on a byte for {self.scheme}")
+        weight, bits = self.qweight, width
+        if width == "ternary":
+            weight, bits = packing.pack_int2(packing.unpack_ternary(self.qweight, self.k_padded)), 2
+        self._lowbit = cpu_kernels.LowBitGemv(bits, weight, self.scale, self.zero, self.in_features, self.group,
+                                              self.spec.offset)
+        if width == "ternary":
+            self._kweight = weight
+            self.qweight = self.qweight.new_empty(0)
 
     def _prepare_lut(self) -> None:
         """Small-batch path without a kernel: bytes → values by one gather in bfloat16, then a GEMV."""
@@ -141,10 +161,10 @@ class QuantLinear(nn.Module):
                 raise RuntimeError(f"kernel disagrees with the reference by {float((got - want).abs().max()):.3g}")
         except (RuntimeError, NotImplementedError) as err:  # shapes/CPU the kernel does not take
             logger.debug("%s kernel unavailable for %dx%d: %s", name, self.out_features, self.in_features, err)
-            self.kernel = "dequant"
             if self._kweight is not None and not self.qweight.numel():
                 self.qweight = self._unpacked_portable()
-            self._kweight = self._kscale = None
+            self.kernel = "dequant"
+            self._kweight = self._kscale = self._lowbit = None
 
     def _prepare_int8(self) -> None:
         self._kscale = self.scale.reshape(-1).to(self.compute_dtype)
@@ -169,22 +189,28 @@ class QuantLinear(nn.Module):
             raise NotImplementedError("unknown CPU int4 layout")
 
     def _unpacked_portable(self) -> torch.Tensor:
-        codes = packing.from_cpu_int4_kernel(self._kweight, self._n_pad, self.k_padded)[: self.out_features]
-        return packing.pack_int4(codes)
+        return packing.pack(self.codes(), self.spec.width)
 
     # ---- weights -----------------------------------------------------------------------------------------
     def portable_qweight(self) -> torch.Tensor:
-        return self._unpacked_portable() if self.kernel == "int4_cpu" else self.qweight
+        return self._unpacked_portable() if self._kweight is not None else self.qweight
 
-    def codes(self) -> torch.Tensor:
-        """Unsigned integer codes (N, Kp)."""
-        if self.kernel == "int4_cpu":
-            return packing.from_cpu_int4_kernel(self._kweight, self._n_pad, self.k_padded)[: self.out_features]
-        return packing.unpack(self.qweight, self.spec.width, self.k_padded)
+    def codes(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Unsigned integer codes (N, Kp), or only those of `rows` (1-D indices) without decoding the rest."""
+        if self._kweight is not None and self.spec.width == "ternary":  # the kernel's 2-bit layout
+            return packing.unpack_int2(self._kweight if rows is None else self._kweight[rows], self.k_padded)
+        if self._kweight is not None:
+            if rows is None:
+                return packing.from_cpu_int4_kernel(self._kweight, self._n_pad, self.k_padded)[: self.out_features]
+            return packing.rows_from_cpu_int4_kernel(self._kweight, self._n_pad, self.k_padded, rows)
+        q = self.qweight if rows is None else self.qweight[rows]
+        return packing.unpack(q, self.spec.width, self.k_padded)
 
-    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The float weight (N, K) these codes stand for (the reference path)."""
-        return dequantize_codes(self.codes(), self.scale, self.scheme, dtype, zero=self.zero)[:, : self.in_features]
+    def dequantize(self, dtype: torch.dtype = torch.float32, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The float weight (N, K) these codes stand for (the reference path); only `rows` if given."""
+        scale = self.scale if rows is None else self.scale[rows]
+        zero = self.zero if rows is None or self.zero is None else self.zero[rows]
+        return dequantize_codes(self.codes(rows), scale, self.scheme, dtype, zero=zero)[:, : self.in_features]
 
     # ---- forward -----------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -203,6 +229,8 @@ class QuantLinear(nn.Module):
         x2 = x.reshape(-1, shape[-1]).to(self.compute_dtype)
         if self.kernel == "int8_cpu":
             y = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), self.qweight, self._kscale)
+        elif self.kernel == "lowbit":  # takes float activations as they are (no bfloat16 rounding)
+            y = self._lowbit(x.reshape(-1, shape[-1]))
         elif self.kernel == "lut":
             y = F.linear(x2, self._lut_weight())
         else:
@@ -219,7 +247,8 @@ class QuantLinear(nn.Module):
     # ---- bookkeeping -------------------------------------------------------------------------------------
     def weight_bytes(self) -> int:
         """Bytes held for this layer's weights, scales and bias as it sits in memory."""
-        tensors = [self.qweight, self.scale, self.zero, self.bias, self._kweight, self._kscale if self.kernel == "int4_cpu" else None]
+        tensors = [self.qweight, self.scale, self.zero, self.bias, self._kweight,
+                   self._kscale if self.kernel == "int4_cpu" else None]
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
