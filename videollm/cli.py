@@ -12,7 +12,7 @@ from typing import Any
 from .config import DEFAULT_MODEL
 from .samples import SAMPLES
 
-QUANT_CHOICES = ["none", "int8", "int4", "int2", "ternary"]
+QUANT_CHOICES = ["none", "int8", "int4", "int3", "int2", "ternary", "int1"]
 
 logger = logging.getLogger("videollm")
 
