@@ -4,7 +4,7 @@
 for packed integer ones; `quantize_(module, Int4WeightConfig())` does the same for any module.
 See docs/quant.md.
 """
-from .api import BackboneQuantization, backbone_parts, quantize_, quantize_backbone
+from .api import BackboneQuantization, backbone_parts, quantize_, quantize_backbone, quantize_head
 from .config import (
                      BACKENDS,
                      SCHEME_NAMES,
@@ -23,5 +23,5 @@ __all__ = [
     "BACKENDS", "SCHEME_NAMES", "BackboneQuantization", "Int1WeightConfig", "Int2WeightConfig",
     "Int3WeightConfig", "Int4WeightConfig", "Int8WeightConfig",
     "QuantLinear", "TernaryWeightConfig", "WeightQuantConfig", "backbone_parts", "config_for", "quantize_",
-    "quantize_backbone",
+    "quantize_backbone", "quantize_head",
 ]

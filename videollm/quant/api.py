@@ -11,7 +11,7 @@ from torch import nn
 
 from ..errors import InvalidRequestError
 from . import backends
-from .config import SCHEME_NAMES, WeightQuantConfig, config_for
+from .config import HEAD_AUTO, HEAD_CHOICES, SCHEME_NAMES, WeightQuantConfig, config_for
 from .embedding import QuantEmbedding
 from .linear import QuantLinear
 
@@ -92,13 +92,6 @@ def backbone_parts(backbone: Any) -> tuple[nn.Module, nn.Module]:
         raise InvalidRequestError(f"backbone {getattr(backbone, 'name', backbone)!r} has no "
                                   "model.model.language_model / vision_tower to quantize")
     return lm, vt
-
-
-#: head/embedding scheme for each LLM scheme under head="auto": below 4 bits the head stays int4 (ParetoQ
-#: keeps it in full precision; int4 costs little error and is 4x smaller than bf16)
-HEAD_AUTO = {"none": "none", "int8": "int8", "int4": "int4", "int3": "int4", "int2": "int4", "ternary": "int4",
-             "int1": "int4"}
-HEAD_CHOICES = ("auto",) + SCHEME_NAMES
 
 
 def resolve_head(head: str, llm: str) -> str:

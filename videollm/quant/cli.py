@@ -6,8 +6,7 @@ import json
 import logging
 from pathlib import Path
 
-from .api import HEAD_CHOICES
-from .config import BACKENDS, SCHEME_NAMES
+from .config import BACKENDS, HEAD_CHOICES, SCHEME_NAMES
 
 logger = logging.getLogger(__name__)
 

@@ -98,10 +98,12 @@ class QuantLinear(nn.Module):
             raise ValueError(f"packed weight shape {tuple(qweight.shape)} != {tuple(self.qweight.shape)}")
         if (zero is None) != (self.zero is None):
             raise ValueError("zero points given to a symmetric layer or missing for an asymmetric one")
-        self.qweight = qweight.contiguous()
-        self.scale = scale.to(torch.bfloat16).contiguous()
+        # fresh copies: tensors read from a safetensors file can sit at unaligned offsets of its mapping,
+        # which the ATen int8 kernel does not survive (segfault); torch's allocator aligns to 64 bytes
+        self.qweight = qweight.clone(memory_format=torch.contiguous_format)
+        self.scale = scale.to(torch.bfloat16).clone(memory_format=torch.contiguous_format)
         if zero is not None:
-            self.zero = zero.to(torch.bfloat16).contiguous()
+            self.zero = zero.to(torch.bfloat16).clone(memory_format=torch.contiguous_format)
         if bias is not None:
             self.bias = bias.to(self.qweight.device, torch.float32)
         self._kweight = self._kscale = self._lowbit = None
