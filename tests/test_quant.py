@@ -238,8 +238,12 @@ def test_cpu_int4_kernel_zero_point_convention():
 
 
 @pytest.mark.parametrize("shape,group,kernel", [((96, 256), 64, "int4_cpu"), ((100, 200), 64, "int4_cpu"),
-                                                 ((40, 96), 48, "lut")])
+                                                 ((40, 96), 48, "lowbit")])
 def test_asym_quant_linear_kernels_match_oracle(shape, group, kernel):
+    from videollm.quant import cpu_kernels
+
+    if kernel == "lowbit" and not cpu_kernels.available():
+        kernel = "lut"  # groups PyTorch's int4 kernel does not take, without a C compiler
     n, k = shape
     torch.manual_seed(1)
     lin = nn.Linear(k, n, bias=True)
