@@ -159,7 +159,8 @@ def test_quant_linear_matches_oracle_and_shrinks(scheme, shape):
     assert torch.equal(q.dequantize(), ref.dequantize())
     float_bytes = (n * k + n) * 4
     # ternary: 1.6 bits packed, 2 in the low-bit kernel's layout
-    bits = {"int8": 8, "int4": 4, "int3": 3, "int2": 2, "ternary": 2 if q.kernel == "lowbit" else 1.6, "int1": 1}[scheme]
+    ternary_bits = 2 if q.kernel == "lowbit" else 1.6
+    bits = {"int8": 8, "int4": 4, "int3": 3, "int2": 2, "ternary": ternary_bits, "int1": 1}[scheme]
     rows = math.ceil(n / 64) * 64 if q.kernel == "int4_cpu" else n  # the CPU int4 kernel's row blocks
     overhead = n * 4 + rows * 3 * 2 * math.ceil(k / 64)  # float32 bias + bfloat16 scales (+ kernel scale/zero)
     assert q.weight_bytes() <= rows * math.ceil(k / 64) * 64 * bits / 8 + overhead + 2 * n

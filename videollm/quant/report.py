@@ -152,7 +152,8 @@ class QuantReport:
             lines.append(f"vs float on {self.positions} prompt positions: mean KL {self.mean_kl:.5f} nats, "
                          f"top-1 agreement {self.top1_agreement:.1%}")
         if self.mean_kl_float_head is not None:
-            lines.append(f"  of which the LM head ({self.head_scheme}): KL {self.mean_kl - self.mean_kl_float_head:+.5f}"
+            d_kl = self.mean_kl - self.mean_kl_float_head
+            lines.append(f"  of which the LM head ({self.head_scheme}): KL {d_kl:+.5f}"
                          f" nats, top-1 {self.top1_agreement - self.top1_float_head:+.1%} (float head: KL "
                          f"{self.mean_kl_float_head:.5f}, top-1 {self.top1_float_head:.1%})")
         if self.vision_cosine is not None:
@@ -230,7 +231,8 @@ def quantize_causal_lm_with_report(model: nn.Module, tokenizer: Any, scheme: str
         quantize_(model, cfg, filter_fn=lambda m, n: not n.endswith("lm_head"))
     head_scheme = resolve_head(head, scheme)
     if head_scheme != "none":
-        rep.mean_kl_float_head, rep.top1_float_head, _ = compare_logprobs(ref, reference_logprobs(fn, tokenizer, prompts))
+        rep.mean_kl_float_head, rep.top1_float_head, _ = compare_logprobs(ref,
+                                                                          reference_logprobs(fn, tokenizer, prompts))
         if quantize_head(model, head_scheme, group_size, backend, symmetric):
             rep.head_scheme = head_scheme
         else:
