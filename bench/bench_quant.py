@@ -55,6 +55,8 @@ def random_model(build: Any, config: Any, dtype: torch.dtype, device: str) -> nn
         from transformers.modeling_utils import no_init_weights
     with no_init_weights():
         model = build(config)
+    if getattr(config, "tie_word_embeddings", False) and hasattr(model, "tie_weights"):
+        model.tie_weights()  # skipped under no_init_weights: Qwen2-0.5B's head IS its embedding table
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in model.named_parameters():
