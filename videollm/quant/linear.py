@@ -58,6 +58,7 @@ class QuantLinear(nn.Module):
         n_groups = self.k_padded // self.group
         cols = packing.packed_cols(self.k_padded, self.spec.width)
         dt = torch.int8 if scheme == "int8" else torch.uint8
+        self.packed_shape = (out_features, cols)
         self.register_buffer("qweight", torch.zeros(out_features, cols, dtype=dt, device=device))
         self.register_buffer("scale", torch.ones(out_features, n_groups, dtype=torch.bfloat16, device=device))
         self.register_buffer("zero", torch.zeros(out_features, n_groups, dtype=torch.bfloat16, device=device)
@@ -94,8 +95,8 @@ class QuantLinear(nn.Module):
     def set_packed(self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None,
                    zero: torch.Tensor | None = None) -> None:
         """Install portable packed weights, then pick the fastest kernel these shapes and this device allow."""
-        if tuple(qweight.shape) != tuple(self.qweight.shape) and self.qweight.numel():
-            raise ValueError(f"packed weight shape {tuple(qweight.shape)} != {tuple(self.qweight.shape)}")
+        if tuple(qweight.shape) != self.packed_shape:
+            raise ValueError(f"packed weight shape {tuple(qweight.shape)} != {self.packed_shape}")
         if (zero is None) != (self.zero is None):
             raise ValueError("zero points given to a symmetric layer or missing for an asymmetric one")
         # fresh copies: tensors read from a safetensors file can sit at unaligned offsets of its mapping,
@@ -183,7 +184,13 @@ class QuantLinear(nn.Module):
         self._kweight = self._kscale = self._lowbit = None
 
     def _prepare_int8(self) -> None:
+        """`_weight_int8pack_mm` (torch 2.13, AVX-512) reads out of bounds when K is not a multiple of 16: garbage
+        or a segfault for batches > 1 (K = 200 here). Hold the weight with zero columns up to a multiple of 16
+        (the only copy: `codes`/`portable_qweight` slice them off) and pad the activations to match."""
         self._kscale = self.scale.reshape(-1).to(self.compute_dtype)
+        pad = -self.in_features % 16
+        if pad:
+            self.qweight = F.pad(self.qweight, (0, pad))
 
     def _prepare_int4(self) -> None:
         n = self.out_features
@@ -209,7 +216,11 @@ class QuantLinear(nn.Module):
 
     # ---- weights -----------------------------------------------------------------------------------------
     def portable_qweight(self) -> torch.Tensor:
-        return self._unpacked_portable() if self._kweight is not None else self.qweight
+        if self._kweight is not None:
+            return self._unpacked_portable()
+        if self.qweight.shape[1] != self.packed_shape[1]:  # int8 held with padded columns
+            return self.qweight[:, : self.packed_shape[1]].contiguous()
+        return self.qweight
 
     def codes(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Unsigned integer codes (N, Kp), or only those of `rows` (1-D indices) without decoding the rest."""
@@ -244,6 +255,8 @@ class QuantLinear(nn.Module):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).to(self.compute_dtype)
         if self.kernel == "int8_cpu":
+            if self.qweight.shape[1] != self.in_features:
+                x2 = F.pad(x2, (0, self.qweight.shape[1] - self.in_features))
             y = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), self.qweight, self._kscale)
         elif self.kernel == "lowbit":  # takes float activations as they are (no bfloat16 rounding)
             y = self._lowbit(x.reshape(-1, shape[-1]))
