@@ -371,13 +371,42 @@ def bench_decode(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+class _Zeros(nn.Module):
+    """Stands in for a linear layer: returns zeros of its output shape (no weight read)."""
+
+    def __init__(self, out_features: int):
+        super().__init__()
+        self.out_features = out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(*x.shape[:-1], self.out_features)
+
+
+def bench_overhead(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Qwen2-0.5B decode with every linear layer (head included) replaced by zeros: the cost of the rest of
+    the step (attention, norms, RoPE, KV cache, Python), which no GEMV kernel can remove."""
+    t = require("transformers")
+    model = random_model(t.Qwen2ForCausalLM, qwen2_05b_config(), torch.float32, "cpu")
+    for name, m in list(model.named_modules()):
+        if isinstance(m, nn.Linear):
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, attr, _Zeros(m.out_features))
+    ms, cpu_ms = decode_wall_cpu_ms(model, args.context, args.tokens)
+    row = {"part": "overhead", "variant": "no GEMV (float32)", "ms_per_token": ms, "cpu_ms_per_token": cpu_ms}
+    logger.info("%s", row)
+    return [row]
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     lines = []
-    for part in ("decode", "llm", "vision", "gguf", "layer"):
+    for part in ("decode", "overhead", "llm", "vision", "gguf", "layer"):
         rs = [r for r in rows if r["part"] == part]
         if not rs:
             continue
-        if part == "decode":
+        if part == "overhead":
+            lines += [f"decode step without GEMVs: {r['ms_per_token']:.1f} ms wall, {r['cpu_ms_per_token']:.1f} ms CPU"
+                      for r in rs]
+        elif part == "decode":
             lines += [f"copy bandwidth (same run): {rs[0]['copy_GBps']:.1f} GB/s per wall second, "
                       f"{rs[0]['copy_GBps_cpu']:.1f} GB/s per CPU second (read-only: {rs[0]['read_GBps']:.1f} / "
                       f"{rs[0]['read_GBps_cpu']:.1f})", "",
@@ -410,7 +439,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--part", nargs="+", default=["llm", "vision", "gguf"],
-                   choices=["llm", "vision", "gguf", "layer", "decode"])
+                   choices=["llm", "vision", "gguf", "layer", "decode", "overhead"])
     p.add_argument("--schemes", nargs="+", default=None,
                    help="default: int8 int4 int2 ternary (decode: int8 int4 int3 int2 ternary int1)")
     p.add_argument("--head", default="auto", help="decode: LM head scheme (auto = HEAD_AUTO of each scheme)")
@@ -438,7 +467,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     for part in args.part:
         rows += {"llm": bench_llm, "vision": bench_vision, "gguf": bench_gguf, "layer": bench_layer,
-                 "decode": bench_decode}[part](args)
+                 "decode": bench_decode, "overhead": bench_overhead}[part](args)
     info = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name() if args.device == "cuda" else None, "args": vars(args)}
     print(table(rows))
