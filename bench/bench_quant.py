@@ -10,6 +10,9 @@ dequantized to float by transformers; errors are against that float form).
 Scheme names are `config_for`'s, plus `int4-sym` (symmetric int4, no zero points) and `int4-clip`
 (asymmetric int4 with the per-group clipping search); plain `int4` is the default asymmetric one.
 `--part layer` times one 4864×896 layer at batch 1 (float vs the CPU int8/int4 kernels).
+`--part decode` measures every scheme against the machine's memory bandwidth in one run (issue 16):
+
+    python bench/bench_quant.py --part decode --threads 1 --out bench/quant_decode.json
 """
 from __future__ import annotations
 
@@ -52,6 +55,8 @@ def random_model(build: Any, config: Any, dtype: torch.dtype, device: str) -> nn
         from transformers.modeling_utils import no_init_weights
     with no_init_weights():
         model = build(config)
+    if getattr(config, "tie_word_embeddings", False) and hasattr(model, "tie_weights"):
+        model.tie_weights()  # skipped under no_init_weights: Qwen2-0.5B's head IS its embedding table
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -82,7 +87,10 @@ def make_config(label: str, group_size: int | None, backend: str) -> Any:
 
 
 def _slow(label: str) -> bool:
-    return label.split("-")[0] in ("int2", "ternary")
+    """Schemes that fall back to the PyTorch lookup path (no C compiler for the low-bit kernel)."""
+    from videollm.quant import cpu_kernels
+
+    return label.split("-")[0] in ("int3", "int2", "ternary", "int1") and not cpu_kernels.available()
 
 
 def sync(device: str) -> None:
@@ -254,13 +262,162 @@ def bench_layer(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+def copy_bandwidth(mib: int = 512, reps: int = 5) -> dict[str, float]:
+    """Best-of-`reps` GB/s of a large tensor copy (bytes read + written, STREAM's convention) and of a
+    read-only pass (sum), on the current thread count: the limit a memory-bound decode step can reach.
+    Also per CPU second of this process (`*_cpu`): on a shared machine the wall figure counts time other
+    processes held the core, the CPU figure only the time the copy really ran."""
+    src = torch.ones(mib * 2**20 // 4)
+    dst = torch.empty_like(src)
+    best = {"copy": float("inf"), "read": float("inf"), "copy_cpu": float("inf"), "read_cpu": float("inf")}
+    for _ in range(reps):
+        for name, fn in (("copy", lambda: dst.copy_(src)), ("read", src.sum)):
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+            best[name + "_cpu"] = min(best[name + "_cpu"], time.process_time() - c0)
+    nbytes = src.numel() * 4
+    return {"copy_GBps": 2 * nbytes / best["copy"] / 1e9, "read_GBps": nbytes / best["read"] / 1e9,
+            "copy_GBps_cpu": 2 * nbytes / best["copy_cpu"] / 1e9, "read_GBps_cpu": nbytes / best["read_cpu"] / 1e9}
+
+
+@torch.no_grad()
+def decode_wall_cpu_ms(model: nn.Module, context: int, tokens: int) -> tuple[float, float]:
+    """Median wall and process-CPU ms per decode step. On a shared machine the CPU time is the steadier
+    figure: it counts only the time this process ran (one thread: the compute the step really costs)."""
+    ids = torch.randint(0, 1000, (1, context))
+    out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+    cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    walls, cpus = [], []
+    for step in range(tokens + 2):
+        w0, c0 = time.perf_counter(), time.process_time()
+        out = model(input_ids=nxt, past_key_values=cache, use_cache=True)
+        cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        if step >= 2:  # two warm-up steps
+            walls.append(time.perf_counter() - w0)
+            cpus.append(time.process_time() - c0)
+    return float(torch.tensor(walls).median()) * 1e3, float(torch.tensor(cpus).median()) * 1e3
+
+
+def _decode_bytes(model: nn.Module, context: int) -> int:
+    """Bytes one decode step must read: every weight once (tied head/embedding once; the embedding lookup
+    itself reads one row) plus the KV cache of `context` tokens."""
+    cfg = model.config
+    kv_heads, head_dim = cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads
+    elt = 2 if next(model.parameters()).dtype == torch.bfloat16 else 4
+    kv = 2 * cfg.num_hidden_layers * context * kv_heads * head_dim * elt
+    return module_bytes(model) + kv
+
+
+@torch.no_grad()
+def prefill_tokens_per_s(model: nn.Module, tokens: int, reps: int = 2) -> float:
+    ids = torch.randint(0, 1000, (1, tokens))
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        best = min(best, time.perf_counter() - t0)
+    return tokens / best
+
+
+def _disk_bytes(model: nn.Module) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from videollm.quant.io import WEIGHTS, save_module
+
+    with tempfile.TemporaryDirectory() as d:
+        save_module(model, d)
+        return (Path(d) / WEIGHTS).stat().st_size
+
+
+def bench_decode(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Qwen2-0.5B decode for bf16 and every scheme with the LM head quantized (`quantize_head`, HEAD_AUTO),
+    against the copy bandwidth measured in the same run; plus prefill speed and size on disk/in memory."""
+    from videollm.quant import quantize_head
+    from videollm.quant.config import HEAD_AUTO
+
+    t = require("transformers")
+    bw = copy_bandwidth()
+    logger.info("bandwidth: %s", bw)
+    rows = []
+    for label in ["bfloat16"] + args.schemes:
+        dtype = torch.bfloat16 if label == "bfloat16" else torch.float32
+        model = random_model(t.Qwen2ForCausalLM, qwen2_05b_config(), dtype, "cpu")
+        head = "none"
+        cfg = make_config(label, args.group_size, "native") if label != "bfloat16" else None
+        t0 = time.perf_counter()
+        if cfg is not None:
+            quantize_(model, cfg, filter_fn=lambda m, n: "lm_head" not in n)
+            head = args.head if args.head != "auto" else HEAD_AUTO[cfg.scheme]
+            quantize_head(model, head, args.group_size, "native")
+        q_s = time.perf_counter() - t0
+        ms, cpu_ms = decode_wall_cpu_ms(model, args.context, args.tokens)
+        nbytes = _decode_bytes(model, args.context)
+        limit_ms = nbytes / (bw["copy_GBps"] * 1e9) * 1e3
+        from videollm.quant.report import layer_table
+
+        slow = [r["name"] for r in layer_table(model) if r["engine"] == "native:dequant"]
+        row = {"part": "decode", "variant": label, "head": head, "engine": sorted(set(_engines(model))) or ["float"],
+               "dequant_layers": slow, "ms_per_token": ms, "cpu_ms_per_token": cpu_ms, "MB_per_token": nbytes / 1e6,
+               "GBps": nbytes / ms / 1e6, "GBps_cpu": nbytes / cpu_ms / 1e6,
+               **bw, "x_limit": ms / limit_ms,
+               "x_limit_cpu": cpu_ms / (nbytes / (bw["copy_GBps_cpu"] * 1e9) * 1e3),
+               "prefill_tok_s": prefill_tokens_per_s(model, args.prefill),
+               "mem_MiB": module_bytes(model) / MiB, "disk_MiB": _disk_bytes(model) / MiB, "quantize_s": q_s}
+        rows.append(row)
+        logger.info("%s", row)
+        del model
+    return rows
+
+
+class _Zeros(nn.Module):
+    """Stands in for a linear layer: returns zeros of its output shape (no weight read)."""
+
+    def __init__(self, out_features: int):
+        super().__init__()
+        self.out_features = out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(*x.shape[:-1], self.out_features)
+
+
+def bench_overhead(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Qwen2-0.5B decode with every linear layer (head included) replaced by zeros: the cost of the rest of
+    the step (attention, norms, RoPE, KV cache, Python), which no GEMV kernel can remove."""
+    t = require("transformers")
+    model = random_model(t.Qwen2ForCausalLM, qwen2_05b_config(), torch.float32, "cpu")
+    for name, m in list(model.named_modules()):
+        if isinstance(m, nn.Linear):
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, attr, _Zeros(m.out_features))
+    ms, cpu_ms = decode_wall_cpu_ms(model, args.context, args.tokens)
+    row = {"part": "overhead", "variant": "no GEMV (float32)", "ms_per_token": ms, "cpu_ms_per_token": cpu_ms}
+    logger.info("%s", row)
+    return [row]
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     lines = []
-    for part in ("llm", "vision", "gguf", "layer"):
+    for part in ("decode", "overhead", "llm", "vision", "gguf", "layer"):
         rs = [r for r in rows if r["part"] == part]
         if not rs:
             continue
-        if part == "layer":
+        if part == "overhead":
+            lines += [f"decode step without GEMVs: {r['ms_per_token']:.1f} ms wall, {r['cpu_ms_per_token']:.1f} ms CPU"
+                      for r in rs]
+        elif part == "decode":
+            lines += [f"copy bandwidth (same run): {rs[0]['copy_GBps']:.1f} GB/s per wall second, "
+                      f"{rs[0]['copy_GBps_cpu']:.1f} GB/s per CPU second (read-only: {rs[0]['read_GBps']:.1f} / "
+                      f"{rs[0]['read_GBps_cpu']:.1f})", "",
+                      ("| Qwen2-0.5B decode | head | kernels | ms/token (wall) | CPU ms/token | MB read/token | GB/s "
+                       "(wall / CPU) | × copy limit (wall / CPU) | prefill tok/s | memory MiB | disk MiB |"),
+                      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            lines += [f"| {r['variant']} | {r['head']} | {', '.join(e.replace('native:', '') for e in r['engine'])} | "
+                      f"{r['ms_per_token']:.1f} | {r['cpu_ms_per_token']:.1f} | {r['MB_per_token']:.0f} | "
+                      f"{r['GBps']:.2f} / {r['GBps_cpu']:.2f} | {r['x_limit']:.2f} / {r['x_limit_cpu']:.2f} | "
+                      f"{r['prefill_tok_s']:.0f} | {r['mem_MiB']:.0f} | {r['disk_MiB']:.0f} |" for r in rs]
+        elif part == "layer":
             lines += ["| 4864×896 layer, 1 token | engine | ms |", "| --- | --- | --- |"]
             lines += [f"| {r['variant']} | {r['engine']} | {r['ms']:.3f} |" for r in rs]
         elif part == "gguf":
@@ -281,8 +438,12 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--part", nargs="+", default=["llm", "vision", "gguf"], choices=["llm", "vision", "gguf", "layer"])
-    p.add_argument("--schemes", nargs="+", default=["int8", "int4", "int2", "ternary"])
+    p.add_argument("--part", nargs="+", default=["llm", "vision", "gguf"],
+                   choices=["llm", "vision", "gguf", "layer", "decode", "overhead"])
+    p.add_argument("--schemes", nargs="+", default=None,
+                   help="default: int8 int4 int2 ternary (decode: int8 int4 int3 int2 ternary int1)")
+    p.add_argument("--head", default="auto", help="decode: LM head scheme (auto = HEAD_AUTO of each scheme)")
+    p.add_argument("--prefill", type=int, default=256, help="decode: prompt tokens for the prefill speed")
     p.add_argument("--device", default="cpu")
     p.add_argument("--group-size", type=int, default=128)
     p.add_argument("--backend", default="auto")
@@ -300,9 +461,13 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.schemes is None:
+        args.schemes = (["int8", "int4", "int3", "int2", "ternary", "int1"] if args.part == ["decode"]
+                        else ["int8", "int4", "int2", "ternary"])
     rows: list[dict[str, Any]] = []
     for part in args.part:
-        rows += {"llm": bench_llm, "vision": bench_vision, "gguf": bench_gguf, "layer": bench_layer}[part](args)
+        rows += {"llm": bench_llm, "vision": bench_vision, "gguf": bench_gguf, "layer": bench_layer,
+                 "decode": bench_decode, "overhead": bench_overhead}[part](args)
     info = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name() if args.device == "cuda" else None, "args": vars(args)}
     print(table(rows))

@@ -20,7 +20,7 @@ from videollm.quant.paretoq import (
 )
 
 
-@pytest.mark.parametrize("width,levels", [(8, 256), (4, 16), (2, 4), ("ternary", 3)])
+@pytest.mark.parametrize("width,levels", [(8, 256), (4, 16), (3, 8), (2, 4), ("ternary", 3), (1, 2)])
 @pytest.mark.parametrize("k", [1, 5, 37, 128])
 def test_pack_round_trip_exact(width, levels, k):
     g = torch.Generator().manual_seed(k)
@@ -41,9 +41,15 @@ def test_pack_sizes_and_bit_layout():
     assert packing.pack(codes, "ternary").numel() == 4 * 200  # 1.6 bits per weight
     with pytest.raises(ValueError):
         packing.pack_int2(torch.tensor([[4]], dtype=torch.uint8))
+    assert packing.pack_int1(torch.tensor([[1, 0, 1, 1, 0, 0, 0, 1]], dtype=torch.uint8)).tolist() == [[0b10001101]]
+    # int3 = the low two bits packed as int2, then the high bit as int1
+    c3 = torch.tensor([[5, 2, 7, 0]], dtype=torch.uint8)
+    assert packing.pack_int3(c3).tolist() == [[1 | 2 << 2 | 3 << 4, 0b0101]]
+    assert packing.pack(torch.zeros(4, 1000, dtype=torch.uint8), 1).numel() == 4 * 125  # 1 bit per weight
+    assert packing.pack(torch.zeros(4, 1000, dtype=torch.uint8), 3).numel() == 4 * 375  # 3 bits per weight
 
 
-@pytest.mark.parametrize("width,levels", [(4, 16), (2, 4), ("ternary", 3)])
+@pytest.mark.parametrize("width,levels", [(4, 16), (2, 4), ("ternary", 3), (1, 2)])
 def test_byte_table_unpacks_like_unpack(width, levels):
     codes = torch.randint(0, levels, (5, 40), generator=torch.Generator().manual_seed(2)).to(torch.uint8)
     packed = packing.pack(codes, width)
@@ -132,9 +138,11 @@ def test_seq_gradients_by_hand():
 
 # ---- QuantLinear ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("scheme", ["int8", "int4", "int2", "ternary"])
+@pytest.mark.parametrize("scheme", ["int8", "int4", "int3", "int2", "ternary", "int1"])
 @pytest.mark.parametrize("shape", [(96, 256), (100, 200)])
 def test_quant_linear_matches_oracle_and_shrinks(scheme, shape):
+    from videollm.quant import cpu_kernels
+
     n, k = shape
     torch.manual_seed(0)
     lin = nn.Linear(k, n, bias=True)
@@ -143,20 +151,22 @@ def test_quant_linear_matches_oracle_and_shrinks(scheme, shape):
     assert ref.kernel == "dequant"
     if scheme == "int4" or (scheme == "int8" and n % 32 == 0):  # row counts every CPU's int8 kernel takes
         assert q.kernel.endswith("_cpu")  # the fast kernel is really in use
-    if scheme in ("int2", "ternary"):
-        assert q.kernel == "lut"
+    if scheme in ("int3", "int2", "ternary", "int1"):
+        assert q.kernel == ("lowbit" if cpu_kernels.available() else "dequant" if scheme == "int3" else "lut")
     x = torch.randn(3, k)
     y, y_ref = q(x), ref.forward_reference(x)
     assert torch.allclose(y, y_ref, rtol=2e-2, atol=2e-2 * float(y_ref.abs().max()))
     assert torch.equal(q.dequantize(), ref.dequantize())
     float_bytes = (n * k + n) * 4
-    bits = {"int8": 8, "int4": 4, "int2": 2, "ternary": 1.6}[scheme]
+    # ternary: 1.6 bits packed, 2 in the low-bit kernel's layout
+    ternary_bits = 2 if q.kernel == "lowbit" else 1.6
+    bits = {"int8": 8, "int4": 4, "int3": 3, "int2": 2, "ternary": ternary_bits, "int1": 1}[scheme]
     rows = math.ceil(n / 64) * 64 if q.kernel == "int4_cpu" else n  # the CPU int4 kernel's row blocks
     overhead = n * 4 + rows * 3 * 2 * math.ceil(k / 64)  # float32 bias + bfloat16 scales (+ kernel scale/zero)
     assert q.weight_bytes() <= rows * math.ceil(k / 64) * 64 * bits / 8 + overhead + 2 * n
     assert q.weight_bytes() < float_bytes / 2
     rel = (y_ref - lin(x)).norm() / lin(x).norm()
-    assert rel < {"int8": 0.02, "int4": 0.15, "int2": 0.45, "ternary": 0.5}[scheme]
+    assert rel < {"int8": 0.02, "int4": 0.15, "int3": 0.3, "int2": 0.45, "ternary": 0.5, "int1": 0.7}[scheme]
 
 
 def test_quant_linear_dense_path_for_many_rows_matches():
@@ -171,7 +181,7 @@ def test_quantize_filter_and_errors():
     names = quantize_(m, WeightQuantConfig("int2", group_size=32), filter_fn=lambda mod, n: n != "2")
     assert names == ["0"] and isinstance(m[0], QuantLinear) and type(m[2]) is nn.Linear
     with pytest.raises(InvalidRequestError):
-        WeightQuantConfig("int3")
+        WeightQuantConfig("int5")
     with pytest.raises(InvalidRequestError):
         WeightQuantConfig("int4", backend="tensorrt")
 
@@ -229,8 +239,12 @@ def test_cpu_int4_kernel_zero_point_convention():
 
 
 @pytest.mark.parametrize("shape,group,kernel", [((96, 256), 64, "int4_cpu"), ((100, 200), 64, "int4_cpu"),
-                                                 ((40, 96), 48, "lut")])
+                                                 ((40, 96), 48, "lowbit")])
 def test_asym_quant_linear_kernels_match_oracle(shape, group, kernel):
+    from videollm.quant import cpu_kernels
+
+    if kernel == "lowbit" and not cpu_kernels.available():
+        kernel = "lut"  # groups PyTorch's int4 kernel does not take, without a C compiler
     n, k = shape
     torch.manual_seed(1)
     lin = nn.Linear(k, n, bias=True)

@@ -12,7 +12,7 @@ from videollm.quant import QuantLinear, quantize_backbone
 from videollm.quant import io as qio
 from videollm.quant.report import backbone_logits_fn, module_bytes, quantize_backbone_with_report
 
-SCHEMES = ["int8", "int4", "int2", "ternary"]
+SCHEMES = ["int8", "int4", "int3", "int2", "ternary", "int1"]
 
 
 def clone(backbone: LlavaOneVisionBackbone) -> LlavaOneVisionBackbone:
@@ -32,7 +32,8 @@ def test_quantized_pipeline_answers_through_api(tiny_backbone, short_video, sche
     done = quantize_backbone(bb, llm=scheme, vision=scheme, group_size=32)
     assert len(done.llm_layers) == 14 and len(done.vision_layers) == 14  # 2 layers × 6 + the pooling head's MLP
     assert isinstance(bb.model.model.language_model.layers[0].mlp.down_proj, QuantLinear)
-    assert type(bb.model.lm_head) is torch.nn.Linear  # head and embeddings stay float
+    assert isinstance(bb.model.lm_head, QuantLinear)  # the head is quantized by default (int8 or int4)
+    assert bb.model.lm_head.scheme == ("int8" if scheme == "int8" else "int4") and done.head == bb.model.lm_head.scheme
     assert module_bytes(bb.model) < before
     cfg = PipelineConfig(model="tiny-random", sampling=SamplingConfig(num_frames=4),
                          generation=GenerationConfig(max_new_tokens=4))
@@ -95,7 +96,9 @@ def test_bad_scheme_is_a_user_error(tiny_backbone):
     from videollm.errors import InvalidRequestError
 
     with pytest.raises(InvalidRequestError):
-        quantize_backbone(clone(tiny_backbone), llm="int3")
+        quantize_backbone(clone(tiny_backbone), llm="int5")
+    with pytest.raises(InvalidRequestError):
+        quantize_backbone(clone(tiny_backbone), llm="int4", head="int5")
 
 
 @pytest.fixture()

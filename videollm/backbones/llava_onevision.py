@@ -125,6 +125,11 @@ class LlavaOneVisionBackbone(Backbone):
         """The language model (without embeddings and LM head) and the SigLIP tower (`SupportsQuantization`)."""
         return {"llm": self.model.model.language_model, "vision": self.model.model.vision_tower}
 
+    def causal_lm(self) -> torch.nn.Module:
+        """The module owning the LM head and input embeddings, which `--quant` also quantizes (tied ones
+        share one packed table)."""
+        return self.model
+
     def visual_suffix(self) -> torch.Tensor | None:
         return self.model.model.image_newline.detach()[None, :]
 

@@ -120,6 +120,15 @@ class SupportsQuantization(Protocol):
     def quantizable_modules(self) -> dict[str, nn.Module]: ...
 
 
+@runtime_checkable
+class HasCausalLM(Protocol):
+    """Optional: the transformers causal LM whose `get_output_embeddings()` / `get_input_embeddings()` are the
+    LM head and embeddings, quantized with `--quant` too. Backbones that read the embedding table's weights
+    directly (videollm-mini's word vectors) leave it out and keep the head in float."""
+
+    def causal_lm(self) -> "torch.nn.Module": ...
+
+
 def quant_role(key: str) -> str:
     """The quantization role ("llm" or "vision") of a `quantizable_modules()` key."""
     return "llm" if key == "llm" or key.endswith(".llm") else "vision"

@@ -1,4 +1,4 @@
-"""`quantize_(module, config)` and `quantize_backbone(backbone, llm=..., vision=...)`."""
+"""`quantize_(module, config)`, `quantize_head(model, ...)` and `quantize_backbone(backbone, llm=..., vision=...)`."""
 from __future__ import annotations
 
 import logging
@@ -12,7 +12,8 @@ from torch import nn
 from ..backbones.protocols import SupportsQuantization, quant_role
 from ..errors import InvalidRequestError
 from . import backends
-from .config import SCHEME_NAMES, WeightQuantConfig, config_for
+from .config import HEAD_AUTO, HEAD_CHOICES, SCHEME_NAMES, WeightQuantConfig, config_for
+from .embedding import QuantEmbedding
 from .linear import QuantLinear
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class BackboneQuantization:
 
     llm: str = "none"
     vision: str = "none"
+    head: str = "none"
     group_size: int | None = 128
     backend: str = "auto"
     symmetric: bool | None = None
@@ -104,19 +106,61 @@ def check_scheme_names(llm: str = "none", vision: str = "none") -> None:
             raise InvalidRequestError(f"{what} {scheme!r} is not one of {', '.join(SCHEME_NAMES)}")
 
 
+def resolve_head(head: str, llm: str) -> str:
+    if head not in HEAD_CHOICES:
+        raise InvalidRequestError(f"head quantization {head!r} is not one of {', '.join(HEAD_CHOICES)}")
+    return HEAD_AUTO[llm] if head == "auto" else head
+
+
+def quantize_head(model: nn.Module, scheme: str, group_size: int | None = 128, backend: str = "auto",
+                  symmetric: bool | None = None) -> list[str]:
+    """Quantize a causal LM's output head and input embeddings (`get_output/input_embeddings`) in place.
+
+    The head becomes a `QuantLinear` (decode runs its packed kernel); the embedding a `QuantEmbedding`
+    that dequantizes looked-up rows from the head's packed table when the two are tied, or from its own
+    packed copy when not. Returns the names replaced. Native engine only: with torchao/quanto engines
+    the head stays float (their layers cannot serve row lookups).
+    """
+    cfg = config_for(scheme, group_size, backend, symmetric)
+    if cfg is None:
+        return []
+    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    if type(head) is not nn.Linear or type(emb) is not nn.Embedding:
+        return []  # already quantized, or a layout we do not know
+    if resolve_backend(cfg, model) not in ("native", "reference"):
+        logger.info("LM head left in float: the %s engine cannot serve embedding lookups", cfg.backend)
+        return []
+    tied = head.weight.data_ptr() == emb.weight.data_ptr()
+    kernel = "dequant" if cfg.backend == "reference" else "auto"
+    qhead = QuantLinear.from_linear(head, cfg.scheme, cfg.group_size, kernel=kernel, zero_point=cfg.zero_point,
+                                    compute_dtype=_DTYPES.get(cfg.compute_dtype, torch.bfloat16))
+    head_name = next(n for n, m in model.named_modules() if m is head)
+    emb_name = next(n for n, m in model.named_modules() if m is emb)
+    qemb = (QuantEmbedding(qhead, tied=True, dtype=emb.weight.dtype, padding_idx=emb.padding_idx) if tied
+            else QuantEmbedding.from_embedding(emb, cfg.scheme, cfg.group_size, zero_point=cfg.zero_point))
+    _set_child(model, head_name, qhead)
+    _set_child(model, emb_name, qemb)
+    logger.info("quantized the LM head%s to %s", " and its tied embeddings" if tied else " and the embeddings",
+                cfg.scheme)
+    return [head_name, emb_name]
+
+
 def quantize_backbone(backbone: SupportsQuantization, llm: str = "none", vision: str = "none",
-                      group_size: int | None = 128, backend: str = "auto",
-                      symmetric: bool | None = None) -> BackboneQuantization:
+                      group_size: int | None = 128, backend: str = "auto", symmetric: bool | None = None,
+                      head: str = "auto") -> BackboneQuantization:
     """Quantize the linear layers of every module `backbone.quantizable_modules()` offers, in place: keys
     with the "llm" role take `llm`, the others `vision` (see `quant_role`). Works the same on a compressor
-    that owns models (STORM's encoder, Tempo's small VLM) and on any backbone.
+    that owns models (STORM's encoder, Tempo's small VLM) and on any backbone. Where the backbone offers its
+    causal LM (`causal_lm()`), the LM head and input embeddings are quantized too.
 
     `symmetric` applies to int4 (None = asymmetric with zero points, the default; see `WeightQuantConfig`).
-
-    Embeddings, `lm_head`, the projector, the patch embedding and norms stay in float: they are a small
-    share of the compute, and the LM head/embeddings (tied in Qwen2-0.5B) are the most error-sensitive.
+    `head`: "auto" (default) quantizes the LM head and embeddings whenever the LLM is quantized (int8 → int8,
+    int4 and below → int4, see `HEAD_AUTO`), "none" keeps them float, or a scheme name. In Qwen2-0.5B the
+    tied head is a quarter of the weights and, in float, took more decode time than all other layers.
+    The projector, the patch embedding and norms stay in float.
     """
     check_scheme_names(llm, vision)
+    head = resolve_head(head, llm)
     mods = _quantizable(backbone)
     done = BackboneQuantization(llm=llm, vision=vision, group_size=group_size, backend=backend, symmetric=symmetric)
     configs = {"llm": config_for(llm, group_size, backend, symmetric),
@@ -129,10 +173,15 @@ def quantize_backbone(backbone: SupportsQuantization, llm: str = "none", vision:
         names = quantize_(module, cfg)
         prefix = "" if key == role else key + "."
         (done.llm_layers if role == "llm" else done.vision_layers).extend(prefix + n for n in names)
+    causal_lm = getattr(backbone, "causal_lm", None)
+    if head != "none" and configs["llm"] is not None and callable(causal_lm):
+        if quantize_head(causal_lm(), head, group_size, backend, symmetric):
+            done.head = head
     prev = getattr(backbone, "quantization", None)
     if isinstance(prev, BackboneQuantization):  # quantizing in two calls keeps both records
         done.llm = llm if llm != "none" else prev.llm
         done.vision = vision if vision != "none" else prev.vision
+        done.head = done.head if done.head != "none" else prev.head
         done.llm_layers = done.llm_layers or prev.llm_layers
         done.vision_layers = done.vision_layers or prev.vision_layers
     backbone.quantization = done  # type: ignore[attr-defined]

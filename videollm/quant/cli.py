@@ -6,7 +6,7 @@ import json
 import logging
 from pathlib import Path
 
-from .config import BACKENDS, SCHEME_NAMES
+from .config import BACKENDS, HEAD_CHOICES, SCHEME_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gguf", default=None, metavar="FILE", help="quantize this GGUF causal LM (inside --model's "
                    "directory) instead of a video backbone; transformers dequantizes it to float first")
     p.add_argument("--quant", default="int4", choices=SCHEME_NAMES, help="LLM weights (default int4)")
+    p.add_argument("--quant-head", default="auto", choices=HEAD_CHOICES, help="LM head + embeddings (tied: one "
+                   "packed table); auto = int8 for int8, int4 for int4 and below, none when --quant none")
     p.add_argument("--vision-quant", default="none", choices=SCHEME_NAMES, help="vision encoder weights")
     p.add_argument("--quant-group-size", type=int, default=128, help="columns per scale; 0 = per row")
     p.add_argument("--int4-symmetric", action="store_true", help="int4 without zero points (symmetric absmax); "
@@ -53,7 +55,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         tok = transformers.AutoTokenizer.from_pretrained(args.model, gguf_file=args.gguf)
         model.to(args.device).eval()
         report = quantize_causal_lm_with_report(model, tok, args.quant, group, args.backend, prompts or PROMPTS[:1],
-                                                name=str(Path(args.model) / args.gguf), symmetric=symmetric)
+                                                name=str(Path(args.model) / args.gguf), symmetric=symmetric,
+                                                head=args.quant_head)
         if args.output:
             io.save_quantized_causal_lm(model, tok, args.output)
     else:
@@ -61,7 +64,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
         backbone = load_backbone(args.model, device=args.device, dtype=args.dtype)
         report = quantize_backbone_with_report(backbone, args.quant, args.vision_quant, group, args.backend, prompts,
-                                               symmetric=symmetric)
+                                               symmetric=symmetric, head=args.quant_head)
         if args.output:
             io.save_quantized(backbone, args.output)
     if args.json:

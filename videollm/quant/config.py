@@ -8,7 +8,15 @@ from ..registry import Registry
 
 #: weight schemes by name, each a config dataclass registered where it is defined (torchao's style)
 QUANT_SCHEMES: Registry[type["WeightQuantConfig"]] = Registry("quantization scheme")
+#: what `--quant` / `--vision-quant` accept, widest first; "none" keeps float weights (checked against
+#: QUANT_SCHEMES at the end of this module)
+SCHEME_NAMES = ("none", "int8", "int4", "int3", "int2", "ternary", "int1")
 BACKENDS = ("auto", "native", "reference", "torchao", "quanto")
+#: head/embedding scheme for each LLM scheme under head="auto": below 4 bits the head stays int4 (ParetoQ
+#: keeps it in full precision; int4 costs little error and is 4x smaller than bf16)
+HEAD_AUTO = {"none": "none", "int8": "int8", "int4": "int4", "int3": "int4", "int2": "int4", "ternary": "int4",
+             "int1": "int4"}
+HEAD_CHOICES = ("auto",) + SCHEME_NAMES
 
 
 @dataclass
@@ -16,7 +24,7 @@ class WeightQuantConfig:
     """Weight-only quantization of `nn.Linear` layers.
 
     group_size: input columns sharing one scale (None/0 = one per output row). int8 is always per row
-      (what the int8 kernels take); int4/int2/ternary default to 128 and fall back to per row when a layer
+      (what the int8 kernels take); int4/int3/int2/ternary/int1 default to 128 and fall back to per row when a layer
       is narrower. K not divisible by the group is zero-padded (e.g. SigLIP's 4304-wide MLP).
     backend: "auto" picks torchao on CUDA for int8/int4, else "native" (our packed `QuantLinear`, using
       PyTorch's int8/int4 CPU kernels where the shapes allow); "reference" forces dequantize-on-the-fly;
@@ -26,7 +34,7 @@ class WeightQuantConfig:
     symmetric: int4 only. None (default) = asymmetric for int4: per-group scale + zero point from the
       group's min/max (value = (code - 8)·scale + zero, the tinygemm kernels' convention), which halved
       the output KL on real SmolLM2-135M weights (bench/RESULTS.md, quant). True = symmetric absmax
-      (ParetoQ/LSQ grid, the scheme QAT trains). int8/int2/ternary are always symmetric.
+      (ParetoQ/LSQ grid, the scheme QAT trains). the other schemes are always symmetric.
     clip_search: asymmetric int4 only: per group, shrink [min, max] to the least weight MSE (opt-in: it did
       not lower the output KL on SmolLM2-135M).
     """
@@ -62,7 +70,7 @@ class WeightQuantConfig:
 
     @property
     def bits(self) -> float:
-        return {"int8": 8.0, "int4": 4.0, "int2": 2.0, "ternary": 1.6}[self.scheme]
+        return {"int8": 8.0, "int4": 4.0, "int3": 3.0, "int2": 2.0, "ternary": 1.6, "int1": 1.0}[self.scheme]
 
 
 @QUANT_SCHEMES.register("int8")
@@ -86,6 +94,22 @@ class Int2WeightConfig(WeightQuantConfig):
     scheme: str = "int2"
 
 
+@QUANT_SCHEMES.register("int3")
+@dataclass
+class Int3WeightConfig(WeightQuantConfig):
+    """ParetoQ 3-bit (LSQ, levels -4..3 of alpha), stored bit-sliced (a 2-bit and a 1-bit plane)."""
+
+    scheme: str = "int3"
+
+
+@QUANT_SCHEMES.register("int1")
+@dataclass
+class Int1WeightConfig(WeightQuantConfig):
+    """ParetoQ binary (sign(w)·alpha, alpha = mean|w| per row/group), 8 weights per byte."""
+
+    scheme: str = "int1"
+
+
 @QUANT_SCHEMES.register("ternary")
 @dataclass
 class TernaryWeightConfig(WeightQuantConfig):
@@ -105,5 +129,4 @@ def config_for(scheme: str, group_size: int | None = 128, backend: str = "auto",
                              clip_search=clip_search)
 
 
-#: what `--quant` / `--vision-quant` accept, widest first; "none" keeps float weights
-SCHEME_NAMES = ("none", *sorted(QUANT_SCHEMES.names(), key=lambda n: -QUANT_SCHEMES.get(n)().bits))
+assert set(SCHEME_NAMES) - {"none"} == set(QUANT_SCHEMES.names()), "every scheme registers its config"

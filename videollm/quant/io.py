@@ -3,7 +3,8 @@
 A checkpoint directory holds `quantized.safetensors` (float tensors as they are; each `QuantLinear` as its
 portable `qweight`/`scale`/`zero`/`bias`), `videollm_quant.json` (which layers are quantized and how), and the
 model's `config.json` + tokenizer files. Loading builds the model skeleton without initialising weights,
-swaps the listed layers for empty `QuantLinear`s and loads the state dict; CPU kernel layouts are derived
+swaps the listed layers for empty `QuantLinear`s (and quantized embeddings for `QuantEmbedding`s, tied ones
+pointing at the head's packed rows) and loads the state dict; CPU kernel layouts are derived
 on load. Only our native layers are saved: torchao/quanto-quantized models go through those libraries' own
 serialization.
 """
@@ -21,6 +22,7 @@ from .._compat import require
 from ..errors import InvalidRequestError, ModelLoadError
 from .api import _set_child
 from .backends import library_scheme
+from .embedding import QuantEmbedding
 from .linear import QuantLinear
 
 logger = logging.getLogger(__name__)
@@ -30,9 +32,31 @@ MANIFEST = "videollm_quant.json"
 FORMAT_VERSION = 1
 
 
+def _spec(m: QuantLinear) -> dict[str, Any]:
+    return {"scheme": m.scheme, "group_size": m.group, "in_features": m.in_features,
+            "out_features": m.out_features, "bias": m.bias is not None, "zero_point": m.zero is not None}
+
+
+def quantized_embeddings(module: nn.Module) -> dict[str, dict[str, Any]]:
+    """Quantized embeddings: tied ones name the head whose packed rows they read; untied ones hold a table."""
+    out = {}
+    for name, m in module.named_modules():
+        if isinstance(m, QuantEmbedding):
+            entry: dict[str, Any] = {"dtype": str(m.dtype).replace("torch.", ""), "padding_idx": m.padding_idx}
+            if m.tied:
+                entry["tied_to"] = next(n for n, x in module.named_modules() if x is m.table)
+            else:
+                entry["table"] = _spec(m.table)
+            out[name] = entry
+    return out
+
+
 def quantized_layers(module: nn.Module) -> dict[str, dict[str, Any]]:
     layers = {}
+    embeddings = {f"{n}.source" for n, m in module.named_modules() if isinstance(m, QuantEmbedding)}
     for name, m in module.named_modules():
+        if name in embeddings:
+            continue
         if isinstance(m, QuantLinear):
             layers[name] = {"scheme": m.scheme, "group_size": m.group, "in_features": m.in_features,
                             "out_features": m.out_features, "bias": m.bias is not None,
@@ -65,7 +89,8 @@ def save_module(module: nn.Module, path: str | Path, extra: dict[str, Any] | Non
     layers = quantized_layers(module)
     tensors, aliases = _dedup(module.state_dict())
     st.save_file(tensors, str(path / WEIGHTS), metadata={"format": "videollm-quant", "version": str(FORMAT_VERSION)})
-    manifest = {"format_version": FORMAT_VERSION, "layers": layers, "aliases": aliases, **(extra or {})}
+    manifest = {"format_version": FORMAT_VERSION, "layers": layers, "embeddings": quantized_embeddings(module),
+                "aliases": aliases, **(extra or {})}
     (path / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return path
 
@@ -89,11 +114,23 @@ def load_into(module: nn.Module, path: str | Path) -> nn.Module:
         _set_child(module, name, QuantLinear(spec["in_features"], spec["out_features"], spec["scheme"],
                                              spec["group_size"], bias=spec["bias"], device=dev,
                                              zero_point=spec.get("zero_point", False)))  # older files: symmetric
+    embeddings = manifest.get("embeddings", {})
+    for name, spec in embeddings.items():
+        dtype = getattr(torch, spec["dtype"])
+        if "tied_to" in spec:
+            emb = QuantEmbedding(module.get_submodule(spec["tied_to"]), tied=True, dtype=dtype,
+                                 padding_idx=spec["padding_idx"])
+        else:
+            t = spec["table"]
+            table = QuantLinear(t["in_features"], t["out_features"], t["scheme"], t["group_size"], bias=False,
+                                kernel="dequant", device=dev, zero_point=t["zero_point"])
+            emb = QuantEmbedding(table, tied=False, dtype=dtype, padding_idx=spec["padding_idx"])
+        _set_child(module, name, emb)
     state = st.load_file(str(Path(path) / WEIGHTS), device=str(dev))
     for alias, owner in manifest.get("aliases", {}).items():
         state[alias] = state[owner]
     module.load_state_dict(state, strict=True)
-    if hasattr(module, "tie_weights"):
+    if hasattr(module, "tie_weights") and not embeddings:  # quantized embeddings are tied by construction
         module.tie_weights()
     return module
 

@@ -3,7 +3,8 @@
 Its slow path (unpack → dequantize → `F.linear`) works for every scheme on every device and is the
 oracle the fast paths are tested against. On CPU, int8 and int4 use PyTorch's own weight-only kernels
 (`aten::_weight_int8pack_mm`, `aten::_weight_int4pack_mm_for_cpu`, the ones optimum-quanto dispatches to)
-in bfloat16, casting activations in and out, so a float32 model keeps its float32 interfaces.
+in bfloat16, casting activations in and out, so a float32 model keeps its float32 interfaces; int3, int2,
+ternary and int1 use `cpu_kernels` (packed bytes decoded in registers), else a PyTorch lookup path.
 
 State dicts always hold the portable layout (`qweight` packed as in `packing`, `scale` (N, G) bfloat16,
 for asymmetric int4 `zero` (N, G) bfloat16, optional `bias`); kernel layouts are derived on load, since
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import packing
+from . import cpu_kernels, packing
 from .paretoq import SCHEMES, dequantize_codes, effective_group, padded_k, quantize_codes, quantize_int4_asym
 
 logger = logging.getLogger(__name__)
@@ -57,13 +58,15 @@ class QuantLinear(nn.Module):
         n_groups = self.k_padded // self.group
         cols = packing.packed_cols(self.k_padded, self.spec.width)
         dt = torch.int8 if scheme == "int8" else torch.uint8
+        self.packed_shape = (out_features, cols)
         self.register_buffer("qweight", torch.zeros(out_features, cols, dtype=dt, device=device))
         self.register_buffer("scale", torch.ones(out_features, n_groups, dtype=torch.bfloat16, device=device))
         self.register_buffer("zero", torch.zeros(out_features, n_groups, dtype=torch.bfloat16, device=device)
                              if zero_point else None)
         self.register_buffer("bias", torch.zeros(out_features, device=device) if bias else None)
-        self._kweight: torch.Tensor | None = None  # kernel layout (int4), replaces qweight in memory
+        self._kweight: torch.Tensor | None = None  # kernel layout (int4, ternary), replaces qweight in memory
         self._kscale: torch.Tensor | None = None
+        self._lowbit: cpu_kernels.LowBitGemv | None = None
 
     # ---- construction ------------------------------------------------------------------------------------
     @classmethod
@@ -92,17 +95,19 @@ class QuantLinear(nn.Module):
     def set_packed(self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None,
                    zero: torch.Tensor | None = None) -> None:
         """Install portable packed weights, then pick the fastest kernel these shapes and this device allow."""
-        if tuple(qweight.shape) != tuple(self.qweight.shape) and self.qweight.numel():
-            raise ValueError(f"packed weight shape {tuple(qweight.shape)} != {tuple(self.qweight.shape)}")
+        if tuple(qweight.shape) != self.packed_shape:
+            raise ValueError(f"packed weight shape {tuple(qweight.shape)} != {self.packed_shape}")
         if (zero is None) != (self.zero is None):
             raise ValueError("zero points given to a symmetric layer or missing for an asymmetric one")
-        self.qweight = qweight.contiguous()
-        self.scale = scale.to(torch.bfloat16).contiguous()
+        # fresh copies: tensors read from a safetensors file can sit at unaligned offsets of its mapping,
+        # which the ATen int8 kernel does not survive (segfault); torch's allocator aligns to 64 bytes
+        self.qweight = qweight.clone(memory_format=torch.contiguous_format)
+        self.scale = scale.to(torch.bfloat16).clone(memory_format=torch.contiguous_format)
         if zero is not None:
-            self.zero = zero.to(torch.bfloat16).contiguous()
+            self.zero = zero.to(torch.bfloat16).clone(memory_format=torch.contiguous_format)
         if bias is not None:
             self.bias = bias.to(self.qweight.device, torch.float32)
-        self._kweight = self._kscale = None
+        self._kweight = self._kscale = self._lowbit = None
         self.kernel = "dequant"
         self._select_kernel()
 
@@ -115,7 +120,25 @@ class QuantLinear(nn.Module):
         elif self.scheme == "int4" and self.group in _INT4_GROUPS:
             self._try("int4_cpu", self._prepare_int4)
         if self.kernel == "dequant" and self.scheme != "int8":
+            self._try("lowbit", self._prepare_lowbit)
+        if self.kernel == "dequant" and self.scheme not in ("int8", "int3"):
             self._try("lut", self._prepare_lut)
+
+    def _prepare_lowbit(self) -> None:
+        """The C kernel reads our packed rows when groups start on byte boundaries; ternary is re-packed as
+        2-bit codes for it (1.6 bits a weight on disk, 2 in memory: base-3 bytes do not decode with shifts)."""
+        width, groups = self.spec.width, self.scale.shape[1]
+        per = 8 if width == 3 else 4 if width == "ternary" else packing.PER_BYTE[width]
+        if groups > 1 and self.group % per:
+            raise NotImplementedError(f"group {self.group} does not start on a byte for {self.scheme}")
+        weight, bits = self.qweight, width
+        if width == "ternary":
+            weight, bits = packing.pack_int2(packing.unpack_ternary(self.qweight, self.k_padded)), 2
+        self._lowbit = cpu_kernels.LowBitGemv(bits, weight, self.scale, self.zero, self.in_features, self.group,
+                                              self.spec.offset)
+        if width == "ternary":
+            self._kweight = weight
+            self.qweight = self.qweight.new_empty(0)
 
     def _prepare_lut(self) -> None:
         """Small-batch path without a kernel: bytes → values by one gather in bfloat16, then a GEMV."""
@@ -129,25 +152,45 @@ class QuantLinear(nn.Module):
             w = w + self.zero.to(self.compute_dtype).unsqueeze(-1)
         return w.view(n, -1)[:, : self.in_features]
 
+    #: rows the kernel self-check compares (all of a small layer; a sample of a large one such as the LM head,
+    #: whose float32 reference alone would take 0.5 GB)
+    PROBE_ROWS = 512
+
     def _try(self, name: str, prepare: Any) -> None:
         try:
             probe = torch.randn(1, self.in_features, generator=torch.Generator().manual_seed(0))
-            want = self.forward_reference(probe)
+            rows = torch.linspace(0, self.out_features - 1, min(self.out_features, self.PROBE_ROWS)).long()
+            rows = torch.unique(rows)
+            want = F.linear(probe, self.dequantize(torch.float32, rows=rows),
+                            None if self.bias is None else self.bias[rows])
             prepare()
             self.kernel = name
-            got = self._kernel_forward(probe)
-            tol = 2e-2 * float(want.abs().max()) + 1e-6  # bfloat16 activations in the kernel
+            got = self._kernel_forward(probe)[:, rows]
+            tol = 2e-2 * float(want.abs().max()) + 1e-6  # bfloat16 / int8-rounded activations in the kernels
             if not torch.allclose(got, want, rtol=2e-2, atol=tol):  # never trust a fast path blindly
                 raise RuntimeError(f"kernel disagrees with the reference by {float((got - want).abs().max()):.3g}")
-        except (RuntimeError, NotImplementedError) as err:  # shapes/CPU the kernel does not take
+        except NotImplementedError as err:  # shapes/CPU the kernel does not take
             logger.debug("%s kernel unavailable for %dx%d: %s", name, self.out_features, self.in_features, err)
-            self.kernel = "dequant"
-            if self._kweight is not None and not self.qweight.numel():
-                self.qweight = self._unpacked_portable()
-            self._kweight = self._kscale = None
+            self._fall_back()
+        except RuntimeError as err:  # includes a kernel that disagrees, or no memory to prepare it
+            logger.info("%s kernel refused for %dx%d (%s): using the slower path", name, self.out_features,
+                        self.in_features, err)
+            self._fall_back()
+
+    def _fall_back(self) -> None:
+        if self._kweight is not None and not self.qweight.numel():
+            self.qweight = self._unpacked_portable()
+        self.kernel = "dequant"
+        self._kweight = self._kscale = self._lowbit = None
 
     def _prepare_int8(self) -> None:
+        """`_weight_int8pack_mm` (torch 2.13, AVX-512) reads out of bounds when K is not a multiple of 16: garbage
+        or a segfault for batches > 1 (K = 200 here). Hold the weight with zero columns up to a multiple of 16
+        (the only copy: `codes`/`portable_qweight` slice them off) and pad the activations to match."""
         self._kscale = self.scale.reshape(-1).to(self.compute_dtype)
+        pad = -self.in_features % 16
+        if pad:
+            self.qweight = F.pad(self.qweight, (0, pad))
 
     def _prepare_int4(self) -> None:
         n = self.out_features
@@ -169,22 +212,32 @@ class QuantLinear(nn.Module):
             raise NotImplementedError("unknown CPU int4 layout")
 
     def _unpacked_portable(self) -> torch.Tensor:
-        codes = packing.from_cpu_int4_kernel(self._kweight, self._n_pad, self.k_padded)[: self.out_features]
-        return packing.pack_int4(codes)
+        return packing.pack(self.codes(), self.spec.width)
 
     # ---- weights -----------------------------------------------------------------------------------------
     def portable_qweight(self) -> torch.Tensor:
-        return self._unpacked_portable() if self.kernel == "int4_cpu" else self.qweight
+        if self._kweight is not None:
+            return self._unpacked_portable()
+        if self.qweight.shape[1] != self.packed_shape[1]:  # int8 held with padded columns
+            return self.qweight[:, : self.packed_shape[1]].contiguous()
+        return self.qweight
 
-    def codes(self) -> torch.Tensor:
-        """Unsigned integer codes (N, Kp)."""
-        if self.kernel == "int4_cpu":
-            return packing.from_cpu_int4_kernel(self._kweight, self._n_pad, self.k_padded)[: self.out_features]
-        return packing.unpack(self.qweight, self.spec.width, self.k_padded)
+    def codes(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Unsigned integer codes (N, Kp), or only those of `rows` (1-D indices) without decoding the rest."""
+        if self._kweight is not None and self.spec.width == "ternary":  # the kernel's 2-bit layout
+            return packing.unpack_int2(self._kweight if rows is None else self._kweight[rows], self.k_padded)
+        if self._kweight is not None:
+            if rows is None:
+                return packing.from_cpu_int4_kernel(self._kweight, self._n_pad, self.k_padded)[: self.out_features]
+            return packing.rows_from_cpu_int4_kernel(self._kweight, self._n_pad, self.k_padded, rows)
+        q = self.qweight if rows is None else self.qweight[rows]
+        return packing.unpack(q, self.spec.width, self.k_padded)
 
-    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The float weight (N, K) these codes stand for (the reference path)."""
-        return dequantize_codes(self.codes(), self.scale, self.scheme, dtype, zero=self.zero)[:, : self.in_features]
+    def dequantize(self, dtype: torch.dtype = torch.float32, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The float weight (N, K) these codes stand for (the reference path); only `rows` if given."""
+        scale = self.scale if rows is None else self.scale[rows]
+        zero = self.zero if rows is None or self.zero is None else self.zero[rows]
+        return dequantize_codes(self.codes(rows), scale, self.scheme, dtype, zero=zero)[:, : self.in_features]
 
     # ---- forward -----------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -202,7 +255,11 @@ class QuantLinear(nn.Module):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).to(self.compute_dtype)
         if self.kernel == "int8_cpu":
+            if self.qweight.shape[1] != self.in_features:
+                x2 = F.pad(x2, (0, self.qweight.shape[1] - self.in_features))
             y = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), self.qweight, self._kscale)
+        elif self.kernel == "lowbit":  # takes float activations as they are (no bfloat16 rounding)
+            y = self._lowbit(x.reshape(-1, shape[-1]))
         elif self.kernel == "lut":
             y = F.linear(x2, self._lut_weight())
         else:
@@ -219,7 +276,8 @@ class QuantLinear(nn.Module):
     # ---- bookkeeping -------------------------------------------------------------------------------------
     def weight_bytes(self) -> int:
         """Bytes held for this layer's weights, scales and bias as it sits in memory."""
-        tensors = [self.qweight, self.scale, self.zero, self.bias, self._kweight, self._kscale if self.kernel == "int4_cpu" else None]
+        tensors = [self.qweight, self.scale, self.zero, self.bias, self._kweight,
+                   self._kscale if self.kernel == "int4_cpu" else None]
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:

@@ -1,4 +1,5 @@
-"""Bit packing of integer weight codes: int8, int4 (2 per byte), int2 (4 per byte), ternary (5 per byte).
+"""Bit packing of integer weight codes: int8, int4 (2 per byte), int3 (bit-sliced: a 2-bit plane and a 1-bit
+plane), int2 (4 per byte), ternary (5 per byte), int1 (8 per byte).
 
 Codes are unsigned (`0..2**bits-1`, ternary `0..2`); the signed value they stand for is decided by the
 scheme (see `paretoq.SCHEMES`). Everything here is pure PyTorch, so it is also the reference the fast
@@ -12,9 +13,9 @@ from functools import lru_cache
 import torch
 
 #: codes per byte for each storage width
-PER_BYTE = {8: 1, 4: 2, 2: 4, "ternary": 5}
+PER_BYTE = {8: 1, 4: 2, 2: 4, "ternary": 5, 1: 8}
 #: bits one weight costs in storage
-BITS_PER_WEIGHT = {8: 8.0, 4: 4.0, 2: 2.0, "ternary": 8.0 / 5.0}
+BITS_PER_WEIGHT = {8: 8.0, 4: 4.0, 3: 3.0, 2: 2.0, "ternary": 8.0 / 5.0, 1: 1.0}
 
 
 def _check(codes: torch.Tensor, levels: int) -> None:
@@ -67,6 +68,37 @@ def unpack_int2(packed: torch.Tensor, k: int) -> torch.Tensor:
     return out[:, :k]
 
 
+def pack_int1(codes: torch.Tensor) -> torch.Tensor:
+    """(N, K) codes in 0..1 → (N, ceil(K/8)) uint8; column 8j+i in bit i."""
+    _check(codes, 2)
+    c = _pad_cols(codes.to(torch.uint8), 8)
+    out = c[:, 0::8].clone()
+    for i in range(1, 8):
+        out |= c[:, i::8] << i
+    return out.contiguous()
+
+
+def unpack_int1(packed: torch.Tensor, k: int) -> torch.Tensor:
+    p = packed.to(torch.uint8)
+    out = torch.stack([(p >> i) & 1 for i in range(8)], dim=-1).reshape(p.shape[0], -1)
+    return out[:, :k]
+
+
+def pack_int3(codes: torch.Tensor) -> torch.Tensor:
+    """(N, K) codes in 0..7 → (N, ceil(K/4) + ceil(K/8)) uint8, bit-sliced: the low two bits packed as int2,
+    then the high bit packed as int1. Two power-of-two planes decode with shifts only (no 3-bit straddling)."""
+    _check(codes, 8)
+    c = codes.to(torch.uint8)
+    return torch.cat((pack_int2(c & 3), pack_int1(c >> 2)), dim=1).contiguous()
+
+
+def unpack_int3(packed: torch.Tensor, k: int) -> torch.Tensor:
+    lo_cols = -(-k // 4)
+    lo = unpack_int2(packed[:, :lo_cols], k)
+    hi = unpack_int1(packed[:, lo_cols:], k)
+    return lo | (hi << 2)
+
+
 _POW3 = (1, 3, 9, 27, 81)
 
 
@@ -91,12 +123,12 @@ def unpack_ternary(packed: torch.Tensor, k: int) -> torch.Tensor:
     return out[:, :k]
 
 
-_PACK = {8: pack_int8, 4: pack_int4, 2: pack_int2, "ternary": pack_ternary}
-_UNPACK = {8: unpack_int8, 4: unpack_int4, 2: unpack_int2, "ternary": unpack_ternary}
+_PACK = {8: pack_int8, 4: pack_int4, 3: pack_int3, 2: pack_int2, "ternary": pack_ternary, 1: pack_int1}
+_UNPACK = {8: unpack_int8, 4: unpack_int4, 3: unpack_int3, 2: unpack_int2, "ternary": unpack_ternary, 1: unpack_int1}
 
 
 def pack(codes: torch.Tensor, width: int | str) -> torch.Tensor:
-    """Pack codes of storage width 8, 4, 2 or "ternary"."""
+    """Pack codes of storage width 8, 4, 3, 2, "ternary" or 1."""
     return _PACK[width](codes)
 
 
@@ -115,12 +147,16 @@ def byte_table(width: int | str) -> torch.Tensor:
         cols = [(b >> (2 * i)) & 3 for i in range(4)]
     elif width == "ternary":
         cols = [(b // p) % 3 for p in _POW3]
+    elif width == 1:
+        cols = [(b >> i) & 1 for i in range(8)]
     else:
         raise ValueError(f"no byte table for width {width!r}")
     return torch.stack(cols, dim=-1).to(torch.uint8)
 
 
 def packed_cols(k: int, width: int | str) -> int:
+    if width == 3:
+        return -(-k // 4) + -(-k // 8)
     per = PER_BYTE[width]
     return -(-k // per)
 
@@ -162,3 +198,18 @@ def from_cpu_int4_kernel(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
     p = packed.reshape(n // block, k, block // 2).permute(0, 2, 1)  # (nb, block/2, k)
     lo, hi = p & 0x0F, p >> 4
     return torch.cat((lo, hi), dim=1).reshape(n, k)
+
+
+def rows_from_cpu_int4_kernel(packed: torch.Tensor, n: int, k: int, rows: torch.Tensor) -> torch.Tensor:
+    """Codes (len(rows), K) of some rows of the CPU kernel layout, decoding only their row blocks (embedding
+    lookups through a tied, int4-quantized LM head)."""
+    block = cpu_int4_kernel_block()
+    if block is None or n % block:
+        raise NotImplementedError("cannot invert the CPU int4 kernel layout here")
+    rows = rows.reshape(-1).long()
+    p = packed.reshape(n // block, k, block // 2)[rows // block]  # (R, k, block/2)
+    half = block // 2
+    within = rows % block
+    col = (within % half).view(-1, 1, 1).expand(-1, k, 1)
+    byte = p.gather(2, col).squeeze(-1)  # (R, k)
+    return torch.where((within < half).view(-1, 1), byte & 0x0F, byte >> 4)

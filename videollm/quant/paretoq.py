@@ -3,8 +3,15 @@
 * ≤2-bit (`int2`, `ternary`): the stretched elastic quantizer (SEQ). Levels are spread evenly inside
   [-alpha, alpha] with no level at the clip boundary: 2-bit → {±0.25, ±0.75}·alpha (no zero), ternary →
   {-2/3, 0, 2/3}·alpha. Alpha starts at max|w|.
-* 3–4-bit and 8-bit (`int4`, `int8`): learned step size (LSQ), q = clamp(round(w/alpha), -2^(b-1), 2^(b-1)-1),
-  alpha starting at max|w| / (2^(b-1)-1).
+* 3–4-bit and 8-bit (`int3`, `int4`, `int8`): learned step size (LSQ), q = clamp(round(w/alpha), -2^(b-1),
+  2^(b-1)-1), alpha starting at max|w| / (2^(b-1)-1).
+* 1-bit (`int1`, binary): ParetoQ's sign quantizer, value = sign(w)·alpha with alpha starting at mean|w|
+  (the least-squares scale for fixed signs). Packed codes cannot hold sign(0) = 0: an exact zero weight
+  becomes +alpha once packed (the fake-quant keeps ParetoQ's 0).
+
+The learned-scale gradient is accumulated in float32 whatever the weights' dtype: ParetoQ builds its
+clip masks with `.float()`, so in bfloat16 training the products and the sum are float32 and only the
+final gradient is rounded to the parameter's dtype; doing the sum in bfloat16 gave about twice the error.
 
 Both pass gradients straight through to the weights inside the clip range (STE) and give alpha LSQ's
 gradient scaled by 1/sqrt(numel·Qp). Alpha is per output channel (ParetoQ) or, with `group_size`, per
@@ -44,8 +51,10 @@ class SchemeSpec:
 SCHEMES: dict[str, SchemeSpec] = {
     "int8": SchemeSpec("int8", 8, 8, 256, 0.0, 1.0, "lsq"),  # codes are signed int8 themselves (offset 0)
     "int4": SchemeSpec("int4", 4, 4, 16, 8.0, 1.0, "lsq"),
+    "int3": SchemeSpec("int3", 3, 3, 8, 4.0, 1.0, "lsq"),
     "int2": SchemeSpec("int2", 2, 2, 4, 1.5, 0.5, "seq"),
     "ternary": SchemeSpec("ternary", 0, "ternary", 3, 1.0, 2.0 / 3.0, "seq"),
+    "int1": SchemeSpec("int1", 1, 1, 2, 0.5, 2.0, "sign"),  # codes 0/1 → -alpha/+alpha
 }
 
 SEQ_CLIP = 0.99
@@ -77,10 +86,10 @@ class LsqQuant(torch.autograd.Function):
         w, alpha = ctx.saved_tensors
         qn, qp, gs = ctx.other
         x = w / alpha
-        small, big = (x < qn).to(g.dtype), (x > qp).to(g.dtype)
+        small, big = (x < qn).float(), (x > qp).float()  # float32 masks: the sum below runs in float32
         mid = 1.0 - small - big
         grad_alpha = ((small * qn + big * qp + mid * (torch.round(x) - x)) * g * gs).sum(-1, keepdim=True)
-        return mid * g, grad_alpha.reshape(alpha.shape), None
+        return (mid * g).to(g.dtype), grad_alpha.reshape(alpha.shape).to(alpha.dtype), None
 
 
 class StretchedElasticQuant(torch.autograd.Function):
@@ -101,11 +110,33 @@ class StretchedElasticQuant(torch.autograd.Function):
         n_levels, shift, gs = ctx.other
         x = w / alpha
         q = (torch.round(torch.clamp(x, -SEQ_CLIP, SEQ_CLIP) * n_levels - shift) + shift) / n_levels
-        small, big = (x < -SEQ_CLIP).to(g.dtype), (x > SEQ_CLIP).to(g.dtype)
+        small, big = (x < -SEQ_CLIP).float(), (x > SEQ_CLIP).float()  # float32, as ParetoQ
         mid = 1.0 - small - big
         qp_ = (n_levels - shift) / n_levels
         grad_alpha = ((small * -qp_ + big * qp_ + mid * (q - x)) * g * gs).sum(-1, keepdim=True)
-        return mid * g, grad_alpha.reshape(alpha.shape), None
+        return (mid * g).to(g.dtype), grad_alpha.reshape(alpha.shape).to(alpha.dtype), None
+
+
+class SignQuant(torch.autograd.Function):
+    """Binary fake-quant (ParetoQ's `LsqBinaryTernaryExtension` with 1 bit): sign(w)·alpha.
+
+    Weights pass straight through inside |w| ≤ alpha; alpha's gradient is sum(sign(w)·g)/sqrt(numel).
+    """
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tensor:  # type: ignore[override]
+        alpha = torch.where(alpha > _ALPHA_MIN, alpha, torch.full_like(alpha, _ALPHA_MIN))
+        ctx.save_for_backward(w, alpha)
+        ctx.gs = _grad_scale(w, 1)
+        return w.sign() * alpha
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+        w, alpha = ctx.saved_tensors
+        x = w / alpha
+        mid = 1.0 - (x < -1).float() - (x > 1).float()
+        grad_alpha = (w.sign() * g * ctx.gs).sum(-1, keepdim=True)  # ParetoQ's 1-bit branch: in g's dtype
+        return (mid * g).to(g.dtype), grad_alpha.reshape(alpha.shape).to(alpha.dtype), None
 
 
 # ---- grouping --------------------------------------------------------------------------------------------
@@ -134,6 +165,8 @@ def init_alpha(w: torch.Tensor, scheme: str, group_size: int | None = None) -> t
     """ParetoQ's alpha initialisation over each row (or group): (N, K/g, 1)."""
     spec = SCHEMES[scheme]
     wg = grouped(w.detach().float(), effective_group(w.shape[1], group_size))
+    if spec.quantizer == "sign":
+        return wg.abs().mean(dim=-1, keepdim=True).clamp_min(_ALPHA_MIN)
     amax = wg.abs().amax(dim=-1, keepdim=True)
     if spec.quantizer == "seq":
         alpha = amax
@@ -147,13 +180,15 @@ def fake_quant(w: torch.Tensor, alpha: torch.Tensor, scheme: str, group_size: in
     spec = SCHEMES[scheme]
     n, k = w.shape
     wg = grouped(w, effective_group(k, group_size))
-    fn = StretchedElasticQuant if spec.quantizer == "seq" else LsqQuant
+    fn = {"seq": StretchedElasticQuant, "sign": SignQuant}.get(spec.quantizer, LsqQuant)
     out = fn.apply(wg, alpha.to(wg.dtype), spec.bits)
     return out.reshape(n, -1)[:, :k]
 
 
 def _codes(wg: torch.Tensor, a: torch.Tensor, spec: SchemeSpec) -> torch.Tensor:
     """Unsigned codes (as floats) of grouped weights for alpha `a`."""
+    if spec.quantizer == "sign":
+        return (wg >= 0).to(wg.dtype)  # sign(0) → +1: two codes cannot hold ParetoQ's 0
     if spec.quantizer == "seq":
         n_levels, shift = _seq_levels(spec.bits)
         r = torch.round(torch.clamp(wg / a, -SEQ_CLIP, SEQ_CLIP) * n_levels - shift)  # SEQ's integer grid
@@ -176,7 +211,7 @@ def mse_alpha(w: torch.Tensor, scheme: str, group_size: int | None = None, rows_
     """
     spec = SCHEMES[scheme]
     base = init_alpha(w, scheme, group_size)
-    if scheme == "int8":
+    if scheme in ("int8", "int1"):  # int1: mean|w| is already the least-squares scale for the signs
         return base
     group = effective_group(w.shape[1], group_size)
     out = torch.empty_like(base)

@@ -119,6 +119,7 @@ class QuantReport:
     model: str
     llm_scheme: str = "none"
     vision_scheme: str = "none"
+    head_scheme: str = "none"  # LM head + embeddings
     group_size: int | None = None
     backend: str = "auto"
     llm_bytes_before: int = 0
@@ -127,6 +128,9 @@ class QuantReport:
     vision_bytes_after: int = 0
     mean_kl: float | None = None  # nats, KL(float || quantized) of next-token distributions
     top1_agreement: float | None = None
+    # the same with the LM head/embeddings still float: the difference is what quantizing the head costs
+    mean_kl_float_head: float | None = None
+    top1_float_head: float | None = None
     positions: int = 0
     vision_cosine: float | None = None  # mean cosine similarity of vision features vs float
     layers: list[dict[str, Any]] = field(default_factory=list)
@@ -139,7 +143,7 @@ class QuantReport:
 
     def summary(self) -> str:
         mb = lambda b: f"{b / 2**20:.2f} MiB"
-        lines = [(f"model: {self.model}  llm={self.llm_scheme} vision={self.vision_scheme} "
+        lines = [(f"model: {self.model}  llm={self.llm_scheme} head={self.head_scheme} vision={self.vision_scheme} "
                   f"group={self.group_size} backend={self.backend}"),
                  f"LLM weights:    {mb(self.llm_bytes_before)} → {mb(self.llm_bytes_after)}"]
         if self.vision_bytes_before:
@@ -147,6 +151,11 @@ class QuantReport:
         if self.mean_kl is not None:
             lines.append(f"vs float on {self.positions} prompt positions: mean KL {self.mean_kl:.5f} nats, "
                          f"top-1 agreement {self.top1_agreement:.1%}")
+        if self.mean_kl_float_head is not None:
+            d_kl = self.mean_kl - self.mean_kl_float_head
+            lines.append(f"  of which the LM head ({self.head_scheme}): KL {d_kl:+.5f}"
+                         f" nats, top-1 {self.top1_agreement - self.top1_float_head:+.1%} (float head: KL "
+                         f"{self.mean_kl_float_head:.5f}, top-1 {self.top1_float_head:.1%})")
         if self.vision_cosine is not None:
             lines.append(f"vision features vs float: mean cosine {self.vision_cosine:.5f}")
         counts: dict[tuple[str, str], int] = {}
@@ -164,36 +173,53 @@ def _vision_features(backbone: Any) -> torch.Tensor:
 def quantize_backbone_with_report(backbone: Any, llm: str = "none", vision: str = "none",
                                   group_size: int | None = 128, backend: str = "auto",
                                   prompts: Sequence[str] | None = PROMPTS,
-                                  symmetric: bool | None = None) -> QuantReport:
-    """Quantize in place and measure against the float model (reference outputs are taken first)."""
-    from .api import backbone_parts, quantize_backbone
+                                  symmetric: bool | None = None, head: str = "auto") -> QuantReport:
+    """Quantize in place and measure against the float model (reference outputs are taken first).
+
+    The LLM error is measured twice when the head is quantized: with the head still float, then with it
+    quantized, so the report shows what the head costs on its own.
+    """
+    from .api import backbone_parts, quantize_backbone, quantize_head, resolve_head
 
     lm, vt = backbone_parts(backbone)
-    head = backbone.model.lm_head
+    model = backbone.model
+    head_scheme = resolve_head(head, llm)
     rep = QuantReport(model=backbone.name, llm_scheme=llm, vision_scheme=vision, group_size=group_size,
                       backend=backend)
-    rep.llm_bytes_before = module_bytes(nn.ModuleList([lm, head]))
+    rep.llm_bytes_before = module_bytes(nn.ModuleList([lm, model.lm_head]))
     rep.vision_bytes_before = module_bytes(vt)
     fn = backbone_logits_fn(backbone)
-    ref = reference_logprobs(fn, backbone.tokenizer, prompts) if prompts and llm != "none" else None
+    measure = bool(prompts) and (llm != "none" or head_scheme != "none")
+    ref = reference_logprobs(fn, backbone.tokenizer, prompts) if measure else None
     ref_v = _vision_features(backbone) if vision != "none" else None
-    quantize_backbone(backbone, llm=llm, vision=vision, group_size=group_size, backend=backend, symmetric=symmetric)
-    rep.llm_bytes_after = module_bytes(nn.ModuleList([lm, head]))
+    done = quantize_backbone(backbone, llm=llm, vision=vision, group_size=group_size, backend=backend,
+                             symmetric=symmetric, head="none")
+    if head_scheme != "none":
+        if ref is not None:
+            rep.mean_kl_float_head, rep.top1_float_head, _ = compare_logprobs(
+                ref, reference_logprobs(fn, backbone.tokenizer, prompts))
+        if quantize_head(model, head_scheme, group_size, backend, symmetric):
+            rep.head_scheme = done.head = head_scheme
+        else:
+            rep.mean_kl_float_head = rep.top1_float_head = None
+    rep.llm_bytes_after = module_bytes(nn.ModuleList([lm, model.lm_head]))
     rep.vision_bytes_after = module_bytes(vt)
     if ref is not None:
         rep.mean_kl, rep.top1_agreement, rep.positions = compare_logprobs(ref, reference_logprobs(fn, backbone.tokenizer,
                                                                                                   prompts))
     if ref_v is not None:
         rep.vision_cosine = float(torch.nn.functional.cosine_similarity(ref_v, _vision_features(backbone), -1).mean())
-    rep.layers = layer_table(lm, "language_model.") + layer_table(vt, "vision_tower.")
+    rep.layers = (layer_table(lm, "language_model.") + layer_table(model.lm_head, "lm_head")
+                  + layer_table(vt, "vision_tower."))
     return rep
 
 
 def quantize_causal_lm_with_report(model: nn.Module, tokenizer: Any, scheme: str, group_size: int | None = 128,
                                    backend: str = "auto", prompts: Sequence[str] = PROMPTS,
-                                   name: str = "causal-lm", symmetric: bool | None = None) -> QuantReport:
-    """The same for a plain causal LM (e.g. a GGUF checkpoint): every linear layer except `lm_head`."""
-    from .api import quantize_
+                                   name: str = "causal-lm", symmetric: bool | None = None,
+                                   head: str = "auto") -> QuantReport:
+    """The same for a plain causal LM (e.g. a GGUF checkpoint): every linear layer, then head + embeddings."""
+    from .api import quantize_, quantize_head, resolve_head
     from .config import config_for
 
     rep = QuantReport(model=name, llm_scheme=scheme, group_size=group_size, backend=backend)
@@ -203,6 +229,14 @@ def quantize_causal_lm_with_report(model: nn.Module, tokenizer: Any, scheme: str
     cfg = config_for(scheme, group_size, backend, symmetric)
     if cfg is not None:
         quantize_(model, cfg, filter_fn=lambda m, n: not n.endswith("lm_head"))
+    head_scheme = resolve_head(head, scheme)
+    if head_scheme != "none":
+        rep.mean_kl_float_head, rep.top1_float_head, _ = compare_logprobs(ref,
+                                                                          reference_logprobs(fn, tokenizer, prompts))
+        if quantize_head(model, head_scheme, group_size, backend, symmetric):
+            rep.head_scheme = head_scheme
+        else:
+            rep.mean_kl_float_head = rep.top1_float_head = None
     rep.llm_bytes_after = module_bytes(model)
     rep.mean_kl, rep.top1_agreement, rep.positions = compare_logprobs(ref, reference_logprobs(fn, tokenizer, prompts))
     rep.layers = layer_table(model)

@@ -1,0 +1,187 @@
+"""Fast batch-small CPU GEMV for packed 1/2/3/4-bit and ternary weights (`csrc/lowbit_gemv.c`).
+
+PyTorch has CPU kernels for int8 and int4 weights only; 2-bit and ternary went through a bytes → values
+lookup and a dense GEMV, which reads 16× more bytes than the packed weight and was 3× slower than bf16.
+This kernel decodes the packed bytes in registers instead, so decode reads ~bits/8 bytes per weight. On
+CPUs with AVX-512 VNNI it rounds the activations to int8 per weight group (scale max|x|/127, like
+llama.cpp's Q8 activations) and multiplies with `vpdpbusd`; elsewhere it stays in float. `int8_reference`
+gives the activations that path actually uses, so tests compare it with the reference exactly.
+
+It is plain C compiled once per machine with the system C compiler (`cc -O3 -march=native`, cached under
+`$VIDEOLLM_CACHE/kernels`) and called through ctypes: no torch headers, so it builds in about a second.
+Where no compiler is found or the build fails, `available()` is False and `QuantLinear` keeps its pure
+PyTorch paths; the reference (dequantize + `F.linear`) is the oracle every test compares this against.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("csrc") / "lowbit_gemv.c"
+FLAGS = ("-O3", "-march=native", "-ffast-math", "-fPIC", "-shared", "-std=c99")
+
+
+def _cache_dir() -> Path:
+    if os.environ.get("VIDEOLLM_CACHE"):
+        base = Path(os.environ["VIDEOLLM_CACHE"]).expanduser()
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "videollm"
+    return base / "kernels"
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def _build(cc: str, openmp: bool) -> Path:
+    src = SOURCE.read_bytes()
+    flags = FLAGS + (("-fopenmp",) if openmp else ())
+    cpu = Path("/proc/cpuinfo").read_bytes()[:4096] if Path("/proc/cpuinfo").is_file() else b""
+    key = hashlib.sha256(src + " ".join((cc,) + flags).encode() + cpu).hexdigest()[:16]
+    out = _cache_dir() / f"lowbit_gemv-{key}.so"
+    if out.is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        tmp_so = Path(tmp) / out.name
+        subprocess.run([cc, *flags, str(SOURCE), "-o", str(tmp_so)], check=True, capture_output=True, timeout=120)
+        os.replace(tmp_so, out)  # atomic: concurrent builders never load a half-written file
+    return out
+
+
+@lru_cache(maxsize=1)
+def _library() -> ctypes.CDLL | None:
+    if os.environ.get("VIDEOLLM_NO_CKERNELS"):
+        return None
+    cc = _compiler()
+    if cc is None:
+        logger.info("no C compiler found: low-bit weights use the PyTorch lookup path")
+        return None
+    for openmp in (True, False):
+        try:
+            lib = ctypes.CDLL(str(_build(cc, openmp)))
+        except (OSError, subprocess.SubprocessError) as err:
+            logger.debug("building the low-bit kernel (openmp=%s) failed: %s", openmp, err)
+            continue
+        f = lib.lowbit_gemv
+        p, i, li = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
+        f.argtypes = [i, p, i, i, p, p, p, i, p, p, li, li, p, p, p, i, i, i, i, i, ctypes.c_float, i]
+        f.restype = None
+        lib.lowbit_has_int8_path.restype = ctypes.c_int
+        return lib
+    logger.info("the low-bit C kernel did not build: low-bit weights use the PyTorch lookup path")
+    return None
+
+
+def available() -> bool:
+    """Whether the C kernel is built and loadable here."""
+    return _library() is not None
+
+
+def int8_path() -> bool:
+    """Whether the kernel here rounds activations to int8 (AVX-512 VNNI build) when the layout allows it."""
+    lib = _library()
+    return bool(lib is not None and lib.lowbit_has_int8_path())
+
+
+def int8_reference(x: torch.Tensor, group: int) -> torch.Tensor:
+    """(M, K) activations as the int8 path sees them: per group of `group` columns, round(x / s)·s with
+    s = max|x| / 127 (0 for an all-zero group)."""
+    m, k = x.shape
+    kp = -(-k // group) * group
+    xg = torch.nn.functional.pad(x.float(), (0, kp - k)).view(m, kp // group, group)
+    s = xg.abs().amax(-1, keepdim=True) / 127.0
+    q = torch.where(s > 0, torch.round(xg / torch.where(s > 0, s, torch.ones_like(s))), torch.zeros_like(xg))
+    return (q * s).view(m, kp)[:, :k]
+
+
+def row_planar_index(k: int, group: int, per_byte: int, groups: int) -> tuple[torch.Tensor, int, int]:
+    """(index, gb, rb_pad): column of x for each slot [p][j] of the row-planar layout (K = a zero pad).
+
+    Byte j of a row is byte j % gb of group j // gb and holds columns group·(j // gb) + per_byte·(j % gb) + p.
+    Rows are padded to a multiple of 64 bytes (the int8 path reads whole 64-byte chunks).
+    """
+    gb = -(-group // per_byte)
+    rb = groups * gb
+    rb_pad = -(-rb // 64) * 64
+    j = torch.arange(rb_pad).view(1, -1)
+    p = torch.arange(per_byte).view(-1, 1)
+    within = per_byte * (j % gb) + p
+    col = (j // gb) * group + within
+    ok = (j < rb) & (within < group) & (col < k)
+    return torch.where(ok, col, torch.full_like(col, k)).reshape(-1), gb, rb_pad
+
+
+def lane_groups(groups: int, gb: int, rb_pad: int) -> torch.Tensor | None:
+    """Per 64-byte chunk, the int16 indices that spread a row's bf16 scales onto the 16 int32 lanes (each
+    lane = 4 bytes of one group); None where a lane would straddle two groups or there are > 63 groups."""
+    if groups > 63 or (groups > 1 and gb % 4):
+        return None
+    byte = torch.arange(0, rb_pad, 4)
+    g = torch.where(byte < groups * gb, byte // gb, torch.full_like(byte, 63))
+    idx = torch.stack((torch.full_like(g, 63), g), dim=-1)  # low half of each float: element 63 = 0
+    return idx.reshape(-1).to(torch.int16).contiguous()
+
+
+class LowBitGemv:
+    """One layer's prepared call: packed bytes, bf16 scale bits and the activation permutations.
+
+    bits: 1, 2 or 4 (codes of that width in `weight`'s rows), or 3: int3's bit-sliced rows (a 2-bit plane
+    then a 1-bit plane). Ternary uses bits=2 (codes 0..2; `QuantLinear` re-packs its base-3 bytes).
+    """
+
+    def __init__(self, bits: int, weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
+                 in_features: int, group: int, offset: float):
+        lib = _library()
+        if lib is None:
+            raise NotImplementedError("low-bit C kernel unavailable")
+        self._fn = lib.lowbit_gemv
+        self.bits = bits
+        self.weight = weight.contiguous()
+        self.scale = scale.to(torch.bfloat16).contiguous().view(torch.int16)
+        self.zero = zero.to(torch.bfloat16).contiguous().view(torch.int16) if zero is not None else None
+        self.n, self.groups = scale.shape
+        self.k, self.group, self.offset = in_features, group, float(offset)
+        width = 2 if bits == 3 else bits
+        index, self.gb, self.rb_pad = row_planar_index(in_features, group, 8 // width, self.groups)
+        self.index = index.to(torch.int32).contiguous()
+        self.idx = lane_groups(self.groups, self.gb, self.rb_pad)
+        self.index2, self.gb2, self.rb_pad2, self.hi_off, self.idx2 = None, 0, 0, 0, None
+        if bits == 3:
+            index2, self.gb2, self.rb_pad2 = row_planar_index(in_features, group, 8, self.groups)
+            self.index2 = index2.to(torch.int32).contiguous()
+            self.hi_off = self.groups * self.gb
+            self.idx2 = lane_groups(self.groups, self.gb2, self.rb_pad2)
+            if self.idx2 is None:
+                self.idx = None
+        self.int8_activations = bool(lib.lowbit_has_int8_path()) and self.idx is not None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(M, K) float activations → (M, N) float32 outputs."""
+        x = x.float().contiguous()
+        m = x.shape[0]
+        y = torch.empty(m, self.n, dtype=torch.float32)
+        ptr = lambda t: t.data_ptr() if t is not None else None  # noqa: E731
+        self._fn(self.bits, self.weight.data_ptr(), self.weight.shape[1], self.hi_off, self.scale.data_ptr(),
+                 ptr(self.zero), x.data_ptr(), self.k, self.index.data_ptr(), ptr(self.index2), self.rb_pad,
+                 self.rb_pad2, ptr(self.idx), ptr(self.idx2), y.data_ptr(), m, self.n, self.groups, self.gb, self.gb2,
+                 self.offset, torch.get_num_threads())
+        return y
+
+    def reference_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The activations this call effectively multiplies (int8-rounded on the int8 path)."""
+        return int8_reference(x, self.group) if self.int8_activations else x.float()
