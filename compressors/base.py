@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from videollm.errors import InvalidRequestError
+from videollm.feature_cache import cached_chunks, default_cache, video_key
 from videollm.timing import stage
 from videollm.types import VisualTokens
 from videollm.video import Video
@@ -71,14 +72,25 @@ class TokenCompressor(ABC):
     def iter_frame_tokens(self, video: Video, positions: np.ndarray | None = None
                           ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         """Yield (positions, native tokens (n, rows, cols, D)) chunk by chunk: decode and vision timed apart."""
-        pos_all = np.arange(len(video)) if positions is None else np.asarray(positions)
-        start = 0
-        for batch in timed_chunks(video, self.config.chunk_size, pos_all, "vision"):
-            n = len(batch)
-            with stage("vision"):
-                tokens = self.backbone.frame_tokens(batch.frames)
-            yield pos_all[start : start + n], tokens
-            start += n
+        pos_all = np.arange(len(video)) if positions is None else np.asarray(positions, dtype=np.int64)
+        size = self.config.chunk_size
+
+        def compute(missing: np.ndarray) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+            start = 0
+            for batch in timed_chunks(video, size, missing, "vision"):
+                n = len(batch)
+                with stage("vision"):
+                    tokens = self.backbone.frame_tokens(batch.frames)
+                yield missing[start : start + n], tokens
+                start += n
+
+        # encode once, ask many: the tokens depend on the frames and the model, never on the question; the
+        # decode size, dtype and quantization are in the key because they change the tokens of the same instance
+        bb = self.backbone
+        key = video_key(video, bb, "tokens", extra=(video.info.height, video.info.width, str(getattr(bb, "dtype", "")),
+                                                    repr(getattr(bb, "quantization", None))))
+        yield from cached_chunks(default_cache(), key, pos_all, size, compute,
+                                 device=getattr(self.backbone, "device", None))
 
 
 def timed_chunks(video: Video, chunk_size: int, positions: np.ndarray | None = None, desc: str = "frames"
