@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import queue
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -27,6 +30,7 @@ from videollm.video import Video
 logger = logging.getLogger(__name__)
 
 MAX_BUDGET = 1_000_000
+T = TypeVar("T")
 PROGRESS_MIN_FRAMES = 128  # show a progress bar from this many frames on
 
 
@@ -89,8 +93,14 @@ class TokenCompressor(ABC):
         bb = self.backbone
         key = video_key(video, bb, "tokens", extra=(video.info.height, video.info.width, str(getattr(bb, "dtype", "")),
                                                     repr(getattr(bb, "quantization", None))))
-        yield from cached_chunks(default_cache(), key, pos_all, size, compute,
-                                 device=getattr(self.backbone, "device", None))
+        cache = default_cache()
+        if key is None or not cache.has_any(key, pos_all.tolist()):  # first pass: one stream, decode prefetched
+            for pos, tokens in compute(pos_all):
+                if key is not None:
+                    cache.put(key, pos.tolist(), tokens)
+                yield pos, tokens
+            return
+        yield from cached_chunks(cache, key, pos_all, size, compute, device=getattr(bb, "device", None))
 
 
 def timed_chunks(video: Video, chunk_size: int, positions: np.ndarray | None = None, desc: str = "frames"
@@ -98,14 +108,72 @@ def timed_chunks(video: Video, chunk_size: int, positions: np.ndarray | None = N
     """`video.iter_chunks` with decoding timed under "decode" and a progress bar for long videos."""
     total = len(video) if positions is None else len(positions)
     chunks = video.iter_chunks(chunk_size, positions)
-    with frame_progress(total, desc) as bar:
+    if prefetch_enabled() and total > chunk_size:  # more than one chunk: decode the next during the tower
+        chunks = prefetched(chunks)
+    try:
+        with frame_progress(total, desc) as bar:
+            while True:
+                with stage("decode"):  # with prefetch: only the time spent waiting for the decoder
+                    batch = next(chunks, None)
+                if batch is None:
+                    return
+                yield batch
+                bar.update(len(batch))
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+
+
+def prefetch_enabled() -> bool:
+    """`VIDEOLLM_PREFETCH=0` decodes in the caller's thread (for debugging and for timing decode alone)."""
+    return os.environ.get("VIDEOLLM_PREFETCH", "1") not in ("0", "false", "no", "")
+
+
+def prefetched(items: Iterator[T], depth: int = 1) -> Iterator[T]:
+    """Run `items` in one background thread, at most `depth` items ahead, so decoding overlaps encoding.
+
+    Same items in the same order; an exception in the worker is raised here at the point it happened. Closing
+    the returned generator stops the worker and waits for it, so the decoder is never used after its video is
+    closed. PyAV and decord release the GIL while they decode, so one thread is enough to overlap.
+    """
+    q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for x in items:
+                if not put(("item", x)):
+                    return
+            put(("end", None))
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer, which raises it
+            put(("error", err))
+
+    worker = threading.Thread(target=work, name="videollm-prefetch", daemon=True)
+    worker.start()
+    try:
         while True:
-            with stage("decode"):
-                batch = next(chunks, None)
-            if batch is None:
+            kind, value = q.get()
+            if kind == "end":
                 return
-            yield batch
-            bar.update(len(batch))
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        worker.join()
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
 
 
 def frame_progress(total: int, desc: str) -> Any:

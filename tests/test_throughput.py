@@ -125,3 +125,26 @@ def test_eval_encodes_each_video_once(tiny_pipeline, tower_calls, tmp_path):
     res = run(task, samples, tiny_pipeline, tmp_path / "run", options=RunOptions(progress=False))
     assert sum(tower_calls) == 2 * 8  # one encode per video, not per question
     assert res is not None
+
+
+def test_prefetch_yields_the_same_chunks_and_stops_cleanly(short_video, monkeypatch):
+    from videollm.compressors.base import prefetched, timed_chunks
+    from videollm.video import load_video
+
+    vid = load_video(short_video, SamplingConfig(num_frames=10))
+    monkeypatch.setenv("VIDEOLLM_PREFETCH", "0")
+    plain = [b.frames for b in timed_chunks(vid, 3)]
+    monkeypatch.setenv("VIDEOLLM_PREFETCH", "1")
+    ahead = [b.frames for b in timed_chunks(vid, 3)]
+    assert len(plain) == len(ahead) == 4 and all(torch.equal(a, b) for a, b in zip(plain, ahead))
+    it = timed_chunks(vid, 3)
+    next(it)
+    it.close()  # abandoned after one chunk: the worker is joined before the video closes
+    vid.close()
+
+    def boom():
+        yield 1
+        raise ValueError("decoder broke")
+
+    with pytest.raises(ValueError, match="decoder broke"):
+        list(prefetched(boom()))

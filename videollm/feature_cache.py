@@ -106,6 +106,12 @@ class FeatureCache:
             self.misses += len(positions) - len(found)
             return found
 
+    def has_any(self, key: CacheKey, positions: Sequence[int]) -> bool:
+        """Whether any of `positions` is cached under `key` (no effect on hit counts or recency)."""
+        with self._lock:
+            frames = self._entries.get(key)
+            return frames is not None and any(int(p) in frames for p in positions)
+
     def put(self, key: CacheKey, positions: Sequence[int], values: torch.Tensor) -> None:
         """Store `values[i]` for `positions[i]` (detached, on the CPU so GPU memory is not pinned by the cache)."""
         if not self.enabled:
