@@ -148,3 +148,27 @@ def test_prefetch_yields_the_same_chunks_and_stops_cleanly(short_video, monkeypa
 
     with pytest.raises(ValueError, match="decoder broke"):
         list(prefetched(boom()))
+
+
+@pytest.mark.parametrize("layer", [-1, -2, [-2, -1]])
+def test_trimmed_tower_equals_the_full_forward(tiny_backbone, monkeypatch, layer):
+    """Only the layers the projector reads run (no post-layernorm, no pooling head), bit for bit the same."""
+    frames = torch.randint(0, 255, (3, 40, 56, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(tiny_backbone, "_layer", layer)
+    fast = tiny_backbone.encode_frames(frames)
+    head_calls: list[int] = []
+    monkeypatch.setenv("VIDEOLLM_TOWER_TRIM", "0")
+    full = tiny_backbone.encode_frames(frames)
+    assert fast.shape == full.shape and torch.equal(fast, full)
+    monkeypatch.delenv("VIDEOLLM_TOWER_TRIM")
+    vm = tiny_backbone.model.model.vision_tower
+    vm = getattr(vm, "vision_model", vm)
+    hook = vm.post_layernorm.register_forward_hook(lambda *a: head_calls.append(1))
+    try:
+        tiny_backbone.encode_frames(frames)
+        assert head_calls == []
+        monkeypatch.setenv("VIDEOLLM_TOWER_TRIM", "0")
+        tiny_backbone.encode_frames(frames)
+        assert head_calls == [1]  # the spy does see the full forward
+    finally:
+        hook.remove()
