@@ -64,8 +64,21 @@ def main() -> None:
     for k in ("before", "after"):
         print(f"| {k} ({'cache + prefetch on' if k == 'after' else 'cache off, prefetch off'}) | "
               f"{', '.join(f'{x:.1f}' for x in times[k])} | {qph[k]:.0f} |")
+    for k in ("before", "after"):
+        stages: dict[str, float] = {}
+        for r in _strip_timings(outputs[k]):
+            for name, sec in r.items():
+                if name not in ("wall", "stages_total"):
+                    stages[name] = stages.get(name, 0.0) + sec
+        print(f"{k}, last round, summed stage seconds: " + ", ".join(f"{n} {v:.1f}" for n, v in sorted(stages.items())))
     print(f"ratio after/before: {qph['after'] / qph['before']:.2f}x; identical predictions: "
           f"{_strip(outputs['before']) == _strip(outputs['after'])}")
+
+
+def _strip_timings(lines: list[str]) -> list[dict]:
+    import json
+
+    return [json.loads(x).get("timings") or {} for x in lines]
 
 
 def _strip(lines: list[str]) -> list[dict]:

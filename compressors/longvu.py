@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -29,6 +30,8 @@ from videollm.timing import stage
 from videollm.types import VisualTokens
 from videollm.video import Video
 from videollm.video.sampling import fps_indices
+
+from videollm.feature_cache import cached_chunks, default_cache, video_key
 
 from .base import CompressorConfig, TokenCompressor, pack, spread, timed_chunks
 
@@ -394,9 +397,21 @@ class LongVUCompressor(TokenCompressor):
             keep.append(dedup_window_keep(q @ q.T, p.dino_threshold).cpu())
             window.clear()
 
-        for batch in timed_chunks(video, self.config.dino_batch, desc="DINOv2 dedup"):
+        size = self.config.dino_batch
+
+        def compute(missing: np.ndarray) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+            start = 0
+            for batch in timed_chunks(video, size, missing, desc="DINOv2 dedup"):
+                with stage("dino"):
+                    q = normalize_descriptors(enc(batch.frames))
+                yield missing[start : start + len(q)], q
+                start += len(q)
+
+        # DINOv2 descriptors do not depend on the question: a video's later questions redo only the query step
+        key = video_key(video, enc, "dino", extra=(video.info.height, video.info.width, str(self.backbone.dtype)))
+        for _, q in cached_chunks(default_cache(), key, np.arange(len(video)), size, compute,
+                                  device=self.backbone.device):
             with stage("dino"):
-                q = normalize_descriptors(enc(batch.frames))
                 for row in q:
                     window.append(row[None])
                     if len(window) == p.dedup_window:

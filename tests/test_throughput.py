@@ -172,3 +172,24 @@ def test_trimmed_tower_equals_the_full_forward(tiny_backbone, monkeypatch, layer
         assert head_calls == [1]  # the spy does see the full forward
     finally:
         hook.remove()
+
+
+def test_longvu_second_question_reuses_tower_and_dino(tiny_backbone, short_video, tower_calls, monkeypatch):
+    """Query-aware LongVU: DINOv2 and the tower run once per video; only the query step is redone."""
+    from videollm.compressors import create_compressor
+    from videollm.video import load_video
+
+    comp = create_compressor("longvu", tiny_backbone, dino_pretrained=False, dino_image_size=56, dedup_when="always",
+                             dino_kwargs={"depth": 1, "embed_dim": 32, "num_heads": 2})
+    vid = load_video(short_video, SamplingConfig(num_frames=12))
+    first = comp(vid, query="red ball", budget=64)
+    dino_calls: list[int] = []
+    enc = comp.dino()
+    real = type(enc).__call__
+    monkeypatch.setattr(type(enc), "__call__", lambda self, f: (dino_calls.append(len(f)), real(self, f))[1])
+    tower_before = sum(tower_calls)
+    again = comp(vid, query="red ball", budget=64)
+    other = comp(vid, query="a blue car", budget=64)
+    assert dino_calls == [] and sum(tower_calls) == tower_before
+    assert torch.equal(first.embeds, again.embeds) and other.num_tokens <= 64
+    vid.close()
