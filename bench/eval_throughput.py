@@ -24,6 +24,8 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=16)
     ap.add_argument("--model", default="tiny-random")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--max-new-tokens", type=int, default=4,
+                    help="a multiple-choice answer is a letter; random weights never stop on their own")
     args = ap.parse_args()
 
     from eval_bench import make_fixture
@@ -34,7 +36,10 @@ def main() -> None:
     from videollm.pipeline import VideoQAPipeline
     from videollm.video import SamplingConfig
 
-    pipe = VideoQAPipeline.from_pretrained(args.model, sampling=SamplingConfig(num_frames=args.frames))
+    from videollm.generation import GenerationConfig
+
+    pipe = VideoQAPipeline.from_pretrained(args.model, sampling=SamplingConfig(num_frames=args.frames),
+                                           generation=GenerationConfig(max_new_tokens=args.max_new_tokens))
     cache = default_cache()
     on_bytes = cache.max_bytes
     times: dict[str, list[float]] = {"before": [], "after": []}
@@ -57,7 +62,7 @@ def main() -> None:
     best = {k: min(v) for k, v in times.items()}
     qph = {k: n / v * 3600 for k, v in best.items()}
     print(f"model {args.model}, {args.videos} videos x 3 questions = {n}, {args.frames} frames, "
-          f"best of {args.rounds} interleaved rounds, os.cpu_count()={os.cpu_count()}, "
+          f"max_new_tokens {args.max_new_tokens}, best of {args.rounds} interleaved rounds, os.cpu_count()={os.cpu_count()}, "
           f"load average {os.getloadavg()[0]:.1f}")
     print("| run | seconds (all rounds) | questions/hour (best) |")
     print("|---|---|---|")
