@@ -62,7 +62,8 @@ def main() -> None:
     best = {k: min(v) for k, v in times.items()}
     qph = {k: n / v * 3600 for k, v in best.items()}
     print(f"model {args.model}, {args.videos} videos x 3 questions = {n}, {args.frames} frames, "
-          f"max_new_tokens {args.max_new_tokens}, best of {args.rounds} interleaved rounds, os.cpu_count()={os.cpu_count()}, "
+          f"max_new_tokens {args.max_new_tokens}, best of {args.rounds} interleaved rounds, "
+          f"os.cpu_count()={os.cpu_count()}, "
           f"load average {os.getloadavg()[0]:.1f}")
     print("| run | seconds (all rounds) | questions/hour (best) |")
     print("|---|---|---|")
