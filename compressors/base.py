@@ -11,11 +11,13 @@ import json
 import logging
 import math
 import os
+import queue
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 
 from videollm.backbones.protocols import VideoLanguageModel
 from videollm.errors import InvalidRequestError
+from videollm.feature_cache import cached_chunks, default_cache, video_key
 from videollm.timing import stage
 from videollm.types import VisualTokens
 from videollm.video import Video
@@ -31,6 +34,7 @@ from videollm.video.sampling import uniform_indices
 logger = logging.getLogger(__name__)
 
 MAX_BUDGET = 1_000_000
+T = TypeVar("T")
 PROGRESS_MIN_FRAMES = 128  # show a progress bar from this many frames on
 
 
@@ -96,26 +100,43 @@ class TokenCompressor(ABC):
     def iter_frame_tokens(self, video: Video, positions: np.ndarray | None = None
                           ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         """Yield (positions, native tokens (n, rows, cols, D)) chunk by chunk: decode and vision timed apart."""
-        return self._iter_frames(video, positions, self.backbone.frame_tokens)
+        return self._iter_frames(video, positions, self.backbone.frame_tokens, "tokens")
 
     def iter_frame_features(self, video: Video, positions: np.ndarray | None = None
                             ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         """Yield (positions, pre-projector features (n, h, w, Dv)) chunk by chunk, timed like the tokens
         (STORM's temporal encoder reads these; `backbone.project` maps them to LLM space)."""
-        return self._iter_frames(video, positions, self.backbone.encode_frames)
+        return self._iter_frames(video, positions, self.backbone.encode_frames, "features")
 
-    def _iter_frames(self, video: Video, positions: np.ndarray | None,
-                     fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-        pos_all = np.arange(len(video)) if positions is None else np.asarray(positions)
-        start = 0
-        for batch in timed_chunks(video, self.config.chunk_size, pos_all, "vision"):
-            n = len(batch)
-            with stage("vision"):
-                out = fn(batch.frames)
-            # a frame that did not decode is left out of its batch: the batch says which positions it holds
-            pos = batch.positions.numpy() if batch.positions is not None else pos_all[start : start + n]
-            yield pos, out
-            start += n
+    def _iter_frames(self, video: Video, positions: np.ndarray | None, fn: Callable[[torch.Tensor], torch.Tensor],
+                     kind: str) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        pos_all = np.arange(len(video)) if positions is None else np.asarray(positions, dtype=np.int64)
+        size = self.config.chunk_size
+
+        def compute(missing: np.ndarray) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+            start = 0
+            for batch in timed_chunks(video, size, missing, "vision"):
+                n = len(batch)
+                with stage("vision"):
+                    out = fn(batch.frames)
+                # a frame that did not decode is left out of its batch: the batch says which positions it holds
+                pos = batch.positions.numpy() if batch.positions is not None else missing[start : start + n]
+                yield pos, out
+                start += n
+
+        # encode once, ask many: the features depend on the frames and the model, never on the question; the
+        # decode size, dtype and quantization are in the key because they change the output of the same instance
+        bb = self.backbone
+        key = video_key(video, bb, kind, extra=(video.info.height, video.info.width, str(getattr(bb, "dtype", "")),
+                                                repr(getattr(bb, "quantization", None))))
+        cache = default_cache()
+        if key is None or not cache.has_any(key, pos_all.tolist()):  # first pass: one stream, decode prefetched
+            for pos, out in compute(pos_all):
+                if key is not None:
+                    cache.put(key, pos.tolist(), out)
+                yield pos, out
+            return
+        yield from cached_chunks(cache, key, pos_all, size, compute, device=getattr(bb, "device", None))
 
 
 class WeightedCompressor(TokenCompressor, torch.nn.Module):
@@ -201,14 +222,72 @@ def timed_chunks(video: Video, chunk_size: int, positions: np.ndarray | None = N
     """`video.iter_chunks` with decoding timed under "decode" and a progress bar for long videos."""
     total = len(video) if positions is None else len(positions)
     chunks = video.iter_chunks(chunk_size, positions)
-    with frame_progress(total, desc) as bar:
+    if prefetch_enabled() and total > chunk_size:  # more than one chunk: decode the next during the tower
+        chunks = prefetched(chunks)
+    try:
+        with frame_progress(total, desc) as bar:
+            while True:
+                with stage("decode"):  # with prefetch: only the time spent waiting for the decoder
+                    batch = next(chunks, None)
+                if batch is None:
+                    return
+                yield batch
+                bar.update(len(batch))
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+
+
+def prefetch_enabled() -> bool:
+    """`VIDEOLLM_PREFETCH=0` decodes in the caller's thread (for debugging and for timing decode alone)."""
+    return os.environ.get("VIDEOLLM_PREFETCH", "1") not in ("0", "false", "no", "")
+
+
+def prefetched(items: Iterator[T], depth: int = 1) -> Iterator[T]:
+    """Run `items` in one background thread, at most `depth` items ahead, so decoding overlaps encoding.
+
+    Same items in the same order; an exception in the worker is raised here at the point it happened. Closing
+    the returned generator stops the worker and waits for it, so the decoder is never used after its video is
+    closed. PyAV and decord release the GIL while they decode, so one thread is enough to overlap.
+    """
+    q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for x in items:
+                if not put(("item", x)):
+                    return
+            put(("end", None))
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer, which raises it
+            put(("error", err))
+
+    worker = threading.Thread(target=work, name="videollm-prefetch", daemon=True)
+    worker.start()
+    try:
         while True:
-            with stage("decode"):
-                batch = next(chunks, None)
-            if batch is None:
+            kind, value = q.get()
+            if kind == "end":
                 return
-            yield batch
-            bar.update(len(batch))
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        worker.join()
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
 
 
 def frame_progress(total: int, desc: str) -> Any:

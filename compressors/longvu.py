@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -31,6 +31,8 @@ from videollm.timing import stage
 from videollm.types import VisualTokens
 from videollm.video import Video
 from videollm.video.sampling import SamplingConfig, plan_indices
+
+from videollm.feature_cache import cached_chunks, default_cache, video_key
 
 from . import COMPRESSORS
 from .base import CompressorConfig, TokenCompressor, pack, spread, timed_chunks
@@ -467,12 +469,25 @@ class LongVUCompressor(TokenCompressor):
             keep.append(dedup_window_keep(q @ q.T, p.dino_threshold).cpu())
             window.clear()
 
+        size = self.config.dino_batch
+
+        def compute(missing: np.ndarray) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+            start = 0
+            for batch in timed_chunks(video, size, missing, desc="DINOv2 dedup"):
+                # a frame that did not decode is left out of its batch: the batch says which positions it holds
+                pos = batch.positions.numpy() if batch.positions is not None else missing[start : start + len(batch)]
+                with stage("dino"):
+                    q = normalize_descriptors(enc(batch.frames))
+                yield pos, q
+                start += len(batch)
+
+        # DINOv2 descriptors do not depend on the question: a video's later questions redo only the query step
+        key = video_key(video, enc, "dino", extra=(video.info.height, video.info.width, str(self.backbone.dtype)))
         decoded: list[np.ndarray] = []
-        for batch in timed_chunks(video, self.config.dino_batch, desc="DINOv2 dedup"):
-            decoded.append(batch.positions.numpy() if batch.positions is not None
-                           else np.arange(sum(map(len, decoded)), sum(map(len, decoded)) + len(batch)))
+        for pos, q in cached_chunks(default_cache(), key, np.arange(len(video)), size, compute,
+                                    device=self.backbone.device):
+            decoded.append(np.asarray(pos))
             with stage("dino"):
-                q = normalize_descriptors(enc(batch.frames))
                 for row in q:
                     window.append(row[None])
                     if len(window) == p.dedup_window:

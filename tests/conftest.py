@@ -22,6 +22,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_feature_cache():
+    """Each test starts with an empty feature cache (session fixtures share backbones and videos)."""
+    from videollm.feature_cache import default_cache
+
+    default_cache().clear()
+    yield
+    default_cache().clear()
+
+
 @pytest.fixture(scope="session")
 def tiny_backbone():
     from videollm.backbones.tiny import build_tiny_random

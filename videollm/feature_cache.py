@@ -106,6 +106,12 @@ class FeatureCache:
             self.misses += len(positions) - len(found)
             return found
 
+    def has_any(self, key: CacheKey, positions: Sequence[int]) -> bool:
+        """Whether any of `positions` is cached under `key` (no effect on hit counts or recency)."""
+        with self._lock:
+            frames = self._entries.get(key)
+            return frames is not None and any(int(p) in frames for p in positions)
+
     def put(self, key: CacheKey, positions: Sequence[int], values: torch.Tensor) -> None:
         """Store `values[i]` for `positions[i]` (detached, on the CPU so GPU memory is not pinned by the cache)."""
         if not self.enabled:
@@ -140,7 +146,7 @@ def cached_chunks(cache: FeatureCache, key: CacheKey | None, positions: np.ndarr
     """Yield (positions, per-frame tensors) chunk by chunk in order, computing only frames not cached.
 
     `compute(missing_positions)` streams (positions, tensors) for the frames it is given; it may return fewer
-    than asked (a truncated video), and the chunk then ends where the frames end.
+    than asked (a truncated or damaged video): frames that did not decode are left out of their chunk.
     """
     if key is None or not cache.enabled:
         yield from compute(positions)
@@ -156,8 +162,6 @@ def cached_chunks(cache: FeatureCache, key: CacheKey | None, positions: np.ndarr
         got = [int(p) for p in chunk if int(p) in have]
         if got:
             yield np.array(got, dtype=np.int64), torch.stack([have[p].to(device) if device else have[p] for p in got])
-        if len(got) < len(chunk):  # the video ended early: nothing after this decodes either
-            return
 
 
 class SampledVideo(Protocol):

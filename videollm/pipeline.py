@@ -9,6 +9,7 @@ import logging
 import os
 import time
 from dataclasses import replace
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -152,6 +153,30 @@ class VideoQAPipeline:
             timings=timer.as_dict(wall=time.perf_counter() - started), model=self.backbone.name,
             warnings=warnings + notes,
         )
+
+    def ask_many(self, video: str | os.PathLike[str] | Video,
+                 questions: Sequence[str | tuple[str, Sequence[str] | None]], **kwargs: Any) -> list[Answer]:
+        """Answer several questions about one video, decoding and encoding its frames once.
+
+        `questions` holds plain questions or (question, options) pairs; `kwargs` go to every call. The video
+        is opened once and the per-frame tokens come from the feature cache from the second question on.
+        """
+        items: list[tuple[str, list[str] | None]] = []
+        for q in questions:
+            if isinstance(q, str):
+                items.append((q, None))
+            elif isinstance(q, (tuple, list)) and len(q) == 2 and isinstance(q[0], str):
+                items.append((q[0], None if q[1] is None else list(q[1])))
+            else:
+                raise InvalidRequestError(f"each question must be a string or a (question, options) pair, got {q!r}")
+        for q, opts in items:  # every question is checked before the video is touched
+            format_question(q, opts)
+        vid = self.load(video, kwargs.pop("sampling", None))
+        try:
+            return [self(vid, q, opts, **kwargs) for q, opts in items]
+        finally:
+            if not isinstance(video, Video):
+                vid.close()
 
     def _fit_budget(self, budget: int | None, video: Video, user_text: str, mode: str, generation: GenerationConfig,
                     notes: list[str]) -> int | None:

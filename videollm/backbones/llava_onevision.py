@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from typing import Any
 
 import torch
@@ -105,13 +106,40 @@ class LlavaOneVisionBackbone(Backbone):
     def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
         size = (self._vcfg.image_size, self._vcfg.image_size)
         pixels = resize_normalize(frames, size, self.image_mean, self.image_std, self.device, self.dtype)
-        out = self.model.model.vision_tower(pixels, output_hidden_states=True, return_dict=True)
         layers = self._layer if isinstance(self._layer, list) else [self._layer]
-        feats = torch.cat([out.hidden_states[i] for i in layers], dim=-1)
+        hidden = self._tower_layers(pixels, layers)
+        if hidden is None:
+            out = self.model.model.vision_tower(pixels, output_hidden_states=True, return_dict=True)
+            hidden = {i: out.hidden_states[i] for i in layers}
+        feats = torch.cat([hidden[i] for i in layers], dim=-1)
         if self._strategy == "default":
             feats = feats[:, 1:]
         g = self._patch_grid
         return feats.reshape(feats.shape[0], g, g, feats.shape[-1])
+
+    def _tower_layers(self, pixels: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor] | None:
+        """Only the encoder layers the projector reads, nothing after them.
+
+        The tower's own forward also runs the post-layernorm and the attention-pooling head (`vision_use_head`)
+        and, with `output_hidden_states=True`, keeps every layer's output alive; LLaVA-OneVision reads one
+        hidden state. Same arithmetic as the full forward (a test checks bit equality); None when the tower is
+        not the SigLIP layout this expects, and the caller then runs the full forward.
+        """
+        tower = self.model.model.vision_tower
+        vm = getattr(tower, "vision_model", tower)
+        emb, enc = getattr(vm, "embeddings", None), getattr(vm, "encoder", None)
+        blocks = getattr(enc, "layers", None)
+        if emb is None or blocks is None or os.environ.get("VIDEOLLM_TOWER_TRIM", "1") in ("0", ""):
+            return None
+        n = len(blocks)
+        want = {i: i % (n + 1) for i in layers}  # hidden_states[k]: k=0 embeddings, k=i after block i
+        x = emb(pixels)
+        out = {i: x for i, k in want.items() if k == 0}
+        for k, block in enumerate(blocks[: max(want.values())], start=1):
+            x = block(x, None)
+            x = x[0] if isinstance(x, tuple) else x
+            out.update({i: x for i, kk in want.items() if kk == k})
+        return out
 
     @torch.inference_mode()
     def project(self, features: torch.Tensor) -> torch.Tensor:

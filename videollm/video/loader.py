@@ -78,6 +78,11 @@ class Video:
     def __len__(self) -> int:
         return len(self.indices)
 
+    @property
+    def in_memory(self) -> bool:
+        """Frames handed in rather than decoded from a file (no content key: never cached)."""
+        return self._frames is not None
+
     @classmethod
     def from_frames(cls, frames: torch.Tensor | np.ndarray, fps: float = 1.0, source: str = "<memory>") -> "Video":
         """Wrap uint8 frames (T, H, W, 3) already in memory; all of them count as sampled."""
