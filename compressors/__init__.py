@@ -9,6 +9,7 @@ COMPRESSORS: Registry[Any] = Registry("compressor", entry_point_group="videollm.
 COMPRESSORS.register("uniform", "videollm.compressors.baselines:UniformCompressor")
 COMPRESSORS.register("pool", "videollm.compressors.baselines:PoolCompressor")
 COMPRESSORS.register("longvu", "videollm.compressors.longvu:LongVUCompressor")
+COMPRESSORS.register("storm", "videollm.compressors.storm:StormCompressor")
 
 
 def create_compressor(name: str, backbone: Any, **options: Any) -> Any:
