@@ -19,6 +19,8 @@ logger = logging.getLogger("videollm")
 #: other modules' subcommands: "module:function", each called with the subparsers object to add its own
 SUBCOMMANDS: list[str] = ["videollm.eval.cli:register", "videollm.demo.app:register", "videollm.calibration:register",
                            "videollm.quant.cli:register"]
+#: `videollm train NAME ...`: each entry adds one trainer to the `train` command's subparsers
+TRAINERS: list[str] = ["videollm.compressors.storm_train:register"]
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -164,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     for target in SUBCOMMANDS:
         module, _, fn = target.partition(":")
         getattr(importlib.import_module(module), fn)(sub)
+    train = sub.add_parser("train", help="train a compressor's weights (e.g. `videollm train storm`)")
+    trainers = train.add_subparsers(dest="trainer", required=True)
+    for target in TRAINERS:
+        module, _, fn = target.partition(":")
+        getattr(importlib.import_module(module), fn)(trainers)
     return parser
 
 

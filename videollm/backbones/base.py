@@ -141,6 +141,13 @@ class Backbone(ABC):
     def lm_forward(self, inputs_embeds: torch.Tensor, cache: Any = None) -> tuple[torch.Tensor, Any]:
         """Run the LLM on (1, L, D) embeddings after `cache`; return last-position logits (1, V) and the cache."""
 
+    def sequence_logits(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """Training hook: logits (1, L, V) at every position, differentiable w.r.t. `inputs_embeds` (no cache).
+
+        `lm_forward` returns only the last position under inference mode; a trainer (STORM's) needs the
+        loss over all answer tokens and gradients into the visual tokens."""
+        raise InvalidRequestError(f"backbone {self.name} cannot be used for training (no sequence_logits)")
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "hidden_size": self.hidden_size, "frame_grid": list(self.frame_grid),
                 "max_context": self.max_context, "device": str(self.device), "dtype": str(self.dtype)}

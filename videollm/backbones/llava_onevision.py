@@ -130,3 +130,8 @@ class LlavaOneVisionBackbone(Backbone):
                                               use_cache=True, return_dict=True)
         logits = self.model.lm_head(out.last_hidden_state[:, -1:]).float()[:, -1]
         return logits, out.past_key_values
+
+    def sequence_logits(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        out = self.model.model.language_model(inputs_embeds=inputs_embeds.to(self.dtype), use_cache=False,
+                                              return_dict=True)
+        return self.model.lm_head(out.last_hidden_state).float()
