@@ -84,8 +84,9 @@ def selective_scan_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
         decay = torch.exp(delta_t[start:stop, :, :, None] * A)  # (l, b, d, N)
         inp = du_t[start:stop, :, :, None] * _per_step(B, batch, dim, start, stop)
         hs = []
-        for t in range(stop - start):  # a list, not in-place writes: autograd stays linear in l
-            h = torch.addcmul(inp[t], decay[t], h)
+        # unbind + a list, not indexing or in-place writes: autograd stays linear in l (one Unbind/Stack node)
+        for inp_t, decay_t in zip(inp.unbind(0), decay.unbind(0)):
+            h = torch.addcmul(inp_t, decay_t, h)
             hs.append(h)
         states = torch.stack(hs)  # (l, b, d, N)
         Cc = _per_step(C, batch, dim, start, stop)  # (l, b, d or 1, N)

@@ -67,6 +67,7 @@ class StormTrainConfig:
     seed: int = 0
     resume: bool = False
     mixed_precision: str = "no"  # accelerate's: no | fp16 | bf16
+    cache_features: bool = False  # keep each video's frozen tower output in memory (small sets, many epochs)
     storm: StormConfig = field(default_factory=lambda: StormConfig(temporal_pool=4))
 
 
@@ -123,12 +124,14 @@ def answer_loss(backbone: Any, visual: torch.Tensor, question: str, answer: str)
     return F.cross_entropy(logits[n_prompt - 1:], target)
 
 
-def encode_pooled(compressor: StormCompressor, encoder: torch.nn.Module, video: Video, budget: int | None
-                  ) -> torch.Tensor:
-    """Frozen tower (and projector) → trainable encoder → the inference pooling/sampling: (tokens, D)."""
+def encode_pooled(compressor: StormCompressor, encoder: torch.nn.Module, video: Video, budget: int | None,
+                  tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """Frozen tower (and projector) → trainable encoder → the inference pooling/sampling: (tokens, D).
+    `tokens`: the frozen part's output when already computed."""
     plan = compressor.plan(len(video), budget)
-    with torch.no_grad():
-        tokens = compressor.encoder_inputs(video)
+    if tokens is None:
+        with torch.no_grad():
+            tokens = compressor.encoder_inputs(video)
     param = next(compressor.encoder.parameters())
     x = encoder(tokens.to(param.device, param.dtype))
     x = temporal_average(x, plan.temporal_pool)
@@ -183,6 +186,7 @@ def train_storm(backbone: Any, examples: Sequence[TrainExample], cfg: StormTrain
     bar = tqdm(total=total, initial=step, desc="train storm", unit="step",
                disable=not accelerator.is_local_main_process)
     t0, seen = time.perf_counter(), 0
+    cache: dict[int, tuple[Video, torch.Tensor]] = {}
     while step < total:
         order = list(range(len(examples)))
         random.Random(cfg.seed + step // per_epoch).shuffle(order)  # same order on every rank; each takes a slice
@@ -191,7 +195,15 @@ def train_storm(backbone: Any, examples: Sequence[TrainExample], cfg: StormTrain
         losses = []
         for i in batch:
             ex = examples[i]
-            visual = encode_pooled(compressor, encoder, ex.load(), cfg.budget)
+            if i in cache:
+                video, frozen = cache[i]
+            else:
+                video = ex.load()
+                with torch.no_grad():
+                    frozen = compressor.encoder_inputs(video)
+                if cfg.cache_features:
+                    cache[i] = (video, frozen)
+            visual = encode_pooled(compressor, encoder, video, cfg.budget, frozen)
             losses.append(answer_loss(backbone, visual, ex.question, ex.answer))
         loss = torch.stack(losses).mean()
         accelerator.backward(loss)
