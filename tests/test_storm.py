@@ -253,3 +253,21 @@ def test_cuda_kernel_matches_reference(dtype):
     y_r = selective_scan_ref(**x, D=D, z=z, delta_bias=bias, delta_softplus=True)
     tol = 1e-3 if dtype == torch.float32 else 5e-2
     torch.testing.assert_close(y_k.float(), y_r.float(), rtol=tol, atol=tol)
+
+
+def test_pooling_alone_forgets_order_inside_a_window_and_the_encoder_does_not(tiny_backbone):
+    """The toy task's premise: the same frames in another order pool to the same tokens unless STORM mixes them."""
+    from videollm.synthetic import flash_order_clip
+
+    import numpy as np
+
+    frames = torch.from_numpy(flash_order_clip(True, np.random.default_rng(0)))
+    swapped = frames[[3, 2, 1, 0]]  # reversed: the flashes now come in the other order
+    clips = [Video.from_frames(f, fps=4.0) for f in (frames, swapped)]
+    plain = create_compressor("storm", tiny_backbone, temporal_pool=4, sample_stride=1)
+    a, b = (plain(c).embeds for c in clips)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for m in plain.encoder.mixers():
+        torch.nn.init.normal_(m.out_proj.weight, std=0.1)
+    a, b = (plain(c).embeds for c in clips)
+    assert (a - b).abs().max() > 1e-3
