@@ -36,7 +36,7 @@ def main() -> None:
     from videollm.pipeline import VideoQAPipeline
     from videollm.video import SamplingConfig
 
-    from videollm.generation import GenerationConfig
+    from videollm.answer.generation import GenerationConfig
 
     pipe = VideoQAPipeline.from_pretrained(args.model, sampling=SamplingConfig(num_frames=args.frames),
                                            generation=GenerationConfig(max_new_tokens=args.max_new_tokens))

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 #: built-ins register with `@COMPRESSORS.register(name)` on their class, in the modules listed here
 COMPRESSORS: Registry[Any] = Registry("compressor", entry_point_group="videollm.compressors",
                                       modules=("videollm.compressors.baselines", "videollm.compressors.longvu",
-                                               "videollm.compressors.tempo"))
+                                               "videollm.compressors.tempo",
+                                               "videollm.compressors.storm"))
 
 
 def create_compressor(name: str, backbone: VideoLanguageModel | None, config: CompressorConfig | None = None,
@@ -35,7 +36,7 @@ def create_compressor(name: str, backbone: VideoLanguageModel | None, config: Co
     cls = COMPRESSORS.get(name)
     if weights is None:
         return cls(backbone, config, **options)
-    if not issubclass(cls, WeightedCompressor):
+    if not (issubclass(cls, WeightedCompressor) or callable(getattr(cls, "from_pretrained", None))):
         from videollm.errors import InvalidRequestError
 
         raise InvalidRequestError(f"compressor {name!r} has no weights to load")

@@ -24,6 +24,8 @@ logger = logging.getLogger("videollm")
 #: other modules' subcommands: "module:function", each called with the subparsers object to add its own
 SUBCOMMANDS: list[str] = ["videollm.eval.cli:register", "videollm.demo.app:register", "videollm.eval.calibration:register",
                            "videollm.quant.cli:register"]
+#: `videollm train NAME ...`: each entry adds one trainer to the `train` command's subparsers
+TRAINERS: list[str] = ["videollm.compressors.storm_train:register"]
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -269,6 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
         getattr(importlib.import_module(module), fn)(sub)
     for command in sub.choices.values():  # `videollm ask ... -q` works as well as `videollm -q ask ...`
         add_output_args(command, argparse.SUPPRESS)
+    train = sub.add_parser("train", help="train a compressor's weights (e.g. `videollm train storm`)")
+    trainers = train.add_subparsers(dest="trainer", required=True)
+    for target in TRAINERS:
+        module, _, fn = target.partition(":")
+        getattr(importlib.import_module(module), fn)(trainers)
     return parser
 
 

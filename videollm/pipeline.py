@@ -42,9 +42,10 @@ class VideoQAPipeline:
         self.config = cfg = config or PipelineConfig(model=backbone.name)
         if compressor is None:
             typed = dataclasses.is_dataclass(cfg.compressor_options)
+            options = {} if typed else dict(cfg.compressor_options)
+            weights = cfg.compressor_weights or options.pop("weights", None)  # `--compressor-option weights=DIR`
             compressor = create_compressor(cfg.compressor, backbone, config=cfg.compressor_options if typed else None,
-                                           weights=cfg.compressor_weights,
-                                           **({} if typed else cfg.compressor_options))
+                                           weights=weights, **options)
             if isinstance(compressor, SupportsQuantization) and (cfg.quant != "none" or cfg.vision_quant != "none"):
                 from .quant import quantize_backbone  # modules the compressor owns, through the same seam
 

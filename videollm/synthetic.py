@@ -137,3 +137,26 @@ def footage_with_moment(path: str | Path, photo: str | Path, seconds: float = 24
         return still if moment[0] <= t < moment[1] else clips[int(t * 25) % len(clips)]
 
     return write_video(path, int(round(seconds * fps)), fps=fps, size=size, frame_fn=fn)
+
+
+# -- a temporal-order toy task (STORM's proof at toy scale) ----------------------------------------------
+
+FLASH_COLORS = {"red": (230, 30, 30), "green": (30, 210, 30)}
+FLASH_QUESTION = "Which colour flashed first?\nA. red\nB. green\nAnswer with the option's letter."
+
+
+def flash_order_clip(red_first: bool, rng: np.random.Generator, num_frames: int = 4, size: int = 48) -> np.ndarray:
+    """uint8 (T, size, size, 3): noisy grey frames; a red and a green full-frame flash at two random frames,
+    in the given order. Averaging the T frames erases the order: only cross-frame mixing can keep it."""
+    frames = (110 + rng.normal(0, 12, (num_frames, size, size, 3))).clip(0, 255).astype(np.uint8)
+    i, j = sorted(rng.choice(num_frames, 2, replace=False).tolist())
+    first, second = ("red", "green") if red_first else ("green", "red")
+    for pos, name in ((i, first), (j, second)):
+        frames[pos] = (np.array(FLASH_COLORS[name]) + rng.normal(0, 12, (size, size, 3))).clip(0, 255)
+    return frames
+
+
+def flash_order_set(n: int, seed: int, num_frames: int = 4, size: int = 48) -> list[tuple[np.ndarray, str]]:
+    """`n` balanced (frames, answer letter) pairs: "A" when red flashed first, "B" when green did."""
+    rng = np.random.default_rng(seed)
+    return [(flash_order_clip(k % 2 == 0, rng, num_frames, size), "A" if k % 2 == 0 else "B") for k in range(n)]

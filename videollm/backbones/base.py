@@ -198,6 +198,12 @@ class Backbone(ABC):
         prompt (works for any backbone); backbones override it with one left-padded batched forward.
         """
         return torch.cat([self.lm_forward(p[None])[0] for p in prompts])
+    def sequence_logits(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """Training hook: logits (1, L, V) at every position, differentiable w.r.t. `inputs_embeds` (no cache).
+
+        `lm_forward` returns only the last position under inference mode; a trainer (STORM's) needs the
+        loss over all answer tokens and gradients into the visual tokens."""
+        raise InvalidRequestError(f"backbone {self.name} cannot be used for training (no sequence_logits)")
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "hidden_size": self.hidden_size, "frame_grid": list(self.frame_grid),

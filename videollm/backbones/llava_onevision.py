@@ -181,6 +181,11 @@ class LlavaOneVisionBackbone(Backbone):
                                               use_cache=False, return_dict=True)
         return self.model.lm_head(out.last_hidden_state[:, -1]).float()
 
+    def sequence_logits(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        out = self.model.model.language_model(inputs_embeds=inputs_embeds.to(self.dtype), use_cache=False,
+                                              return_dict=True)
+        return self.model.lm_head(out.last_hidden_state).float()
+
 
 for _name, _model_id in {"llava-onevision-0.5b": DEFAULT_MODEL_ID,
                          "llava-onevision-7b": "llava-hf/llava-onevision-qwen2-7b-ov-hf"}.items():

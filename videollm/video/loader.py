@@ -78,11 +78,6 @@ class Video:
     def __len__(self) -> int:
         return len(self.indices)
 
-    @property
-    def in_memory(self) -> bool:
-        """Frames handed in rather than decoded from a file (no content key: never cached)."""
-        return self._frames is not None
-
     @classmethod
     def from_frames(cls, frames: torch.Tensor | np.ndarray, fps: float = 1.0, source: str = "<memory>") -> "Video":
         """Wrap uint8 frames (T, H, W, 3) already in memory; all of them count as sampled."""
@@ -167,7 +162,7 @@ class Video:
 
     @property
     def in_memory(self) -> bool:
-        """True for `from_frames` videos: no frames exist beyond those held."""
+        """True for `from_frames` videos: no frames exist beyond those held, and no file to key a cache on."""
         return self._frames is not None
 
     def resampled(self, indices: np.ndarray) -> "Video":
