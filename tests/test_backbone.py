@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from videollm.errors import ModelLoadError
+from videollm.errors import ModelUnavailableError, ModelLoadError
 
 
 def test_stage_shapes(tiny_backbone):
@@ -65,7 +65,7 @@ def test_unknown_model_gives_actionable_error(monkeypatch):
     from videollm.backbones import load_backbone
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelLoadError, match="tiny-random"):
+    with pytest.raises((ModelLoadError, ModelUnavailableError), match="videollm-mini"):
         load_backbone("/nonexistent/model/dir")
 
 
@@ -73,7 +73,7 @@ def test_hub_preset_offline_fails_with_hint(monkeypatch):
     from videollm.backbones import load_backbone
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelLoadError, match="llava-onevision-qwen2-0.5b-ov-hf"):
+    with pytest.raises(ModelUnavailableError, match="huggingface-cli download llava-hf/llava-onevision-qwen2-0.5b-ov-hf"):
         load_backbone("llava-onevision-0.5b", device="cpu")
 
 

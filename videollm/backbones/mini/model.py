@@ -416,7 +416,7 @@ class MiniBackbone(Backbone):
     @torch.inference_mode()
     def batch_last_logits(self, prompts: list[torch.Tensor]) -> torch.Tensor:
         """One left-padded forward over several prompts (Tempo's batched relevance pass)."""
-        from .base import left_pad
+        from ..base import left_pad
 
         embeds, mask, positions = left_pad([p.to(self.device, self.dtype) for p in prompts])
         out = self.llm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False,
