@@ -278,6 +278,14 @@ class TempoCompressor(TokenCompressor):
         m = min(big_m, tokens_per_segment(self.config.min_tokens_per_frame, seg.frames))
         return m, big_m
 
+    def _add_stamp(self, text: str, frame: int, parts: list[torch.Tensor], frames: list[torch.Tensor],
+                   patches: list[torch.Tensor]) -> None:
+        """The segment's "<t seconds>" text, embedded by the LLM, marked as text tokens of its first frame."""
+        e = self.backbone.embed_text(text).detach()
+        parts.append(e)
+        frames.append(torch.full((e.shape[0],), frame, dtype=torch.long))
+        patches.append(torch.full((e.shape[0],), TEXT_PATCH_ID, dtype=torch.long))
+
     def _stamps(self, video: Video, segments: list[Segment]) -> tuple[list[str], list[float]]:
         ts = video.timestamps.numpy()
         step = sampling_interval(video)
@@ -334,10 +342,7 @@ class TempoCompressor(TokenCompressor):
             if k == 0:
                 continue
             if alloc.stamp_tokens[i] > 0:
-                e = self.backbone.embed_text(stamps[i]).detach()
-                parts.append(e)
-                frames.append(torch.full((e.shape[0],), seg.start, dtype=torch.long))
-                patches.append(torch.full((e.shape[0],), TEXT_PATCH_ID, dtype=torch.long))
+                self._add_stamp(stamps[i], seg.start, parts, frames, patches)
             with stage("compress"):
                 toks, offs = reduce_segment(native[i], k)
             parts.append(toks.to(self.backbone.dtype))
@@ -390,10 +395,7 @@ class TempoCompressor(TokenCompressor):
             if k == 0:
                 continue
             if alloc.stamp_tokens[i] > 0:
-                e = self.backbone.embed_text(stamps[i]).detach()
-                parts.append(e)
-                frames.append(torch.full((e.shape[0],), seg.start, dtype=torch.long))
-                patches.append(torch.full((e.shape[0],), TEXT_PATCH_ID, dtype=torch.long))
+                self._add_stamp(stamps[i], seg.start, parts, frames, patches)
             parts.append(mem_all[i, :k].to(self.backbone.dtype))  # head truncation: front-loaded memory
             frames.append(torch.full((k,), (seg.start + seg.stop - 1) // 2, dtype=torch.long))
             patches.append(torch.arange(k))

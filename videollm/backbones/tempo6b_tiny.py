@@ -23,18 +23,9 @@ _CORPUS = ("Yes No yes no Query: Describe this content. seconds <12.0 seconds> s
 
 def build_tokenizer(vocab_size: int = 400) -> Any:
     """A byte-level BPE with the Qwen-VL special tokens; any text round-trips."""
-    tokenizers = require("tokenizers")
-    transformers = require("transformers")
-    from tokenizers import decoders, models, pre_tokenizers, trainers
+    from .tiny import train_byte_bpe
 
-    tok = tokenizers.Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator([_CORPUS] * 8, trainer=trainer)
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
-                                                pad_token="<|endoftext|>", additional_special_tokens=SPECIAL[3:])
+    return train_byte_bpe([_CORPUS] * 8, SPECIAL, vocab_size)
 
 
 def save_tiny_random_tempo(root: str | Path, seed: int = 0, num_memory: int = 16,

@@ -39,6 +39,13 @@ Describe the scene. Where is the cat? The cat sits on the table next to a cup of
 @lru_cache(maxsize=1)
 def build_tokenizer(vocab_size: int = 512) -> Any:
     """A byte-level BPE tokenizer trained in milliseconds on a built-in corpus: any text round-trips."""
+    return train_byte_bpe([_CORPUS] * 4, SPECIAL_TOKENS, vocab_size, chat_template=CHATML_TEMPLATE, bos_token=None,
+                          unk_token=None)
+
+
+def train_byte_bpe(corpus: list[str], special_tokens: list[str], vocab_size: int, **tokenizer_kwargs: Any) -> Any:
+    """A byte-level BPE trained on the texts of `corpus` with `special_tokens` (the first three are endoftext, im_start,
+    im_end), wrapped as a transformers fast tokenizer with ChatML's end-of-turn as EOS. For offline tests."""
     tokenizers = require("tokenizers")
     transformers = require("transformers")
     from tokenizers import decoders, models, pre_tokenizers, trainers
@@ -46,14 +53,12 @@ def build_tokenizer(vocab_size: int = 512) -> Any:
     tok = tokenizers.Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_tokens,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator([_CORPUS] * 4, trainer=trainer)
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None,
-        unk_token=None, chat_template=CHATML_TEMPLATE,
-        additional_special_tokens=SPECIAL_TOKENS[3:],
-    )
+    tok.train_from_iterator(corpus, trainer=trainer)
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
+                                                pad_token="<|endoftext|>",
+                                                additional_special_tokens=special_tokens[3:], **tokenizer_kwargs)
 
 
 def _llava_config(tokenizer: Any, vision: Any, text: Any, tie_word_embeddings: bool) -> Any:
