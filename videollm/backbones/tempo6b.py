@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._compat import require
+from .._compat import cache_kwargs, output_cache, require
 from ..errors import InvalidRequestError, ModelLoadError
 from . import register_preset
 from .base import Backbone
@@ -244,9 +244,9 @@ class TempoBackbone(Backbone):
 
     @torch.inference_mode()
     def lm_forward(self, inputs_embeds: torch.Tensor, cache: Any = None) -> tuple[torch.Tensor, Any]:
-        out = self.llm.model(inputs_embeds=inputs_embeds.to(self.device, self.dtype), past_key_values=cache,
-                             use_cache=True, return_dict=True)
-        return self.llm.lm_head(out.last_hidden_state[:, -1:]).float()[:, -1], out.past_key_values
+        out = self.llm.model(inputs_embeds=inputs_embeds.to(self.device, self.dtype), **cache_kwargs(cache),
+                             return_dict=True)
+        return self.llm.lm_head(out.last_hidden_state[:, -1:]).float()[:, -1], output_cache(out)
 
     @classmethod
     def from_pretrained(cls, model_id: str = DEFAULT_MODEL_ID, device: str | torch.device | None = "auto",
