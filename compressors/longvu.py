@@ -440,7 +440,7 @@ class LongVUCompressor(TokenCompressor):
                 if not self.config.dedup_fallback:
                     raise
                 self._dino_error = str(err)
-                logger.warning("longvu: DINOv2 unavailable, frame dedup uses the backbone's vision features: %s", err)
+                logger.info("longvu: DINOv2 unavailable, frame dedup uses the backbone's vision features: %s", err)
         return self._dino_error
 
     # -- stages -----------------------------------------------------------------------------------------
@@ -611,6 +611,9 @@ class LongVUCompressor(TokenCompressor):
                  "tokens_per_frame_reduced": t_red, "grid_full": list(self.full_grid), "grid_reduced": list(red),
                  "tokens_after": {k: v["tokens"] for k, v in stages.items()},
                  "frames_after": {k: v["frames"] for k, v in stages.items() if "frames" in v}}
+        if stages["dedup"].get("dino_unavailable"):  # the user sees it once per answer (CLI, demo), not a log line
+            stats["warnings"] = ["longvu: no DINOv2 weights here (offline), so frame dedup used the backbone's own "
+                                 "vision features"]
         return pack(tokens, frames, video.timestamps, n, patches, stats)
 
 
