@@ -107,7 +107,7 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     generation = GenerationConfig(max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty)
     generation.validate()
     validate_reasoning_args(args)
-    return PipelineConfig(model=resolve_model(args), compressor=args.compressor,
+    cfg = PipelineConfig(model=resolve_model(args), compressor=args.compressor,
                           compressor_options=parse_options(args.compressor_option), budget=args.budget,
                           sampling=sampling, generation=generation, strict_video=getattr(args, "strict_video", False),
                           reasoning=args.reasoning, reasoning_options=reasoning_options(args),
@@ -115,6 +115,9 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
                           device=args.device, dtype=args.dtype, video_backend=args.video_backend,
                           quant=args.quant, vision_quant=args.vision_quant, quant_group_size=args.quant_group_size,
                           compressor_weights=args.compressor_weights).validate()
+    if not getattr(args, "defer_notes", False):  # `ask` says it once the video has opened too
+        flush_notes(args)
+    return cfg
 
 
 def resolve_model(args: argparse.Namespace) -> str:
@@ -137,9 +140,15 @@ def resolve_model(args: argparse.Namespace) -> str:
 
 
 def note(args: argparse.Namespace, message: str) -> None:
-    """One line on stderr for the user, unless --quiet."""
-    if not getattr(args, "quiet", False):
-        print(f"note: {message}", file=sys.stderr)
+    """A line for the user, shown by `flush_notes` once every check has passed (an error comes alone)."""
+    args.__dict__.setdefault("pending_notes", []).append(message)
+
+
+def flush_notes(args: argparse.Namespace) -> None:
+    """Print the pending notes on stderr, once each, unless --quiet."""
+    for message in args.__dict__.pop("pending_notes", []):
+        if not getattr(args, "quiet", False):
+            print(f"note: {message}", file=sys.stderr)
 
 
 def validate_reasoning_args(args: argparse.Namespace) -> None:
@@ -189,6 +198,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         raise InvalidRequestError("give either VIDEO or --sample, not both")
     # every user error first: question, names, options, values, the file; only then a model loads
     format_question(args.question, args.options)
+    args.defer_notes = True
     cfg = pipeline_config(args)
     from .answer.choice import check_answer_format
 
@@ -197,6 +207,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     if video is None:
         raise InvalidRequestError("give a VIDEO path or --sample")
     opened = load_video(video, cfg.sampling, backend=cfg.video_backend, strict=cfg.strict_video)  # a bad file: no model
+    flush_notes(args)
     try:
         pipe = build_pipeline(args, cfg)
         ans = pipe(opened, args.question, args.options)
