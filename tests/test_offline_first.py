@@ -89,3 +89,16 @@ def test_pipeline_fits_an_unbudgeted_video_to_the_context(tiny_backbone, short_v
     assert any("no budget given" in w for w in ans.warnings)
     with pytest.raises(InvalidRequestError, match="does not fit"):
         pipe(short_video, "what happens?", budget=590)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["ask", "v.mp4", "q", "--budget", "x"], ["eval", "--nope"]])
+def test_help_and_argument_errors_never_import_torch(argv) -> None:
+    """`videollm --help` and argparse-level errors build only what they need: no registry, no torch."""
+    probe = ("import sys, runpy; sys.argv = ['videollm', *sys.argv[1:]]\n"
+             "try:\n    runpy.run_module('videollm', run_name='__main__')\n"
+             "except SystemExit as e:\n    code = e.code\n"
+             "print('TORCH=' + str('torch' in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=120,
+                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    assert "TORCH=False" in proc.stdout, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr

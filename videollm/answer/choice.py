@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from ..errors import InvalidRequestError
+from . import ANSWER_FORMATS  # defined in the package, torch-free, for the CLI
 
-ANSWER_FORMATS = ("free", "choice")
 NEG_INF = -math.inf
 
 
