@@ -91,9 +91,11 @@ def test_pipeline_fits_an_unbudgeted_video_to_the_context(tiny_backbone, short_v
         pipe(short_video, "what happens?", budget=590)
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["ask", "v.mp4", "q", "--budget", "x"], ["eval", "--nope"]])
+@pytest.mark.parametrize("argv", [["--help"], ["ask", "v.mp4", "q", "--budget", "x"], ["eval", "--nope"],
+                                  ["ask", "/nonexistent/v.mp4", "q"]])
 def test_help_and_argument_errors_never_import_torch(argv) -> None:
-    """`videollm --help` and argparse-level errors build only what they need: no registry, no torch."""
+    """`videollm --help`, argparse-level errors and a missing file build only what they need: no registry, no
+    torch, so they answer in a fraction of a second."""
     probe = ("import sys, runpy; sys.argv = ['videollm', *sys.argv[1:]]\n"
              "try:\n    runpy.run_module('videollm', run_name='__main__')\n"
              "except SystemExit as e:\n    code = e.code\n"

@@ -219,20 +219,22 @@ def cmd_ask(args: argparse.Namespace) -> int:
     from .answer.prompting import format_question
     from .errors import InvalidRequestError
     from .samples import sample_path
-    from .video import load_video
 
     if args.sample and args.video:
         raise InvalidRequestError("give either VIDEO or --sample, not both")
-    # every user error first: question, names, options, values, the file; only then a model loads
+    # every user error first: question, the file's existence, names, options, values, the file's contents;
+    # only then a model loads (the cheap checks come before anything imports torch)
     format_question(args.question, args.options)
-    args.defer_notes = True
-    cfg = pipeline_config(args)
-    from .answer.choice import check_answer_format
-
-    check_answer_format(args.answer_format, args.options)
     video = str(sample_path(args.sample)) if args.sample else args.video
     if video is None:
         raise InvalidRequestError("give a VIDEO path or --sample")
+    check_video_path(video)
+    args.defer_notes = True
+    cfg = pipeline_config(args)
+    from .answer.choice import check_answer_format
+    from .video import load_video
+
+    check_answer_format(args.answer_format, args.options)
     opened = load_video(video, cfg.sampling, backend=cfg.video_backend, strict=cfg.strict_video)  # a bad file: no model
     flush_notes(args)
     try:
@@ -251,6 +253,19 @@ def cmd_ask(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(summary_line(ans), file=sys.stderr)
     return 0
+
+
+def check_video_path(video: str) -> None:
+    """A missing file or a directory is refused at once; whether the file is a video is `load_video`'s job."""
+    from pathlib import Path
+
+    from .errors import NotAVideoError, VideoNotFoundError
+
+    p = Path(video).expanduser()
+    if not p.exists():
+        raise VideoNotFoundError(f"{p}: no such file")
+    if p.is_dir():
+        raise NotAVideoError(f"{p}: is a directory, not a video file")
 
 
 def summary_line(ans: Any) -> str:
