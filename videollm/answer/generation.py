@@ -17,6 +17,7 @@ import torch
 
 from ..backbones.protocols import FirstStep, LanguageModel
 from ..timing import stage
+from . import prefix_cache
 
 LogitsProcessor = Callable[[list[int], torch.Tensor], torch.Tensor]
 #: sees (tokens generated so far, processed scores) before each choice; for probes such as option letters
@@ -67,15 +68,19 @@ class GenerationResult:
 def generate(backbone: LanguageModel, inputs_embeds: torch.Tensor, config: GenerationConfig, cache: Any = None,
              processors: Sequence[LogitsProcessor] = (), prefill_stage: str = "prefill",
              decode_stage: str = "generate", observers: Sequence[StepObserver] = (),
-             first_step: FirstStep | None = None, context_used: int = 0) -> GenerationResult:
+             first_step: FirstStep | None = None, context_used: int = 0, prefix_len: int = 0) -> GenerationResult:
     """Prefill `inputs_embeds` (1, L, D) after `cache` (holding `context_used` tokens), then decode up to
-    `max_new_tokens`, never past the model's context: a huge limit cannot run for minutes."""
+    `max_new_tokens`, never past the model's context: a huge limit cannot run for minutes.
+
+    `prefix_len` > 0 says the first `prefix_len` embeddings do not depend on the question (system turn, user
+    turn start, visual tokens: `PromptInputs.prefix_len`); a fresh prompt then reuses their KV from the last
+    question with the same prefix and prefills only the rest (`prefix_cache`, off with VIDEOLLM_PREFIX_CACHE=0)."""
     tok = backbone.tokenizer
     eos = backbone.eos_token_ids
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
     start = time.perf_counter()
     with stage(prefill_stage):
-        logits, cache = backbone.lm_forward(inputs_embeds, cache)
+        logits, cache = _prefill(backbone, inputs_embeds, cache, prefix_len)
         if first_step is not None:
             logits = first_step(logits, cache)
     calls = 1
@@ -113,6 +118,21 @@ def generate(backbone: LanguageModel, inputs_embeds: torch.Tensor, config: Gener
     text = tok.decode(text_ids, skip_special_tokens=False)
     return GenerationResult(ids, text, logps, finish, cache, pending_ids=ids[-1:] if ids else [],
                             seconds=time.perf_counter() - start, forward_calls=calls, context_len=used + len(ids))
+
+
+def _prefill(backbone: LanguageModel, embeds: torch.Tensor, cache: Any, prefix_len: int) -> tuple[torch.Tensor, Any]:
+    """`lm_forward` on the whole prompt, or on its suffix after a reused prefix KV."""
+    n = int(embeds.shape[1])
+    if cache is not None or not 0 < prefix_len < n or not prefix_cache.enabled():
+        return backbone.lm_forward(embeds, cache)
+    store = prefix_cache.default_prefix_cache()
+    prefix = embeds[:, :prefix_len]
+    reused = store.lookup(backbone, prefix)
+    if reused is not None:
+        return backbone.lm_forward(embeds[:, prefix_len:], reused)
+    logits, cache = backbone.lm_forward(embeds, None)  # the first question: one full prefill, as without reuse
+    store.store(backbone, prefix, cache)
+    return logits, cache
 
 
 def continue_generation(backbone: LanguageModel, previous: GenerationResult, config: GenerationConfig,
