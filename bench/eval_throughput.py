@@ -66,6 +66,7 @@ def main() -> None:
     hits: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = make_fixture(Path(tmp) / "data", args.videos)
+        _distinct_videos(root, args.videos)
         task = get_task("videomme")
         samples = load_samples(task, root)
         outputs: dict[str, list[str]] = {}
@@ -113,6 +114,16 @@ def main() -> None:
     print(f"identical predictions: {same}")
     if not same:
         sys.exit(1)
+
+
+def _distinct_videos(root: Path, n: int) -> None:
+    """The fixture's videos are byte-identical; caches keyed by content would serve video 2 from video 1, so
+    each video is rewritten with its own frames (the frame index drawn is offset per video)."""
+    from videollm.synthetic import frame_with_index, write_video
+
+    for v in range(n):
+        write_video(root / "data" / f"v{v:03d}.mp4", 48, fps=8, size=(96, 128),
+                    frame_fn=lambda i, h, w, v=v: frame_with_index(i + 100 * (v + 1), h, w))
 
 
 def _same(a: object, b: object, tol: float = 1e-4) -> bool:
