@@ -203,7 +203,7 @@ def answer_direct(backbone: VideoLanguageModel, user_text: str, visual: VisualTo
         scorer = LetterConstraint(backbone.tokenizer, option_letters(options), inner=scorer)
         cfg = replace(cfg, max_new_tokens=1, temperature=0.0, stop_strings=())
     out = generate(backbone, inputs.embeds, cfg, observers=[probe] if probe else (), first_step=scorer,
-                   prefix_len=inputs.prefix_len)
+                   prefix_len=inputs.prefix_len, allow_static=True)
     text = out.text.split(THINK_OPEN)[0].strip()
     choice = parse_choice(text, options)
     if isinstance(scorer, LetterConstraint):
