@@ -281,3 +281,17 @@ def test_reuse_gives_the_same_answers_mini(mini, monkeypatch, steps, mode, answe
     off = _run_q(pipe, video, monkeypatch, steps, False, questions, answer_format=answer_format)
     _assert_same(on, off)
     assert on[2] == len(questions) - 1
+
+
+def test_demo_follow_up_question_reuses_the_prefix(short_video, monkeypatch):
+    from videollm.demo.app import answer
+
+    monkeypatch.setenv(ENV, "1")
+    stats = default_prefix_cache().stats
+    args = dict(options_text="", model="tiny-random", compressor="uniform", budget=None, frames=4,
+                reasoning="direct", quant="none", vision_quant="none", max_new_tokens=3, device="cpu")
+    first = answer(str(short_video), "What happens?", **args)
+    h = stats.hits
+    follow = answer(str(short_video), "And what happens then?", **args)
+    assert stats.hits == h + 1
+    assert first.details.get("text") is not None and follow.details.get("text") is not None  # answers, not errors
