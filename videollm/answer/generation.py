@@ -71,6 +71,7 @@ class GenerationResult:
     seconds: float = 0.0
     forward_calls: int = 0
     context_len: int = 0  # tokens in the context once `pending_ids` are fed: prompt + everything generated
+    continuable: bool = True  # False after the static-cache loop, whose cache the eager loop cannot go on in
 
 
 @torch.inference_mode()
@@ -139,7 +140,8 @@ def generate(backbone: LanguageModel, inputs_embeds: torch.Tensor, config: Gener
     if static is not None:
         cache = None  # a static cache cannot be continued by the eager loop
     return GenerationResult(ids, text, logps, finish, cache, pending_ids=ids[-1:] if ids else [],
-                            seconds=time.perf_counter() - start, forward_calls=calls, context_len=used + len(ids))
+                            seconds=time.perf_counter() - start, forward_calls=calls, context_len=used + len(ids),
+                            continuable=static is None)
 
 
 def _static_decoder(backbone: LanguageModel, config: GenerationConfig, cache: Any, first_step: FirstStep | None,
@@ -180,7 +182,7 @@ def continue_generation(backbone: LanguageModel, previous: GenerationResult, con
     """Go on from `previous` in its KV cache: feed its pending token (unless dropped, e.g. an EOS the caller
     overrides), then `forced_text` (a tag the model did not write), then decode. Nothing is re-encoded.
     `first_step` rewrites the logits of the first token chosen after the forced text."""
-    if previous.cache is None:
+    if not previous.continuable:
         raise ValueError("this generation holds no cache to continue (static_decode results cannot be continued)")
     ids = [] if drop_pending else list(previous.pending_ids)
     if forced_text:
