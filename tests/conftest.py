@@ -24,12 +24,16 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def _fresh_feature_cache():
-    """Each test starts with an empty feature cache (session fixtures share backbones and videos)."""
+    """Each test starts with empty feature and prompt-prefix caches (session fixtures share backbones and
+    videos)."""
+    from videollm.answer.prefix_cache import default_prefix_cache
     from videollm.feature_cache import default_cache
 
     default_cache().clear()
+    default_prefix_cache().clear()
     yield
     default_cache().clear()
+    default_prefix_cache().clear()
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,9 @@ cache (pending tokens first, then any forced text such as a closing tag), so a p
 """
 from __future__ import annotations
 
+import logging
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +19,9 @@ import torch
 
 from ..backbones.protocols import FirstStep, LanguageModel
 from ..timing import stage
+from . import prefix_cache
+
+logger = logging.getLogger(__name__)
 
 LogitsProcessor = Callable[[list[int], torch.Tensor], torch.Tensor]
 #: sees (tokens generated so far, processed scores) before each choice; for probes such as option letters
@@ -31,6 +36,9 @@ class GenerationConfig:
     stop_strings: tuple[str, ...] = ()
     seed: int = 0
     repetition_penalty: float = 1.0  # >1 discourages tokens already generated (CTRL-style); 1 = off
+    #: opt-in fast loop: static KV cache + compiled per-token step (CUDA graphs on a GPU), same tokens as the
+    #: eager loop; used for fresh direct-mode prompts on backbones that offer it (`answer.static_decode`)
+    static_decode: bool = False
 
     def validate(self) -> None:
         """Refuse values that cannot mean anything (checked before a model loads). A large `max_new_tokens`
@@ -48,6 +56,8 @@ class GenerationConfig:
                 raise InvalidRequestError(f"{name} must be a number {what}, got {value!r}")
         if not isinstance(self.seed, int):
             raise InvalidRequestError(f"seed must be an integer, got {self.seed!r}")
+        if not isinstance(self.static_decode, bool):
+            raise InvalidRequestError(f"static_decode must be true or false, got {self.static_decode!r}")
 
 
 @dataclass
@@ -61,32 +71,45 @@ class GenerationResult:
     seconds: float = 0.0
     forward_calls: int = 0
     context_len: int = 0  # tokens in the context once `pending_ids` are fed: prompt + everything generated
+    continuable: bool = True  # False after the static-cache loop, whose cache the eager loop cannot go on in
 
 
 @torch.inference_mode()
 def generate(backbone: LanguageModel, inputs_embeds: torch.Tensor, config: GenerationConfig, cache: Any = None,
              processors: Sequence[LogitsProcessor] = (), prefill_stage: str = "prefill",
              decode_stage: str = "generate", observers: Sequence[StepObserver] = (),
-             first_step: FirstStep | None = None, context_used: int = 0) -> GenerationResult:
+             first_step: FirstStep | None = None, context_used: int = 0, prefix_len: int = 0,
+             allow_static: bool = False) -> GenerationResult:
     """Prefill `inputs_embeds` (1, L, D) after `cache` (holding `context_used` tokens), then decode up to
-    `max_new_tokens`, never past the model's context: a huge limit cannot run for minutes."""
+    `max_new_tokens`, never past the model's context: a huge limit cannot run for minutes.
+
+    `prefix_len` > 0 says the first `prefix_len` embeddings do not depend on the question (system turn, user
+    turn start, visual tokens: `PromptInputs.prefix_len`); a fresh prompt then reuses their KV from the last
+    question with the same prefix and prefills only the rest (`prefix_cache`, off with VIDEOLLM_PREFIX_CACHE=0).
+    `allow_static`: the caller will not continue from the result, so `config.static_decode` may take the
+    static-cache compiled loop (the result then holds no cache)."""
     tok = backbone.tokenizer
     eos = backbone.eos_token_ids
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
     start = time.perf_counter()
+    used = context_used + int(inputs_embeds.shape[1])
+    limit = config.max_new_tokens
+    max_context = getattr(backbone, "max_context", None)
+    if isinstance(max_context, int):
+        limit = max(0, min(limit, max_context - used))
+    static = _static_decoder(backbone, config, cache, first_step, allow_static)
     with stage(prefill_stage):
-        logits, cache = backbone.lm_forward(inputs_embeds, cache)
+        if static is not None:
+            cache = static.new_cache(used + limit, max_context if isinstance(max_context, int) else None)
+            logits = static.prefill(inputs_embeds, cache)
+        else:
+            logits, cache = _prefill(backbone, inputs_embeds, cache, prefix_len)
         if first_step is not None:
             logits = first_step(logits, cache)
     calls = 1
     ids: list[int] = []
     logps: list[float] = []
     finish = "length"
-    used = context_used + int(inputs_embeds.shape[1])
-    limit = config.max_new_tokens
-    max_context = getattr(backbone, "max_context", None)
-    if isinstance(max_context, int):
-        limit = max(0, min(limit, max_context - used))
     with stage(decode_stage):
         while len(ids) < limit:
             scores = logits[0].float()
@@ -107,12 +130,48 @@ def generate(backbone: LanguageModel, inputs_embeds: torch.Tensor, config: Gener
                 break
             if len(ids) >= limit:
                 break
-            logits, cache = backbone.lm_forward(backbone.embed_ids([[next_id]]), cache)
+            if static is not None:
+                logits = static.next(backbone.embed_ids([[next_id]]), cache, used + len(ids) - 1)
+            else:
+                logits, cache = backbone.lm_forward(backbone.embed_ids([[next_id]]), cache)
             calls += 1
     text_ids = ids[:-1] if finish == "eos" else ids
     text = tok.decode(text_ids, skip_special_tokens=False)
+    if static is not None:
+        cache = None  # a static cache cannot be continued by the eager loop
     return GenerationResult(ids, text, logps, finish, cache, pending_ids=ids[-1:] if ids else [],
-                            seconds=time.perf_counter() - start, forward_calls=calls, context_len=used + len(ids))
+                            seconds=time.perf_counter() - start, forward_calls=calls, context_len=used + len(ids),
+                            continuable=static is None)
+
+
+def _static_decoder(backbone: LanguageModel, config: GenerationConfig, cache: Any, first_step: FirstStep | None,
+                    allow_static: bool) -> Any:
+    """The backbone's static-cache decoder when the fast loop applies here, else None (the eager loop)."""
+    if not (config.static_decode and allow_static and cache is None and first_step is None):
+        return None
+    from ..backbones.protocols import SupportsStaticDecode
+
+    if not isinstance(backbone, SupportsStaticDecode):
+        logger.debug("static_decode: %s offers no text_decoder(); eager loop", type(backbone).__name__)
+        return None
+    from . import static_decode
+
+    return static_decode.for_backbone(backbone, compile=os.environ.get("VIDEOLLM_COMPILE", "1") != "0")
+
+
+def _prefill(backbone: LanguageModel, embeds: torch.Tensor, cache: Any, prefix_len: int) -> tuple[torch.Tensor, Any]:
+    """`lm_forward` on the whole prompt, or on its suffix after a reused prefix KV."""
+    n = int(embeds.shape[1])
+    if cache is not None or not 0 < prefix_len < n or not prefix_cache.enabled():
+        return backbone.lm_forward(embeds, cache)
+    store = prefix_cache.default_prefix_cache()
+    prefix = embeds[:, :prefix_len]
+    reused = store.lookup(backbone, prefix)
+    if reused is not None:
+        return backbone.lm_forward(embeds[:, prefix_len:], reused)
+    logits, cache = backbone.lm_forward(embeds, None)  # the first question: one full prefill, as without reuse
+    store.store(backbone, prefix, cache)
+    return logits, cache
 
 
 def continue_generation(backbone: LanguageModel, previous: GenerationResult, config: GenerationConfig,
@@ -123,6 +182,8 @@ def continue_generation(backbone: LanguageModel, previous: GenerationResult, con
     """Go on from `previous` in its KV cache: feed its pending token (unless dropped, e.g. an EOS the caller
     overrides), then `forced_text` (a tag the model did not write), then decode. Nothing is re-encoded.
     `first_step` rewrites the logits of the first token chosen after the forced text."""
+    if not previous.continuable:
+        raise ValueError("this generation holds no cache to continue (static_decode results cannot be continued)")
     ids = [] if drop_pending else list(previous.pending_ids)
     if forced_text:
         ids += backbone.tokenizer(forced_text, add_special_tokens=False)["input_ids"]

@@ -202,7 +202,8 @@ def answer_direct(backbone: VideoLanguageModel, user_text: str, visual: VisualTo
     if opts.answer_format == "choice":
         scorer = LetterConstraint(backbone.tokenizer, option_letters(options), inner=scorer)
         cfg = replace(cfg, max_new_tokens=1, temperature=0.0, stop_strings=())
-    out = generate(backbone, inputs.embeds, cfg, observers=[probe] if probe else (), first_step=scorer)
+    out = generate(backbone, inputs.embeds, cfg, observers=[probe] if probe else (), first_step=scorer,
+                   prefix_len=inputs.prefix_len, allow_static=True)
     text = out.text.split(THINK_OPEN)[0].strip()
     choice = parse_choice(text, options)
     if isinstance(scorer, LetterConstraint):
@@ -263,7 +264,8 @@ def _answer_then_think(backbone: VideoLanguageModel, user_text: str, visual: Vis
 
     # phase 1: the initial answer, up to <think>
     cfg1 = replace(generation, max_new_tokens=answer_budget, stop_strings=(THINK_OPEN,))
-    s1 = generate(backbone, inputs.embeds, cfg1, observers=[probe] if probe else (), first_step=letters)
+    s1 = generate(backbone, inputs.embeds, cfg1, observers=[probe] if probe else (), first_step=letters,
+                  prefix_len=inputs.prefix_len)
     head = prefix + s1.text
     initial_text = head.split(THINK_OPEN)[0]
     box = first_box(initial_text)

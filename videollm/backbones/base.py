@@ -33,6 +33,12 @@ class PromptIds:
     after: list[int]
     before_text: str
     after_text: str
+    #: leading ids of `before` that precede the user's text (all of them when the question follows the video)
+    fixed_before: int = -1
+
+    def __post_init__(self) -> None:
+        if self.fixed_before < 0:
+            self.fixed_before = len(self.before)
 
 
 @dataclass
@@ -41,6 +47,9 @@ class PromptInputs:
     num_text_tokens: int
     num_visual_tokens: int
     prompt_text: str
+    #: leading embeddings that do not depend on the question (system and user-turn start, visual tokens):
+    #: their KV can be shared by every question about the same video (`answer.prefix_cache`); 0 = none known
+    prefix_len: int = 0
 
 
 class Backbone(ABC):
@@ -151,7 +160,10 @@ class Backbone(ABC):
         ids: tuple[list[int], list[int]] = ([], [])
         texts = ["", ""]
         side = 0
+        fixed = -1
         for part in parts:
+            if part == _USER_MARK and side == 0:
+                fixed = len(ids[0])  # the question comes before the video: only what precedes it is shared
             if part in (_USER_MARK, _SYSTEM_MARK):
                 text = user_text if part == _USER_MARK else (system or "")
                 ids[side].extend(self.text_ids(text, user=True))
@@ -166,7 +178,7 @@ class Backbone(ABC):
             else:
                 ids[side].extend(self.text_ids(part))
                 texts[side] += part
-        return PromptIds(ids[0], ids[1], texts[0], texts[1])
+        return PromptIds(ids[0], ids[1], texts[0], texts[1], fixed_before=fixed)
 
     def build_inputs(self, user_text: str, visual: VisualTokens, system: str | None = None,
                      assistant_prefix: str = "") -> PromptInputs:
@@ -183,7 +195,8 @@ class Backbone(ABC):
                 f"prompt of {embeds.shape[1]} tokens ({visual.num_tokens} visual) exceeds the model's context of "
                 f"{self.max_context}; lower --budget or the number of frames")
         prompt = p.before_text + self.video_token + p.after_text
-        return PromptInputs(embeds, len(p.before) + len(p.after), visual.num_tokens, prompt)
+        shared = embeds.shape[1] - len(p.after) if p.fixed_before == len(p.before) else p.fixed_before
+        return PromptInputs(embeds, len(p.before) + len(p.after), visual.num_tokens, prompt, prefix_len=shared)
 
     # ---- language model ----------------------------------------------------------------------------
     @abstractmethod

@@ -158,6 +158,10 @@ class LlavaOneVisionBackbone(Backbone):
         share one packed table)."""
         return self.model
 
+    def text_decoder(self) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """Qwen2 decoder and LM head (`SupportsStaticDecode`: the compiled decode loop)."""
+        return self.model.model.language_model, self.model.lm_head
+
     def visual_suffix(self) -> torch.Tensor | None:
         return self.model.model.image_newline.detach()[None, :]
 

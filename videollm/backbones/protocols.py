@@ -110,6 +110,14 @@ class SupportsChoiceScoring(Protocol):
 
 
 @runtime_checkable
+class SupportsStaticDecode(Protocol):
+    """Optional: the transformers decoder (taking `inputs_embeds`, `position_ids` and a cache) and the LM head,
+    for the static-cache compiled decode loop (`answer.static_decode`)."""
+
+    def text_decoder(self) -> tuple[nn.Module, nn.Module]: ...
+
+
+@runtime_checkable
 class SupportsQuantization(Protocol):
     """Optional: the modules whose `nn.Linear` layers weight quantization may replace.
 
@@ -135,4 +143,4 @@ def quant_role(key: str) -> str:
 
 
 __all__ = ["FirstStep", "LanguageModel", "PromptBuilder", "SupportsChoiceScoring", "SupportsQuantization",
-           "Tokenizer", "VideoLanguageModel", "VisionTower", "quant_role"]
+           "SupportsStaticDecode", "Tokenizer", "VideoLanguageModel", "VisionTower", "quant_role"]

@@ -301,7 +301,8 @@ class MiniBackbone(Backbone):
             raise InvalidRequestError(f"prompt of {embeds.shape[1]} tokens exceeds videollm-mini's context of "
                                       f"{self.max_context}; lower --budget or the number of frames")
         n_text = head.shape[0] + tail.shape[0] + n_block_text
-        return PromptInputs(embeds, n_text, visual.num_tokens, before + shown + after)
+        shared = embeds.shape[1] - tail.shape[0] if p.fixed_before == len(p.before) else p.fixed_before
+        return PromptInputs(embeds, n_text, visual.num_tokens, before + shown + after, prefix_len=shared)
 
     # ---- multiple choice by option likelihood ------------------------------------------------------
     def choice_scorer(self, inputs: PromptInputs, options: list[str], visual: VisualTokens,
