@@ -153,6 +153,8 @@ def videollm_answer(pipe: Any, frames: np.ndarray, question: str, new_tokens: in
     with TokenRecorder() as rec:
         ans = pipe(vid, question, prompt=question, generation=GenerationConfig(max_new_tokens=new_tokens))
     assert ans.visual_tokens == len(frames) * pipe.backbone.tokens_per_frame, ans.visual_tokens
+    logger.info("  %s stages: %s", pipe.backbone.name,
+                {k: round(v, 2) for k, v in ans.timings.items() if isinstance(v, float)})
     return rec.ids[-1]
 
 
@@ -226,6 +228,7 @@ def main() -> None:
     ap.add_argument("--question", default=QUESTIONS[0])
     ap.add_argument("--new-tokens", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0, help="random-weight draw of the *-random presets")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     ap.add_argument("--variants", nargs="+", default=["hf", "videollm", "fast"],
                     choices=["hf", "videollm", "fast", "int8-all"])
@@ -246,7 +249,8 @@ def main() -> None:
     frames = decode_frames(args.video, args.frames)
     logger.info("frames %s; cpu %s", frames.shape, describe_cpu())
     t = time.perf_counter()
-    bb = load_backbone(args.model, device="cpu", dtype="float32")
+    seed = {"seed": args.seed} if args.seed else {}
+    bb = load_backbone(args.model, device="cpu", dtype="float32", **seed)
     logger.info("model built in %.1f s", time.perf_counter() - t)
     processor = build_processor(bb)
     n_visual = args.frames * bb.tokens_per_frame
@@ -282,8 +286,8 @@ def main() -> None:
         result["agreement"] = measure_agreement(bb, pipes, frames, args.agreement_prompts, args.agreement_tokens)
     print()
     print(environment(), "|", describe_cpu())
-    print(f"{args.model}, {args.frames} frames {frames.shape[1]}x{frames.shape[2]}, {args.new_tokens} new tokens, "
-          f"{args.rounds} interleaved rounds; prompt ids identical: {same_prompt}")
+    print(f"{args.model} (seed {args.seed}), {args.video}: {args.frames} frames {frames.shape[1]}x{frames.shape[2]}, "
+          f"{args.new_tokens} new tokens, {args.rounds} interleaved rounds; prompt ids identical: {same_prompt}")
     print(table(["variant", "median s", "min s", "max s", "speed-up vs hf (medians)", "answer ids = hf"], rows))
     for name, a in result.get("agreement", {}).items():
         print(f"{name}: visual-token cosine mean {a['cosine']['mean']:.5f} min {a['cosine']['min']:.5f}; "
