@@ -81,7 +81,8 @@ def part_tower(bb: Any, frames: torch.Tensor, rounds: int, bf16: bool) -> list[l
     for k in fns:
         med = statistics.median(secs[k])
         cm, cmin = cosine(outs["fp32"], outs[k])
-        rows.append([f"tower+projector, {len(frames)} frames", k, med, med / len(frames), base / med, cm, cmin])
+        rows.append([f"tower+projector, {len(frames)} frames", k, med, med / len(frames), base / med, f"{cm:.5f}",
+                     f"{cmin:.5f}"])
     return rows
 
 
@@ -115,7 +116,7 @@ def part_prefill(bb: Any, n_frames: int, rounds: int, prompts: int) -> list[list
     for k in fns:
         med = statistics.median(secs[k]) / prompts
         cm = statistics.mean(cosine(a, b)[0] for a, b in zip(outs["fp32"], outs[k]))
-        rows.append([f"LLM prefill, {n} tokens", k, med, base / prompts / med, cm, f"{top1}/{prompts}" if k == "int8"
+        rows.append([f"LLM prefill, {n} tokens", k, med, base / prompts / med, f"{cm:.5f}", f"{top1}/{prompts}" if k == "int8"
                      else "-"])
     return rows
 
