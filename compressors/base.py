@@ -128,7 +128,8 @@ class TokenCompressor(ABC):
         # decode size, dtype and quantization are in the key because they change the output of the same instance
         bb = self.backbone
         key = video_key(video, bb, kind, extra=(video.info.height, video.info.width, str(getattr(bb, "dtype", "")),
-                                                repr(getattr(bb, "quantization", None))))
+                                                repr(getattr(bb, "quantization", None)),
+                                                getattr(bb, "cpu_int8", "none")))
         cache = default_cache()
         if key is None or not cache.has_any(key, pos_all.tolist()):  # first pass: one stream, decode prefetched
             for pos, out in compute(pos_all):

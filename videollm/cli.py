@@ -90,6 +90,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--vision-quant", default="none",
                    help=LazyHelp(lambda: f"vision encoder quantization: {schemes % {}}"))
     g.add_argument("--quant-group-size", type=int, default=128)
+    g.add_argument("--cpu-int8", default=None, metavar="{none,vision,llm,all}",
+                   help="CPU only: int8 dynamic-activation quantization of these parts' linear layers after loading "
+                        "(torch's int8 kernels; faster, outputs change slightly)")
+    g.add_argument("--fast-cpu", action="store_true",
+                   help="the CPU settings measured fastest with the same answers (today: --cpu-int8 vision, fp32)")
     g.add_argument("--device", default="auto")
     g.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
     s = p.add_argument_group("frames")
@@ -141,10 +146,24 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
                           answer_format=getattr(args, "answer_format", "free"),
                           device=args.device, dtype=args.dtype, video_backend=args.video_backend,
                           quant=args.quant, vision_quant=args.vision_quant, quant_group_size=args.quant_group_size,
-                          compressor_weights=args.compressor_weights).validate()
+                          cpu_int8=cpu_int8_choice(args), compressor_weights=args.compressor_weights).validate()
     if not getattr(args, "defer_notes", False):  # `ask` says it once the video has opened too
         flush_notes(args)
     return cfg
+
+
+def cpu_int8_choice(args: argparse.Namespace) -> str:
+    """--cpu-int8 as given, else what --fast-cpu selects; both given and different is refused."""
+    from .cpu_speed import FAST_CPU_INT8
+    from .errors import InvalidRequestError
+
+    chosen = getattr(args, "cpu_int8", None)
+    if getattr(args, "fast_cpu", False):
+        if chosen not in (None, FAST_CPU_INT8):
+            raise InvalidRequestError(f"--fast-cpu selects --cpu-int8 {FAST_CPU_INT8}; it conflicts with "
+                                      f"--cpu-int8 {chosen}")
+        return FAST_CPU_INT8
+    return chosen or "none"
 
 
 def resolve_model(args: argparse.Namespace) -> str:

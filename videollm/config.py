@@ -42,6 +42,8 @@ class PipelineConfig:
     quant: str = "none"  # LLM weights: none | int8 | int4 | int2 | ternary
     vision_quant: str = "none"  # vision encoder weights, same choices
     quant_group_size: int = 128
+    #: CPU int8 dynamic-activation quantization after loading: none | vision | llm | all (`cpu_speed.py`)
+    cpu_int8: str = "none"
     device: str = "auto"
     dtype: str = "auto"
     video_backend: str = "auto"  # preferred decoder; the other one takes over when it fails
@@ -96,6 +98,9 @@ class PipelineConfig:
             raise InvalidRequestError(f"quant group size must be >= 1, got {self.quant_group_size}")
         if self.dtype not in DTYPES:
             raise InvalidRequestError(f"unknown dtype {self.dtype!r}; choose from {', '.join(DTYPES)}")
+        from .cpu_speed import check_cpu_int8
+
+        check_cpu_int8(self.cpu_int8, self.device, self.dtype, self.quant, self.vision_quant)
         if self.video_backend != "auto":
             from .video.decoders import DECODERS
 

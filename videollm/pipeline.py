@@ -79,10 +79,16 @@ class VideoQAPipeline:
                 from .quant import quantize_backbone
 
                 quantize_backbone(backbone, llm=cfg.quant, vision=cfg.vision_quant, group_size=cfg.quant_group_size)
+            if cfg.cpu_int8 != "none":
+                from .cpu_speed import apply_cpu_int8
+
+                apply_cpu_int8(backbone, cfg.cpu_int8)
             return backbone
 
         quant = "none" if cfg.quant == cfg.vision_quant == "none" else f"{cfg.quant}+{cfg.vision_quant}"
-        options = {"group_size": cfg.quant_group_size} if quant != "none" else {}
+        options: dict[str, Any] = {"group_size": cfg.quant_group_size} if quant != "none" else {}
+        if cfg.cpu_int8 != "none":  # an int8 copy is another cache entry than the float one
+            options["cpu_int8"] = cfg.cpu_int8
         backbone = get_model(cfg.model, device=cfg.device, dtype=cfg.dtype, quant=quant, loader=load, **options)
         return cls(backbone, cfg)
 
