@@ -188,6 +188,7 @@ def load_file_keys(path):
     return list(load_file(str(path)))
 
 
+@pytest.mark.slow
 def test_training_learns_the_flash_order_that_pooling_alone_cannot_see(tmp_path):
     """The toy proof in small: after a short run the encoder separates the two orders on its training clips."""
     from videollm.backbones.tiny import build_tiny_random
