@@ -72,8 +72,9 @@ def main() -> None:
         acc_base = choice_accuracy(bb, base, test_set)
         comp, secs = train(bb, train_set, args, seed, encoder=True)
         acc_train, acc_test = choice_accuracy(bb, comp, train_set), choice_accuracy(bb, comp, test_set)
+        secs_txt = f"{secs:.0f}" + (f" (baseline {base_secs:.0f})" if base_secs else "")
         rows.append([seed, f"{args.steps} × {args.batch_size}", f"{args.lr:g}", base_txt, f"{acc_base:.3f}",
-                     f"{acc_train:.3f}", f"{acc_test:.3f}", f"{secs:.0f}" + (f" (+{base_secs:.0f})" if base_secs else "")])
+                     f"{acc_train:.3f}", f"{acc_test:.3f}", secs_txt])
         print(table(["seed", "steps × batch", "lr", "baseline", "baseline held-out", "STORM k=4 train",
                      "STORM k=4 held-out", "train s"], rows[-1:]), flush=True)
     print(f"\n{environment()}; {args.train} training and {args.test} held-out clips per seed; "
