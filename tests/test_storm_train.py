@@ -50,7 +50,9 @@ def test_cli_trains_resumes_and_the_result_loads(llava_data, tmp_path, capsys):
     out = tmp_path / "ckpt"
     args = ["train", "storm", "--model", "tiny-random", "--data", str(data), "--videos", str(vids),
             "--output", str(out), "--frames", "4", "--device", "cpu", "--save-every", "1"]
-    assert main(args + ["--steps", "2"]) == 0
+    assert main(args + ["--steps", "2", "--batch-size", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "loss=" in err and "samples_s=" in err and "answer_tok_s=" in err  # progress: loss and throughput
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
     assert (out / "checkpoints" / "step-1").is_dir() and (out / "checkpoints" / "step-2").is_dir()
     assert main(args + ["--steps", "3", "--resume"]) == 0
