@@ -5,9 +5,9 @@ frame after the projector, Qwen2-0.5B (D = 896). The encoder is one bidirectiona
 parameters, non-zero output projections: the cost of a trained one) on all T x 196 tokens, timed directly at
 every T. The prefill is timed for the k = 4 pooled T/4 x 196 tokens and for the uncompressed T x 196 tokens
 while that stays under `--max-prefill-tokens` (a full prefill at T frames has as many tokens as the pooled one
-at 4T, so one measurement serves both); beyond it the full prefill is **extrapolated** from the two largest
-measured sizes with t(n) = a n + b n^2 (linear layers + attention) and marked "≈". The vision tower runs frame
-by frame in chunks, so it is timed on `--tower-frames` frames and **scaled linearly** to T.
+at 4T, so one measurement serves both); beyond it the full prefill is **extrapolated** from all measured sizes
+with t(n) = a n + b n^2, a, b >= 0 (linear layers + attention; `fit_prefill`) and marked "≈". The vision
+tower runs frame by frame in chunks, so it is timed on `--tower-frames` frames and **scaled linearly** to T.
 Memory: the peak of the process's resident set while the encoder runs, minus its level just before (sampled
 every 2 ms on CPU; `torch.cuda.max_memory_allocated` on GPU).
 
@@ -70,10 +70,20 @@ def peak_extra_mib(fn: Callable[[], object], device: torch.device) -> tuple[floa
 
 
 def fit_prefill(points: dict[int, float]) -> Callable[[int], float]:
-    """t(n) = a n + b n^2 through the two largest measured sizes (least squares when they are more)."""
-    (n1, t1), (n2, t2) = sorted(points.items())[-2:]
-    b = (t2 / n2 - t1 / n1) / (n2 - n1)
-    a = t1 / n1 - b * n1
+    """t(n) = a n + b n^2 with a, b >= 0 (linear layers + attention), least squares on relative error over all
+    measured sizes (contention on a shared CPU makes single points noisy)."""
+    ns = torch.tensor(list(points), dtype=torch.float64)
+    ts = torch.tensor(list(points.values()), dtype=torch.float64)
+    X = torch.stack([ns, ns * ns], 1) / ts[:, None]
+    ones = torch.ones_like(ts)
+    a, b = torch.linalg.lstsq(X, ones[:, None]).solution[:, 0].tolist()
+    if a < 0 or b < 0:  # one term alone
+        fits = []
+        for col in (0, 1):
+            c = max(0.0, float((X[:, col] @ ones) / (X[:, col] @ X[:, col])))
+            fits.append((float(((X[:, col] * c - ones) ** 2).sum()), col, c))
+        _, col, c = min(fits)
+        a, b = (c, 0.0) if col == 0 else (0.0, c)
     return lambda n: a * n + b * n * n
 
 
