@@ -19,15 +19,16 @@ a new Linear to the LLM width in place of the projector, then the encoder; it mu
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,16 +39,16 @@ from videollm.types import VisualTokens
 from videollm.video import Video
 
 from . import COMPRESSORS
-from .base import CompressorConfig, TokenCompressor, grid_for, pack, timed_chunks
+from .base import WEIGHTS_FILE, CompressorConfig, WeightedCompressor, grid_for, pack
 from .mamba_scan import DEFAULT_CHUNK, selective_scan
 
 logger = logging.getLogger(__name__)
 
 PLACEMENTS = ("post_projector", "pre_projector")
 CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 #: config fields that define the weights' shapes (a checkpoint fixes them; the rest are inference options)
-ARCH_FIELDS = ("num_layers", "d_state", "d_conv", "expand", "dt_rank", "causal", "placement", "pre_downsample")
+ARCH_FIELDS = ("num_layers", "d_state", "d_conv", "expand", "dt_rank", "causal", "placement", "pre_downsample",
+               "train_projector")
 
 
 @dataclass
@@ -63,6 +64,7 @@ class StormConfig(CompressorConfig):
     causal: bool = False  # forward scan only (streaming); default bidirectional as in the paper
     placement: str = "post_projector"  # or "pre_projector" (the paper's; needs trained weights)
     pre_downsample: int = 2  # pre_projector: pixel-unshuffle factor before the Linear (VILA's 2x2)
+    train_projector: bool = False  # post_projector: the checkpoint holds its own copy of the projector, trained too
     # reduction: None = chosen to meet the budget (see plan_reduction)
     temporal_pool: int | None = None  # k: average k consecutive frames (paper: 4)
     spatial_pool: int | str | None = None  # tokens per frame, or a grid "RxC"
@@ -267,14 +269,18 @@ class StormEncoder(nn.Module):
         return (m for m in self.modules() if isinstance(m, SelectiveMixer))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(T, rows, cols, Din) → (T, rows, cols, D): one sequence of T*rows*cols tokens."""
+        """(T, rows, cols, Din) → (T, rows, cols, D): one sequence of T*rows*cols tokens; a leading batch
+        dimension (B, T, rows, cols, Din) scans B videos of the same shape at once (training)."""
         if self.input_proj is not None:
             tokens = self.input_proj(tokens)
-        T, r, c, d = tokens.shape
-        x = tokens.reshape(1, T * r * c, d)
+        batched = tokens.dim() == 5
+        x5 = tokens if batched else tokens[None]
+        B, T, r, c, d = x5.shape
+        x = x5.reshape(B, T * r * c, d)
         for layer in self.layers:
             x = layer(x)
-        return x.reshape(T, r, c, d)
+        x = x.reshape(B, T, r, c, d)
+        return x if batched else x[0]
 
 
 def pixel_unshuffle(features: torch.Tensor, factor: int) -> torch.Tensor:
@@ -309,8 +315,14 @@ def spatial_average(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor
 # -- the compressor ------------------------------------------------------------------------------------
 
 @COMPRESSORS.register("storm")
-class StormCompressor(TokenCompressor, nn.Module):
-    """STORM: Mamba temporal encoder → temporal pooling (k) → spatial pooling → test-time sampling (s)."""
+class StormCompressor(WeightedCompressor):
+    """STORM: Mamba temporal encoder → temporal pooling (k) → spatial pooling → test-time sampling (s).
+
+    A `WeightedCompressor`: its modules are `encoder` (and, with `train_projector`, `projector`, its own
+    trained copy of the backbone's projector); `save_pretrained(dir)` writes config.json + model.safetensors
+    and `weights=DIR` (or `from_pretrained(DIR, backbone)`) loads them. Checkpoints written before the seam
+    (encoder keys without the `encoder.` prefix) still load.
+    """
 
     name = "storm"
     config_class = StormConfig
@@ -318,7 +330,6 @@ class StormCompressor(TokenCompressor, nn.Module):
 
     def __init__(self, backbone: Any, config: StormConfig | None = None, untrained_ok: bool = False,
                  **overrides: Any):
-        nn.Module.__init__(self)
         weights = overrides.get("weights") or (config.weights if config is not None else None)
         if weights:  # the checkpoint fixes the architecture; the user's options override the rest
             saved = read_config(weights)
@@ -327,21 +338,28 @@ class StormCompressor(TokenCompressor, nn.Module):
                     raise InvalidRequestError(f"storm option {k}={v!r} conflicts with the checkpoint in {weights} "
                                               f"({k}={getattr(saved, k)!r})")
             config = saved
-        TokenCompressor.__init__(self, backbone, config, **overrides)
-        self.config.validate()
+        super().__init__(backbone, config, **overrides)
         self.trained = bool(weights)
-        if self.config.placement == "pre_projector" and not (weights or untrained_ok):
+        c = self.config
+        if c.placement == "pre_projector" and not (weights or untrained_ok):
             raise InvalidRequestError(
                 "storm placement=pre_projector replaces the backbone's projector with a new Linear that must be "
                 "trained first: pass weights=DIR (made by `videollm train storm --placement pre_projector`)")
+        if c.train_projector and c.placement == "pre_projector":
+            raise InvalidRequestError("storm train_projector applies to placement=post_projector (pre_projector "
+                                      "always trains its own Linear in place of the projector)")
         vision_dim = None
-        if self.config.placement == "pre_projector":
+        if c.placement == "pre_projector":
             vision_dim = self._vision_dim() * self._unshuffle_factor() ** 2
-        self.encoder = StormEncoder(backbone.hidden_size, self.config, vision_dim)
+        self.encoder = StormEncoder(backbone.hidden_size, c, vision_dim)
+        self.projector: nn.Module | None = None
+        if c.train_projector:
+            parent, attr = projector_slot(backbone)
+            self.projector = copy.deepcopy(getattr(parent, attr)).float().requires_grad_(True)
         device = getattr(backbone, "device", torch.device("cpu"))
-        self.encoder.to(device)
+        self.to(device)
         if weights:
-            self._load_weights(Path(weights) / WEIGHTS_FILE)
+            self.load_weights(weights)
             self.config.weights = str(weights)
 
     # -- backbone geometry -------------------------------------------------------------------------------
@@ -372,24 +390,39 @@ class StormCompressor(TokenCompressor, nn.Module):
         h, w = int(self._probe()[0]), int(self._probe()[1])
         return math.ceil(h / f), math.ceil(w / f)
 
-    def encoder_inputs(self, video: Video) -> torch.Tensor:
-        """All sampled frames as the encoder's input (T, rows, cols, Din): LLM-space tokens or unshuffled features."""
+    def frozen_inputs(self, video: Video) -> torch.Tensor:
+        """What the frozen backbone gives for all sampled frames (T, rows, cols, Din): the projector's
+        LLM-space tokens, or (own projector) the tower's features, or (pre_projector) unshuffled features.
+        The training loop caches these once per clip."""
         parts = []
-        if self.config.placement == "post_projector":
+        if self.config.placement == "post_projector" and self.projector is None:
             for _, tok in self.iter_frame_tokens(video):
                 parts.append(tok)
+        elif self.config.placement == "post_projector":
+            for _, feats in self.iter_frame_features(video):
+                parts.append(feats)
         else:
             for _, feats in self.iter_frame_features(video):
                 parts.append(pixel_unshuffle(feats, self._unshuffle_factor()))
-        return torch.cat(parts).clone()  # clone: out of inference mode, so training can backprop the encoder
+        return torch.cat(parts).clone()  # clone: out of inference mode, so training can backprop through them
+
+    encoder_inputs = frozen_inputs  # the name before the projector option
+
+    def encode(self, frozen: torch.Tensor) -> torch.Tensor:
+        """The trainable part: [own projector →] encoder. (T, r, c, Din) or (B, T, r, c, Din) → (..., D)."""
+        param = next(self.encoder.parameters())
+        x = frozen.to(param.device)
+        if self.projector is not None:
+            lead = x.shape[:-3]
+            flat = x.reshape(-1, *x.shape[-3:]).to(next(self.projector.parameters()).dtype)
+            with swapped_projector(self.backbone, self.projector):
+                x = project_with_grad(self.backbone, flat)
+            x = x.reshape(*lead, *x.shape[1:])
+        return self.encoder(x.to(param.dtype))
 
     def reduce(self, tokens: torch.Tensor, plan: ReductionPlan) -> torch.Tensor:
         """Encoder → temporal pooling → spatial pooling → sampling: (T, r, c, Din) → (kept, R, C, D)."""
-        param = next(self.encoder.parameters())
-        x = self.encoder(tokens.to(param.device, param.dtype))
-        x = temporal_average(x, plan.temporal_pool)
-        x = spatial_average(x, plan.grid)
-        return x[::plan.sample_stride]
+        return apply_plan(self.encode(tokens), plan)
 
     def plan(self, num_frames: int, budget: int | None) -> ReductionPlan:
         c = self.config
@@ -399,11 +432,11 @@ class StormCompressor(TokenCompressor, nn.Module):
     def compress(self, video: Video, query: str | None, budget: int | None) -> VisualTokens:
         T = len(video)
         plan = self.plan(T, budget)
-        tokens = self.encoder_inputs(video)
+        tokens = self.frozen_inputs(video)
         with stage("compress"), torch.no_grad():
             out = self.reduce(tokens, plan)
         starts = list(range(0, T, plan.temporal_pool))[::plan.sample_stride]
-        native = tuple(plan.grid) == tuple(tokens.shape[1:3])
+        native = tuple(plan.grid) == tuple(self.token_grid())
         per = plan.grid[0] * plan.grid[1]
         flat = out.flatten(1, 2).to(getattr(self.backbone, "dtype", out.dtype))
         patches = [torch.arange(per) if native else torch.full((per,), -1) for _ in starts]
@@ -412,42 +445,88 @@ class StormCompressor(TokenCompressor, nn.Module):
                  "kept_pooled_frames": plan.kept_groups, "placement": self.config.placement,
                  "encoder": "trained" if self.trained else
                  ("untrained (identity)" if self.config.placement == "post_projector" else "untrained"),
+                 "projector": "own (trained)" if self.projector is not None else "backbone's",
                  "layers": self.config.num_layers, "causal": self.config.causal}
         return pack(list(flat), starts, video.timestamps, T, patches, stats)
 
-    # -- weights (becomes WeightedCompressor's at the seams merge) -----------------------------------------
+    # -- weights (WeightedCompressor's format; old encoder-only checkpoints are read too) ------------------
     def quantizable_modules(self) -> dict[str, nn.Module]:
-        return {"storm.encoder": self.encoder}
+        mods: dict[str, nn.Module] = {"storm.encoder": self.encoder}
+        if self.projector is not None:
+            mods["storm.projector"] = self.projector
+        return mods
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        from safetensors.torch import save_file
-
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        cfg = asdict(self.config)
-        cfg["weights"] = None
-        (out / CONFIG_FILE).write_text(json.dumps({"compressor": self.name, "config": cfg}, indent=2))
-        state = {k: v.detach().contiguous().cpu() for k, v in self.encoder.state_dict().items()}
-        save_file(state, str(out / WEIGHTS_FILE), metadata={"compressor": self.name, "placement": self.config.placement})
-        return out
+        weights, self.config.weights = self.config.weights, None  # a checkpoint never points at another one
+        try:
+            return super().save_pretrained(directory)
+        finally:
+            self.config.weights = weights
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, backbone: Any, **overrides: Any) -> "StormCompressor":
+        overrides.pop("weights", None)
         return cls(backbone, weights=str(directory), **overrides)
 
-    def _load_weights(self, path: Path) -> None:
+    def load_weights(self, directory: str | Path) -> None:
         from safetensors.torch import load_file
 
+        path = Path(directory) / WEIGHTS_FILE
         if not path.is_file():
             raise InvalidRequestError(f"storm weights not found: {path}")
         state = load_file(str(path))
-        own = self.encoder.state_dict()
+        if state and not any(k.startswith(("encoder.", "projector.")) for k in state):
+            state = {f"encoder.{k}": v for k, v in state.items()}  # a checkpoint from before the seam
+        own = self.state_dict()
         bad = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
         if bad or set(state) != set(own):
             raise InvalidRequestError(
                 f"storm weights in {path.parent} do not fit this backbone (hidden size {self.backbone.hidden_size}): "
                 f"{'shape mismatch in ' + bad[0] if bad else 'different layers'}; were they trained for another model?")
-        self.encoder.load_state_dict(state)
+        self.load_state_dict(state)
+
+
+def apply_plan(encoded: torch.Tensor, plan: ReductionPlan) -> torch.Tensor:
+    """Temporal pooling → spatial pooling → sampling of one encoded video: (T, r, c, D) → (kept, R, C, D)."""
+    x = temporal_average(encoded, plan.temporal_pool)
+    x = spatial_average(x, plan.grid)
+    return x[::plan.sample_stride]
+
+
+#: where backbones keep their projector module (parent attribute path, attribute)
+PROJECTOR_SLOTS = (("model.model", "multi_modal_projector"), ("", "projector"))
+
+
+def projector_slot(backbone: Any) -> tuple[nn.Module, str]:
+    """(parent module, attribute name) of the backbone's projector, for `train_projector`."""
+    for path, attr in PROJECTOR_SLOTS:
+        parent = backbone
+        for part in filter(None, path.split(".")):
+            parent = getattr(parent, part, None)
+        if isinstance(parent, nn.Module) and isinstance(getattr(parent, attr, None), nn.Module):
+            return parent, attr
+    raise InvalidRequestError(f"storm train_projector needs a backbone whose projector is a torch module; "
+                              f"{getattr(backbone, 'name', type(backbone).__name__)} has none")
+
+
+def project_with_grad(backbone: Any, features: torch.Tensor) -> torch.Tensor:
+    """`backbone.project` without the `torch.inference_mode` its class may wrap it in (training needs autograd
+    through the projector copy; the arithmetic is the backbone's own)."""
+    fn = type(backbone).project
+    return getattr(fn, "__wrapped__", fn)(backbone, features)
+
+
+@contextmanager
+def swapped_projector(backbone: Any, module: nn.Module) -> Iterator[None]:
+    """Run `backbone.project` with `module` in place of its projector (so the backbone's own pooling and
+    layout still apply), then put the original back."""
+    parent, attr = projector_slot(backbone)
+    original = getattr(parent, attr)
+    setattr(parent, attr, module)
+    try:
+        yield
+    finally:
+        setattr(parent, attr, original)
 
 
 def read_config(directory: str | Path) -> StormConfig:

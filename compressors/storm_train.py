@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -30,10 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from videollm.errors import InvalidRequestError
-from videollm.types import VisualTokens
 from videollm.video import Video
 
-from .storm import StormCompressor, StormConfig, spatial_average, temporal_average
+from .storm import StormCompressor, StormConfig, apply_plan
 
 logger = logging.getLogger(__name__)
 
@@ -42,14 +42,20 @@ PLACEHOLDERS = ("<video>", "<image>")
 
 @dataclass
 class TrainExample:
-    """One question about one video; `video` is loaded lazily (a path) or given (frames in memory)."""
+    """A conversation about one video: the first question and answer, then any further turns (`followups`).
+    `video` is loaded lazily (a path) or given (frames in memory)."""
 
     video: Video | Callable[[], Video]
     question: str
     answer: str
+    followups: tuple[tuple[str, str], ...] = ()
 
     def load(self) -> Video:
         return self.video if isinstance(self.video, Video) else self.video()
+
+    @property
+    def turns(self) -> list[tuple[str, str]]:
+        return [(self.question, self.answer), *self.followups]
 
 
 @dataclass
@@ -57,11 +63,14 @@ class StormTrainConfig:
     output: str
     steps: int | None = None  # None: `epochs` passes over the data
     epochs: int = 1
-    batch_size: int = 1  # examples per optimizer step per process (their losses averaged)
+    batch_size: int = 1  # conversations per optimizer step per process, run as one padded batch
     lr: float = 1e-3
+    projector_lr: float | None = None  # None: lr (only with storm.train_projector)
     weight_decay: float = 0.0
     warmup_steps: int = 0
     grad_clip: float = 1.0
+    eos_loss: bool = True  # include each turn's end token in the loss (off: the answer's own tokens only)
+    train_encoder: bool = True  # False with storm.train_projector: the pooling-only baseline with a trained projector
     budget: int | None = None  # pooling chosen as at inference when temporal_pool etc. are unset
     save_every: int = 500
     seed: int = 0
@@ -72,6 +81,27 @@ class StormTrainConfig:
 
 
 # -- data --------------------------------------------------------------------------------------------
+
+def _clean(question: str) -> str:
+    for ph in PLACEHOLDERS:
+        question = question.replace(ph + "\n", "").replace(ph, "")
+    return question.strip()
+
+
+def conversation_turns(turns: list[Any]) -> list[tuple[str, str]]:
+    """(question, answer) for every human turn followed by a non-empty gpt turn, in order."""
+    pairs: list[tuple[str, str]] = []
+    pending: str | None = None
+    for t in turns:
+        if not isinstance(t, dict):
+            continue
+        if t.get("from") == "human":
+            pending = str(t.get("value", ""))
+        elif t.get("from") == "gpt" and pending is not None and str(t.get("value", "")).strip():
+            pairs.append((_clean(pending), str(t["value"]).strip()))
+            pending = None
+    return pairs
+
 
 def read_llava_json(data: str | Path, videos: str | Path, num_frames: int = 32) -> list[TrainExample]:
     """The LLaVA-Video layout, checked up front (before any model loads): every video must exist."""
@@ -93,50 +123,150 @@ def read_llava_json(data: str | Path, videos: str | Path, num_frames: int = 32) 
     for i, rec in enumerate(records):
         if not isinstance(rec, dict) or "video" not in rec or not isinstance(rec.get("conversations"), list):
             raise InvalidRequestError(f"{data} record {i} lacks 'video' or 'conversations'")
-        turns = rec["conversations"]
-        human = next((t for t in turns if isinstance(t, dict) and t.get("from") == "human"), None)
-        gpt = next((t for t in turns if isinstance(t, dict) and t.get("from") == "gpt"), None)
-        if human is None or gpt is None or not str(gpt.get("value", "")).strip():
-            raise InvalidRequestError(f"{data} record {i} needs a 'human' and a non-empty 'gpt' turn")
+        pairs = conversation_turns(rec["conversations"])
+        if not pairs:
+            raise InvalidRequestError(f"{data} record {i} needs a 'human' turn followed by a non-empty 'gpt' turn")
         path = videos / rec["video"]
         if not path.is_file():
             raise InvalidRequestError(f"{data} record {i}: video not found: {path}")
-        question = str(human.get("value", ""))
-        for ph in PLACEHOLDERS:
-            question = question.replace(ph + "\n", "").replace(ph, "")
-        out.append(TrainExample(lambda p=path: load_video(p, sampling), question.strip(), str(gpt["value"]).strip()))
+        (q, a), more = pairs[0], tuple(pairs[1:])
+        out.append(TrainExample(lambda p=path: load_video(p, sampling), q, a, more))
     return out
 
 
-# -- one example's loss --------------------------------------------------------------------------------
+# -- token layout of a conversation -------------------------------------------------------------------
 
-def answer_loss(backbone: Any, visual: torch.Tensor, question: str, answer: str) -> torch.Tensor:
-    """Cross-entropy of the answer tokens (and the end-of-turn token) given the prompt with `visual` (N, D)."""
-    vt = VisualTokens(visual, torch.zeros(visual.shape[0], dtype=torch.long), torch.full((visual.shape[0],), -1),
-                      torch.zeros(1), 1)
-    prompt = backbone.build_inputs(question, vt)
-    tok = backbone.tokenizer
-    ids = tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    target = torch.tensor(ids, device=prompt.embeds.device)
-    embeds = torch.cat([prompt.embeds, backbone.embed_ids(target[:-1]).to(prompt.embeds.dtype)[None]], dim=1)
-    logits = backbone.sequence_logits(embeds)[0]
-    n_prompt = prompt.embeds.shape[1]
-    return F.cross_entropy(logits[n_prompt - 1:], target)
+_ANSWER_MARK, _QUESTION_MARK = "\ue000videollm:answer\ue001", "\ue000videollm:question\ue001"
 
 
-def encode_pooled(compressor: StormCompressor, encoder: torch.nn.Module, video: Video, budget: int | None,
-                  tokens: torch.Tensor | None = None) -> torch.Tensor:
-    """Frozen tower (and projector) → trainable encoder → the inference pooling/sampling: (tokens, D).
+@dataclass
+class ConversationIds:
+    """A conversation's tokens around the video: `before` + video + `after` is the first prompt (it ends with
+    the assistant prefix); `rest` are the following segments, each (ids, is_target)."""
+
+    before: list[int]
+    after: list[int]
+    rest: list[tuple[list[int], bool]]
+
+    @property
+    def num_targets(self) -> int:
+        return sum(len(ids) for ids, target in self.rest if target)
+
+
+def _render(backbone: Any, messages: list[dict[str, Any]], generation: bool) -> str:
+    return backbone.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation,
+                                                  chat_template=backbone.chat_template)
+
+
+def _msg(role: str, text: str, video: bool = False) -> dict[str, Any]:
+    parts: list[dict[str, Any]] = [{"type": "video"}] if video else []
+    return {"role": role, "content": parts + [{"type": "text", "text": text}]}
+
+
+def conversation_ids(backbone: Any, turns: Sequence[tuple[str, str]], eos_loss: bool = True) -> ConversationIds:
+    """Tokenize a multi-turn conversation with the backbone's chat template, marking every answer's tokens
+    (and its end-of-turn token when `eos_loss`) as targets; prompts, template text and the video are not.
+    Template text is tokenized with special tokens, user text with them split into plain text."""
+    if not turns:
+        raise InvalidRequestError("a training conversation needs at least one question and answer")
+    prompt = backbone.prompt_ids(turns[0][0])
+    first = [_msg("user", "Q", video=True)]
+    with_answer = _render(backbone, first + [_msg("assistant", _ANSWER_MARK)], False)
+    tail = backbone.text_ids(with_answer.split(_ANSWER_MARK, 1)[1])  # what the template puts after an answer
+    eos = backbone.eos_token_ids
+    if tail and tail[0] in eos:
+        end, between = tail[:1], tail[1:]
+    else:  # a template without an end-of-turn token: the model's EOS closes the answer
+        end, between = [backbone.tokenizer.eos_token_id], tail
+    rest: list[tuple[list[int], bool]] = []
+    for i, (question, answer) in enumerate(turns):
+        if i:
+            nxt = _render(backbone, first + [_msg("assistant", "A"), _msg("user", _QUESTION_MARK)], True)
+            base = _render(backbone, first + [_msg("assistant", "A")], False)
+            pre, post = nxt[len(base):].split(_QUESTION_MARK, 1)
+            rest.append((backbone.text_ids(pre) + backbone.text_ids(question, user=True) + backbone.text_ids(post),
+                         False))
+        rest.append((backbone.text_ids(answer), True))
+        rest.append((list(end), eos_loss))
+        if i < len(turns) - 1 and between:
+            rest.append((list(between), False))
+    return ConversationIds(list(prompt.before), list(prompt.after), rest)
+
+
+def conversation_inputs(backbone: Any, ids: ConversationIds, visual: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(embeds (L, D), labels (L,)): the video's tokens spliced in as at inference; labels are the token ids
+    of target positions and -100 elsewhere."""
+    dev, dt = backbone.device, backbone.dtype
+    parts = [backbone.embed_ids(ids.before), visual.to(dev, dt)]
+    suffix = backbone.visual_suffix()
+    if suffix is not None:
+        parts.append(suffix.to(dev, dt))
+    parts.append(backbone.embed_ids(ids.after))
+    n_prompt = sum(p.shape[0] for p in parts)
+    labels = [-100] * n_prompt
+    for seg, target in ids.rest:
+        parts.append(backbone.embed_ids(seg))
+        labels += seg if target else [-100] * len(seg)
+    embeds = torch.cat(parts)
+    if embeds.shape[0] > backbone.max_context:
+        raise InvalidRequestError(f"a training sequence of {embeds.shape[0]} tokens exceeds the model's context of "
+                                  f"{backbone.max_context}; lower --frames or pool more")
+    return embeds, torch.tensor(labels, device=embeds.device)
+
+
+def conversation_loss(backbone: Any, visuals: Sequence[torch.Tensor], ids: Sequence[ConversationIds]
+                      ) -> tuple[torch.Tensor, int]:
+    """Next-token cross-entropy over the target tokens of a batch of conversations, as one right-padded
+    forward (causal attention: padding after a sequence cannot change its logits). (mean loss, targets)."""
+    seqs = [conversation_inputs(backbone, i, v) for v, i in zip(visuals, ids)]
+    longest = max(e.shape[0] for e, _ in seqs)
+    embeds = torch.stack([F.pad(e, (0, 0, 0, longest - e.shape[0])) for e, _ in seqs])
+    labels = torch.stack([F.pad(l, (0, longest - l.shape[0]), value=-100) for _, l in seqs])
+    logits = backbone.sequence_logits(embeds)
+    n = int((labels[:, 1:] != -100).sum())
+    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+    return loss, n
+
+
+def answer_loss(backbone: Any, visual: torch.Tensor, question: str, answer: str, eos_loss: bool = True
+                ) -> torch.Tensor:
+    """Cross-entropy of one answer's tokens (and its end-of-turn token) given the prompt with `visual` (N, D)."""
+    return conversation_loss(backbone, [visual], [conversation_ids(backbone, [(question, answer)], eos_loss)])[0]
+
+
+# -- the trainable part ---------------------------------------------------------------------------------
+
+class StormTrainable(torch.nn.Module):
+    """The modules that train ([own projector →] encoder), as one module for accelerate to wrap (DDP)."""
+
+    def __init__(self, compressor: StormCompressor):
+        super().__init__()
+        self.encoder = compressor.encoder
+        self.projector = compressor.projector
+        object.__setattr__(self, "compressor", compressor)  # not a submodule: the backbone stays outside
+
+    def forward(self, frozen: torch.Tensor) -> torch.Tensor:
+        return self.compressor.encode(frozen)
+
+
+def encode_batch(compressor: StormCompressor, module: Callable[[torch.Tensor], torch.Tensor],
+                 frozen: Sequence[torch.Tensor], budget: int | None) -> list[torch.Tensor]:
+    """Frozen inputs → trainable part → the inference pooling/sampling, one (tokens, D) per video; videos of
+    one shape go through the encoder as one batch."""
+    same = len({tuple(f.shape) for f in frozen}) == 1
+    encoded = list(module(torch.stack(list(frozen)))) if same and len(frozen) > 1 else [module(f) for f in frozen]
+    return [apply_plan(e, compressor.plan(f.shape[0], budget)).flatten(0, 2) for e, f in zip(encoded, frozen)]
+
+
+def encode_pooled(compressor: StormCompressor, module: Callable[[torch.Tensor], torch.Tensor], video: Video,
+                  budget: int | None, tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """One video: frozen tower (and projector) → trainable part → pooling/sampling: (tokens, D).
     `tokens`: the frozen part's output when already computed."""
-    plan = compressor.plan(len(video), budget)
     if tokens is None:
         with torch.no_grad():
-            tokens = compressor.encoder_inputs(video)
-    param = next(compressor.encoder.parameters())
-    x = encoder(tokens.to(param.device, param.dtype))
-    x = temporal_average(x, plan.temporal_pool)
-    x = spatial_average(x, plan.grid)[::plan.sample_stride]
-    return x.flatten(0, 2)
+            tokens = compressor.frozen_inputs(video)
+    return encode_batch(compressor, module, [tokens], budget)[0]
 
 
 # -- the loop -------------------------------------------------------------------------------------------
@@ -153,27 +283,36 @@ def backbone_modules(backbone: Any) -> list[torch.nn.Module]:
 
 def train_storm(backbone: Any, examples: Sequence[TrainExample], cfg: StormTrainConfig,
                 compressor: StormCompressor | None = None) -> StormCompressor:
-    """Train (or continue training) a STORM encoder on `examples`; saves to cfg.output and returns it."""
+    """Train (or continue training) a STORM encoder (and optionally its own projector) on `examples`;
+    saves to cfg.output and returns it."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
     if not examples:
         raise InvalidRequestError("no training examples")
+    if not cfg.train_encoder and not cfg.storm.train_projector:
+        raise InvalidRequestError("nothing to train: train_encoder is off and train_projector is not set")
     out = Path(cfg.output)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
     set_seed(cfg.seed)
     freeze_backbone(backbone)
     if compressor is None:
         compressor = StormCompressor(backbone, cfg.storm, untrained_ok=True)
-    compressor.encoder.train()
-    params = [p for p in compressor.encoder.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    compressor.encoder.requires_grad_(cfg.train_encoder)
+    trainable = StormTrainable(compressor).train()
+    groups = []
+    if cfg.train_encoder:
+        groups.append({"params": list(compressor.encoder.parameters()), "lr": cfg.lr})
+    if compressor.projector is not None:
+        groups.append({"params": list(compressor.projector.parameters()), "lr": cfg.projector_lr or cfg.lr})
+    params = [p for g in groups for p in g["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     per_epoch = math.ceil(len(examples) / (cfg.batch_size * accelerator.num_processes))
     total = cfg.steps or per_epoch * cfg.epochs
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)) * 0.5 * (1 + math.cos(math.pi * s / total)))
-    encoder, optimizer, schedule = accelerator.prepare(compressor.encoder, optimizer, schedule)
+    module, optimizer, schedule = accelerator.prepare(trainable, optimizer, schedule)
     ckpt_root = out / "checkpoints"
     step = 0
     if cfg.resume:
@@ -185,27 +324,29 @@ def train_storm(backbone: Any, examples: Sequence[TrainExample], cfg: StormTrain
     rank, world = accelerator.process_index, accelerator.num_processes
     bar = tqdm(total=total, initial=step, desc="train storm", unit="step",
                disable=not accelerator.is_local_main_process)
-    t0, seen = time.perf_counter(), 0
-    cache: dict[int, tuple[Video, torch.Tensor]] = {}
+    t0, seen, targets = time.perf_counter(), 0, 0
+    features: dict[int, torch.Tensor] = {}
+    token_ids: dict[int, ConversationIds] = {}
     while step < total:
         order = list(range(len(examples)))
         random.Random(cfg.seed + step // per_epoch).shuffle(order)  # same order on every rank; each takes a slice
         start = (step % per_epoch) * cfg.batch_size * world
         batch = order[start + rank * cfg.batch_size:start + (rank + 1) * cfg.batch_size] or order[:cfg.batch_size]
-        losses = []
+        frozen = []
         for i in batch:
-            ex = examples[i]
-            if i in cache:
-                video, frozen = cache[i]
-            else:
-                video = ex.load()
-                with torch.no_grad():
-                    frozen = compressor.encoder_inputs(video)
-                if cfg.cache_features:
-                    cache[i] = (video, frozen)
-            visual = encode_pooled(compressor, encoder, video, cfg.budget, frozen)
-            losses.append(answer_loss(backbone, visual, ex.question, ex.answer))
-        loss = torch.stack(losses).mean()
+            if i in features:
+                frozen.append(features[i])
+                continue
+            with torch.no_grad():
+                f = compressor.frozen_inputs(examples[i].load())
+            if cfg.cache_features:
+                features[i] = f
+            frozen.append(f)
+        for i in batch:  # token layouts are small: always cached
+            if i not in token_ids:
+                token_ids[i] = conversation_ids(backbone, examples[i].turns, cfg.eos_loss)
+        visuals = encode_batch(compressor, module, frozen, cfg.budget)
+        loss, n_targets = conversation_loss(backbone, visuals, [token_ids[i] for i in batch])
         accelerator.backward(loss)
         if cfg.grad_clip:
             accelerator.clip_grad_norm_(params, cfg.grad_clip)
@@ -214,13 +355,15 @@ def train_storm(backbone: Any, examples: Sequence[TrainExample], cfg: StormTrain
         optimizer.zero_grad()
         step += 1
         seen += len(batch) * world
+        targets += n_targets * world
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{seen / (time.perf_counter() - t0):.2f}")
+        secs = time.perf_counter() - t0
+        bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{seen / secs:.2f}", answer_tok_s=f"{targets / secs:.1f}")
         if cfg.save_every and step % cfg.save_every == 0 and step < total:
             accelerator.save_state(str(ckpt_root / f"step-{step}"))
     bar.close()
     accelerator.wait_for_everyone()
-    compressor.encoder.eval()
+    trainable.eval()
     compressor.trained = True
     if accelerator.is_main_process:
         accelerator.save_state(str(ckpt_root / f"step-{step}"))
@@ -241,6 +384,12 @@ def register(sub: Any) -> None:
     p.add_argument("--placement", choices=["post_projector", "pre_projector"], default="post_projector")
     p.add_argument("--layers", type=int, default=1)
     p.add_argument("--causal", action="store_true", help="forward-only (streaming) encoder")
+    p.add_argument("--train-projector", action="store_true",
+                   help="post_projector: also train a copy of the backbone's projector (saved with the encoder)")
+    p.add_argument("--projector-lr", type=float, default=None, help="learning rate of the projector (default --lr)")
+    p.add_argument("--no-eos-loss", action="store_true", help="leave each answer's end-of-turn token out of the loss")
+    p.add_argument("--cache-features", action="store_true",
+                   help="keep every video's frozen tower output in memory (small data sets, many epochs)")
     p.add_argument("--temporal-pool", type=int, default=4, help="k used in training and kept for inference (paper: 4)")
     p.add_argument("--sample-stride", type=int, default=None)
     p.add_argument("--spatial-pool", default=None, help="tokens per frame or RxC")
@@ -264,24 +413,34 @@ def cmd_train_storm(args: argparse.Namespace) -> int:
     spatial: int | str | None = args.spatial_pool
     if isinstance(spatial, str) and spatial.isdigit():
         spatial = int(spatial)
+    if args.train_projector and args.placement == "pre_projector":
+        raise InvalidRequestError("--train-projector applies to --placement post_projector (pre_projector always "
+                                  "trains its own Linear)")
     storm = StormConfig(num_layers=args.layers, causal=args.causal, placement=args.placement,
-                        temporal_pool=args.temporal_pool, sample_stride=args.sample_stride, spatial_pool=spatial)
+                        temporal_pool=args.temporal_pool, sample_stride=args.sample_stride, spatial_pool=spatial,
+                        train_projector=args.train_projector)
     storm.validate()
     for name in ("frames", "layers", "epochs", "batch_size"):
         if getattr(args, name) < 1:
             raise InvalidRequestError(f"--{name.replace('_', '-')} must be >= 1")
     examples = read_llava_json(args.data, args.videos, args.frames)  # user errors before the model loads
     cfg = StormTrainConfig(output=args.output, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
-                           lr=args.lr, warmup_steps=args.warmup_steps, budget=args.budget, save_every=args.save_every,
+                           lr=args.lr, projector_lr=args.projector_lr, eos_loss=not args.no_eos_loss,
+                           cache_features=args.cache_features, warmup_steps=args.warmup_steps, budget=args.budget,
+                           save_every=args.save_every,
                            seed=args.seed, resume=args.resume, mixed_precision=args.mixed_precision, storm=storm)
-    backbone = load_backbone(args.model, device=args.device, dtype="float32")
+    device = args.device
+    if device == "auto" and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # `accelerate launch`: one GPU per process
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    backbone = load_backbone(args.model, device=device, dtype="float32")
     comp = train_storm(backbone, examples, cfg)
     print(f"saved STORM weights to {args.output} ({comp.config.placement}, {comp.config.num_layers} layer(s), "
           f"k={comp.config.temporal_pool}); use: --compressor storm --compressor-option weights={args.output}")
     return 0
 
 
-__all__ = ["StormTrainConfig", "TrainExample", "answer_loss", "choice_accuracy", "encode_pooled", "read_llava_json", "register",
+__all__ = ["ConversationIds", "StormTrainConfig", "StormTrainable", "TrainExample", "answer_loss", "choice_accuracy",
+           "conversation_ids", "conversation_loss", "encode_batch", "encode_pooled", "read_llava_json", "register",
            "train_storm"]
 
 
