@@ -187,3 +187,26 @@ def test_bench_paths_agree_on_tiny(vs, tiny_backbone):
     assert _float_linears(bb.model.model.vision_tower) > 0 and _float_linears(fast.model.model.vision_tower) == 0
     ids = vs.greedy_ids(bb, vs.visual_tokens(bb, frames), q, 3)
     assert ids == ours[:3]  # the bench's direct greedy loop matches the pipeline
+
+
+def test_convolutional_part_is_skipped():
+    """A part whose weights are mostly convolutions (videollm-mini's EfficientNet) gains nothing from int8 Linear
+    kernels, only error: it is left float with a warning, and the backbone is not marked int8."""
+
+    class ConvBackbone:
+        name = "conv-fake"
+        device = torch.device("cpu")
+
+        def __init__(self) -> None:
+            self.vision = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 7), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+            self.llm = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.LayerNorm(32))
+
+        def quantizable_modules(self) -> dict[str, torch.nn.Module]:
+            return {"vision": self.vision, "llm": self.llm}
+
+    bb = ConvBackbone()
+    assert apply_cpu_int8(bb, "vision") == []
+    assert "left the vision part of conv-fake in float" in bb.setup_warnings[0]
+    assert type(bb.vision[2]) is torch.nn.Linear and not hasattr(bb, "cpu_int8")
+    assert apply_cpu_int8(bb, "all") == ["llm.0"]
+    assert type(bb.llm[0]) is not torch.nn.Linear and bb.cpu_int8 == "all"

@@ -78,6 +78,15 @@ def apply_cpu_int8(backbone: Any, choice: str) -> list[str]:
     for part in wanted:
         module = mods[part]
         before = {n for n, m in module.named_modules() if type(m) is torch.nn.Linear}
+        share = _linear_share(module)
+        if share < MIN_LINEAR_SHARE:  # e.g. videollm-mini's convolutional EfficientNet: int8 would only add error
+            name = getattr(backbone, "name", type(backbone).__name__)
+            msg = (f"--cpu-int8 left the {part} part of {name} in float: its linear layers hold only "
+                   f"{100 * share:.0f}% of its linear + convolution weights, so int8 would change its outputs "
+                   "without making it faster")
+            logger.info(msg)  # the user sees it once, as an Answer warning (CLI: one `warning:` line)
+            backbone.setup_warnings = [*getattr(backbone, "setup_warnings", ()), msg]
+            continue
         if any(p.dtype != torch.float32 for p in module.parameters()):
             raise InvalidRequestError(f"--cpu-int8 needs float32 {part} weights (load with --dtype float32)")
         with warnings.catch_warnings():  # torch's notice that quantized tensor creation is deprecated
@@ -85,9 +94,26 @@ def apply_cpu_int8(backbone: Any, choice: str) -> list[str]:
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.ao.quantization.quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
         done += [f"{part}.{n}" for n in sorted(before)]
-    backbone.cpu_int8 = choice  # part of the feature-cache key: same instance, different outputs
+    if done:
+        backbone.cpu_int8 = choice  # part of the feature-cache key: same instance, different outputs
     logger.info("cpu int8: %d linear layers of %s use int8 dynamic quantization", len(done), choice)
     return done
+
+
+#: a part is int8-quantized only where nn.Linear holds at least this share of its weights (a transformer: ~1.0)
+MIN_LINEAR_SHARE = 0.5
+
+
+def _linear_share(module: Any) -> float:
+    """The share of a module's matmul weights (linear + convolution) held by `nn.Linear`: where int8 saves time."""
+    import torch
+
+    def weights(kinds: tuple[type, ...]) -> int:
+        return sum(m.weight.numel() for m in module.modules() if isinstance(m, kinds) and m.weight is not None)
+
+    linear = weights((torch.nn.Linear,))
+    total = linear + weights((torch.nn.modules.conv._ConvNd,))  # embeddings/norms cost no matmul FLOPs
+    return linear / total if total else 0.0
 
 
 def _set_engine() -> None:

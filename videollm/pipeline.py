@@ -138,6 +138,7 @@ class VideoQAPipeline:
                 if not isinstance(video, Video):
                     vid.close()
             warnings = [self.backbone.notice] if self.backbone.notice else []
+            warnings += list(getattr(self.backbone, "setup_warnings", ()))  # what loading could not do as asked
             warnings += [str(w) for w in visual.stats.get("warnings", [])]  # what the compressor had to do instead
             short = vid.shortfall()
             if short is not None:  # answer from what decoded, and say so
