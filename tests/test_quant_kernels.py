@@ -29,7 +29,7 @@ def _kernel_for(scheme: str, lin: nn.Linear, group: int | None) -> tuple[QuantLi
 @needs_kernel
 @pytest.mark.parametrize("scheme", ["int4", "int3", "int2", "ternary", "int1"])
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4])
 def test_lowbit_kernel_equals_reference(scheme, shape, rows):
     n, k, group = shape
     torch.manual_seed(n * 1000 + k)
@@ -60,6 +60,29 @@ def test_lowbit_kernel_float_path_and_threads_agree():
         torch.set_num_threads(threads)
     if cpu_kernels.int8_path():  # int8 activations cost little: within 2% of the exact product
         assert (want_int8 - got).norm() / got.norm() < 0.02
+
+
+@needs_kernel
+@pytest.mark.parametrize("scheme", ["int4", "int3", "int2", "int1"])
+def test_lowbit_int8_path_thread_split_and_many_rows(scheme):
+    """Threads split the rows in whole blocks (bit-identical results); more rows than the int8 path takes go
+    through the float path and equal the exact-activation reference."""
+    torch.manual_seed(4)
+    lin = nn.Linear(300, 203, bias=False)  # 203 rows: blocks of 4 plus a tail
+    q, kern = _kernel_for(scheme, lin, 64)
+    x = torch.randn(2, 300)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = kern(x)
+        torch.set_num_threads(3)
+        assert torch.equal(kern(x), one)
+    finally:
+        torch.set_num_threads(threads)
+    many = torch.randn(cpu_kernels.INT8_MAX_ROWS + 3, 300)
+    want = F.linear(kern.reference_input(many), q.dequantize())
+    assert torch.equal(kern.reference_input(many), many)
+    assert torch.allclose(kern(many), want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
 
 
 def test_int8_reference_by_hand():
@@ -212,7 +235,7 @@ def test_int4_kernel_layout_rows_decode_without_the_rest():
     if packing.cpu_int4_kernel_block() is None:
         pytest.skip("unknown CPU int4 layout on this machine")
     torch.manual_seed(3)
-    q = QuantLinear.from_linear(nn.Linear(128, 192, bias=False), "int4", 64)
+    q = QuantLinear.from_linear(nn.Linear(128, 192, bias=False), "int4", 64, kernel="int4_cpu")
     assert q.kernel == "int4_cpu"
     rows = torch.tensor([0, 191, 33, 64, 33])
     assert torch.equal(q.codes(rows), q.codes()[rows])
