@@ -70,7 +70,7 @@ class Layer(ctypes.Structure):
 
     _fields_ = [("W", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("zero", ctypes.c_void_p),
                 ("col", ctypes.c_void_p), ("col2", ctypes.c_void_p), ("idx", ctypes.c_void_p),
-                ("idx2", ctypes.c_void_p), ("rb_pad", ctypes.c_long), ("rb_pad2", ctypes.c_long),
+                ("idx2", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("rb_pad", ctypes.c_long), ("rb_pad2", ctypes.c_long),
                 ("kind", ctypes.c_int), ("ldw", ctypes.c_int), ("hi_off", ctypes.c_int), ("K", ctypes.c_int),
                 ("N", ctypes.c_int), ("G", ctypes.c_int), ("group", ctypes.c_int), ("gb", ctypes.c_int),
                 ("gb2", ctypes.c_int), ("offset", ctypes.c_float)]
@@ -157,7 +157,7 @@ class LowBitGemv:
     """
 
     def __init__(self, bits: int, weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
-                 in_features: int, group: int, offset: float):
+                 in_features: int, group: int, offset: float, bias: torch.Tensor | None = None):
         lib = _library()
         if lib is None:
             raise NotImplementedError("low-bit C kernel unavailable")
@@ -167,6 +167,7 @@ class LowBitGemv:
         self.scale = scale.to(torch.bfloat16).contiguous().view(torch.int16)
         self.zero = zero.to(torch.bfloat16).contiguous().view(torch.int16) if zero is not None else None
         self.n, self.groups = scale.shape
+        self.bias = bias.float().contiguous() if bias is not None else None  # added by the kernel
         self.k, self.group, self.offset = in_features, group, float(offset)
         width = 2 if bits == 3 else bits
         index, self.gb, self.rb_pad = row_planar_index(in_features, group, 8 // width, self.groups)
@@ -187,20 +188,24 @@ class LowBitGemv:
         """The C struct of this layer's pointers and sizes (rebuilt when `idx` changes, e.g. in tests)."""
         ptr = lambda t: t.data_ptr() if t is not None else None  # noqa: E731
         layer = Layer(ptr(self.weight), ptr(self.scale), ptr(self.zero), ptr(self.index), ptr(self.index2),
-                      ptr(self.idx), ptr(self.idx2), self.rb_pad, self.rb_pad2, self.bits, self.weight.shape[1],
+                      ptr(self.idx), ptr(self.idx2), ptr(self.bias), self.rb_pad, self.rb_pad2, self.bits, self.weight.shape[1],
                       self.hi_off, self.k, self.n, self.groups, self.group, self.gb, self.gb2, self.offset)
         self._idx_seen = self.idx
         return ctypes.pointer(layer)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """(M, K) float activations → (M, N) float32 outputs."""
-        if x.dtype != torch.float32 or not x.is_contiguous():
+        """(..., K) float activations → (..., N) outputs (+ bias) in x's dtype, computed in float32. Kept lean:
+        a decode step makes ~170 of these calls."""
+        dtype, shape = x.dtype, x.shape
+        if shape[-1] != self.k:
+            raise ValueError(f"expected {self.k} input features, got {shape[-1]}")
+        if dtype != torch.float32 or not x.is_contiguous():
             x = x.float().contiguous()
         if self.idx is not self._idx_seen:
             self._layer = self._pack_layer()
-        y = torch.empty(x.shape[0], self.n, dtype=torch.float32)
-        self._fn(self._layer, x.data_ptr(), y.data_ptr(), x.shape[0], torch.get_num_threads())
-        return y
+        y = torch.empty(shape[:-1] + (self.n,), dtype=torch.float32)
+        self._fn(self._layer, x.data_ptr(), y.data_ptr(), x.numel() // self.k, torch.get_num_threads())
+        return y if dtype == torch.float32 else y.to(dtype)
 
     def reference_input(self, x: torch.Tensor) -> torch.Tensor:
         """The activations this call effectively multiplies (int8-rounded on the int8 path, which takes up to

@@ -142,7 +142,7 @@ class QuantLinear(nn.Module):
         if width == "ternary":
             weight, bits = packing.pack_int2(packing.unpack_ternary(self.qweight, self.k_padded)), 2
         self._lowbit = cpu_kernels.LowBitGemv(bits, weight, self.scale, self.zero, self.in_features, self.group,
-                                              self.spec.offset)
+                                              self.spec.offset, bias=self.bias)
         if width == "ternary":
             self._kweight = weight
             self.qweight = self.qweight.new_empty(0)
@@ -248,6 +248,8 @@ class QuantLinear(nn.Module):
 
     # ---- forward -----------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._lowbit is not None and x.device.type == "cpu" and x.numel() <= DENSE_ROWS * x.shape[-1]:
+            return self._lowbit(x)  # the decode hot path: bias, shape and dtype handled in one call
         rows = x.numel() // max(1, x.shape[-1])
         if self.kernel != "dequant" and rows <= DENSE_ROWS and x.device.type == "cpu":
             return self._kernel_forward(x)
@@ -260,13 +262,8 @@ class QuantLinear(nn.Module):
 
     def _kernel_forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        if self.kernel == "lowbit":  # takes float activations as they are (no bfloat16 rounding); the hot path
-            y = self._lowbit(x.reshape(-1, shape[-1]))
-            if y.dtype != x.dtype:
-                y = y.to(x.dtype)
-            if self.bias is not None:
-                y += self.bias.to(x.dtype)
-            return y.view(*shape[:-1], self.out_features)
+        if self.kernel == "lowbit":  # float activations as they are (no bfloat16 rounding), bias included
+            return self._lowbit(x)
         x2 = x.reshape(-1, shape[-1]).to(self.compute_dtype)
         if self.kernel == "int8_cpu":
             if self.qweight.shape[1] != self.in_features:

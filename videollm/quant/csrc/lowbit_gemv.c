@@ -130,6 +130,7 @@ typedef struct {
     const int32_t *col2;     /* plane set B (int3), or NULL */
     const int16_t *idx;      /* lane → group permutation per 64-byte chunk of A, or NULL: the float path */
     const int16_t *idx2;     /* the same for B */
+    const float *bias;       /* (N,) float32, or NULL */
     long rb_pad, rb_pad2;    /* plane stride (bytes of a row, padded to 64) of A and B */
     int kind, ldw, hi_off, K, N, G, group, gb, gb2;
     float offset;
@@ -248,7 +249,7 @@ static void rows_range(const int bits, const lowbit_layer *L, int n_lo, int n_hi
                 case 2: block_rows(2, R_BLOCK, L, n, acts + m, out); break;
                 default: block_rows(4, R_BLOCK, L, n, acts + m, out); break;
             }
-            for (int r = 0; r < R_BLOCK; r++) y[(long)m * N + n + r] = out[r];
+            for (int r = 0; r < R_BLOCK; r++) y[(long)m * N + n + r] = out[r] + (L->bias ? L->bias[n + r] : 0.f);
         }
     for (; n < n_hi; n++)
         for (int m = 0; m < M; m++) {
@@ -257,7 +258,7 @@ static void rows_range(const int bits, const lowbit_layer *L, int n_lo, int n_hi
                 case 2: block_rows(2, 1, L, n, acts + m, out); break;
                 default: block_rows(4, 1, L, n, acts + m, out); break;
             }
-            y[(long)m * N + n] = out[0];
+            y[(long)m * N + n] = out[0] + (L->bias ? L->bias[n] : 0.f);
         }
 }
 
@@ -365,7 +366,7 @@ void lowbit_gemv(const lowbit_layer *L, const float *x, float *y, int M, int nth
             y[(long)m * N + n] = row_float(bits, row, xp + m * xs_a, rb_pad, gb, kind == 3 ? row + L->hi_off : NULL,
                                            kind == 3 ? xp2 + m * xs_b : NULL, rb_pad2, L->gb2, xsum + m * G,
                                            L->scale + (long)n * G, L->zero ? L->zero + (long)n * G : NULL, G,
-                                           L->offset);
+                                           L->offset) + (L->bias ? L->bias[n] : 0.f);
     }
     free(xsum);
     free(xp);
