@@ -306,6 +306,9 @@ static void gemv_int8(const lowbit_layer *L, const float *x, float *y, int M, in
     const long sa = P * L->rb_pad, sb = 8 * L->rb_pad2;
     /* one scratch block per call: int8 planes, per-group and per-lane scales */
     const size_t per_m = (size_t)(sa + sb + 64) + sizeof(float) * (size_t)(2 * Gp + 16 * (nch + nch2));
+    /* start the weight stream while the activations are prepared (the loop prefetches PF_AHEAD ahead) */
+    const long wbytes = (long)L->N * L->ldw;
+    for (long o = 0; o < PF_AHEAD && o < wbytes; o += 64) _mm_prefetch((const char *)L->W + o, _MM_HINT_T0);
     char *buf = malloc((size_t)M * per_m + (size_t)L->K + 64);
     if (!buf) return;
     int8_t *qx = (int8_t *)buf;
