@@ -110,6 +110,28 @@ def test_quant_linear_uses_the_kernel_and_keeps_bias(scheme):
     assert torch.equal(q2.codes(), q.codes()) and torch.equal(q2(x), q(x))
 
 
+@needs_kernel
+@pytest.mark.parametrize("scheme", ["int4", "int2"])
+def test_lowbit_hot_path_shapes_dtypes_and_bias(scheme):
+    """The decode hot path (bias added in C, no reshape/cast for float32) keeps shapes, dtypes and the bias."""
+    torch.manual_seed(5)
+    lin = nn.Linear(128, 33, bias=True)
+    with torch.no_grad():
+        lin.bias.uniform_(-2, 2)
+    q = QuantLinear.from_linear(lin, scheme, 64, zero_point=scheme == "int4", kernel="lowbit")
+    assert q.kernel == "lowbit"
+    for shape, dtype in (((1, 1, 128), torch.float32), ((2, 3, 128), torch.float32), ((1, 128), torch.bfloat16)):
+        x = torch.randn(shape).to(dtype)
+        y = q(x)
+        assert y.shape == shape[:-1] + (33,) and y.dtype == dtype
+        xr = q._lowbit.reference_input(x.reshape(-1, 128).float())
+        want = F.linear(xr, q.dequantize(), lin.bias.detach()).reshape(y.shape)
+        tol = 1e-5 if dtype == torch.float32 else 1e-2
+        assert torch.allclose(y.float(), want, rtol=tol, atol=tol * float(want.abs().max()))
+    with pytest.raises(ValueError, match="input features"):
+        q._lowbit(torch.randn(1, 127))
+
+
 # ---- int1 / int3 ----------------------------------------------------------------------------------------
 
 def test_int1_is_sign_times_mean_abs():
