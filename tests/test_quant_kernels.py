@@ -1,6 +1,7 @@
 """Low-bit CPU kernels against their references, int1/int3, ParetoQ-exact QAT gradients, quantized LM head."""
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -130,6 +131,12 @@ def test_lowbit_hot_path_shapes_dtypes_and_bias(scheme):
         assert torch.allclose(y.float(), want, rtol=tol, atol=tol * float(want.abs().max()))
     with pytest.raises(ValueError, match="input features"):
         q._lowbit(torch.randn(1, 127))
+    twin = copy.deepcopy(q)  # the C struct is rebuilt for the copy's own tensors
+    assert twin._lowbit.weight.data_ptr() != q._lowbit.weight.data_ptr()
+    x = torch.randn(1, 128)
+    del q
+    want = F.linear(twin._lowbit.reference_input(x), twin.dequantize(), lin.bias.detach())
+    assert torch.allclose(twin(x), want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
 
 
 # ---- int1 / int3 ----------------------------------------------------------------------------------------

@@ -184,6 +184,22 @@ class LowBitGemv:
         self.int8_activations = bool(lib.lowbit_has_int8_path()) and self.idx is not None
         self._layer = self._pack_layer()
 
+    def __getstate__(self) -> dict:
+        """Copies and pickles (`copy.deepcopy(model)`) drop the ctypes objects; `__setstate__` rebuilds them
+        for the copied tensors."""
+        state = self.__dict__.copy()
+        for key in ("_fn", "_layer", "_idx_seen"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        lib = _library()
+        if lib is None:
+            raise NotImplementedError("low-bit C kernel unavailable")
+        self._fn = lib.lowbit_gemv
+        self._layer = self._pack_layer()
+
     def _pack_layer(self) -> ctypes.pointer:
         """The C struct of this layer's pointers and sizes (rebuilt when `idx` changes, e.g. in tests)."""
         ptr = lambda t: t.data_ptr() if t is not None else None  # noqa: E731
