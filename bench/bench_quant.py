@@ -14,7 +14,7 @@ Scheme names are `config_for`'s, plus `int4-sym` (symmetric int4, no zero points
 
     python bench/bench_quant.py --part decode --threads 1 --out bench/quant_decode.json
 
-`--part kernel-error` measures what the batch-1 kernels' activation rounding costs on real weights.
+`--part stream` times the GEMV kernels alone over the model's layer shapes; `--part kernel-error` measures what the batch-1 kernels' activation rounding costs on real weights.
 """
 from __future__ import annotations
 
@@ -230,6 +230,53 @@ def bench_gguf(args: argparse.Namespace) -> list[dict[str, Any]]:
                      "ms_per_token": decode_ms(model, "cpu", 32, args.tokens if not _slow(scheme)
                                                else max(2, args.tokens // 4))})
         logger.info("%s", rows[-1])
+    return rows
+
+
+QWEN2_05B_LINEARS = [(896, 896), (128, 896), (128, 896), (896, 896), (4864, 896), (4864, 896), (896, 4864)]
+
+
+@torch.no_grad()
+def bench_stream(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The GEMV kernels alone, weights streaming from DRAM: one batch-1 pass over Qwen2-0.5B's 168 linear
+    shapes (random codes, group `--group-size`) and over its 151,936 × 896 LM head, best of 7 passes,
+    process CPU time and wall time; ours for each scheme, and ATen's int4 kernel on the same shapes."""
+    from videollm.quant import QuantLinear, packing
+
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    shapes = {"168 linear layers": QWEN2_05B_LINEARS * 24, "LM head": [(151936, 896)]}
+    for label in args.schemes:
+        for kernel in ("lowbit", "int4_cpu") if label.startswith("int4") else ("lowbit",):
+            cfg = make_config(label, args.group_size, "native")
+            for what, shape_list in shapes.items():
+                layers = []
+                for n, k in shape_list:
+                    q = QuantLinear(k, n, cfg.scheme, cfg.group_size, kernel=kernel, zero_point=cfg.zero_point)
+                    codes = torch.randint(0, q.spec.levels, (n, q.k_padded), generator=g)
+                    scale = (torch.rand(q.scale.shape, generator=g) * 0.01).bfloat16()
+                    zero = (torch.randn(q.scale.shape, generator=g) * 0.01).bfloat16() if cfg.zero_point else None
+                    q.set_packed(packing.pack(codes, q.spec.width), scale, zero=zero)
+                    layers.append(q)
+                if any(q.kernel != kernel for q in layers):
+                    logger.info("%s: %s kernel not available here", label, kernel)
+                    break
+                xs = {k: torch.randn(1, k, generator=g) for k in {q.in_features for q in layers}}
+                nbytes = sum(q.weight_bytes() for q in layers)
+                best_w = best_c = float("inf")
+                for _ in range(7):
+                    w0, c0 = time.perf_counter(), time.process_time()
+                    for q in layers:
+                        q(xs[q.in_features])
+                    best_w, best_c = min(best_w, time.perf_counter() - w0), min(best_c, time.process_time() - c0)
+                rows.append({"part": "stream", "variant": label, "kernel": kernel, "what": what, "MB": nbytes / 1e6,
+                             "ms": best_w * 1e3, "cpu_ms": best_c * 1e3, "GBps": nbytes / best_w / 1e9,
+                             "GBps_cpu": nbytes / best_c / 1e9})
+                logger.info("%s", rows[-1])
+                del layers
+    bw = copy_bandwidth()
+    for r in rows:
+        r.update(bw)
     return rows
 
 
@@ -511,7 +558,7 @@ def bench_overhead(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = []
-    for part in ("decode", "overhead", "kernel-error", "llm", "vision", "gguf", "layer"):
+    for part in ("decode", "overhead", "stream", "kernel-error", "llm", "vision", "gguf", "layer"):
         rs = [r for r in rows if r["part"] == part]
         if not rs:
             continue
@@ -531,6 +578,14 @@ def table(rows: list[dict[str, Any]]) -> str:
                       f"{r['MB_per_token']:.0f} | {r['GBps']:.2f} / {r['GBps_cpu']:.2f} | {r['x_limit']:.2f} / "
                       f"{r['x_limit_cpu']:.2f} / {r['x_limit_cpu_best']:.2f} | "
                       f"{r['prefill_tok_s']:.0f} | {r['mem_MiB']:.0f} | {r['disk_MiB']:.0f} |" for r in rs]
+        elif part == "stream":
+            lines += [f"copy bandwidth (same run): {rs[0]['copy_GBps']:.1f} GB/s per wall second, "
+                      f"{rs[0]['copy_GBps_cpu']:.1f} GB/s per CPU second (read-only: {rs[0]['read_GBps']:.1f} / "
+                      f"{rs[0]['read_GBps_cpu']:.1f})", "",
+                      "| scheme | kernel | weights | MB | ms (wall / CPU) | GB/s (wall / CPU) |",
+                      "| --- | --- | --- | --- | --- | --- |"]
+            lines += [f"| {r['variant']} | {r['kernel']} | {r['what']} | {r['MB']:.0f} | {r['ms']:.1f} / "
+                      f"{r['cpu_ms']:.1f} | {r['GBps']:.2f} / {r['GBps_cpu']:.2f} |" for r in rs]
         elif part == "kernel-error":
             lines += ["| SmolLM2-135M (real weights) | path | mean KL vs float (nats) | top-1 agree |",
                       "| --- | --- | --- | --- |"]
@@ -557,7 +612,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--part", nargs="+", default=["llm", "vision", "gguf"],
-                   choices=["llm", "vision", "gguf", "layer", "decode", "overhead", "kernel-error"])
+                   choices=["llm", "vision", "gguf", "layer", "decode", "overhead", "stream", "kernel-error"])
     p.add_argument("--schemes", nargs="+", default=None,
                    help="default: int8 int4 int2 ternary (decode: int8 int4 int3 int2 ternary int1)")
     p.add_argument("--head", default="auto", help="decode: LM head scheme (auto = HEAD_AUTO of each scheme)")
@@ -585,7 +640,8 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     for part in args.part:
         rows += {"llm": bench_llm, "vision": bench_vision, "gguf": bench_gguf, "layer": bench_layer,
-                 "decode": bench_decode, "overhead": bench_overhead, "kernel-error": bench_kernel_error}[part](args)
+                 "decode": bench_decode, "overhead": bench_overhead, "kernel-error": bench_kernel_error,
+                 "stream": bench_stream}[part](args)
     info = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name() if args.device == "cuda" else None, "args": vars(args)}
     print(table(rows))
