@@ -14,7 +14,8 @@ Scheme names are `config_for`'s, plus `int4-sym` (symmetric int4, no zero points
 
     python bench/bench_quant.py --part decode --threads 1 --out bench/quant_decode.json
 
-`--part stream` times the GEMV kernels alone over the model's layer shapes; `--part kernel-error` measures what the batch-1 kernels' activation rounding costs on real weights.
+`--part stream` times the GEMV kernels alone over the model's layer shapes; `--part kernel-error` measures
+what the batch-1 kernels' activation rounding costs on real weights.
 """
 from __future__ import annotations
 

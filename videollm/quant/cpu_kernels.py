@@ -5,7 +5,9 @@ lookup and a dense GEMV, which reads 16× more bytes than the packed weight and 
 This kernel decodes the packed bytes in registers instead, so decode reads ~bits/8 bytes per weight. On
 CPUs with AVX-512 VNNI it rounds the activations to int8 per weight group (scale max|x|/127, like
 llama.cpp's Q8 activations) and multiplies with `vpdpbusd`; elsewhere it stays in float. `int8_reference`
-gives the activations that path actually uses, so tests compare it with the reference exactly.
+gives the activations that path actually uses, so tests compare it with the reference exactly. That
+path streams packed weights near the memory bandwidth (4 rows a call of the inner loop, software
+prefetch), so with VNNI `QuantLinear` uses it for int4 as well, in place of ATen's int4 kernel.
 
 It is plain C compiled once per machine with the system C compiler (`cc -O3 -march=native`, cached under
 `$VIDEOLLM_CACHE/kernels`) and called through ctypes: no torch headers, so it builds in about a second.
@@ -70,7 +72,8 @@ class Layer(ctypes.Structure):
 
     _fields_ = [("W", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("zero", ctypes.c_void_p),
                 ("col", ctypes.c_void_p), ("col2", ctypes.c_void_p), ("idx", ctypes.c_void_p),
-                ("idx2", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("rb_pad", ctypes.c_long), ("rb_pad2", ctypes.c_long),
+                ("idx2", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("rb_pad", ctypes.c_long),
+                ("rb_pad2", ctypes.c_long),
                 ("kind", ctypes.c_int), ("ldw", ctypes.c_int), ("hi_off", ctypes.c_int), ("K", ctypes.c_int),
                 ("N", ctypes.c_int), ("G", ctypes.c_int), ("group", ctypes.c_int), ("gb", ctypes.c_int),
                 ("gb2", ctypes.c_int), ("offset", ctypes.c_float)]
@@ -204,7 +207,8 @@ class LowBitGemv:
         """The C struct of this layer's pointers and sizes (rebuilt when `idx` changes, e.g. in tests)."""
         ptr = lambda t: t.data_ptr() if t is not None else None  # noqa: E731
         layer = Layer(ptr(self.weight), ptr(self.scale), ptr(self.zero), ptr(self.index), ptr(self.index2),
-                      ptr(self.idx), ptr(self.idx2), ptr(self.bias), self.rb_pad, self.rb_pad2, self.bits, self.weight.shape[1],
+                      ptr(self.idx), ptr(self.idx2), ptr(self.bias), self.rb_pad, self.rb_pad2, self.bits,
+                      self.weight.shape[1],
                       self.hi_off, self.k, self.n, self.groups, self.group, self.gb, self.gb2, self.offset)
         self._idx_seen = self.idx
         return ctypes.pointer(layer)
