@@ -472,9 +472,10 @@ def bench_decode(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Qwen2-0.5B decode for bf16 and every scheme with the LM head quantized, against the copy bandwidth
     measured in the same run; plus prefill speed and size on disk/in memory.
 
-    All models are built first and their decode steps are timed interleaved (step k of every model, then
-    step k+1, ...), so a change in the machine's load hits every scheme alike; the "no GEMV" model (every
-    linear layer returns zeros) times the rest of the step in the same rounds."""
+    All models are built first, the "no GEMV" model (every linear layer returns zeros: the rest of the step)
+    among them. By default each model then runs its steps back to back (warm caches, as a real decode);
+    `--interleave` times step k of every model before step k+1 of any, so a change in the machine's load hits
+    every scheme alike, but every step then starts with caches the other models have evicted."""
     from videollm.quant.report import layer_table
 
     bw = copy_bandwidth()
@@ -497,14 +498,17 @@ def bench_decode(args: argparse.Namespace) -> list[dict[str, Any]]:
             st["engine"] = sorted(set(_engines(model))) or ["float"]
             st["dequant_layers"] = [r["name"] for r in layer_table(model) if r["engine"] == "native:dequant"]
         state[label] = st
-    for step in tqdm(range(args.tokens + 2), desc="decode rounds"):
-        for label, st in state.items():
-            w0, c0 = time.perf_counter(), time.process_time()
-            out = st["model"](input_ids=st["next"], past_key_values=st["cache"], use_cache=True)
-            st["cache"], st["next"] = out.past_key_values, out.logits[:, -1:].argmax(-1)
-            if step >= 2:  # two warm-up rounds
-                st["wall"].append((time.perf_counter() - w0) * 1e3)
-                st["cpu"].append((time.process_time() - c0) * 1e3)
+    steps = range(args.tokens + 2)
+    order = ([(step, label) for step in steps for label in state] if args.interleave
+             else [(step, label) for label in state for step in steps])
+    for step, label in tqdm(order, desc="decode steps"):
+        st = state[label]
+        w0, c0 = time.perf_counter(), time.process_time()
+        out = st["model"](input_ids=st["next"], past_key_values=st["cache"], use_cache=True)
+        st["cache"], st["next"] = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        if step >= 2:  # two warm-up steps
+            st["wall"].append((time.perf_counter() - w0) * 1e3)
+            st["cpu"].append((time.process_time() - c0) * 1e3)
     rows = []
     for label, st in state.items():
         ms, cpu_ms = float(torch.tensor(st["wall"]).median()), float(torch.tensor(st["cpu"]).median())
@@ -623,6 +627,8 @@ def main() -> None:
     p.add_argument("--backend", default="auto")
     p.add_argument("--context", type=int, default=64, help="prompt tokens before timing decode")
     p.add_argument("--tokens", type=int, default=8, help="decode steps timed")
+    p.add_argument("--interleave", action="store_true",
+                   help="decode: time the models' steps in rounds (step k of each model) instead of back to back")
     p.add_argument("--frames", type=int, default=1)
     p.add_argument("--vision-reps", type=int, default=1)
     p.add_argument("--vision-bf16", action="store_true", help="also time the bf16 vision tower on CPU (slow)")
