@@ -12,7 +12,7 @@ Scheme names are `config_for`'s, plus `int4-sym` (symmetric int4, no zero points
 `--part layer` times one 4864×896 layer at batch 1 (float vs the CPU int8/int4 kernels).
 `--part decode` measures every scheme against the machine's memory bandwidth in one run (issue 16):
 
-    python bench/bench_quant.py --part decode --threads 1 --out bench/quant_decode.json
+    python bench/bench_quant.py --part decode --threads 1 --out bench/quant_decode.json   # --interleave: rounds
 
 `--part stream` times the GEMV kernels alone over the model's layer shapes; `--part kernel-error` measures
 what the batch-1 kernels' activation rounding costs on real weights.
