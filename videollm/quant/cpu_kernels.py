@@ -5,7 +5,9 @@ lookup and a dense GEMV, which reads 16× more bytes than the packed weight and 
 This kernel decodes the packed bytes in registers instead, so decode reads ~bits/8 bytes per weight. On
 CPUs with AVX-512 VNNI it rounds the activations to int8 per weight group (scale max|x|/127, like
 llama.cpp's Q8 activations) and multiplies with `vpdpbusd`; elsewhere it stays in float. `int8_reference`
-gives the activations that path actually uses, so tests compare it with the reference exactly.
+gives the activations that path actually uses, so tests compare it with the reference exactly. That
+path streams packed weights near the memory bandwidth (4 rows a call of the inner loop, software
+prefetch), so with VNNI `QuantLinear` uses it for int4 as well, in place of ATen's int4 kernel.
 
 It is plain C compiled once per machine with the system C compiler (`cc -O3 -march=native`, cached under
 `$VIDEOLLM_CACHE/kernels`) and called through ctypes: no torch headers, so it builds in about a second.
@@ -29,6 +31,8 @@ import torch
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc") / "lowbit_gemv.c"
+#: rows (tokens) the int8 path takes in one call; `lowbit_gemv` uses its float path beyond
+INT8_MAX_ROWS = 64
 FLAGS = ("-O3", "-march=native", "-ffast-math", "-fPIC", "-shared", "-std=c99")
 
 
@@ -63,6 +67,18 @@ def _build(cc: str, openmp: bool) -> Path:
     return out
 
 
+class Layer(ctypes.Structure):
+    """`lowbit_layer` in the C source: one layer's constant arguments, filled once per layer."""
+
+    _fields_ = [("W", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("zero", ctypes.c_void_p),
+                ("col", ctypes.c_void_p), ("col2", ctypes.c_void_p), ("idx", ctypes.c_void_p),
+                ("idx2", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("rb_pad", ctypes.c_long),
+                ("rb_pad2", ctypes.c_long),
+                ("kind", ctypes.c_int), ("ldw", ctypes.c_int), ("hi_off", ctypes.c_int), ("K", ctypes.c_int),
+                ("N", ctypes.c_int), ("G", ctypes.c_int), ("group", ctypes.c_int), ("gb", ctypes.c_int),
+                ("gb2", ctypes.c_int), ("offset", ctypes.c_float)]
+
+
 @lru_cache(maxsize=1)
 def _library() -> ctypes.CDLL | None:
     if os.environ.get("VIDEOLLM_NO_CKERNELS"):
@@ -78,8 +94,7 @@ def _library() -> ctypes.CDLL | None:
             logger.debug("building the low-bit kernel (openmp=%s) failed: %s", openmp, err)
             continue
         f = lib.lowbit_gemv
-        p, i, li = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
-        f.argtypes = [i, p, i, i, p, p, p, i, p, p, li, li, p, p, p, i, i, i, i, i, ctypes.c_float, i]
+        f.argtypes = [ctypes.POINTER(Layer), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
         f.restype = None
         lib.lowbit_has_int8_path.restype = ctypes.c_int
         return lib
@@ -145,7 +160,7 @@ class LowBitGemv:
     """
 
     def __init__(self, bits: int, weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
-                 in_features: int, group: int, offset: float):
+                 in_features: int, group: int, offset: float, bias: torch.Tensor | None = None):
         lib = _library()
         if lib is None:
             raise NotImplementedError("low-bit C kernel unavailable")
@@ -155,6 +170,7 @@ class LowBitGemv:
         self.scale = scale.to(torch.bfloat16).contiguous().view(torch.int16)
         self.zero = zero.to(torch.bfloat16).contiguous().view(torch.int16) if zero is not None else None
         self.n, self.groups = scale.shape
+        self.bias = bias.float().contiguous() if bias is not None else None  # added by the kernel
         self.k, self.group, self.offset = in_features, group, float(offset)
         width = 2 if bits == 3 else bits
         index, self.gb, self.rb_pad = row_planar_index(in_features, group, 8 // width, self.groups)
@@ -169,19 +185,51 @@ class LowBitGemv:
             if self.idx2 is None:
                 self.idx = None
         self.int8_activations = bool(lib.lowbit_has_int8_path()) and self.idx is not None
+        self._layer = self._pack_layer()
+
+    def __getstate__(self) -> dict:
+        """Copies and pickles (`copy.deepcopy(model)`) drop the ctypes objects; `__setstate__` rebuilds them
+        for the copied tensors."""
+        state = self.__dict__.copy()
+        for key in ("_fn", "_layer", "_idx_seen"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        lib = _library()
+        if lib is None:
+            raise NotImplementedError("low-bit C kernel unavailable")
+        self._fn = lib.lowbit_gemv
+        self._layer = self._pack_layer()
+
+    def _pack_layer(self) -> ctypes.pointer:
+        """The C struct of this layer's pointers and sizes (rebuilt when `idx` changes, e.g. in tests)."""
+        ptr = lambda t: t.data_ptr() if t is not None else None  # noqa: E731
+        layer = Layer(ptr(self.weight), ptr(self.scale), ptr(self.zero), ptr(self.index), ptr(self.index2),
+                      ptr(self.idx), ptr(self.idx2), ptr(self.bias), self.rb_pad, self.rb_pad2, self.bits,
+                      self.weight.shape[1],
+                      self.hi_off, self.k, self.n, self.groups, self.group, self.gb, self.gb2, self.offset)
+        self._idx_seen = self.idx
+        return ctypes.pointer(layer)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """(M, K) float activations → (M, N) float32 outputs."""
-        x = x.float().contiguous()
-        m = x.shape[0]
-        y = torch.empty(m, self.n, dtype=torch.float32)
-        ptr = lambda t: t.data_ptr() if t is not None else None  # noqa: E731
-        self._fn(self.bits, self.weight.data_ptr(), self.weight.shape[1], self.hi_off, self.scale.data_ptr(),
-                 ptr(self.zero), x.data_ptr(), self.k, self.index.data_ptr(), ptr(self.index2), self.rb_pad,
-                 self.rb_pad2, ptr(self.idx), ptr(self.idx2), y.data_ptr(), m, self.n, self.groups, self.gb, self.gb2,
-                 self.offset, torch.get_num_threads())
-        return y
+        """(..., K) float activations → (..., N) outputs (+ bias) in x's dtype, computed in float32. Kept lean:
+        a decode step makes ~170 of these calls."""
+        dtype, shape = x.dtype, x.shape
+        if shape[-1] != self.k:
+            raise ValueError(f"expected {self.k} input features, got {shape[-1]}")
+        if dtype != torch.float32 or not x.is_contiguous():
+            x = x.float().contiguous()
+        if self.idx is not self._idx_seen:
+            self._layer = self._pack_layer()
+        y = torch.empty(shape[:-1] + (self.n,), dtype=torch.float32)
+        self._fn(self._layer, x.data_ptr(), y.data_ptr(), x.numel() // self.k, torch.get_num_threads())
+        return y if dtype == torch.float32 else y.to(dtype)
 
     def reference_input(self, x: torch.Tensor) -> torch.Tensor:
-        """The activations this call effectively multiplies (int8-rounded on the int8 path)."""
-        return int8_reference(x, self.group) if self.int8_activations else x.float()
+        """The activations this call effectively multiplies (int8-rounded on the int8 path, which takes up to
+        `INT8_MAX_ROWS` rows; more go through the float path)."""
+        if self.int8_activations and x.shape[0] <= INT8_MAX_ROWS:
+            return int8_reference(x, self.group)
+        return x.float()
