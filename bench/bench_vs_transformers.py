@@ -20,6 +20,7 @@ import argparse
 import copy
 import json
 import logging
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -32,6 +33,12 @@ import torch
 from common import command_line, environment, peak_rss_mib, table
 
 logger = logging.getLogger("bench_vs_transformers")
+
+# Every round asks the same question about the same frames: videollm's encode-once caches (per-video features,
+# the prompt prefix's KV) would answer rounds 2.. from round 1's work, which a single-question user never sees.
+# Both are off here so each round costs what one fresh question costs (`bench/eval_throughput.py` measures them).
+os.environ["VIDEOLLM_PREFIX_CACHE"] = "0"
+os.environ["VIDEOLLM_FEATURE_CACHE_MB"] = "0"
 
 QUESTIONS = ["What is happening in this video? Describe the scene.",
              "How many objects appear in the video?",
