@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -271,13 +272,6 @@ class TempoCompressor(TokenCompressor):
             return self._compress_with_memory(video, query, budget)
         return self._compress_training_free(video, query, budget)
 
-    def _limits(self, seg: Segment) -> tuple[int, int]:
-        """(m, M) for a segment, from the per-frame rates, M capped at what the segment natively has."""
-        native = self.backbone.tokens_per_frame * seg.frames
-        big_m = min(native, tokens_per_segment(self.config.max_tokens_per_frame, seg.frames))
-        m = min(big_m, tokens_per_segment(self.config.min_tokens_per_frame, seg.frames))
-        return m, big_m
-
     def _add_stamp(self, text: str, frame: int, parts: list[torch.Tensor], frames: list[torch.Tensor],
                    patches: list[torch.Tensor]) -> None:
         """The segment's "<t seconds>" text, embedded by the LLM, marked as text tokens of its first frame."""
@@ -292,20 +286,41 @@ class TempoCompressor(TokenCompressor):
         centres = [segment_centre(ts, s, self.config.segment_frames, step) for s in segments]
         return [stamp_text(c) for c in centres], centres
 
-    def _allocate(self, scores: torch.Tensor, segments: list[Segment], stamps: list[str], budget: int | None
-                  ) -> tuple[Allocation, list[int]]:
-        """ATA with m/M from a full segment (the tail is capped at its own native count afterwards)."""
+    def _allocate(self, scores: torch.Tensor, segments: list[Segment], stamps: list[str], budget: int | None,
+                  capacity: int, native: list[int] | None = None) -> Allocation:
+        """ATA with m/M from a full segment's per-frame rates, M capped at `capacity` (the tokens a segment can
+        give: its native count, or its memory tokens); `native` then caps each segment (a short tail)."""
         stamp_costs = [len(self.backbone.tokenizer(s, add_special_tokens=False)["input_ids"]) if self.config.timestamps
                        else 0 for s in stamps]
-        full = Segment(0, self.config.segment_frames)
-        m, big_m = self._limits(full)
+        full = self.config.segment_frames
+        big_m = min(capacity, tokens_per_segment(self.config.max_tokens_per_frame, full))
+        m = min(big_m, tokens_per_segment(self.config.min_tokens_per_frame, full))
         limit = budget if budget is not None else sum(stamp_costs) + big_m * len(segments)
         alloc = allocate(scores.numpy(), limit, m, big_m, stamp_costs)
         if not alloc.kept.any():  # not even one stamp + token fits: the picture matters more than its time
             alloc = allocate(scores.numpy(), limit, m, big_m, None)
-        native = [self.backbone.tokens_per_frame * s.frames for s in segments]
-        tokens = np.minimum(alloc.tokens, native)
-        return Allocation(tokens, alloc.stamp_tokens, alloc.min_tokens, alloc.max_tokens), stamp_costs
+        if native is None:
+            return alloc
+        return Allocation(np.minimum(alloc.tokens, native), alloc.stamp_tokens, alloc.min_tokens, alloc.max_tokens)
+
+    def _assemble(self, segments: list[Segment], alloc: Allocation, stamps: list[str],
+                  take: Callable[[int, Segment, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+                  ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """Each kept segment's stamp, then `take(i, segment, k)`'s (tokens, frame index, patch index)."""
+        parts: list[torch.Tensor] = []
+        frames: list[torch.Tensor] = []
+        patches: list[torch.Tensor] = []
+        for i, seg in enumerate(segments):
+            k = int(alloc.tokens[i])
+            if k == 0:
+                continue
+            if alloc.stamp_tokens[i] > 0:
+                self._add_stamp(stamps[i], seg.start, parts, frames, patches)
+            toks, seg_frames, seg_patches = take(i, seg, k)
+            parts.append(toks.to(self.backbone.dtype))
+            frames.append(seg_frames)
+            patches.append(seg_patches)
+        return parts, frames, patches
 
     def _compress_training_free(self, video: Video, query: str | None, budget: int | None) -> VisualTokens:
         segments = cut_segments(len(video), self.config.segment_frames)
@@ -335,19 +350,16 @@ class TempoCompressor(TokenCompressor):
         else:
             scores = torch.full((len(segments),), 0.5)
         stamps, centres = self._stamps(video, segments)
-        alloc, stamp_costs = self._allocate(scores, segments, stamps, budget)
-        parts, frames, patches = [], [], []
-        for i, seg in enumerate(segments):
-            k = int(alloc.tokens[i])
-            if k == 0:
-                continue
-            if alloc.stamp_tokens[i] > 0:
-                self._add_stamp(stamps[i], seg.start, parts, frames, patches)
+        per_frame = self.backbone.tokens_per_frame
+        alloc = self._allocate(scores, segments, stamps, budget, capacity=per_frame * self.config.segment_frames,
+                               native=[per_frame * s.frames for s in segments])
+
+        def pooled(i: int, seg: Segment, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             with stage("compress"):
                 toks, offs = reduce_segment(native[i], k)
-            parts.append(toks.to(self.backbone.dtype))
-            frames.append(offs + seg.start)
-            patches.append(torch.full((toks.shape[0],), -1, dtype=torch.long))
+            return toks, offs + seg.start, torch.full((toks.shape[0],), -1, dtype=torch.long)
+
+        parts, frames, patches = self._assemble(segments, alloc, stamps, pooled)
         return self._pack(video, parts, frames, patches, segments, scores, alloc, centres,
                           mode="training-free pooling", svlm=svlm.name)
 
@@ -379,26 +391,13 @@ class TempoCompressor(TokenCompressor):
         if self.config.relevance == "none" or len(segments) == 1:
             rel_all = torch.full_like(rel_all, 0.5)
         stamps, centres = self._stamps(video, segments)
-        k_mem = int(mem_all.shape[1])
-        costs = [len(self.backbone.tokenizer(s, add_special_tokens=False)["input_ids"]) if self.config.timestamps
-                 else 0 for s in stamps]
-        full = self.config.segment_frames
-        big_m = min(k_mem, tokens_per_segment(self.config.max_tokens_per_frame, full))
-        m = min(big_m, tokens_per_segment(self.config.min_tokens_per_frame, full))
-        limit = budget if budget is not None else sum(costs) + big_m * len(segments)
-        alloc = allocate(rel_all.numpy(), limit, m, big_m, costs)
-        if not alloc.kept.any():  # not even one stamp + token fits: the picture matters more than its time
-            alloc = allocate(rel_all.numpy(), limit, m, big_m, None)
-        parts, frames, patches = [], [], []
-        for i, seg in enumerate(segments):
-            k = int(alloc.tokens[i])
-            if k == 0:
-                continue
-            if alloc.stamp_tokens[i] > 0:
-                self._add_stamp(stamps[i], seg.start, parts, frames, patches)
-            parts.append(mem_all[i, :k].to(self.backbone.dtype))  # head truncation: front-loaded memory
-            frames.append(torch.full((k,), (seg.start + seg.stop - 1) // 2, dtype=torch.long))
-            patches.append(torch.arange(k))
+        alloc = self._allocate(rel_all, segments, stamps, budget, capacity=int(mem_all.shape[1]))
+
+        def head(i: int, seg: Segment, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            # head truncation: memory tokens are front-loaded
+            return mem_all[i, :k], torch.full((k,), (seg.start + seg.stop - 1) // 2, dtype=torch.long), torch.arange(k)
+
+        parts, frames, patches = self._assemble(segments, alloc, stamps, head)
         return self._pack(video, parts, frames, patches, segments, rel_all, alloc, centres,
                           mode="memory tokens (head truncation)", svlm=self.backbone.name)
 
