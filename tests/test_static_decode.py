@@ -92,3 +92,19 @@ def test_compiled_loop_is_3x_faster_per_token_on_cuda(monkeypatch):
     fast_ids, fast_s = per_token(static_decode=True)
     assert fast_ids == eager_ids
     assert eager_s / fast_s >= 3.0, f"eager {eager_s * 1e3:.1f} ms/token, compiled {fast_s * 1e3:.1f} ms/token"
+
+
+def test_static_decoder_is_made_once_and_does_not_keep_a_dropped_model_alive():
+    import gc
+    import weakref
+
+    from videollm.answer import static_decode
+    from videollm.backbones.tiny import build_tiny_random
+
+    bb = build_tiny_random(seed=0)
+    dec = static_decode.for_backbone(bb, compile=False)
+    assert static_decode.for_backbone(bb, compile=False) is dec  # compiling is the expensive part: once
+    alive = weakref.ref(bb)
+    del bb, dec
+    gc.collect()
+    assert alive() is None

@@ -13,6 +13,7 @@ takes the eager loop. The result carries no continuable cache (think/auto phases
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -70,16 +71,20 @@ class StaticDecoder:
         return self.step(embeds.to(p.device, p.dtype), cache, torch.tensor([[position]], device=p.device))
 
 
-_DECODERS: dict[tuple[int, bool], StaticDecoder] = {}
+#: per backbone (held weakly: a dropped model is not kept alive by its compiled step), per `compile` flag
+_DECODERS: weakref.WeakKeyDictionary[Any, dict[bool, StaticDecoder]] = weakref.WeakKeyDictionary()
 
 
 def for_backbone(backbone: Any, compile: bool = True) -> StaticDecoder:
     """The backbone's `StaticDecoder` (made once: compiling is the expensive part)."""
-    key = (id(backbone), compile)
-    dec = _DECODERS.get(key)
-    if dec is None or dec.decoder is not backbone.text_decoder()[0]:
-        decoder, head = backbone.text_decoder()
-        dec = _DECODERS[key] = StaticDecoder(decoder, head, compile=compile)
+    decoder, head = backbone.text_decoder()
+    try:
+        made = _DECODERS.setdefault(backbone, {})
+    except TypeError:  # not weakly referenceable: build it each time rather than keep the model alive forever
+        made = {}
+    dec = made.get(compile)
+    if dec is None or dec.decoder is not decoder:
+        dec = made[compile] = StaticDecoder(decoder, head, compile=compile)
     return dec
 
 
