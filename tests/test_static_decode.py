@@ -104,7 +104,7 @@ def test_static_decoder_is_made_once_and_does_not_keep_a_dropped_model_alive():
     bb = build_tiny_random(seed=0)
     dec = static_decode.for_backbone(bb, compile=False)
     assert static_decode.for_backbone(bb, compile=False) is dec  # compiling is the expensive part: once
-    alive = weakref.ref(bb)
+    alive = weakref.ref(bb.text_decoder()[0])  # the model's weights, which the compiled step references
     del bb, dec
     gc.collect()
     assert alive() is None
