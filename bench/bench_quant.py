@@ -14,8 +14,9 @@ Scheme names are `config_for`'s, plus `int4-sym` (symmetric int4, no zero points
 
     python bench/bench_quant.py --part decode --threads 1 --out bench/quant_decode.json   # --interleave: rounds
 
-`--part stream` times the GEMV kernels alone over the model's layer shapes; `--part kernel-error` measures
-what the batch-1 kernels' activation rounding costs on real weights.
+`--part split` times the videollm decode step one model at a time with its low-bit kernel calls timed inside
+(GEMV time vs the rest); `--part stream` times the GEMV kernels alone over the model's layer shapes;
+`--part kernel-error` measures what the batch-1 kernels' activation rounding costs on real weights.
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from videollm._compat import require
+from videollm._compat import cache_kwargs, output_cache, require
+from videollm.answer.decode_step import forward_last
 from videollm.quant import config_for, quantize_
 from videollm.quant.report import PROMPTS, causal_lm_logits_fn, compare_logprobs, module_bytes, reference_logprobs
 
@@ -102,20 +104,31 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+#: how a decode step is run: "videollm" = what the backbones' `lm_forward` does (`decode_step.forward_last`:
+#: the lean one-token step where it applies), "transformers" = the model's own forward
+FORWARDS = ("videollm", "transformers")
+
+
+def lm_step(model: nn.Module, ids: torch.Tensor, cache: Any, forward: str = "videollm") -> tuple[torch.Tensor, Any]:
+    """`ids` (1, L) after `cache` → (the greedy next token (1, 1), the cache)."""
+    if forward == "transformers":
+        out = model(input_ids=ids, **cache_kwargs(cache), logits_to_keep=1)
+        return out.logits[:, -1:].argmax(-1), output_cache(out)
+    hidden, cache = forward_last(model.model, model.model.embed_tokens(ids), cache)
+    return model.lm_head(hidden).argmax(-1), cache
+
+
 @torch.no_grad()
-def decode_ms(model: nn.Module, device: str, context: int, tokens: int) -> float:
+def decode_ms(model: nn.Module, device: str, context: int, tokens: int, forward: str = "videollm") -> float:
     ids = torch.randint(0, 1000, (1, context), device=device, generator=None)
-    out = model(input_ids=ids, use_cache=True)
-    cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    nxt, cache = lm_step(model, ids, None, forward)
     for _ in range(2):  # warm-up steps
-        out = model(input_ids=nxt, past_key_values=cache, use_cache=True)
-        cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        nxt, cache = lm_step(model, nxt, cache, forward)
     times = []
     for _ in range(tokens):  # median per-token time: robust to other processes on a shared machine
         sync(device)
         t = time.perf_counter()
-        out = model(input_ids=nxt, past_key_values=cache, use_cache=True)
-        cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        nxt, cache = lm_step(model, nxt, cache, forward)
         sync(device)
         times.append(time.perf_counter() - t)
     return float(torch.tensor(times).median()) * 1e3
@@ -164,7 +177,7 @@ def bench_llm(args: argparse.Namespace) -> list[dict[str, Any]]:
             logger.info("quantized LLM to %s in %.1fs", scheme, time.perf_counter() - t0)
             engine = sorted({r for r in _engines(model)})
         ms = decode_ms(model, args.device, args.context, args.tokens if not _slow(scheme)
-                       or args.device == "cuda" else max(2, args.tokens // 4))
+                       or args.device == "cuda" else max(2, args.tokens // 4), forward=args.forward[0])
         rows.append({"part": "llm", "variant": label, "engine": engine, "linear_MiB": linear_bytes(model) / MiB,
                      "total_MiB": module_bytes(model) / MiB, "ms_per_token": ms})
         logger.info("%s", rows[-1])
@@ -229,7 +242,7 @@ def bench_gguf(args: argparse.Namespace) -> list[dict[str, Any]]:
                      "mean_kl": kl, "top1": top1, "positions": n,
                      "group": args.group_size if scheme != "none" else None,
                      "ms_per_token": decode_ms(model, "cpu", 32, args.tokens if not _slow(scheme)
-                                               else max(2, args.tokens // 4))})
+                                               else max(2, args.tokens // 4), forward=args.forward[0])})
         logger.info("%s", rows[-1])
     return rows
 
@@ -397,17 +410,15 @@ def copy_bandwidth(mib: int = 512, reps: int = 5) -> dict[str, float]:
 
 
 @torch.no_grad()
-def decode_wall_cpu_ms(model: nn.Module, context: int, tokens: int) -> tuple[float, float]:
+def decode_wall_cpu_ms(model: nn.Module, context: int, tokens: int, forward: str = "videollm") -> tuple[float, float]:
     """Median wall and process-CPU ms per decode step. On a shared machine the CPU time is the steadier
     figure: it counts only the time this process ran (one thread: the compute the step really costs)."""
     ids = torch.randint(0, 1000, (1, context))
-    out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-    cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    nxt, cache = lm_step(model, ids, None, forward)
     walls, cpus = [], []
     for step in range(tokens + 2):
         w0, c0 = time.perf_counter(), time.process_time()
-        out = model(input_ids=nxt, past_key_values=cache, use_cache=True)
-        cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        nxt, cache = lm_step(model, nxt, cache, forward)
         if step >= 2:  # two warm-up steps
             walls.append(time.perf_counter() - w0)
             cpus.append(time.process_time() - c0)
@@ -480,40 +491,40 @@ def bench_decode(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     bw = copy_bandwidth()
     logger.info("bandwidth: %s", bw)
-    labels = ["bfloat16"] + args.schemes + [NO_GEMV]
-    state: dict[str, dict[str, Any]] = {}
+    labels = ([] if args.no_float else ["bfloat16"]) + args.schemes + [NO_GEMV]
+    state: dict[tuple[str, str], dict[str, Any]] = {}
     for label in tqdm(labels, desc="building models"):
         t0 = time.perf_counter()
         model, head = _decode_model(label, args)
         q_s = time.perf_counter() - t0
-        ids = torch.randint(0, 1000, (1, args.context))
-        out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-        st = {"model": model, "head": head, "quantize_s": q_s, "cache": out.past_key_values,
-              "next": out.logits[:, -1:].argmax(-1), "wall": [], "cpu": []}
+        common: dict[str, Any] = {"model": model, "head": head, "quantize_s": q_s}
         if label != NO_GEMV:
-            st["prefill_tok_s"] = prefill_tokens_per_s(model, args.prefill)
-            st["mem_MiB"] = module_bytes(model) / MiB
-            st["disk_MiB"] = _disk_bytes(model) / MiB
-            st["MB"] = _decode_bytes(model, args.context) / 1e6
-            st["engine"] = sorted(set(_engines(model))) or ["float"]
-            st["dequant_layers"] = [r["name"] for r in layer_table(model) if r["engine"] == "native:dequant"]
-        state[label] = st
+            common["prefill_tok_s"] = prefill_tokens_per_s(model, args.prefill)
+            common["mem_MiB"] = module_bytes(model) / MiB
+            common["disk_MiB"] = _disk_bytes(model) / MiB
+            common["MB"] = _decode_bytes(model, args.context) / 1e6
+            common["engine"] = sorted(set(_engines(model))) or ["float"]
+            common["dequant_layers"] = [r["name"] for r in layer_table(model) if r["engine"] == "native:dequant"]
+        ids = torch.randint(0, 1000, (1, args.context))
+        for forward in args.forward:
+            nxt, cache = lm_step(model, ids, None, forward)
+            state[label, forward] = {**common, "cache": cache, "next": nxt, "wall": [], "cpu": []}
     steps = range(args.tokens + 2)
-    order = ([(step, label) for step in steps for label in state] if args.interleave
-             else [(step, label) for label in state for step in steps])
-    for step, label in tqdm(order, desc="decode steps"):
-        st = state[label]
+    order = ([(step, key) for step in steps for key in state] if args.interleave
+             else [(step, key) for key in state for step in steps])
+    for step, key in tqdm(order, desc="decode steps"):
+        st = state[key]
         w0, c0 = time.perf_counter(), time.process_time()
-        out = st["model"](input_ids=st["next"], past_key_values=st["cache"], use_cache=True)
-        st["cache"], st["next"] = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        st["next"], st["cache"] = lm_step(st["model"], st["next"], st["cache"], key[1])
         if step >= 2:  # two warm-up steps
             st["wall"].append((time.perf_counter() - w0) * 1e3)
             st["cpu"].append((time.process_time() - c0) * 1e3)
     rows = []
-    for label, st in state.items():
+    for (label, forward), st in state.items():
         ms, cpu_ms = float(torch.tensor(st["wall"]).median()), float(torch.tensor(st["cpu"]).median())
-        row = {"part": "decode" if label != NO_GEMV else "overhead", "variant": label, "ms_per_token": ms,
-               "cpu_ms_per_token": cpu_ms, "cpu_ms_best": min(st["cpu"]), "ms_best": min(st["wall"])}
+        row = {"part": "decode" if label != NO_GEMV else "overhead", "variant": label, "forward": forward,
+               "context": args.context, "ms_per_token": ms, "cpu_ms_per_token": cpu_ms,
+               "cpu_ms_best": min(st["cpu"]), "ms_best": min(st["wall"])}
         if label != NO_GEMV:
             nbytes = st["MB"] * 1e6
             row.update({"head": st["head"], "engine": st["engine"], "dequant_layers": st["dequant_layers"],
@@ -525,6 +536,53 @@ def bench_decode(args: argparse.Namespace) -> list[dict[str, Any]]:
                         "disk_MiB": st["disk_MiB"], "quantize_s": st["quantize_s"]})
         rows.append(row)
         logger.info("%s", row)
+    return rows
+
+
+@torch.no_grad()
+def bench_split(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Per scheme, one model at a time (built, timed, dropped): the videollm decode step with its low-bit
+    kernel calls timed inside it, so a step splits into GEMV time and the rest."""
+    import gc
+
+    from videollm.quant import cpu_kernels
+
+    spent = [0.0]
+    originals = {cls: cls.__call__ for cls in (cpu_kernels.LowBitGemv, cpu_kernels.LowBitGemvGroup)}
+
+    def timed(call: Any) -> Any:
+        def wrapper(self: Any, x: torch.Tensor) -> torch.Tensor:
+            t0 = time.perf_counter()
+            try:
+                return call(self, x)
+            finally:
+                spent[0] += time.perf_counter() - t0
+        return wrapper
+
+    rows = []
+    try:
+        for cls, call in originals.items():
+            cls.__call__ = timed(call)
+        for label in args.schemes:
+            model, head = _decode_model(label, args)
+            nxt, cache = lm_step(model, torch.randint(0, 1000, (1, args.context)), None)
+            steps, kernels = [], []
+            for step in range(args.tokens + 2):
+                spent[0] = 0.0
+                t0 = time.perf_counter()
+                nxt, cache = lm_step(model, nxt, cache)
+                if step >= 2:
+                    steps.append((time.perf_counter() - t0) * 1e3)
+                    kernels.append(spent[0] * 1e3)
+            ms, k_ms = float(torch.tensor(steps).median()), float(torch.tensor(kernels).median())
+            rows.append({"part": "split", "variant": label, "head": head, "ms_per_token": ms, "kernel_ms": k_ms,
+                         "rest_ms": ms - k_ms, "MB_per_token": _decode_bytes(model, args.context) / 1e6})
+            logger.info("%s", rows[-1])
+            del model, cache
+            gc.collect()
+    finally:
+        for cls, call in originals.items():
+            cls.__call__ = call
     return rows
 
 
@@ -555,34 +613,44 @@ def bench_overhead(args: argparse.Namespace) -> list[dict[str, Any]]:
     t = require("transformers")
     model = random_model(t.Qwen2ForCausalLM, qwen2_05b_config(), torch.float32, "cpu")
     _zero_linears(model)
-    ms, cpu_ms = decode_wall_cpu_ms(model, args.context, args.tokens)
-    row = {"part": "overhead", "variant": "no GEMV (float32)", "ms_per_token": ms, "cpu_ms_per_token": cpu_ms}
-    logger.info("%s", row)
-    return [row]
+    rows = []
+    for forward in args.forward:
+        ms, cpu_ms = decode_wall_cpu_ms(model, args.context, args.tokens, forward)
+        rows.append({"part": "overhead", "variant": "no GEMV (float32)", "forward": forward,
+                     "ms_per_token": ms, "cpu_ms_per_token": cpu_ms})
+        logger.info("%s", rows[-1])
+    return rows
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = []
-    for part in ("decode", "overhead", "stream", "kernel-error", "llm", "vision", "gguf", "layer"):
+    for part in ("decode", "overhead", "split", "stream", "kernel-error", "llm", "vision", "gguf", "layer"):
         rs = [r for r in rows if r["part"] == part]
         if not rs:
             continue
         if part == "overhead":
-            lines += [f"decode step without GEMVs: {r['ms_per_token']:.1f} ms wall, {r['cpu_ms_per_token']:.1f} ms CPU"
+            lines += [f"decode step without GEMVs ({r.get('forward', 'transformers')} forward): "
+                      f"{r['ms_per_token']:.1f} ms wall, {r['cpu_ms_per_token']:.1f} ms CPU"
                       + (f" (best step {r['cpu_ms_best']:.1f} ms CPU)" if "cpu_ms_best" in r else "") for r in rs]
         elif part == "decode":
             lines += [f"copy bandwidth (same run): {rs[0]['copy_GBps']:.1f} GB/s per wall second, "
                       f"{rs[0]['copy_GBps_cpu']:.1f} GB/s per CPU second (read-only: {rs[0]['read_GBps']:.1f} / "
                       f"{rs[0]['read_GBps_cpu']:.1f})", "",
-                      ("| Qwen2-0.5B decode | head | kernels | ms/token (wall) | CPU ms/token (median / best) | "
+                      ("| Qwen2-0.5B decode | forward | head | kernels | ms/token (wall) | CPU ms/token (median / best) | "
                        "MB read/token | GB/s (wall / CPU) | × copy limit (wall / CPU / CPU best) | prefill tok/s | "
                        "memory MiB | disk MiB |"),
-                      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-            lines += [f"| {r['variant']} | {r['head']} | {', '.join(e.replace('native:', '') for e in r['engine'])} | "
+                      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            lines += [f"| {r['variant']} | {r.get('forward', 'transformers')} | {r['head']} | "
+                      f"{', '.join(e.replace('native:', '') for e in r['engine'])} | "
                       f"{r['ms_per_token']:.1f} | {r['cpu_ms_per_token']:.1f} / {r['cpu_ms_best']:.1f} | "
                       f"{r['MB_per_token']:.0f} | {r['GBps']:.2f} / {r['GBps_cpu']:.2f} | {r['x_limit']:.2f} / "
                       f"{r['x_limit_cpu']:.2f} / {r['x_limit_cpu_best']:.2f} | "
                       f"{r['prefill_tok_s']:.0f} | {r['mem_MiB']:.0f} | {r['disk_MiB']:.0f} |" for r in rs]
+        elif part == "split":
+            lines += ["| videollm step, one model at a time | head | ms/token | low-bit kernel calls ms | rest ms |"
+                      " MB read/token |", "| --- | --- | --- | --- | --- | --- |"]
+            lines += [f"| {r['variant']} | {r['head']} | {r['ms_per_token']:.1f} | {r['kernel_ms']:.1f} | "
+                      f"{r['rest_ms']:.1f} | {r['MB_per_token']:.0f} |" for r in rs]
         elif part == "stream":
             lines += [f"copy bandwidth (same run): {rs[0]['copy_GBps']:.1f} GB/s per wall second, "
                       f"{rs[0]['copy_GBps_cpu']:.1f} GB/s per CPU second (read-only: {rs[0]['read_GBps']:.1f} / "
@@ -617,7 +685,8 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--part", nargs="+", default=["llm", "vision", "gguf"],
-                   choices=["llm", "vision", "gguf", "layer", "decode", "overhead", "stream", "kernel-error"])
+                   choices=["llm", "vision", "gguf", "layer", "decode", "overhead", "split", "stream",
+                            "kernel-error"])
     p.add_argument("--schemes", nargs="+", default=None,
                    help="default: int8 int4 int2 ternary (decode: int8 int4 int3 int2 ternary int1)")
     p.add_argument("--head", default="auto", help="decode: LM head scheme (auto = HEAD_AUTO of each scheme)")
@@ -627,6 +696,9 @@ def main() -> None:
     p.add_argument("--backend", default="auto")
     p.add_argument("--context", type=int, default=64, help="prompt tokens before timing decode")
     p.add_argument("--tokens", type=int, default=8, help="decode steps timed")
+    p.add_argument("--forward", nargs="+", choices=FORWARDS, default=list(FORWARDS),
+                   help="decode/overhead: videollm = the backbones' path (the lean one-token step), "
+                        "transformers = the model's own forward (llm/gguf: the first one given)")
     p.add_argument("--interleave", action="store_true",
                    help="decode: time the models' steps in rounds (step k of each model) instead of back to back")
     p.add_argument("--frames", type=int, default=1)
@@ -642,13 +714,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.schemes is None:
-        args.schemes = (["int8", "int4", "int3", "int2", "ternary", "int1"] if args.part == ["decode"]
+        args.schemes = (["int8", "int4", "int3", "int2", "ternary", "int1"] if args.part in (["decode"], ["split"])
                         else ["int8", "int4", "int2", "ternary"])
     rows: list[dict[str, Any]] = []
     for part in args.part:
         rows += {"llm": bench_llm, "vision": bench_vision, "gguf": bench_gguf, "layer": bench_layer,
                  "decode": bench_decode, "overhead": bench_overhead, "kernel-error": bench_kernel_error,
-                 "stream": bench_stream}[part](args)
+                 "stream": bench_stream, "split": bench_split}[part](args)
     info = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name() if args.device == "cuda" else None, "args": vars(args)}
     print(table(rows))

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .._compat import cache_kwargs, output_cache, require
+from .._compat import require
+from ..answer.decode_step import forward_last
 from . import register_preset
 from .base import Backbone, left_pad, resize_normalize
 
@@ -171,10 +172,8 @@ class LlavaOneVisionBackbone(Backbone):
 
     @torch.inference_mode()
     def lm_forward(self, inputs_embeds: torch.Tensor, cache: Any = None) -> tuple[torch.Tensor, Any]:
-        out = self.model.model.language_model(inputs_embeds=inputs_embeds.to(self.dtype), **cache_kwargs(cache),
-                                              return_dict=True)
-        logits = self.model.lm_head(out.last_hidden_state[:, -1:]).float()[:, -1]
-        return logits, output_cache(out)
+        hidden, cache = forward_last(self.model.model.language_model, inputs_embeds.to(self.dtype), cache)
+        return self.model.lm_head(hidden).float()[:, -1], cache
 
 
     @torch.inference_mode()

@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._compat import cache_kwargs, output_cache, require
+from .._compat import require
+from ..answer.decode_step import forward_last
 from ..errors import InvalidRequestError, ModelLoadError
 from . import register_preset
 from .base import Backbone
@@ -244,9 +245,8 @@ class TempoBackbone(Backbone):
 
     @torch.inference_mode()
     def lm_forward(self, inputs_embeds: torch.Tensor, cache: Any = None) -> tuple[torch.Tensor, Any]:
-        out = self.llm.model(inputs_embeds=inputs_embeds.to(self.device, self.dtype), **cache_kwargs(cache),
-                             return_dict=True)
-        return self.llm.lm_head(out.last_hidden_state[:, -1:]).float()[:, -1], output_cache(out)
+        hidden, cache = forward_last(self.llm.model, inputs_embeds.to(self.device, self.dtype), cache)
+        return self.llm.lm_head(hidden).float()[:, -1], cache
 
     @classmethod
     def from_pretrained(cls, model_id: str = DEFAULT_MODEL_ID, device: str | torch.device | None = "auto",

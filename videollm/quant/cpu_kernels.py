@@ -34,6 +34,8 @@ SOURCE = Path(__file__).with_name("csrc") / "lowbit_gemv.c"
 #: rows (tokens) the int8 path takes in one call; `lowbit_gemv` uses its float path beyond
 INT8_MAX_ROWS = 64
 FLAGS = ("-O3", "-march=native", "-ffast-math", "-fPIC", "-shared", "-std=c99")
+#: after the source: with -ffast-math GCC vectorises expf through glibc's libmvec
+LIBS = ("-lm",)
 
 
 def _cache_dir() -> Path:
@@ -51,20 +53,39 @@ def _compiler() -> str | None:
     return None
 
 
-def _build(cc: str, openmp: bool) -> Path:
-    src = SOURCE.read_bytes()
+def _build(source: Path, cc: str, openmp: bool) -> Path:
+    src = source.read_bytes()
     flags = FLAGS + (("-fopenmp",) if openmp else ())
     cpu = Path("/proc/cpuinfo").read_bytes()[:4096] if Path("/proc/cpuinfo").is_file() else b""
-    key = hashlib.sha256(src + " ".join((cc,) + flags).encode() + cpu).hexdigest()[:16]
-    out = _cache_dir() / f"lowbit_gemv-{key}.so"
+    key = hashlib.sha256(src + " ".join((cc,) + flags + LIBS).encode() + cpu).hexdigest()[:16]
+    out = _cache_dir() / f"{source.stem}-{key}.so"
     if out.is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         tmp_so = Path(tmp) / out.name
-        subprocess.run([cc, *flags, str(SOURCE), "-o", str(tmp_so)], check=True, capture_output=True, timeout=120)
+        subprocess.run([cc, *flags, str(source), "-o", str(tmp_so), *LIBS], check=True, capture_output=True,
+                       timeout=120)
         os.replace(tmp_so, out)  # atomic: concurrent builders never load a half-written file
     return out
+
+
+def compiled_library(source: Path, what: str) -> ctypes.CDLL | None:
+    """`source` (plain C, no torch headers) built once per machine and loaded; None where there is no
+    compiler, the build fails or VIDEOLLM_NO_CKERNELS is set (callers then keep their PyTorch paths)."""
+    if os.environ.get("VIDEOLLM_NO_CKERNELS"):
+        return None
+    cc = _compiler()
+    if cc is None:
+        logger.info("no C compiler found: %s use PyTorch paths", what)
+        return None
+    for openmp in (True, False):
+        try:
+            return ctypes.CDLL(str(_build(source, cc, openmp)))
+        except (OSError, subprocess.SubprocessError) as err:
+            logger.debug("building %s (openmp=%s) failed: %s", source.name, openmp, err)
+    logger.info("the C kernels for %s did not build: PyTorch paths are used", what)
+    return None
 
 
 class Layer(ctypes.Structure):
@@ -81,25 +102,18 @@ class Layer(ctypes.Structure):
 
 @lru_cache(maxsize=1)
 def _library() -> ctypes.CDLL | None:
-    if os.environ.get("VIDEOLLM_NO_CKERNELS"):
+    lib = compiled_library(SOURCE, "low-bit weights")
+    if lib is None:
         return None
-    cc = _compiler()
-    if cc is None:
-        logger.info("no C compiler found: low-bit weights use the PyTorch lookup path")
-        return None
-    for openmp in (True, False):
-        try:
-            lib = ctypes.CDLL(str(_build(cc, openmp)))
-        except (OSError, subprocess.SubprocessError) as err:
-            logger.debug("building the low-bit kernel (openmp=%s) failed: %s", openmp, err)
-            continue
-        f = lib.lowbit_gemv
-        f.argtypes = [ctypes.POINTER(Layer), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
-        f.restype = None
-        lib.lowbit_has_int8_path.restype = ctypes.c_int
-        return lib
-    logger.info("the low-bit C kernel did not build: low-bit weights use the PyTorch lookup path")
-    return None
+    f = lib.lowbit_gemv
+    f.argtypes = [ctypes.POINTER(Layer), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    f.restype = None
+    many = lib.lowbit_gemv_many
+    many.argtypes = [ctypes.POINTER(ctypes.POINTER(Layer)), ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+                     ctypes.c_int]
+    many.restype = None
+    lib.lowbit_has_int8_path.restype = ctypes.c_int
+    return lib
 
 
 def available() -> bool:
@@ -221,11 +235,15 @@ class LowBitGemv:
             raise ValueError(f"expected {self.k} input features, got {shape[-1]}")
         if dtype != torch.float32 or not x.is_contiguous():
             x = x.float().contiguous()
+        y = torch.empty(shape[:-1] + (self.n,), dtype=torch.float32)
+        self._fn(self.current_layer(), x.data_ptr(), y.data_ptr(), x.numel() // self.k, torch.get_num_threads())
+        return y if dtype == torch.float32 else y.to(dtype)
+
+    def current_layer(self) -> ctypes.pointer:
+        """The C struct for this layer's tensors as they are now."""
         if self.idx is not self._idx_seen:
             self._layer = self._pack_layer()
-        y = torch.empty(shape[:-1] + (self.n,), dtype=torch.float32)
-        self._fn(self._layer, x.data_ptr(), y.data_ptr(), x.numel() // self.k, torch.get_num_threads())
-        return y if dtype == torch.float32 else y.to(dtype)
+        return self._layer
 
     def reference_input(self, x: torch.Tensor) -> torch.Tensor:
         """The activations this call effectively multiplies (int8-rounded on the int8 path, which takes up to
@@ -233,3 +251,38 @@ class LowBitGemv:
         if self.int8_activations and x.shape[0] <= INT8_MAX_ROWS:
             return int8_reference(x, self.group)
         return x.float()
+
+
+class LowBitGemvGroup:
+    """Layers that read the same single activation row (q/k/v, gate/up), run in one C call: one (1, ΣN)
+    float32 output with each layer's columns side by side, equal to concatenating their own calls."""
+
+    def __init__(self, gemvs: list[LowBitGemv]):
+        if not gemvs or len({g.k for g in gemvs}) != 1:
+            raise ValueError("a group needs layers with the same number of input features")
+        lib = _library()
+        if lib is None:
+            raise NotImplementedError("low-bit C kernel unavailable")
+        self._fn = lib.lowbit_gemv_many
+        self.gemvs = list(gemvs)
+        self.k = gemvs[0].k
+        self.widths = [g.n for g in gemvs]
+        self.n = sum(self.widths)
+        self._pack()
+
+    def _pack(self) -> None:
+        self._seen = [g.current_layer() for g in self.gemvs]
+        self._array = (ctypes.POINTER(Layer) * len(self._seen))(*self._seen)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(1, K) or (1, 1, K) activations → (1, ΣN) float32 (bias included)."""
+        if x.numel() != self.k:
+            raise ValueError(f"expected one row of {self.k} features, got shape {tuple(x.shape)}")
+        if x.dtype != torch.float32 or not x.is_contiguous():
+            x = x.float().contiguous()
+        if any(g.current_layer() is not s for g, s in zip(self.gemvs, self._seen)):
+            self._pack()
+        y = torch.empty(1, self.n, dtype=torch.float32)
+        self._fn(self._array, len(self.gemvs), x.data_ptr(), y.data_ptr(), torch.get_num_threads())
+        return y
+

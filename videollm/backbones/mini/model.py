@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 
-from ..._compat import cache_kwargs, output_cache, require
+from ..._compat import cache_kwargs, require
+from ...answer.decode_step import forward_last
 from ...answer.prompting import MC_INSTRUCTION, option_letters
 from ...types import VisualTokens
 from .. import register_preset
@@ -389,10 +390,8 @@ class MiniBackbone(Backbone):
     # ---- language model ----------------------------------------------------------------------------
     @torch.inference_mode()
     def lm_forward(self, inputs_embeds: torch.Tensor, cache: Any = None) -> tuple[torch.Tensor, Any]:
-        out = self.llm.model(inputs_embeds=inputs_embeds.to(self.device, self.dtype), **cache_kwargs(cache),
-                             return_dict=True)
-        logits = self.llm.lm_head(out.last_hidden_state[:, -1:]).float()[:, -1]
-        return logits, output_cache(out)
+        hidden, cache = forward_last(self.llm.model, inputs_embeds.to(self.device, self.dtype), cache)
+        return self.llm.lm_head(hidden).float()[:, -1], cache
 
     # ---- Tempo's segment relevance (compressors/tempo.py) -------------------------------------------
     @torch.inference_mode()

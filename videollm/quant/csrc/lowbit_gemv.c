@@ -375,3 +375,13 @@ void lowbit_gemv(const lowbit_layer *L, const float *x, float *y, int M, int nth
     free(xp);
     free(xp2);
 }
+
+/* Several layers that read the same activations (q/k/v, gate/up) in one call: one ctypes round trip instead
+ * of one per layer. y holds the layers' outputs side by side for a single row: (1, N_0 + N_1 + ...). */
+void lowbit_gemv_many(const lowbit_layer *const *layers, int n, const float *x, float *y, int nthreads) {
+    long off = 0;
+    for (int i = 0; i < n; i++) {
+        lowbit_gemv(layers[i], x, y + off, 1, nthreads);
+        off += layers[i]->N;
+    }
+}
