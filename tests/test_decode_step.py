@@ -67,6 +67,12 @@ def test_lean_step_equals_transformers(arch, monkeypatch):
     _assert_same_decode(model, monkeypatch)
 
 
+def test_lean_step_without_the_c_ops(monkeypatch):
+    """No compiler (or VIDEOLLM_NO_CKERNELS): the same step on PyTorch ops only."""
+    monkeypatch.setattr(decode_ops, "_library", lambda: None)
+    _assert_same_decode(_model("qwen3"), monkeypatch)
+
+
 def test_lean_step_is_used_and_off_switch(monkeypatch):
     model = _model("qwen2")
     calls = []
