@@ -340,14 +340,15 @@ def bench_kernel_error(args: argparse.Namespace) -> list[dict[str, Any]]:
         paths = {"prefill, dequantize (exact activations)": (model, prefill),
                  "decode, " + "/".join(sorted({m.kernel for m in model.modules() if isinstance(m, QuantLinear)}))
                  + " kernel": (model, stepwise)}
-        if label.startswith("int4"):
+        aten_kernel = {"int4": "int4_cpu", "int8": "int8_cpu"}.get(label.partition("-")[0])
+        if aten_kernel:
             aten = copy.deepcopy(model)
             for m in aten.modules():
                 if isinstance(m, QuantLinear):
-                    m.requested_kernel = "int4_cpu"
+                    m.requested_kernel = aten_kernel
                     m.set_packed(m.portable_qweight(), m.scale, m.bias, zero=m.zero)
-            if all(m.kernel == "int4_cpu" for m in aten.modules() if isinstance(m, QuantLinear)):
-                paths["decode, ATen int4_cpu kernel (bf16 activations)"] = (aten, stepwise)
+            if all(m.kernel == aten_kernel for m in aten.modules() if isinstance(m, QuantLinear)):
+                paths[f"decode, ATen {aten_kernel} kernel (bf16 activations)"] = (aten, stepwise)
         for path, (m, fn) in paths.items():
             got = torch.cat([fn(m, ids) for ids in prompts])
             kl = float((ref.exp() * (ref - got)).sum(-1).mean())

@@ -43,6 +43,42 @@ def test_lowbit_kernel_equals_reference(scheme, shape, rows):
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
 
 
+needs_int8_path = pytest.mark.skipif(not cpu_kernels.int8_path(), reason="no AVX-512 VNNI build of the kernel")
+
+
+@needs_int8_path
+@pytest.mark.parametrize("shape", [(64, 256), (37, 130), (5, 4864), (70, 896), (3, 9000)])
+@pytest.mark.parametrize("rows", [1, 2, 5])
+def test_int8_weights_on_the_kernel_equal_their_reference(shape, rows):
+    """int8 weights run on the VNNI path with two int8 activation planes (~15 bits a value): equal to the
+    reference on those activations, and far closer to exact float activations than bfloat16 ones are."""
+    n, k = shape
+    torch.manual_seed(n + k)
+    lin = nn.Linear(k, n, bias=True)
+    q = QuantLinear.from_linear(lin, "int8")
+    ref = QuantLinear.from_linear(lin, "int8", kernel="dequant")
+    assert q.kernel == "lowbit" and q._lowbit.bits == 8
+    x = torch.randn(rows, k) * torch.linspace(0.1, 3.0, k)
+    want = F.linear(q._lowbit.reference_input(x), ref.dequantize(), ref.bias)
+    got = q(x)
+    scale = float(want.abs().max())
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * scale)
+    exact = ref.forward_reference(x)
+    bf16 = F.linear(x.bfloat16().float(), ref.dequantize(), ref.bias)
+    assert (got - exact).abs().max() < 0.1 * (bf16 - exact).abs().max()
+    assert torch.equal(q.portable_qweight(), ref.portable_qweight())  # checkpoints keep the signed codes
+
+
+def test_int8x2_reference_by_hand():
+    x = torch.tensor([[1.0, -0.5, 0.3, 0.0]])
+    s = 1.0 / 127
+    q1 = torch.round(x / s)
+    fine = torch.round((x - q1 * s) / (s / cpu_kernels.FINE)).clamp(-127, 127)
+    assert torch.allclose(cpu_kernels.int8x2_reference(x, 4), q1 * s + fine * s / cpu_kernels.FINE)
+    assert (cpu_kernels.int8x2_reference(x, 4) - x).abs().max() < s / cpu_kernels.FINE
+    assert cpu_kernels.int8x2_reference(torch.zeros(1, 4), 4).abs().max() == 0
+
+
 @needs_kernel
 def test_lowbit_kernel_float_path_and_threads_agree():
     torch.manual_seed(0)

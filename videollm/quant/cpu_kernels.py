@@ -138,6 +138,24 @@ def int8_reference(x: torch.Tensor, group: int) -> torch.Tensor:
     return (q * s).view(m, kp)[:, :k]
 
 
+#: int8 weights' second activation plane: x ≈ s·q1 + (s/FINE)·q2 (`lowbit_gemv.c`)
+FINE = 254
+
+
+def int8x2_reference(x: torch.Tensor, group: int) -> torch.Tensor:
+    """(M, K) activations as the int8 path sees them for 8-bit weights: two int8 planes per group,
+    q1 = round(x / s), q2 = round((x - q1·s) / (s / FINE)), with s = max|x| / 127; ~15 bits of each value."""
+    m, k = x.shape
+    kp = -(-k // group) * group
+    xg = torch.nn.functional.pad(x.float(), (0, kp - k)).view(m, kp // group, group)
+    s = xg.abs().amax(-1, keepdim=True) / 127.0
+    safe = torch.where(s > 0, s, torch.ones_like(s))
+    q1 = torch.where(s > 0, torch.round(xg / safe), torch.zeros_like(xg))
+    fine = safe / FINE
+    q2 = torch.where(s > 0, torch.round((xg - q1 * s) / fine).clamp(-127, 127), torch.zeros_like(xg))
+    return (q1 * s + q2 * (s / FINE)).view(m, kp)[:, :k]
+
+
 def row_planar_index(k: int, group: int, per_byte: int, groups: int) -> tuple[torch.Tensor, int, int]:
     """(index, gb, rb_pad): column of x for each slot [p][j] of the row-planar layout (K = a zero pad).
 
@@ -169,7 +187,7 @@ def lane_groups(groups: int, gb: int, rb_pad: int) -> torch.Tensor | None:
 class LowBitGemv:
     """One layer's prepared call: packed bytes, bf16 scale bits and the activation permutations.
 
-    bits: 1, 2 or 4 (codes of that width in `weight`'s rows), or 3: int3's bit-sliced rows (a 2-bit plane
+    bits: 1, 2, 4 or 8 (codes of that width in `weight`'s rows), or 3: int3's bit-sliced rows (a 2-bit plane
     then a 1-bit plane). Ternary uses bits=2 (codes 0..2; `QuantLinear` re-packs its base-3 bytes).
     """
 
@@ -249,7 +267,7 @@ class LowBitGemv:
         """The activations this call effectively multiplies (int8-rounded on the int8 path, which takes up to
         `INT8_MAX_ROWS` rows; more go through the float path)."""
         if self.int8_activations and x.shape[0] <= INT8_MAX_ROWS:
-            return int8_reference(x, self.group)
+            return (int8x2_reference if self.bits == 8 else int8_reference)(x, self.group)
         return x.float()
 
 

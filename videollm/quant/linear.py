@@ -1,12 +1,13 @@
 """`QuantLinear`: an `nn.Linear` replacement holding packed integer weights and per-row/group scales.
 
 Its slow path (unpack → dequantize → `F.linear`) works for every scheme on every device and is the
-oracle the fast paths are tested against. On CPU, int8 and int4 use PyTorch's own weight-only kernels
-(`aten::_weight_int8pack_mm`, `aten::_weight_int4pack_mm_for_cpu`, the ones optimum-quanto dispatches to)
-in bfloat16, casting activations in and out, so a float32 model keeps its float32 interfaces; int3, int2,
-ternary and int1 use `cpu_kernels` (packed bytes decoded in registers), else a PyTorch lookup path. Where
-that kernel has its AVX-512 VNNI path, int4 uses it too (it streams int4 weights about twice as fast as
-ATen's kernel at batch 1, and keeps the portable layout in memory).
+oracle the fast paths are tested against. int3, int2, ternary and int1 use `cpu_kernels` on CPU (packed
+bytes decoded in registers), else a PyTorch lookup path. Where that kernel has its AVX-512 VNNI path, int4
+and int8 use it too: at batch 1 it streams their weights about twice as fast as PyTorch's weight-only
+kernels, and int8 weights meet their activations as two int8 planes (~15 bits, closer to exact than
+bfloat16). Elsewhere int8 and int4 use PyTorch's own kernels (`aten::_weight_int8pack_mm`,
+`aten::_weight_int4pack_mm_for_cpu`, the ones optimum-quanto dispatches to) in bfloat16, casting
+activations in and out, so a float32 model keeps its float32 interfaces.
 
 State dicts always hold the portable layout (`qweight` packed as in `packing`, `scale` (N, G) bfloat16,
 for asymmetric int4 `zero` (N, G) bfloat16, optional `bias`); kernel layouts are derived on load, since
@@ -119,7 +120,10 @@ class QuantLinear(nn.Module):
         if want == "dequant" or self.qweight.device.type != "cpu":
             return
         if self.scheme == "int8":
-            self._try("int8_cpu", self._prepare_int8)
+            if want != "int8_cpu" and cpu_kernels.int8_path():  # ~1.7x faster at batch 1 (bench/RESULTS.md)
+                self._try("lowbit", self._prepare_lowbit)
+            if self.kernel == "dequant":
+                self._try("int8_cpu", self._prepare_int8)
         elif self.scheme == "int4" and self.group in _INT4_GROUPS and want != "lowbit" and (
                 want == "int4_cpu" or not cpu_kernels.int8_path()):
             # with AVX-512 VNNI our kernel streams int4 ~2x faster than ATen's at batch 1 (bench/RESULTS.md)
@@ -134,6 +138,8 @@ class QuantLinear(nn.Module):
     def _prepare_lowbit(self) -> None:
         """The C kernel reads our packed rows when groups start on byte boundaries; ternary is re-packed as
         2-bit codes for it (1.6 bits a weight on disk, 2 in memory: base-3 bytes do not decode with shifts)."""
+        if self.scheme == "int8":
+            return self._prepare_lowbit_int8()
         width, groups = self.spec.width, self.scale.shape[1]
         per = 8 if width == 3 else 4 if width == "ternary" else packing.PER_BYTE[width]
         if groups > 1 and self.group % per:
@@ -146,6 +152,29 @@ class QuantLinear(nn.Module):
         if width == "ternary":
             self._kweight = weight
             self.qweight = self.qweight.new_empty(0)
+
+    #: activation group sizes the int8 weights' kernel path may round in (the smallest giving <= 63 groups)
+    _INT8_ACT_GROUPS = (128, 256, 512)
+
+    def _prepare_lowbit_int8(self) -> None:
+        """int8 weights on the kernel's VNNI path: codes + 128 as unsigned bytes (offset 128), in place of the
+        signed copy; the row's one scale is repeated per activation group, which is the unit the activations
+        are rounded to int8 in (128 columns, as llama.cpp's Q8_0 x Q8_0)."""
+        if not cpu_kernels.int8_path():
+            raise NotImplementedError("int8 weights take the low-bit kernel only on its int8 (VNNI) path")
+        k = self.in_features
+        group = next((g for g in self._INT8_ACT_GROUPS if -(-k // g) <= 63), None)
+        if group is None:
+            raise NotImplementedError(f"{k} input features need more than 63 activation groups")
+        groups = -(-k // group)
+        codes = self.qweight[:, :k].to(torch.int16) + 128
+        weight = F.pad(codes, (0, groups * group - k), value=128).to(torch.uint8).contiguous()
+        kernel = cpu_kernels.LowBitGemv(8, weight, self.scale.expand(-1, groups), None, k, group, 128.0,
+                                        bias=self.bias)
+        if not kernel.int8_activations:
+            raise NotImplementedError("no lane map for these groups")
+        self._lowbit, self._kweight = kernel, weight
+        self.qweight = self.qweight.new_empty(0)
 
     def _prepare_lut(self) -> None:
         """Small-batch path without a kernel: bytes → values by one gather in bfloat16, then a GEMV."""
@@ -231,6 +260,9 @@ class QuantLinear(nn.Module):
 
     def codes(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Unsigned integer codes (N, Kp), or only those of `rows` (1-D indices) without decoding the rest."""
+        if self._kweight is not None and self.scheme == "int8":  # the kernel's unsigned bytes, code + 128
+            w = self._kweight if rows is None else self._kweight[rows]
+            return w[:, : self.k_padded].to(torch.int16).sub_(128)  # int16: one pass less than int8 here
         if self._kweight is not None and self.spec.width == "ternary":  # the kernel's 2-bit layout
             return packing.unpack_int2(self._kweight if rows is None else self._kweight[rows], self.k_padded)
         if self._kweight is not None:
@@ -244,6 +276,9 @@ class QuantLinear(nn.Module):
         """The float weight (N, K) these codes stand for (the reference path); only `rows` if given."""
         scale = self.scale if rows is None else self.scale[rows]
         zero = self.zero if rows is None or self.zero is None else self.zero[rows]
+        if self._kweight is not None and self.scheme == "int8":  # prefill's path: two passes, as from int8 codes
+            w = (self._kweight if rows is None else self._kweight[rows])[:, : self.in_features]
+            return w.to(dtype).sub_(128).mul_(scale.to(dtype))  # (code + 128) - 128 is exact in any float
         return dequantize_codes(self.codes(rows), scale, self.scheme, dtype, zero=zero)[:, : self.in_features]
 
     # ---- forward -----------------------------------------------------------------------------------------
@@ -287,6 +322,8 @@ class QuantLinear(nn.Module):
         """Bytes held for this layer's weights, scales and bias as it sits in memory."""
         tensors = [self.qweight, self.scale, self.zero, self.bias, self._kweight,
                    self._kscale if self.kernel == "int4_cpu" else None]
+        if self._lowbit is not None and self._lowbit.scale.data_ptr() != self.scale.data_ptr():
+            tensors.append(self._lowbit.scale)  # int8's per-row scales repeated per activation group
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:

@@ -1,6 +1,6 @@
 /* Batch-small GEMV over packed low-bit weights (videollm.quant.cpu_kernels builds and loads this).
  *
- * Weights: each row holds bytes of `bits`-wide codes (1, 2 or 4 bits; per_byte = 8 / bits codes a byte,
+ * Weights: each row holds bytes of `bits`-wide codes (1, 2, 4 or 8 bits; per_byte = 8 / bits codes a byte,
  * column per_byte*j + p in bits p*bits of byte j), groups of `group` columns contiguous (gb bytes each),
  * one bfloat16 scale (and optionally zero point) per row and group. int3 is two such plane sets in one row:
  * a 2-bit plane (low bits) and, at byte hi_off, a 1-bit plane (high bit), code = lo + 4 * hi.
@@ -88,11 +88,13 @@ static inline float hsum(v16f v) {
 DEF_DOT(dot1, 1)
 DEF_DOT(dot2, 2)
 DEF_DOT(dot4, 4)
+DEF_DOT(dot8, 8)
 
 static inline float dot_bits(int bits, const uint8_t *w, const float *xp, long stride, int gb, v16f *acc) {
     switch (bits) {
         case 1: return dot1(w, xp, stride, gb, acc);
         case 2: return dot2(w, xp, stride, gb, acc);
+        case 8: return dot8(w, xp, stride, gb, acc);
         default: return dot4(w, xp, stride, gb, acc);
     }
 }
@@ -147,8 +149,13 @@ typedef struct {
 #define PF_AHEAD 4096
 #endif
 
+/* 8-bit weights take their activations as two int8 planes: x ~ s*q1 + (s/254)*q2, q2 rounding what q1 left
+ * (|x - s*q1| <= s/2), so the product keeps ~15 bits of each activation instead of 8. Combined in the loop as
+ * 254*dot(w, q1) + dot(w, q2) (at most 4*255*127*255 per lane: no int32 overflow), at scale s/254. */
+#define FINE 254
+
 typedef struct {
-    const int8_t *xq, *xq2;  /* int8 planes of A and B */
+    const int8_t *xq, *xq2;  /* int8 planes of A and B (int3), or A's fine plane (8-bit weights) */
     const float *xl, *xl2;   /* per chunk, each lane's activation scale (B's times 4: the high bit's weight) */
     const float *zx;         /* per group sx·(sum of its int8 activations), zero-padded to a multiple of 16 */
 } act_t;
@@ -172,12 +179,14 @@ static inline __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
  * Bytes past a row's codes meet zero activations, but are not read past the chunk's mask. */
 static inline __attribute__((always_inline)) void chunk_rows(const int bits, const int R, const uint8_t *W, long ldw,
                                                              int c, __mmask64 lm, int masked, const int8_t *xq,
-                                                             long rb_pad, const int16_t *idx, const float *xl,
-                                                             const __m512i *slo, const __m512i *shi, __m512 *tot) {
+                                                             const int8_t *xfine, long rb_pad, const int16_t *idx,
+                                                             const float *xl, const __m512i *slo,
+                                                             const __m512i *shi, __m512 *tot) {
     const int P = 8 / bits;
     const __m512i mask = _mm512_set1_epi8((char)((1 << bits) - 1));
-    __m512i xv[8];
+    __m512i xv[8], xf = _mm512_setzero_si512();
     for (int p = 0; p < P; p++) xv[p] = _mm512_loadu_si512(xq + p * rb_pad + c * 64);
+    if (bits == 8) xf = _mm512_loadu_si512(xfine + c * 64);
     const __m512i il = _mm512_loadu_si512(idx + c * 32);
     const __m512 xs = _mm512_loadu_ps(xl + c * 16);
     for (int r = 0; r < R; r++) {
@@ -187,19 +196,21 @@ static inline __attribute__((always_inline)) void chunk_rows(const int bits, con
         __m512i acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(w, mask), xv[0]);
         for (int p = 1; p < P; p++)
             acc = _mm512_dpbusd_epi32(acc, _mm512_and_si512(_mm512_srli_epi16(w, p * bits), mask), xv[p]);
+        if (bits == 8) acc = _mm512_dpbusd_epi32(_mm512_mullo_epi32(acc, _mm512_set1_epi32(FINE)), w, xf);
         const __m512 ws = _mm512_castsi512_ps(_mm512_permutex2var_epi16(slo[r], il, shi[r]));
         tot[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(ws, xs), tot[r]);
     }
 }
 
 static inline __attribute__((always_inline)) void plane_rows(const int bits, const int R, const uint8_t *W, long ldw,
-                                                             int nbytes, const int8_t *xq, long rb_pad,
-                                                             const int16_t *idx, const float *xl, const __m512i *slo,
-                                                             const __m512i *shi, __m512 *tot) {
+                                                             int nbytes, const int8_t *xq, const int8_t *xfine,
+                                                             long rb_pad, const int16_t *idx, const float *xl,
+                                                             const __m512i *slo, const __m512i *shi, __m512 *tot) {
     const int full = nbytes / 64, rest = nbytes % 64;
-    for (int c = 0; c < full; c++) chunk_rows(bits, R, W, ldw, c, 0, 0, xq, rb_pad, idx, xl, slo, shi, tot);
+    for (int c = 0; c < full; c++) chunk_rows(bits, R, W, ldw, c, 0, 0, xq, xfine, rb_pad, idx, xl, slo, shi, tot);
     if (rest)
-        chunk_rows(bits, R, W, ldw, full, ((__mmask64)1 << rest) - 1, 1, xq, rb_pad, idx, xl, slo, shi, tot);
+        chunk_rows(bits, R, W, ldw, full, ((__mmask64)1 << rest) - 1, 1, xq, xfine, rb_pad, idx, xl, slo, shi,
+                   tot);
 }
 
 /* out[r] = y of rows n0..n0+R-1 for one activation row */
@@ -217,9 +228,10 @@ static inline __attribute__((always_inline)) void block_rows(const int bits, con
         shi[r] = G > 32 ? _mm512_maskz_loadu_epi16(hi_m, sc + 32) : _mm512_setzero_si512();
     }
     const uint8_t *W = L->W + (long)n0 * L->ldw;
-    plane_rows(bits, R, W, L->ldw, G * L->gb, a->xq, L->rb_pad, L->idx, a->xl, slo, shi, tot);
+    plane_rows(bits, R, W, L->ldw, G * L->gb, a->xq, a->xq2, L->rb_pad, L->idx, a->xl, slo, shi, tot);
     if (L->kind == 3)
-        plane_rows(1, R, W + L->hi_off, L->ldw, G * L->gb2, a->xq2, L->rb_pad2, L->idx2, a->xl2, slo, shi, tot);
+        plane_rows(1, R, W + L->hi_off, L->ldw, G * L->gb2, a->xq2, NULL, L->rb_pad2, L->idx2, a->xl2, slo, shi,
+                   tot);
     /* offset and zero point: sum_g sx_g·sq_g·(zero_g - offset·scale_g), 16 groups a vector */
     const __m512 off = _mm512_set1_ps(-L->offset);
     for (int r = 0; r < R; r++) {
@@ -247,6 +259,7 @@ static void rows_range(const int bits, const lowbit_layer *L, int n_lo, int n_hi
             switch (bits) {
                 case 1: block_rows(1, R_BLOCK, L, n, acts + m, out); break;
                 case 2: block_rows(2, R_BLOCK, L, n, acts + m, out); break;
+                case 8: block_rows(8, R_BLOCK, L, n, acts + m, out); break;
                 default: block_rows(4, R_BLOCK, L, n, acts + m, out); break;
             }
             for (int r = 0; r < R_BLOCK; r++) y[(long)m * N + n + r] = out[r] + (L->bias ? L->bias[n + r] : 0.f);
@@ -256,6 +269,7 @@ static void rows_range(const int bits, const lowbit_layer *L, int n_lo, int n_hi
             switch (bits) {
                 case 1: block_rows(1, 1, L, n, acts + m, out); break;
                 case 2: block_rows(2, 1, L, n, acts + m, out); break;
+                case 8: block_rows(8, 1, L, n, acts + m, out); break;
                 default: block_rows(4, 1, L, n, acts + m, out); break;
             }
             y[(long)m * N + n] = out[0] + (L->bias ? L->bias[n] : 0.f);
@@ -263,27 +277,38 @@ static void rows_range(const int bits, const lowbit_layer *L, int n_lo, int n_hi
 }
 
 /* x (K floats) → int8 per group (scale max|x|/127, as before), gathered into the row-planar planes */
-static void prepare_act(const lowbit_layer *L, const float *x, int nch, int nch2, int8_t *qx, int8_t *xq, int8_t *xq2,
-                        float *sx, float *zx, float *xl, float *xl2) {
-    const int K = L->K, G = L->G, P = 8 / (L->kind == 3 ? 2 : L->kind);
+static void prepare_act(const lowbit_layer *L, const float *x, int nch, int nch2, int8_t *qx, int8_t *qx2,
+                        int8_t *xq, int8_t *xq2, float *sx, float *zx, float *xl, float *xl2) {
+    const int K = L->K, G = L->G, P = 8 / (L->kind == 3 ? 2 : L->kind), two = L->kind == 8;
     const int Gp = (G + 15) / 16 * 16;
     for (int g = 0; g < G; g++) {
         const int k0 = g * L->group, k1 = k0 + L->group < K ? k0 + L->group : K;
         float amax = 0.f;
         for (int k = k0; k < k1; k++) amax = fmaxf(amax, fabsf(x[k]));
-        const float s = amax / 127.f;
+        const float s = amax / 127.f, s2 = s / (float)FINE;
         int32_t tot = 0;
         for (int k = k0; k < k1; k++) {
             const int32_t q = s > 0.f ? (int32_t)nearbyintf(x[k] / s) : 0;
             qx[k] = (int8_t)q;
-            tot += q;
+            if (two) {
+                int32_t q2 = s > 0.f ? (int32_t)nearbyintf((x[k] - (float)q * s) / s2) : 0;
+                q2 = q2 > 127 ? 127 : q2 < -127 ? -127 : q2;
+                qx2[k] = (int8_t)q2;
+                tot += FINE * q + q2;
+            } else {
+                tot += q;
+            }
         }
-        sx[g] = s;
-        zx[g] = s * (float)tot;
+        sx[g] = two ? s2 : s;
+        zx[g] = sx[g] * (float)tot;
     }
     for (int g = G; g < Gp; g++) zx[g] = 0.f;
     qx[K] = 0;
     for (long i = 0; i < P * L->rb_pad; i++) xq[i] = qx[L->col[i]];
+    if (two) {
+        qx2[K] = 0;
+        for (long i = 0; i < L->rb_pad; i++) xq2[i] = qx2[L->col[i]];
+    }
     for (int c = 0; c < nch; c++)
         for (int i = 0; i < 16; i++) {
             const int g = L->idx[c * 32 + 2 * i + 1];
@@ -303,22 +328,23 @@ static void gemv_int8(const lowbit_layer *L, const float *x, float *y, int M, in
     const int bits = L->kind == 3 ? 2 : L->kind, P = 8 / bits;
     const int G = L->G, Gp = (G + 15) / 16 * 16;
     const int nch = (G * L->gb + 63) / 64, nch2 = L->kind == 3 ? (G * L->gb2 + 63) / 64 : 0;
-    const long sa = P * L->rb_pad, sb = 8 * L->rb_pad2;
+    const long sa = P * L->rb_pad, sb = L->kind == 8 ? L->rb_pad : 8 * L->rb_pad2;
     /* one scratch block per call: int8 planes, per-group and per-lane scales */
     const size_t per_m = (size_t)(sa + sb + 64) + sizeof(float) * (size_t)(2 * Gp + 16 * (nch + nch2));
     /* start the weight stream while the activations are prepared (the loop prefetches PF_AHEAD ahead) */
     const long wbytes = (long)L->N * L->ldw;
     for (long o = 0; o < PF_AHEAD && o < wbytes; o += 64) _mm_prefetch((const char *)L->W + o, _MM_HINT_T0);
-    char *buf = malloc((size_t)M * per_m + (size_t)L->K + 64);
+    const size_t qbytes = ((size_t)L->K + 1 + 63) / 64 * 64;
+    char *buf = malloc((size_t)M * per_m + 2 * qbytes);
     if (!buf) return;
-    int8_t *qx = (int8_t *)buf;
-    char *base = buf + ((L->K + 1 + 63) / 64) * 64;
+    int8_t *qx = (int8_t *)buf, *qx2 = (int8_t *)(buf + qbytes);
+    char *base = buf + 2 * qbytes;
     act_t acts[64];
     for (int m = 0; m < M; m++) {
         char *b = base + (size_t)m * per_m;
         float *sx = (float *)b, *zx = sx + Gp, *xl = zx + Gp, *xl2 = xl + 16 * nch;
         int8_t *xq = (int8_t *)(xl2 + 16 * nch2), *xq2 = xq + sa;
-        prepare_act(L, x + (long)m * L->K, nch, nch2, qx, xq, xq2, sx, zx, xl, xl2);
+        prepare_act(L, x + (long)m * L->K, nch, nch2, qx, qx2, xq, xq2, sx, zx, xl, xl2);
         acts[m] = (act_t){xq, xq2, xl, xl2, zx};
     }
     const int N = L->N;
