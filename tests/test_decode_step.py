@@ -88,7 +88,8 @@ def test_long_cache_growth_crop_and_copies(monkeypatch):
     """Past `KV_GROWTH` steps the cache is re-allocated; cropping and copying a grown cache stay correct."""
     model = _model("qwen2", layers=2)
     monkeypatch.setattr(decode_step, "KV_GROWTH", 4)
-    _assert_same_decode(model, monkeypatch, prompt=300, steps=20)  # attention past decode_ops.LONG_CONTEXT too
+    monkeypatch.setattr(decode_ops, "LONG_CONTEXT", 310)  # both attention paths within the run
+    _assert_same_decode(model, monkeypatch, prompt=300, steps=20)
     monkeypatch.setenv("VIDEOLLM_LEAN_DECODE", "cpu")
     with torch.inference_mode():
         embeds = model.model.embed_tokens(torch.arange(20)[None])
@@ -212,7 +213,9 @@ def test_rope_store_and_swiglu_ops_equal_their_torch_fallbacks(monkeypatch):
 
 @pytest.mark.parametrize("t", [1, 5, 300])
 @pytest.mark.parametrize("heads", [(14, 2), (4, 4), (6, 1)])
-def test_attend_op(t, heads):
+@pytest.mark.parametrize("long_context", [decode_ops.LONG_CONTEXT, 0])  # the C loop, then PyTorch's matmuls
+def test_attend_op(t, heads, long_context, monkeypatch):
+    monkeypatch.setattr(decode_ops, "LONG_CONTEXT", long_context)
     nh, nkv = heads
     torch.manual_seed(t)
     q = torch.randn(nh, 64)

@@ -2,9 +2,8 @@
 one C call each in float32 on CPU (`quant/csrc/decode_ops.c`, built like the low-bit kernel), PyTorch ops
 otherwise.
 
-At batch 1 their cost is dispatch: PyTorch's RMSNorm is ~20-40 µs a call, its CPU SDPA ~26 µs for one query
-over 64 cached tokens (14 heads of 64) and 1.2 ms over 4096, against a few µs, 18 µs and (PyTorch
-matmuls past `LONG_CONTEXT`) 0.43 ms here.
+At batch 1 their cost is dispatch: PyTorch's RMSNorm is ~20-40 µs a call and its CPU SDPA ~26 µs for one
+query over 64 cached tokens (14 heads of 64), against a few µs and 18 µs here.
 Results equal the PyTorch ops up to float summation order (tests/test_decode_step.py).
 """
 from __future__ import annotations
@@ -55,10 +54,11 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * F.rms_norm(x.float(), (x.shape[-1],), None, eps).to(x.dtype)
 
 
-#: cached tokens from which one query attends by matmul → softmax → matmul: there PyTorch's batched matmuls
-#: stream the cache near memory bandwidth (0.43 ms at 4096 tokens, 14 heads of 64, one thread), ahead of both
-#: the C loop (0.77 ms) and CPU SDPA (1.2 ms); below it the C loop is fastest (18 µs at 64 tokens, SDPA 26 µs)
-LONG_CONTEXT = 256
+#: cached tokens from which one query attends by PyTorch's matmul → softmax → matmul instead of the C loop.
+#: Timed inside the decode step (the cache streams from memory; `bench/bench_decode_step.py`): the C loop is
+#: ahead up to ~2k tokens, level around 3k, the matmuls a little ahead at 4k. CPU SDPA is slower than
+#: both at every length measured.
+LONG_CONTEXT = 3072
 
 
 def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float) -> torch.Tensor:

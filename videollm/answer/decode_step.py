@@ -8,9 +8,9 @@ over the KV cache → o → RMSNorm → SwiGLU MLP) with a few ops a layer and:
 - calls q/k/v, and gate/up, as one low-bit kernel call each where those layers use the C kernel;
 - grows the KV cache in place, with spare room: `DynamicCache` concatenates, copying the whole cache every
   token (at a 6k-token video prompt, ~150 MB copied a token for the 0.5B LLM in float32);
-- runs RMSNorm, RoPE with the cache write, short attention and SwiGLU's product as one C call each
-  (`decode_ops`), and long attention as matmul → softmax → matmul, which streams the cache near bandwidth
-  where PyTorch's CPU SDPA kernel is ~2.7× slower for one query.
+- runs RMSNorm, RoPE with the cache write, attention (up to `decode_ops.LONG_CONTEXT` cached tokens; PyTorch
+  matmul → softmax → matmul beyond) and SwiGLU's product as one C call each (`decode_ops`); PyTorch's CPU
+  SDPA kernel is slower than either for one query.
 
 It runs only where it computes what the transformers layer computes: the layer classes in `SUPPORTED`
 (SiLU MLP, full attention only), no hooks (on the layers when the step is planned, or global ones), eval
