@@ -284,8 +284,7 @@ class LowBitGemvGroup:
         self._fn = lib.lowbit_gemv_many
         self.gemvs = list(gemvs)
         self.k = gemvs[0].k
-        self.widths = [g.n for g in gemvs]
-        self.n = sum(self.widths)
+        self.n = sum(g.n for g in gemvs)
         self._pack()
 
     def _pack(self) -> None:
@@ -303,4 +302,3 @@ class LowBitGemvGroup:
         y = torch.empty(1, self.n, dtype=torch.float32)
         self._fn(self._array, len(self.gemvs), x.data_ptr(), y.data_ptr(), torch.get_num_threads())
         return y
-

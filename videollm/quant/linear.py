@@ -120,7 +120,7 @@ class QuantLinear(nn.Module):
         if want == "dequant" or self.qweight.device.type != "cpu":
             return
         if self.scheme == "int8":
-            if want != "int8_cpu" and cpu_kernels.int8_path():  # ~1.7x faster at batch 1 (bench/RESULTS.md)
+            if want != "int8_cpu" and cpu_kernels.int8_path():  # ~2x faster a layer at batch 1 (bench/RESULTS.md)
                 self._try("lowbit", self._prepare_lowbit)
             if self.kernel == "dequant":
                 self._try("int8_cpu", self._prepare_int8)
@@ -158,8 +158,8 @@ class QuantLinear(nn.Module):
 
     def _prepare_lowbit_int8(self) -> None:
         """int8 weights on the kernel's VNNI path: codes + 128 as unsigned bytes (offset 128), in place of the
-        signed copy; the row's one scale is repeated per activation group, which is the unit the activations
-        are rounded to int8 in (128 columns, as llama.cpp's Q8_0 x Q8_0)."""
+        signed copy; the row's one scale is repeated per activation group (128 columns, wider for wide layers),
+        the unit in which the kernel rounds activations to two int8 planes (`cpu_kernels.int8x2_reference`)."""
         if not cpu_kernels.int8_path():
             raise NotImplementedError("int8 weights take the low-bit kernel only on its int8 (VNNI) path")
         k = self.in_features
