@@ -166,6 +166,20 @@ def test_replaced_weights_and_global_hooks_are_seen(monkeypatch):
         handle.remove()
 
 
+def test_a_dropped_model_is_freed(monkeypatch):
+    """Plans are kept per decoder, weakly: they must not keep the model (its weights) alive."""
+    import gc
+    import weakref
+
+    model = _model("qwen2")
+    _run(model, 5, 2, True, monkeypatch)
+    assert model.model in decode_step._PLANS
+    gone = weakref.ref(model.model)
+    del model
+    gc.collect()
+    assert gone() is None
+
+
 def test_grad_and_training_take_the_transformers_forward():
     model = _model("qwen2")
     embeds = model.model.embed_tokens(torch.arange(4)[None])

@@ -147,7 +147,7 @@ class _Layer:
         self.down = _Projection((mlp.down_proj,))
         self.heads = attn.q_proj.out_features // attn.head_dim
         self.kv_heads = attn.k_proj.out_features // attn.head_dim
-        self.head_dim, self.scaling, self.index = int(attn.head_dim), float(attn.scaling), int(attn.layer_idx)
+        self.head_dim, self.scaling = int(attn.head_dim), float(attn.scaling)
         self.inter = mlp.gate_proj.out_features
 
     def current(self) -> bool:
@@ -169,7 +169,8 @@ class LeanStep:
     not apply."""
 
     def __init__(self, decoder: nn.Module, layers: list[_Layer], final_norm: tuple[torch.Tensor, float]):
-        self.decoder, self.layers, self.final_norm = decoder, layers, final_norm
+        # no reference to `decoder` itself: plans are values of a weak-keyed dict keyed by it
+        self.layers, self.final_norm, self.rotary = layers, final_norm, decoder.rotary_emb
         self.snapshot = _snapshot([decoder._modules, decoder.layers._modules, decoder.norm._parameters])
 
     @classmethod
@@ -216,7 +217,7 @@ class LeanStep:
         past = kv[0].keys.shape[-2]
         h = embeds
         positions = torch.tensor([[past]], device=h.device)
-        cos, sin = self.decoder.rotary_emb(h, positions)  # any rope type transformers implements
+        cos, sin = self.rotary(h, positions)  # any rope type transformers implements
         cos, sin = cos.reshape(-1), sin.reshape(-1)
         half = cos.shape[0] // 2
         # rotate_half(x)·sin == roll(x, half)·(sin with its first half negated)
