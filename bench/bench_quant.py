@@ -638,8 +638,8 @@ def table(rows: list[dict[str, Any]]) -> str:
                       f"{rs[0]['copy_GBps_cpu']:.1f} GB/s per CPU second (read-only: {rs[0]['read_GBps']:.1f} / "
                       f"{rs[0]['read_GBps_cpu']:.1f})", "",
                       ("| Qwen2-0.5B decode | forward | head | kernels | ms/token (wall) | "
-                       "CPU ms/token (median / best) | MB read/token | GB/s (wall / CPU) | × copy limit (wall / CPU / CPU best) | prefill tok/s | "
-                       "memory MiB | disk MiB |"),
+                       "CPU ms/token (median / best) | MB read/token | GB/s (wall / CPU) | "
+                       "× copy limit (wall / CPU / CPU best) | prefill tok/s | memory MiB | disk MiB |"),
                       "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
             lines += [f"| {r['variant']} | {r.get('forward', 'transformers')} | {r['head']} | "
                       f"{', '.join(e.replace('native:', '') for e in r['engine'])} | "

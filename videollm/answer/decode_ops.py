@@ -37,15 +37,15 @@ def _library() -> ctypes.CDLL | None:
     return lib
 
 
-def available() -> bool:
-    return _library() is not None
+def _f32(*tensors: torch.Tensor) -> bool:
+    """Whether the C ops can take these tensors as they are."""
+    return all(t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous() for t in tensors)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """transformers' RMSNorm (normalise in float32, back to x's dtype, times the weight) over the last dim."""
     lib = _library()
-    if (lib is not None and x.dtype == torch.float32 and weight.dtype == torch.float32 and x.device.type == "cpu"
-            and x.is_contiguous() and weight.is_contiguous() and x.numel() == x.shape[-1]):
+    if lib is not None and x.numel() == x.shape[-1] and _f32(x, weight):
         y = torch.empty_like(x)
         lib.decode_rms_norm(x.data_ptr(), weight.data_ptr(), eps, x.shape[-1], y.data_ptr())
         return y
@@ -71,18 +71,14 @@ def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: flo
         probs = torch.softmax(scores, -1, dtype=torch.float32).to(values.dtype)
         return torch.matmul(probs, values[0]).reshape(1, nh * d)
     lib = _library()
-    if (lib is not None and q.dtype == keys.dtype == values.dtype == torch.float32 and q.device.type == "cpu"
-            and q.is_contiguous() and keys.stride()[2:] == (d, 1) and values.stride()[2:] == (d, 1)):
+    if (lib is not None and _f32(q) and keys.dtype == values.dtype == torch.float32
+            and keys.stride()[2:] == (d, 1) and values.stride()[2:] == (d, 1)):
         out = torch.empty(1, nh * d)
         lib.decode_attend(q.data_ptr(), keys.data_ptr(), values.data_ptr(), keys.stride(1), values.stride(1), t,
                           nh, nkv, d, scale, out.data_ptr())
         return out
     return F.scaled_dot_product_attention(q.view(1, nh, 1, d), keys, values, scale=scale,
                                           enable_gqa=nh != nkv).reshape(1, nh * d)
-
-
-def _f32(*tensors: torch.Tensor) -> bool:
-    return all(t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous() for t in tensors)
 
 
 def rope_store(qk: torch.Tensor, values: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor,
@@ -114,4 +110,4 @@ def swiglu(gate_up: torch.Tensor, inter: int) -> torch.Tensor:
     return F.silu(gate_up[:, :inter]) * gate_up[:, inter:]
 
 
-__all__ = ["LONG_CONTEXT", "attend", "available", "rms_norm", "rope_store", "swiglu"]
+__all__ = ["LONG_CONTEXT", "attend", "rms_norm", "rope_store", "swiglu"]

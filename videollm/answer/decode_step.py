@@ -132,15 +132,15 @@ class _Layer:
 
     def __init__(self, layer: nn.Module):
         attn, mlp = layer.self_attn, layer.mlp
-        norms = [layer.input_layernorm, layer.post_attention_layernorm] + [
-            getattr(attn, n) for n in ("q_norm", "k_norm") if hasattr(attn, n)]
+        head_norms = [attn.q_norm, attn.k_norm] if hasattr(attn, "q_norm") else []  # Qwen3
+        norms = [layer.input_layernorm, layer.post_attention_layernorm, *head_norms]
         # the dicts that replacing a submodule or a norm's weight changes, with what they held
         self.snapshot = _snapshot([m._modules for m in (layer, attn, mlp)] + [n._parameters for n in norms])
-        self.norm1, self.norm2 = _norm(layer.input_layernorm), _norm(layer.post_attention_layernorm)
-        self.q_norm = _norm(attn.q_norm) if hasattr(attn, "q_norm") else None
-        self.k_norm = _norm(attn.k_norm) if hasattr(attn, "k_norm") else None
-        if self.norm1 is None or self.norm2 is None or (hasattr(attn, "q_norm") and None in (self.q_norm, self.k_norm)):
+        found = [_norm(n) for n in norms]
+        if None in found:
             raise NotImplementedError("an unknown norm")
+        self.norm1, self.norm2 = found[0], found[1]
+        self.q_norm, self.k_norm = (found[2], found[3]) if head_norms else (None, None)
         self.qkv = _Projection((attn.q_proj, attn.k_proj, attn.v_proj))
         self.o = _Projection((attn.o_proj,))
         self.gate_up = _Projection((mlp.gate_proj, mlp.up_proj))

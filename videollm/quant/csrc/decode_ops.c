@@ -1,8 +1,8 @@
 /* The small float32 operations of a one-token decoder step (videollm.answer.decode_ops loads this).
  *
- * In a batch-1 CPU decode step, RMSNorm and one query's attention are tiny computations that PyTorch runs
- * as several dispatched ops each (~20-50 us a call, ~50 calls a step for a 0.5B LLM), and its CPU SDPA
- * kernel is ~3x slower than a plain loop for one query over a long KV cache. Here each is one call.
+ * In a batch-1 CPU decode step, RMSNorm, RoPE, one query's attention and SwiGLU's product are tiny
+ * computations that PyTorch runs as several dispatched ops each (~20-50 us a call, ~100 calls a step for a
+ * 0.5B LLM); its CPU SDPA kernel is also slower than a plain loop for one query. Here each is one call.
  */
 #include <math.h>
 #include <stdlib.h>
