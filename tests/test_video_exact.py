@@ -33,6 +33,8 @@ class Case:
     pts_ms: tuple[int, ...] | None = None  # per frame (in write order): variable rate, stalls, jumps
     interlaced: bool = False
     gop: int | None = None
+    #: the clock jumps back mid-file: each monotonic run is its own stretch, end to end (docs/video.md)
+    restarts: bool = False
 
 
 VFR = tuple(int(1000 * (0.1 * i + (1.2 if i >= 18 else 0) + 0.004 * i * i)) for i in range(36))
@@ -59,7 +61,7 @@ CASES = {
     "mp4-vfr": Case("mp4", "libx264", opts=X264, pts_ms=VFR),
     "mkv-vfr": Case("mkv", "libx264", opts=X264, pts_ms=VFR),
     "mkv-stalled-pts": Case("mkv", "mjpeg", pix="yuvj420p", pts_ms=STALL),
-    "mkv-pts-jump-back": Case("mkv", "mjpeg", pix="yuvj420p", pts_ms=BACK),
+    "mkv-pts-jump-back": Case("mkv", "mjpeg", pix="yuvj420p", pts_ms=BACK, restarts=True),
     "nut-stalled-pts": Case("nut", "mjpeg", pix="yuvj420p", pts_ms=STALL),
 }
 
@@ -93,6 +95,8 @@ def write_case(path: Path, c: Case) -> tuple[list[int], list[float]]:
     if c.pts_ms is None:
         return list(range(c.n)), [i / c.fps for i in range(c.n)]
     t = np.asarray(c.pts_ms, dtype=np.float64) / 1000
+    if c.restarts:  # runs laid end to end, one frame step apart, in decode order
+        return list(range(c.n)), [i / c.fps for i in range(c.n)]
     unique = len(set(c.pts_ms)) == len(c.pts_ms)
     order = np.argsort(t, kind="stable") if unique else np.arange(c.n)  # repeated pts: decode order
     return order.tolist(), (t[order] - t.min()).tolist()

@@ -89,7 +89,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quant", default="none", help=LazyHelp(lambda: f"LLM weight quantization: {schemes % {}}"))
     g.add_argument("--vision-quant", default="none",
                    help=LazyHelp(lambda: f"vision encoder quantization: {schemes % {}}"))
-    g.add_argument("--quant-group-size", type=int, default=128)
+    g.add_argument("--quant-group-size", type=int, default=128, help="input columns per scale (0 = one per row)")
     g.add_argument("--cpu-int8", default=None, metavar="{none,vision,llm,all}",
                    help="CPU only: int8 dynamic-activation quantization of these parts' linear layers after loading "
                         "(torch's int8 kernels; faster, outputs change slightly)")
@@ -216,8 +216,8 @@ def validate_reasoning_args(args: argparse.Namespace) -> None:
     if o is not None and (math.isnan(o) or o < 0):
         bad("--overthink-penalty", o, "a number >= 0 (inf bans the words)")
     g = getattr(args, "quant_group_size", 128)
-    if g is not None and g < 1:
-        bad("--quant-group-size", g, "at least 1")
+    if g is not None and g < 0:
+        bad("--quant-group-size", g, "at least 0 (0 = one scale per row)")
     if getattr(args, "budget", None) is not None and args.budget < 1:
         bad("--budget", args.budget, "at least 1")
 

@@ -41,7 +41,7 @@ class PipelineConfig:
     answer_format: str = "free"  # "free" (generate, lmms-eval parity) | "choice" (always an option letter)
     quant: str = "none"  # LLM weights: none | int8 | int4 | int2 | ternary
     vision_quant: str = "none"  # vision encoder weights, same choices
-    quant_group_size: int = 128
+    quant_group_size: int = 128  # input columns per scale; 0 = one scale per output row
     #: CPU int8 dynamic-activation quantization after loading: none | vision | llm | all (`cpu_speed.py`)
     cpu_int8: str = "none"
     device: str = "auto"
@@ -94,8 +94,10 @@ class PipelineConfig:
         if self.reasoning not in MODES:
             raise UnknownNameError(f"unknown reasoning mode {self.reasoning!r}; available: {', '.join(MODES.names())}")
         check_scheme_names(self.quant, self.vision_quant)
-        if self.quant_group_size is not None and int(self.quant_group_size) < 1:
-            raise InvalidRequestError(f"quant group size must be >= 1, got {self.quant_group_size}")
+        g = self.quant_group_size
+        if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g < 0):
+            raise InvalidRequestError(f"quant group size must be a whole number >= 0 (0 = one scale per row), got {g}")
+        check_device(self.device)
         if self.dtype not in DTYPES:
             raise InvalidRequestError(f"unknown dtype {self.dtype!r}; choose from {', '.join(DTYPES)}")
         from .cpu_speed import check_cpu_int8
@@ -140,6 +142,32 @@ def non_defaults(cfg: Any) -> dict[str, Any]:
     """The fields of dataclass `cfg` that differ from their defaults: `{}` and an explicit default agree."""
     default = type(cfg)()
     return {f.name: getattr(cfg, f.name) for f in fields(cfg) if getattr(cfg, f.name) != getattr(default, f.name)}
+
+
+def check_device(device: str) -> None:
+    """`auto`, `cpu`, `cuda[:N]` or `mps`, and only one this machine has: found here, not by a failing load."""
+    import torch
+
+    if not isinstance(device, str):
+        raise InvalidRequestError(f"device must be a string such as 'cpu' or 'cuda', got {device!r}")
+    if device == "auto":
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise InvalidRequestError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InvalidRequestError(f"device {device!r}: CUDA is not available on this machine (this torch "
+                                      f"{'has no CUDA support' if torch.version.cuda is None else 'finds no GPU'}); "
+                                      "use --device cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InvalidRequestError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA "
+                                      "device(s)")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InvalidRequestError(f"device {device!r}: MPS is not available on this machine; use --device cpu")
 
 
 def check_budget(budget: int | None) -> None:

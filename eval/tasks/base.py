@@ -102,22 +102,61 @@ def find_annotation(data_dir: Path, candidates: Iterable[str], what: str, layout
 
 
 def read_table(path: Path) -> list[dict[str, Any]]:
-    """Rows of a parquet, JSON (list) or JSON-lines file as plain dicts (lists stay lists)."""
+    """Rows of a parquet, JSON (list) or JSON-lines file as plain dicts (lists stay lists). A file that is not
+    what its name says is a `DatasetError` naming the file (and the line, for JSON lines)."""
     if path.suffix == ".parquet":
         from videollm._compat import require
 
         pq = require("pyarrow.parquet", "eval", "reading benchmark parquet files")
-        return pq.read_table(path).to_pylist()
-    text = path.read_text(encoding="utf-8")
+        import pyarrow
+
+        try:
+            return pq.read_table(path).to_pylist()
+        except (pyarrow.ArrowException, OSError) as err:
+            raise DatasetError(f"{path}: not a readable parquet file ({_first_line(err)})") from err
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise DatasetError(f"{path}: cannot be read ({err.strerror or err})") from err
     if path.suffix == ".jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    data = json.loads(text)
+        rows = []
+        for n, line in enumerate(raw.splitlines(), start=1):
+            if not line.strip():
+                continue
+            rows.append(_json(line, path, n))
+        bad = [n for n, r in enumerate(rows, start=1) if not isinstance(r, dict)]
+        if bad:
+            raise DatasetError(f"{path}: every line must be a JSON object; record {bad[0]} is not")
+        return rows
+    data = _json(raw, path, None)
     if isinstance(data, dict):  # some releases wrap the list
         for key in ("data", "questions", "annotations"):
             if isinstance(data.get(key), list):
                 return data[key]
         raise DatasetError(f"{path}: expected a list of questions")
+    if not isinstance(data, list):
+        raise DatasetError(f"{path}: expected a list of questions, found a JSON {type(data).__name__}")
     return data
+
+
+def _json(raw: bytes, path: Path, line: int | None) -> Any:
+    where = f"{path}, line {line}" if line is not None else str(path)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        at = err.start if line is not None else raw[: err.start].count(b"\n") + 1
+        pos = f"byte {err.start + 1}" if line is not None else f"line {at}"
+        raise DatasetError(f"{where}: not UTF-8 (byte 0x{raw[err.start]:02x} at {pos})") from err
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        where = f"{path}, line {line}" if line is not None else f"{path}, line {err.lineno}"
+        raise DatasetError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from err
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else type(err).__name__
 
 
 def require_columns(rows: list[dict[str, Any]], columns: Sequence[str], path: Path) -> None:

@@ -13,6 +13,17 @@ MAX_OPTIONS = 26
 _LEAD = re.compile(r"^\s*\(?([A-Za-z])[\.\):：]\s*")
 
 
+def check_text(text: str, what: str) -> None:
+    """Refuse text a tokenizer cannot encode: lone surrogates, which is what Python makes of invalid UTF-8
+    bytes on a command line (surrogateescape) or what a JSON `\\ud800` escape gives."""
+    for i, ch in enumerate(text):
+        if "\ud800" <= ch <= "\udfff":
+            raw = 0xFFFF & ord(ch)
+            why = (f"invalid UTF-8 byte 0x{raw - 0xDC00:02x}" if 0xDC80 <= raw <= 0xDCFF
+                   else f"a lone surrogate U+{raw:04X}")
+            raise InvalidRequestError(f"{what} is not valid text: {why} at character {i + 1} (use UTF-8)")
+
+
 def normalize_options(options: list[str] | None) -> list[str] | None:
     """Give every option a letter label ("A. text"), keeping labels the user already wrote."""
     if isinstance(options, (str, bytes)):
@@ -27,6 +38,7 @@ def normalize_options(options: list[str] | None) -> list[str] | None:
     for i, opt in enumerate(options):
         if not isinstance(opt, str):
             raise InvalidRequestError(f"option {i + 1} must be a string, got {type(opt).__name__}")
+        check_text(opt, f"option {i + 1}")
         text = opt.strip()
         if not text:
             raise InvalidRequestError(f"option {i + 1} is empty")
@@ -50,6 +62,7 @@ def format_question(question: str, options: list[str] | None = None) -> str:
     """The user turn: question, then lettered options and the lmms-eval style instruction."""
     if question is not None and not isinstance(question, str):
         raise InvalidRequestError(f"the question must be a string, got {type(question).__name__}")
+    check_text(question or "", "the question")
     q = (question or "").strip()
     if not q:
         raise InvalidRequestError("the question is empty")

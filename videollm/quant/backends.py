@@ -26,8 +26,8 @@ def torchao_available_for(config: WeightQuantConfig, device: torch.device, dtype
     """torchao is the engine of choice on CUDA: int8 any float dtype, int4 bfloat16 only (tinygemm)."""
     if device.type != "cuda" or config.scheme not in LIBRARY_SCHEMES:
         return False
-    if config.scheme == "int4" and (dtype != torch.bfloat16 or config.symmetric):
-        return False  # tinygemm int4 has zero points: symmetric int4 stays on our layer
+    if config.scheme == "int4" and (dtype != torch.bfloat16 or config.symmetric or not config.group_size):
+        return False  # tinygemm int4 has zero points and groups: symmetric or per-row int4 stays on our layer
     try:
         import torchao  # noqa: F401
     except ImportError:
@@ -51,7 +51,10 @@ def quantize_torchao(module: nn.Module, config: WeightQuantConfig, names: list[s
         ao_cfg = Int8WeightOnlyConfig(granularity=PerRow())
         ok: Callable[[nn.Linear], bool] = lambda m: True
     else:
-        g = config.group_size or 128
+        if not config.group_size:
+            raise InvalidRequestError("torchao's int4 needs a group size (32, 64, 128 or 256); one scale per row "
+                                      "(group size 0) is the native backend's")
+        g = config.group_size
         # tinygemm qparams: min/max scale + float zero point, value = (q - 8)·scale + zero, as our default int4
         ao_cfg = Int4WeightOnlyConfig(group_size=g, int4_packing_format="tile_packed_to_4d",
                                       int4_choose_qparams_algorithm="tinygemm")

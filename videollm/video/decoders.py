@@ -82,6 +82,9 @@ class Scan:
     rotation: int
     truncated: bool  # demuxing stopped on an error before the end of the file
     promised_duration: float = 0.0  # what the header says (s): more than the frames found = cut short
+    #: timestamp discontinuities (decode timestamps jumping backwards in an intact stream, e.g. joined MPEG-TS
+    #: recordings): each monotonic run is its own stretch, laid end to end; frames are known by decode order
+    restarts: int = 0
 
     @property
     def num_frames(self) -> int:
@@ -132,10 +135,43 @@ def _rotation_of(frame) -> int:
     return int(round(r / 90.0)) % 4 * 90
 
 
+MAX_PIXELS = 16384 * 16384  # a header claiming more per frame is lying or hostile
+
+
+def _y4m_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from a YUV4MPEG2 header, read before FFmpeg tries to allocate such frames (it fails
+    with an unrelated errno on absurd sizes); None for other files."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(256)
+    except OSError:
+        return None
+    if not head.startswith(b"YUV4MPEG2 "):
+        return None
+    size = {tok[:1]: tok[1:] for tok in head.split(b"\n", 1)[0].split(b" ")[1:] if tok}
+    try:
+        return int(size.get(b"W", b"0")), int(size.get(b"H", b"0"))
+    except ValueError:
+        return None
+
+
+class HugeFrameError(CorruptVideoError):
+    """The header claims frames too large to decode: final, no other decoder is tried."""
+
+
+def refuse_huge(path: Path, width: int, height: int) -> None:
+    if width * height > MAX_PIXELS:
+        raise HugeFrameError(f"{path}: the header claims {width}×{height} pixels per frame, more than the "
+                                "16384×16384 this reads; refusing")
+
+
 def scan_video(path: Path) -> Scan:
     """Demux the first video stream (that is not cover art) and list its frames' timestamps."""
     import av  # lazy
 
+    y4m = _y4m_size(path)
+    if y4m is not None:
+        refuse_huge(path, *y4m)
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, UnicodeDecodeError, OSError) as err:
@@ -156,13 +192,17 @@ def scan_video(path: Path) -> Scan:
         width, height = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
         if width <= 0 or height <= 0:
             raise NotAVideoError(f"{path}: the video stream has no picture size")
+        refuse_huge(path, width, height)
         tb = stream.time_base or Fraction(1, 90000)
         rate = stream.average_rate or stream.guessed_rate or Fraction(0)
         # What the header states (not FFmpeg's estimates from bitrate or dts, which are wrong for TS/NUT):
         # MP4/MOV stream duration and sample count, AVI frame count, Matroska/WebM segment duration.
         promised = float(stream.duration * tb) if stream.duration and fmt.startswith(("mov", "matroska")) else 0.0
-        if not promised and fmt.startswith("matroska") and container.duration:
-            promised = container.duration / 1e6
+        segment_only = False  # the promise is the whole file's (every stream's), not this stream's
+        if not promised and fmt.startswith("matroska"):
+            promised = _tag_seconds(stream.metadata.get("DURATION"))  # the track's own length (FFmpeg, mkvmerge)
+            if not promised and container.duration:
+                promised, segment_only = container.duration / 1e6, True
         if stream.frames and rate and fmt.startswith(("mov", "avi")):
             promised = max(promised, float(stream.frames / rate))
         pts: list[int | None] = []
@@ -187,13 +227,24 @@ def scan_video(path: Path) -> Scan:
             if cut is not None:
                 logger.info("%s: damaged AVI: frames after byte %d cannot be timed", path, ends[cut][0])
                 pts, dts, truncated = pts[: cut + 1], dts[: cut + 1], True
+        if segment_only and pts and not truncated and len(container.streams) > 1:
+            last = max(p for p in (*pts, *dts) if p is not None) if any(p is not None for p in pts) else None
+            end = float(last * tb) if last is not None else 0.0
+            if promised > end + 1.0 and _others_outlast(container, index, end + 1.0):
+                # an intact file whose other streams (audio, subtitles) run on after the video: the video is
+                # short, not cut. Plan over the frames it has.
+                logger.debug("%s: video ends at %.1f s, other streams run to %.1f s", path, end, promised)
+                promised = 0.0
     finally:
         container.close()
     if not pts:
         raise EmptyVideoError(f"{path}: the video has zero decodable frames")
-    exact = all(p is not None for p in pts) and len(set(pts)) == len(pts)
+    runs = _monotonic_runs(pts, dts)
+    exact = len(runs) == 1 and all(p is not None for p in pts) and len(set(pts)) == len(pts)
     if exact:
         table = np.sort(np.asarray(pts, dtype=np.int64))
+    elif len(runs) > 1:  # decode time jumps back: each run its own stretch, end to end, in decode order
+        table = _stretches(pts, dts, runs, rate, tb)
     else:  # stalled, repeated or missing pts: frames are known by decode order only
         table = _fill_times(pts, dts, rate, tb)
     fps = float(rate)
@@ -201,7 +252,68 @@ def scan_video(path: Path) -> Scan:
         fps = (len(table) - 1) / (float(table[-1] - table[0]) * float(tb))
     start = int(table.min())
     return Scan(fmt, index, tb, table, exact, start, fps, width, height, _first_rotation(path, index), truncated,
-                promised)
+                promised, len(runs) - 1)
+
+
+def _tag_seconds(value: str | None) -> float:
+    """A Matroska `DURATION` tag ("HH:MM:SS.nnnnnnnnn") in seconds; 0 when absent or unreadable."""
+    try:
+        h, m, sec = (value or "").split(":")
+        return max(0.0, int(h) * 3600 + int(m) * 60 + float(sec))
+    except ValueError:
+        return 0.0
+
+
+def _others_outlast(container, video_index: int, t: float) -> bool:
+    """Whether a stream other than the video has packets later than `t` seconds (its own clock, which
+    Matroska shares across streams). Reads the rest of the file, only when a file's length is in doubt."""
+    import av
+
+    others = [s for s in container.streams if s.index != video_index]
+    try:
+        container.seek(0)  # the video's scan read to the end
+        for pkt in container.demux(*others):
+            stamp = pkt.pts if pkt.pts is not None else pkt.dts
+            if stamp is not None and pkt.time_base is not None and float(stamp * pkt.time_base) > t:
+                return True
+    except (av.error.FFmpegError, OSError):
+        return False
+    return False
+
+
+def _monotonic_runs(pts: list[int | None], dts: list[int | None]) -> list[tuple[int, int]]:
+    """[start, end) packet ranges in which decode time never goes back. A backward jump in decode time (pts
+    where the file has no dts) starts a new run: the stream was restarted or spliced (joined recordings,
+    a wrapped MPEG-TS clock). Presentation times reordered by B-frames do not count: dts stays monotonic."""
+    clock = [d if d is not None else p for d, p in zip(dts, pts)]
+    runs: list[tuple[int, int]] = []
+    start, last = 0, None
+    for i, c in enumerate(clock):
+        if c is None:
+            continue
+        if last is not None and c < last:
+            runs.append((start, i))
+            start = i
+        last = c
+    runs.append((start, len(clock)))
+    return runs
+
+
+def _stretches(pts: list[int | None], dts: list[int | None], runs: list[tuple[int, int]], rate: Fraction,
+               tb: Fraction) -> np.ndarray:
+    """One time line from runs that each restart the clock: within a run, frames in presentation order with
+    their own spacing; each run starts one frame after the previous one ends."""
+    filled = _fill_times(pts, dts, rate, tb)
+    sorted_runs = [np.sort(filled[a:b]) for a, b in runs]
+    steps = np.concatenate([np.diff(r) for r in sorted_runs])
+    step = int(np.median(steps[steps > 0])) if np.any(steps > 0) else 1
+    out: list[np.ndarray] = []
+    offset = 0
+    for run in sorted_runs:
+        run = run - run[0] + offset
+        out.append(run)
+        offset = int(run[-1]) + step
+    return np.concatenate(out)
 
 
 def _first_hole(ends: list[tuple[int, int]]) -> int | None:
@@ -317,7 +429,8 @@ class PyAVDecoder:
         if not self._scan.exact:
             i = self._ordinal
             self._ordinal += 1
-            t = ((frame.pts - self._scan.start) * float(self._scan.time_base) if frame.pts is not None
+            own = frame.pts is not None and not self._scan.restarts  # stretched clocks: the joined time line
+            t = ((frame.pts - self._scan.start) * float(self._scan.time_base) if own
                  else float(self._times[min(i, len(self._times) - 1)]))
             return i, float(t)
         if frame.pts is None:
@@ -511,8 +624,8 @@ def open_decoder(path: Path, backend: str = "auto", out_size: tuple[int, int] | 
             scan = scan_video(path)
         except ImportError as err:
             errors.append(err)
-        except NotAVideoError:
-            raise  # no video stream / cover art: decord would only guess
+        except (NotAVideoError, HugeFrameError):
+            raise  # no video stream / cover art / absurd frame size: decord would only guess
         except (CorruptVideoError, EmptyVideoError) as err:
             scan_error = err
     if backend == "auto" and scan is not None and len(scan.times) and float(scan.times.max()) < SHORT_CLIP_SECONDS:

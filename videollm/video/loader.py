@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch
 
 from ..errors import CorruptVideoError, EmptyVideoError, InvalidRequestError, NotAVideoError, VideoNotFoundError
 from ..types import FrameBatch
-from .decoders import FrameDecoder, StreamInfo, open_decoder, scan_video
+from .decoders import FrameDecoder, HugeFrameError, StreamInfo, open_decoder, refuse_huge, scan_video
 from .sampling import SamplingConfig, plan_indices, scaled_size
 
 logger = logging.getLogger(__name__)
@@ -206,7 +207,13 @@ def _any_decodes(video: Video) -> bool:
     return False
 
 
-MAX_PIXELS = 16384 * 16384  # a header claiming more is lying or hostile
+def _special_kind(mode: int) -> str:
+    """What a path that is not a regular file is ('' for a regular file)."""
+    for test, what in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return what
+    return "" if stat.S_ISREG(mode) else "not a regular file"
 
 
 def load_video(
@@ -224,6 +231,10 @@ def load_video(
             raise VideoNotFoundError(f"{p}: no such file")
         if p.is_dir():
             raise NotAVideoError(f"{p}: is a directory, not a video file")
+        kind = _special_kind(p.stat().st_mode)
+        if kind:
+            raise NotAVideoError(f"{p}: is {kind}, not a video file (a video must be a regular file that can be "
+                                 "read from the start and sought in)")
         if p.stat().st_size == 0:
             raise NotAVideoError(f"{p}: the file is empty")
     except OSError as err:  # permission denied, name too long, ...
@@ -232,10 +243,12 @@ def load_video(
         scan = scan_video(p)
     except ImportError:
         scan = None
+    except HugeFrameError:
+        raise
     except (CorruptVideoError, EmptyVideoError):
         scan = None  # decord may still read it; open_decoder re-diagnoses
-    if scan is not None and scan.width * scan.height > MAX_PIXELS:
-        raise CorruptVideoError(f"{p}: the header claims {scan.width}×{scan.height} pixels per frame; refusing")
+    if scan is not None:
+        refuse_huge(p, scan.width, scan.height)
     probe = open_decoder(p, backend=backend, scan=scan)
     info = probe.info()
     if info.width <= 0 or info.height <= 0:
