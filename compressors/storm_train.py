@@ -423,6 +423,10 @@ def cmd_train_storm(args: argparse.Namespace) -> int:
     for name in ("frames", "layers", "epochs", "batch_size"):
         if getattr(args, name) < 1:
             raise InvalidRequestError(f"--{name.replace('_', '-')} must be >= 1")
+    from videollm.backbones import check_model_name, require_capability
+
+    check_model_name(args.model)
+    require_capability(args.model, "training")
     examples = read_llava_json(args.data, args.videos, args.frames)  # user errors before the model loads
     cfg = StormTrainConfig(output=args.output, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
                            lr=args.lr, projector_lr=args.projector_lr, eos_loss=not args.no_eos_loss,

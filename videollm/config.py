@@ -108,6 +108,12 @@ class PipelineConfig:
 
             DECODERS.get(self.video_backend)
         check_budget(self.budget)
+        from .backbones import declared_max_context
+
+        ctx = declared_max_context(self.model)
+        if self.budget is not None and ctx is not None and self.budget >= ctx:
+            raise InvalidRequestError(f"a budget of {self.budget} visual tokens cannot fit {self.model}'s context "
+                                      f"of {ctx} tokens; lower --budget")
         self.sampling.validate()
         validate_generation(self.generation)
         self.reasoning_config()

@@ -19,10 +19,21 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Preset:
-    """A named model: `build(model_id, device=..., dtype=...)` (model_id None for self-contained ones)."""
+    """A named model: `build(model_id, device=..., dtype=...)` (model_id None for self-contained ones).
+
+    `max_context` and `lacks` are what the preset is known to be before any weights load, so a request it
+    cannot serve (a budget past its context, training, saving) is refused in milliseconds: `lacks` maps a
+    capability name (see `CAPABILITIES`) to the reason the model does not have it."""
 
     build: Callable[..., Backbone]
     model_id: str | None = None
+    max_context: int | None = None
+    lacks: tuple[tuple[str, str], ...] = ()
+
+
+#: capabilities a preset may declare it lacks: `training` (STORM's trainer: all-position logits with
+#: gradients), `save_quantized` (`videollm quantize --output`)
+CAPABILITIES = ("training", "save_quantized")
 
 
 #: models by name; each registers where its builder is defined, with `@register_preset(name[, model_id])`
@@ -37,13 +48,34 @@ FAMILIES.register("tempo_qwen", "videollm.backbones.tempo6b:TempoBackbone")
 _CUSTOM_TYPES = {"tempo_qwen"}
 
 
-def register_preset(name: str, model_id: str | None = None) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
+def register_preset(name: str, model_id: str | None = None, *, max_context: int | None = None,
+                    lacks: dict[str, str] | None = None) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
     """Decorator: `@register_preset("tiny-random")` on a builder `(device=..., dtype=...) -> Backbone`, or
-    `register_preset("llava-onevision-0.5b", "llava-hf/...")(Cls.from_pretrained)` for a hub checkpoint."""
+    `register_preset("llava-onevision-0.5b", "llava-hf/...")(Cls.from_pretrained)` for a hub checkpoint.
+    `max_context` (the LLM's positions) and `lacks` ({capability: why not}) are checked before loading."""
+    unknown = set(lacks or {}) - set(CAPABILITIES)
+    if unknown:
+        raise ValueError(f"unknown capabilities {sorted(unknown)}; known: {CAPABILITIES}")
+
     def deco(fn: Callable[..., Backbone]) -> Callable[..., Backbone]:
-        PRESETS.register(name, Preset(fn, model_id))
+        PRESETS.register(name, Preset(fn, model_id, max_context, tuple(sorted((lacks or {}).items()))))
         return fn
     return deco
+
+
+def declared_max_context(model: str) -> int | None:
+    """The preset's context length as declared (no loading); None when only the loaded model can say."""
+    return PRESETS.get(model).max_context if model in PRESETS else None
+
+
+def require_capability(model: str, capability: str) -> None:
+    """Refuse, before any weights load, what a preset declares it cannot do."""
+    from ..errors import InvalidRequestError
+
+    if model in PRESETS:
+        why = dict(PRESETS.get(model).lacks).get(capability)
+        if why:
+            raise InvalidRequestError(f"{model}: {why}")
 
 
 def load_backbone(model: str, device: str = "auto", dtype: str = "auto", **kwargs: Any) -> Backbone:
@@ -114,4 +146,4 @@ def check_model_name(model: str) -> None:
                            "an existing local directory, nor a hub id of the form org/name")
 
 
-__all__ = ["Backbone", "FAMILIES", "Preset", "check_model_name", "register_preset", "ModelLoadError", "PRESETS", "PromptInputs", "list_models", "load_backbone"]
+__all__ = ["Backbone", "CAPABILITIES", "FAMILIES", "Preset", "declared_max_context", "require_capability", "check_model_name", "register_preset", "ModelLoadError", "PRESETS", "PromptInputs", "list_models", "load_backbone"]

@@ -82,7 +82,7 @@ def tiny_config(tokenizer: Any, image_size: int = 112) -> Any:
     return _llava_config(tokenizer, vision, text, tie_word_embeddings=True)
 
 
-@register_preset("tiny-random")
+@register_preset("tiny-random", max_context=4096)
 def build_tiny_random(device: str | torch.device | None = "cpu", dtype: str | torch.dtype | None = "float32",
                       seed: int = 0, **_: Any) -> LlavaOneVisionBackbone:
     transformers = require("transformers")
@@ -110,7 +110,7 @@ def llava_onevision_0_5b_config(tokenizer: Any) -> Any:
     return _llava_config(tokenizer, vision, text, tie_word_embeddings=False)
 
 
-@register_preset("llava-onevision-0.5b-random")
+@register_preset("llava-onevision-0.5b-random", max_context=32768)
 def build_random_llava_onevision_0_5b(device: str | torch.device | None = "auto",
                                       dtype: str | torch.dtype | None = "auto", seed: int = 0,
                                       **_: Any) -> LlavaOneVisionBackbone:

@@ -41,6 +41,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from . import io
     from .report import PROMPTS, quantize_backbone_with_report, quantize_causal_lm_with_report
 
+    if args.output and not args.gguf:
+        from ..backbones import require_capability
+
+        require_capability(args.model, "save_quantized")  # before any weights load
     prompts = () if args.no_eval else PROMPTS
     group = args.quant_group_size or None
     symmetric = True if args.int4_symmetric else None

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..backbones.protocols import HasCausalLM, LanguageModel, SupportsStaticDecode
+from ..errors import InvalidRequestError
 from .backends import library_scheme, tensor_bytes
 from .linear import QuantLinear
 
@@ -91,15 +93,31 @@ def compare_logprobs(ref: Sequence[torch.Tensor], test: Sequence[torch.Tensor]) 
 
 
 def backbone_logits_fn(backbone: Any) -> LogitsFn:
-    """All-position logits of a LLaVA-OneVision backbone's LLM on text ids."""
-    model = backbone.model
+    """All-position logits of a backbone's LLM on text ids: one forward through its text decoder where it
+    offers one (`SupportsStaticDecode`), else token by token through `lm_forward` with its cache (any
+    `LanguageModel`, e.g. videollm-mini)."""
+    if isinstance(backbone, SupportsStaticDecode):
+        decoder, head = backbone.text_decoder()
 
-    def fn(ids: torch.Tensor) -> torch.Tensor:
-        emb = model.get_input_embeddings()(ids.to(backbone.device))
-        out = model.model.language_model(inputs_embeds=emb, use_cache=False, return_dict=True)
-        return model.lm_head(out.last_hidden_state)
+        def full(ids: torch.Tensor) -> torch.Tensor:
+            emb = backbone.embed_ids(ids.to(backbone.device))
+            out = decoder(inputs_embeds=emb, use_cache=False, return_dict=True)
+            return head(out.last_hidden_state)
 
-    return fn
+        return full
+    if not isinstance(backbone, LanguageModel):
+        raise InvalidRequestError(f"{getattr(backbone, 'name', type(backbone).__name__)} offers no language model "
+                                  "to measure")
+
+    def stepwise(ids: torch.Tensor) -> torch.Tensor:
+        emb = backbone.embed_ids(ids.to(backbone.device))
+        cache, rows = None, []
+        for i in range(emb.shape[1]):
+            logits, cache = backbone.lm_forward(emb[:, i : i + 1], cache)
+            rows.append(logits)
+        return torch.stack(rows, dim=1)
+
+    return stepwise
 
 
 def causal_lm_logits_fn(model: nn.Module) -> LogitsFn:
@@ -182,11 +200,17 @@ def quantize_backbone_with_report(backbone: Any, llm: str = "none", vision: str 
     from .api import backbone_parts, quantize_backbone, quantize_head, resolve_head
 
     lm, vt = backbone_parts(backbone)
-    model = backbone.model
-    head_scheme = resolve_head(head, llm)
+    # the LM head and embeddings are quantized only where the backbone offers its causal LM (`HasCausalLM`);
+    # videollm-mini reads its word vectors directly and keeps them float
+    causal = backbone.causal_lm() if isinstance(backbone, HasCausalLM) else None
+    head_scheme = resolve_head(head, llm) if causal is not None else "none"
+
+    def llm_modules() -> nn.ModuleList:
+        return nn.ModuleList([lm] + ([causal.get_output_embeddings()] if causal is not None else []))
+
     rep = QuantReport(model=backbone.name, llm_scheme=llm, vision_scheme=vision, group_size=group_size,
                       backend=backend)
-    rep.llm_bytes_before = module_bytes(nn.ModuleList([lm, model.lm_head]))
+    rep.llm_bytes_before = module_bytes(llm_modules())
     rep.vision_bytes_before = module_bytes(vt)
     fn = backbone_logits_fn(backbone)
     measure = bool(prompts) and (llm != "none" or head_scheme != "none")
@@ -198,19 +222,19 @@ def quantize_backbone_with_report(backbone: Any, llm: str = "none", vision: str 
         if ref is not None:
             rep.mean_kl_float_head, rep.top1_float_head, _ = compare_logprobs(
                 ref, reference_logprobs(fn, backbone.tokenizer, prompts))
-        if quantize_head(model, head_scheme, group_size, backend, symmetric):
+        if causal is not None and quantize_head(causal, head_scheme, group_size, backend, symmetric):
             rep.head_scheme = done.head = head_scheme
         else:
             rep.mean_kl_float_head = rep.top1_float_head = None
-    rep.llm_bytes_after = module_bytes(nn.ModuleList([lm, model.lm_head]))
+    rep.llm_bytes_after = module_bytes(llm_modules())
     rep.vision_bytes_after = module_bytes(vt)
     if ref is not None:
         rep.mean_kl, rep.top1_agreement, rep.positions = compare_logprobs(ref, reference_logprobs(fn, backbone.tokenizer,
                                                                                                   prompts))
     if ref_v is not None:
         rep.vision_cosine = float(torch.nn.functional.cosine_similarity(ref_v, _vision_features(backbone), -1).mean())
-    rep.layers = (layer_table(lm, "language_model.") + layer_table(model.lm_head, "lm_head")
-                  + layer_table(vt, "vision_tower."))
+    head_rows = layer_table(causal.get_output_embeddings(), "lm_head") if causal is not None else []
+    rep.layers = layer_table(lm, "language_model.") + head_rows + layer_table(vt, "vision_tower.")
     return rep
 
 

@@ -428,7 +428,12 @@ class MiniBackbone(Backbone):
                 "llm": "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized)", "tokens_per_frame": self.tokens_per_frame}
 
 
-@register_preset("videollm-mini")
+@register_preset("videollm-mini", max_context=8192, lacks={
+    "training": "cannot be trained as a STORM backbone (its prompt splices soft tokens from the image "
+                "classifier and offers no all-position logits); train with a LLaVA-OneVision model, e.g. --model "
+                "tiny-random to try the trainer offline",
+    "save_quantized": "a quantized videollm-mini is not saved (--output): it quantizes in seconds at load, so "
+                      "use `videollm ask --model videollm-mini --quant int4` instead"})
 def build_mini(device: str | torch.device | None = "auto", dtype: str | torch.dtype | None = "auto",
                tokens_per_frame: int = 3, **kwargs: Any) -> MiniBackbone:
     """Load videollm-mini from the packaged weights (first call converts the GGUF into the cache)."""
