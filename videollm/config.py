@@ -139,6 +139,28 @@ class PipelineConfig:
         return d
 
 
+def _checked_init(init: Any) -> Any:
+    """`PipelineConfig(**fields)` refusing a name it does not have with a `VideoLLMError` (the dataclass's own
+    `__init__` raises a bare TypeError), so `from_pretrained(..., bugdet=8)` names the typo and the fields."""
+    import functools
+
+    @functools.wraps(init)
+    def checked(self: Any, *args: Any, **kwargs: Any) -> None:
+        known = [f.name for f in fields(PipelineConfig)]
+        unknown = sorted(set(kwargs) - set(known))
+        if unknown:
+            raise UnknownNameError(f"unknown config field(s) {', '.join(map(repr, unknown))}; known: "
+                                   f"{', '.join(known)}")
+        if len(args) > len(known):
+            raise InvalidRequestError(f"PipelineConfig takes at most {len(known)} positional fields")
+        init(self, *args, **kwargs)
+
+    return checked
+
+
+PipelineConfig.__init__ = _checked_init(PipelineConfig.__init__)  # type: ignore[method-assign]
+
+
 def fingerprint_keys() -> tuple[str, ...]:
     """The keys `PipelineConfig.fingerprint()` holds (eval's resume check compares these)."""
     return (*(f.name for f in fields(PipelineConfig) if f.name not in RUNTIME_FIELDS), "max_new_tokens")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from dataclasses import replace
 from collections.abc import Sequence
@@ -25,7 +24,8 @@ from .budget import fit_budget, plan_context
 from .answer.choice import check_answer_format
 from .timing import StageTimer, stage
 from .types import Answer
-from .video import SamplingConfig, Video, load_video
+from .video import SamplingConfig, Video
+from .video.sources import VideoInput, open_source
 
 if TYPE_CHECKING:
     from videollm.compressors.base import TokenCompressor
@@ -92,20 +92,24 @@ class VideoQAPipeline:
         backbone = get_model(cfg.model, device=cfg.device, dtype=cfg.dtype, quant=quant, loader=load, **options)
         return cls(backbone, cfg)
 
-    def load(self, video: str | os.PathLike[str] | Video, sampling: SamplingConfig | None = None) -> Video:
-        if isinstance(video, Video):
-            return video
-        return load_video(video, sampling or self.config.sampling, backend=self.config.video_backend,
-                          strict=self.config.strict_video)
+    def load(self, video: VideoInput, sampling: SamplingConfig | None = None, *, fps: float | None = None,
+             timestamps: Sequence[float] | None = None) -> Video:
+        """Any accepted video input (a path, bytes, a binary file object, frames in memory with `fps=` or
+        `timestamps=`, a `Video`; see `videollm.video.sources`) → a sampled `Video`."""
+        return open_source(video, sampling or self.config.sampling, backend=self.config.video_backend,
+                           strict=self.config.strict_video, fps=fps, timestamps=timestamps)
 
     @torch.inference_mode()
-    def __call__(self, video: str | os.PathLike[str] | Video, question: str, options: list[str] | None = None, *,
+    def __call__(self, video: VideoInput, question: str, options: list[str] | None = None, *,
                  budget: int | None = None, reasoning: str | None = None, sampling: SamplingConfig | None = None,
                  generation: GenerationConfig | None = None, prompt: str | None = None,
-                 answer_format: str | None = None) -> Answer:
-        """Answer `question` about `video`. `prompt`, when given, is the exact user turn (a benchmark's own
-        wording, options included); `options` then only tell which letters are valid answers.
-        `answer_format="choice"` makes a multiple-choice answer always one of the option letters."""
+                 answer_format: str | None = None, fps: float | None = None,
+                 timestamps: Sequence[float] | None = None) -> Answer:
+        """Answer `question` about `video`: a path, the file's bytes, a binary file object, frames in memory
+        ((T, H, W, 3) uint8 array or tensor, or a list of PIL images, timed by `fps=` or `timestamps=`), or a
+        `Video`. `prompt`, when given, is the exact user turn (a benchmark's own wording, options included);
+        `options` then only tell which letters are valid answers. `answer_format="choice"` makes a
+        multiple-choice answer always one of the option letters."""
         started = time.perf_counter()
         if prompt is not None:
             if not prompt.strip():
@@ -129,7 +133,7 @@ class VideoQAPipeline:
         notes: list[str] = []
         with timer.activate():
             with stage("decode"):
-                vid = self.load(video, sampling)
+                vid = self.load(video, sampling, fps=fps, timestamps=timestamps)
             try:
                 budget = self._fit_budget(budget, vid, user_text, mode, gen, notes)
                 query = user_text if getattr(self.compressor, "wants_options", False) else question
@@ -163,7 +167,7 @@ class VideoQAPipeline:
             warnings=warnings + notes,
         )
 
-    def ask_many(self, video: str | os.PathLike[str] | Video,
+    def ask_many(self, video: VideoInput,
                  questions: Sequence[str | tuple[str, Sequence[str] | None]], **kwargs: Any) -> list[Answer]:
         """Answer several questions about one video, decoding and encoding its frames once.
 
@@ -180,7 +184,8 @@ class VideoQAPipeline:
                 raise InvalidRequestError(f"each question must be a string or a (question, options) pair, got {q!r}")
         for q, opts in items:  # every question is checked before the video is touched
             format_question(q, opts)
-        vid = self.load(video, kwargs.pop("sampling", None))
+        vid = self.load(video, kwargs.pop("sampling", None), fps=kwargs.pop("fps", None),
+                        timestamps=kwargs.pop("timestamps", None))
         try:
             return [self(vid, q, opts, **kwargs) for q, opts in items]
         finally:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -66,6 +66,8 @@ class Video:
     strict: bool = False  # a planned frame that does not decode is an error, not a warning
     #: what decoding found, by source frame index; shared by re-sampled copies (`dataclasses.replace`)
     _log: "DecodeLog" = field(default_factory=lambda: DecodeLog())
+    #: run once by `close()`: frees what opening made (a spooled temporary file)
+    _cleanup: list[Callable[[], None]] = field(default_factory=list)
 
     @property
     def timestamps(self) -> torch.Tensor:
@@ -80,8 +82,10 @@ class Video:
         return len(self.indices)
 
     @classmethod
-    def from_frames(cls, frames: torch.Tensor | np.ndarray, fps: float = 1.0, source: str = "<memory>") -> "Video":
-        """Wrap uint8 frames (T, H, W, 3) already in memory; all of them count as sampled."""
+    def from_frames(cls, frames: torch.Tensor | np.ndarray, fps: float = 1.0, source: str = "<memory>",
+                    timestamps: np.ndarray | None = None) -> "Video":
+        """Wrap uint8 frames (T, H, W, 3) already in memory; all of them count as sampled. Their times are
+        `timestamps` (s) when given, else i / fps. (`sources.from_frames` samples a longer list first.)"""
         t = torch.as_tensor(np.asarray(frames)) if not isinstance(frames, torch.Tensor) else frames
         if t.ndim != 4 or t.shape[-1] != 3:
             raise InvalidRequestError(f"frames must be (T, H, W, 3), got shape {tuple(t.shape)}")
@@ -92,7 +96,13 @@ class Video:
         if not (fps > 0 and np.isfinite(fps)):
             raise InvalidRequestError(f"fps must be a positive number, got {fps}")
         n, h, w = int(t.shape[0]), int(t.shape[1]), int(t.shape[2])
-        info = StreamInfo(n, float(fps), w, h, n / fps, "memory")
+        times = None
+        if timestamps is not None:
+            times = np.asarray(timestamps, dtype=np.float64)
+            if times.shape != (n,):
+                raise InvalidRequestError(f"timestamps must hold one time per frame ({n}), got shape {times.shape}")
+        end = float(times[-1]) + 1 / fps if times is not None else n / fps
+        info = StreamInfo(n, float(fps), w, h, end, "memory", times)
         return cls(source=source, info=info, indices=np.arange(n, dtype=np.int64), _frames=t)
 
     def iter_chunks(self, chunk_size: int = DEFAULT_CHUNK, positions: np.ndarray | None = None) -> Iterator[FrameBatch]:
@@ -189,9 +199,14 @@ class Video:
             positions=torch.cat([b.positions for b in batches if b.positions is not None]),
         )
 
+    def on_close(self, fn: Callable[[], None]) -> None:
+        self._cleanup.append(fn)
+
     def close(self) -> None:
         if self._decoder is not None:
             self._decoder.close()
+        while self._cleanup:
+            self._cleanup.pop()()
 
 
 def _any_decodes(video: Video) -> bool:
