@@ -83,9 +83,9 @@ class Video:
 
     @classmethod
     def from_frames(cls, frames: torch.Tensor | np.ndarray, fps: float = 1.0, source: str = "<memory>",
-                    timestamps: np.ndarray | None = None) -> "Video":
-        """Wrap uint8 frames (T, H, W, 3) already in memory; all of them count as sampled. Their times are
-        `timestamps` (s) when given, else i / fps. (`sources.from_frames` samples a longer list first.)"""
+                    timestamps: np.ndarray | None = None, indices: np.ndarray | None = None) -> "Video":
+        """Wrap uint8 frames (T, H, W, 3) already in memory. Their times are `timestamps` (s) when given, else
+        i / fps; the sampled ones are `indices` (all by default; `sources.from_frames` passes a plan)."""
         t = torch.as_tensor(np.asarray(frames)) if not isinstance(frames, torch.Tensor) else frames
         if t.ndim != 4 or t.shape[-1] != 3:
             raise InvalidRequestError(f"frames must be (T, H, W, 3), got shape {tuple(t.shape)}")
@@ -103,7 +103,10 @@ class Video:
                 raise InvalidRequestError(f"timestamps must hold one time per frame ({n}), got shape {times.shape}")
         end = float(times[-1]) + 1 / fps if times is not None else n / fps
         info = StreamInfo(n, float(fps), w, h, end, "memory", times)
-        return cls(source=source, info=info, indices=np.arange(n, dtype=np.int64), _frames=t)
+        idx = np.arange(n, dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
+        if len(idx) and (idx.min() < 0 or idx.max() >= n):
+            raise InvalidRequestError(f"frame indices outside 0..{n - 1}")
+        return cls(source=source, info=info, indices=idx, _frames=t)
 
     def iter_chunks(self, chunk_size: int = DEFAULT_CHUNK, positions: np.ndarray | None = None) -> Iterator[FrameBatch]:
         """Decode the sampled frames (or the given positions into them) `chunk_size` at a time.
@@ -117,7 +120,7 @@ class Video:
             p = pos[start : start + chunk_size]
             src = self.indices[p]
             if self._frames is not None:
-                yield FrameBatch(frames=self._frames[torch.from_numpy(p)], indices=torch.from_numpy(src.copy()),
+                yield FrameBatch(frames=self._frames[torch.from_numpy(src)], indices=torch.from_numpy(src.copy()),
                                  timestamps=ts[torch.from_numpy(p)], positions=torch.from_numpy(p.copy()))
                 continue
             self._log.requested.update(int(x) for x in src)

@@ -234,11 +234,9 @@ def from_frames(frames: object, sampling: SamplingConfig, fps: float | None = No
     if h == 0 or w == 0:
         raise InvalidRequestError(f"frames are {w}×{h} pixels; a frame needs at least 1×1")
     times = frame_times(n, fps, timestamps)
-    keep = plan_indices(times, sampling)
-    picked = arr[keep] if len(keep) < n else arr
-    if isinstance(picked, np.ndarray):
-        picked = torch.from_numpy(np.ascontiguousarray(picked))
-    return Video.from_frames(picked, fps=_rate(times, fps), source=source, timestamps=times[keep])
+    held = torch.from_numpy(np.ascontiguousarray(arr)) if isinstance(arr, np.ndarray) else arr  # no copy
+    return Video.from_frames(held, fps=_rate(times, fps), source=source, timestamps=times,
+                             indices=plan_indices(times, sampling))
 
 
 def _rate(times: np.ndarray, fps: float | None) -> float:

@@ -1,0 +1,208 @@
+"""Requests that must end in one `error:` line and exit 2 before any model loads (never "internal error"):
+devices this machine lacks, undecodable question text, eval limits and damaged benchmark files, budgets past
+a preset's context, training or saving what a preset cannot; and `--quant-group-size 0` working as documented.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from videollm.cli import main
+
+
+@pytest.fixture()
+def no_model(monkeypatch):
+    """Any model load fails the test: these requests must be refused first."""
+    import videollm.backbones as backbones
+    import videollm.pipeline as pipeline
+
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded for a request that should have been refused")
+
+    monkeypatch.setattr(pipeline, "load_backbone", refuse)
+    monkeypatch.setattr(backbones, "load_backbone", refuse)
+
+
+def run_cli(capfd, *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out, err = capfd.readouterr()
+    return rc, out, err
+
+
+def one_error(rc: int, err: str, *words: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert rc == 2 and len(lines) == 1, (rc, err)
+    assert "internal error" not in lines[0] and "Traceback" not in err
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("device,words", [
+    ("bogus", ("unknown device 'bogus'",)),
+    ("cuda:x", ("unknown device",)),
+    pytest.param("cuda", ("CUDA is not available",), marks=pytest.mark.skipif(torch.cuda.is_available(),
+                                                                              reason="this machine has CUDA")),
+])
+def test_devices_this_machine_lacks(short_video, capfd, no_model, device, words):
+    rc, _, err = run_cli(capfd, "ask", str(short_video), "what?", "--model", "tiny-random", "--device", device)
+    one_error(rc, err, *words)
+
+
+@pytest.mark.parametrize("question,words", [
+    ("bad \udcff bytes", ("invalid UTF-8 byte 0xff",)),  # what Python makes of b"\xff" in argv
+    ("lone \ud800 surrogate", ("lone surrogate U+D800",)),
+])
+def test_question_that_is_not_text(short_video, capfd, no_model, question, words):
+    rc, _, err = run_cli(capfd, "ask", str(short_video), question, "--model", "tiny-random")
+    one_error(rc, err, "the question is not valid text", *words)
+
+
+def test_option_that_is_not_text(short_video, capfd, no_model):
+    rc, _, err = run_cli(capfd, "ask", str(short_video), "what?", "--options", "a dog", "b \udcfe",
+                         "--model", "tiny-random")
+    one_error(rc, err, "option 2 is not valid text")
+
+
+def test_invalid_utf8_question_through_the_real_entry_point(short_video):
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "videollm", "ask", os.fsencode(short_video), b"what \xff\xfe?",
+                           "--model", "videollm-mini"], capture_output=True, timeout=300)
+    err = proc.stderr.decode("utf-8", "replace")
+    assert proc.returncode == 2 and "not valid text" in err and "internal error" not in err, err
+
+
+def test_budget_past_a_presets_context_is_refused_before_loading(short_video, capfd, no_model):
+    rc, _, err = run_cli(capfd, "ask", str(short_video), "what?", "--model", "videollm-mini", "--budget", "9000")
+    one_error(rc, err, "9000", "8192")
+
+
+def test_declared_context_is_the_loaded_models(tiny_backbone):
+    from videollm.backbones import declared_max_context
+
+    assert declared_max_context("tiny-random") == tiny_backbone.max_context
+
+
+def test_storm_training_of_mini_is_refused_before_loading(tmp_path, capfd, no_model):
+    data = tmp_path / "train.json"
+    data.write_text("[]")
+    rc, _, err = run_cli(capfd, "train", "storm", "--model", "videollm-mini", "--data", str(data), "--videos",
+                         str(tmp_path), "--output", str(tmp_path / "out"))
+    one_error(rc, err, "videollm-mini", "cannot be trained")
+
+
+def test_saving_a_quantized_mini_is_refused_before_loading(tmp_path, capfd, no_model):
+    rc, _, err = run_cli(capfd, "quantize", "--model", "videollm-mini", "--output", str(tmp_path / "q"))
+    one_error(rc, err, "--quant int4")
+
+
+def test_quantize_report_through_the_language_model_capability(tiny_backbone):
+    """`videollm quantize` on a backbone without `text_decoder()`/`causal_lm()` (videollm-mini's shape)
+    measures through `lm_forward` step by step: the same logits as one full forward."""
+    from videollm.quant.report import backbone_logits_fn
+
+    class OnlyLanguageModel:  # a LanguageModel and nothing more
+        def __init__(self, b):
+            self._b = b
+            self.tokenizer, self.device, self.dtype = b.tokenizer, b.device, b.dtype
+
+        eos_token_ids = property(lambda self: self._b.eos_token_ids)
+        max_context = property(lambda self: self._b.max_context)
+
+        def embed_ids(self, ids):
+            return self._b.embed_ids(ids)
+
+        def embed_text(self, text):
+            return self._b.embed_text(text)
+
+        def lm_forward(self, inputs_embeds, cache=None):
+            return self._b.lm_forward(inputs_embeds, cache)
+
+    ids = torch.tensor([[5, 9, 17, 3, 11]])
+    with torch.inference_mode():
+        full = backbone_logits_fn(tiny_backbone)(ids)
+        stepwise = backbone_logits_fn(OnlyLanguageModel(tiny_backbone))(ids)
+    assert stepwise.shape == full.shape
+    assert torch.allclose(stepwise.float(), full.float(), atol=1e-4)
+
+
+def test_quant_group_size_zero_is_one_scale_per_row(short_video, capfd, monkeypatch, tiny_backbone):
+    import copy
+
+    import videollm.pipeline as pipeline
+    from videollm.models import clear_models
+    from videollm.quant.linear import QuantLinear
+
+    loaded = []
+
+    def fresh(*a, **k):
+        loaded.append(copy.deepcopy(tiny_backbone))
+        return loaded[-1]
+
+    monkeypatch.setattr(pipeline, "load_backbone", fresh)
+    clear_models()
+    try:
+        rc, out, err = run_cli(capfd, "ask", str(short_video), "what?", "--model", "tiny-random", "--frames", "2",
+                               "--max-new-tokens", "2", "--quant", "int4", "--quant-group-size", "0", "--json")
+    finally:
+        clear_models()
+    assert rc == 0, err
+    layers = [m for m in loaded[0].quantizable_modules()["llm"].modules() if isinstance(m, QuantLinear)]
+    assert layers and all(m.group == m.in_features for m in layers)  # one group = the whole row
+    assert json.loads(out)["text"] is not None
+
+
+def test_negative_group_size_is_refused(short_video, capfd, no_model):
+    rc, _, err = run_cli(capfd, "ask", str(short_video), "what?", "--model", "tiny-random", "--quant", "int4",
+                         "--quant-group-size", "-1")
+    one_error(rc, err, "--quant-group-size")
+
+
+# --- eval ------------------------------------------------------------------------------------------------
+def test_eval_limit_below_one_is_refused(tmp_path, capfd, no_model):
+    pytest.importorskip("pyarrow")
+    from test_eval import make_videomme
+
+    data = make_videomme(tmp_path / "vm")
+    for limit in ("-1", "0"):
+        rc, _, err = run_cli(capfd, "eval", "--task", "videomme", "--data-dir", str(data), "--output",
+                             str(tmp_path / "run"), "--model", "tiny-random", "--limit", limit)
+        one_error(rc, err, "--limit", limit)
+
+
+@pytest.mark.parametrize("content,words", [
+    (b'{"key": "a", "type": "x", "qa": []}\n{bad json\n', ("line 2", "not valid JSON")),
+    (b'{"key": "a", "type": "x", "qa": []}\n{"key": "\xff"}\n', ("line 2", "not UTF-8", "0xff")),
+    (b'{"key": "a", "qa": []}\n[1, 2]\n', ("JSON object",)),
+])
+def test_lvbench_damaged_jsonl_names_file_and_line(tmp_path, capfd, no_model, content, words):
+    ann = tmp_path / "video_info.meta.jsonl"
+    ann.write_bytes(content)
+    rc, _, err = run_cli(capfd, "eval", "--task", "lvbench", "--data-dir", str(tmp_path), "--output",
+                         str(tmp_path / "run"), "--model", "tiny-random")
+    one_error(rc, err, str(ann), *words)
+
+
+def test_videomme_parquet_that_is_not_parquet(tmp_path, capfd, no_model):
+    pytest.importorskip("pyarrow")
+    ann = tmp_path / "videomme" / "test-00000-of-00001.parquet"
+    ann.parent.mkdir()
+    ann.write_text("not a parquet file\n")
+    rc, _, err = run_cli(capfd, "eval", "--task", "videomme", "--data-dir", str(tmp_path), "--output",
+                         str(tmp_path / "run"), "--model", "tiny-random")
+    one_error(rc, err, str(ann), "not a readable parquet file")
+
+
+def test_json_annotations_not_utf8_name_the_line(tmp_path):
+    from videollm.eval.tasks.base import DatasetError, read_table
+
+    f = tmp_path / "a.json"
+    f.write_bytes(b'[\n{"q": 1},\n{"q": "\xfe"}\n]')
+    with pytest.raises(DatasetError, match=r"not UTF-8 \(byte 0xfe at line 3\)"):
+        read_table(f)
