@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--task", choices=sorted(TASKS), help="benchmark task")
     g.add_argument("--data-dir", help="folder with the benchmark's annotations and videos (see docs/eval.md)")
     g.add_argument("--output", help="run folder; re-running with the same folder resumes")
-    g.add_argument("--limit", type=int, default=None, help="only the first N questions (lmms-eval's --limit)")
+    g.add_argument("--limit", type=int, default=None, help="only the first N questions, N >= 1 (lmms-eval's --limit)")
     g.add_argument("--rules", default="current", choices=RULE_CHOICES,
                    help="answer extraction + metric by lmms-eval release: current (v0.7.2+), legacy (v0.7.1), "
                    "v0.3.1 (MLVU micro accuracy)")

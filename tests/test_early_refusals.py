@@ -124,12 +124,31 @@ def test_quantize_report_through_the_language_model_capability(tiny_backbone):
         def lm_forward(self, inputs_embeds, cache=None):
             return self._b.lm_forward(inputs_embeds, cache)
 
+        def quantizable_modules(self):
+            return self._b.quantizable_modules()
+
+        def encode_frames(self, frames):
+            return self._b.encode_frames(frames)
+
     ids = torch.tensor([[5, 9, 17, 3, 11]])
     with torch.inference_mode():
         full = backbone_logits_fn(tiny_backbone)(ids)
         stepwise = backbone_logits_fn(OnlyLanguageModel(tiny_backbone))(ids)
     assert stepwise.shape == full.shape
     assert torch.allclose(stepwise.float(), full.float(), atol=1e-4)
+
+    # the whole report on such a backbone (mini's shape: no `.model`, no causal LM): head stays float
+    import copy
+
+    from videollm.quant.report import quantize_backbone_with_report
+
+    b = OnlyLanguageModel(copy.deepcopy(tiny_backbone))
+    b.name = "only-lm"
+    with torch.inference_mode():
+        rep = quantize_backbone_with_report(b, llm="int4", prompts=("a short prompt", "another one"))
+    assert rep.head_scheme == "none" and rep.llm_bytes_after < rep.llm_bytes_before
+    assert rep.positions > 0 and 0.0 <= rep.top1_agreement <= 1.0 and rep.mean_kl >= 0.0
+    assert not any(row["name"].startswith("lm_head") for row in rep.layers)
 
 
 def test_quant_group_size_zero_is_one_scale_per_row(short_video, capfd, monkeypatch, tiny_backbone):
@@ -206,3 +225,22 @@ def test_json_annotations_not_utf8_name_the_line(tmp_path):
     f.write_bytes(b'[\n{"q": 1},\n{"q": "\xfe"}\n]')
     with pytest.raises(DatasetError, match=r"not UTF-8 \(byte 0xfe at line 3\)"):
         read_table(f)
+
+
+@pytest.mark.parametrize("scheme", ["int4", "int3", "int2", "ternary"])
+@pytest.mark.parametrize("k", [576, 1001])
+def test_per_row_groups_run_the_kernels_like_the_reference(scheme, k):
+    """Group size 0 (one scale per row) through the fast path equals the dequantize-then-matmul reference."""
+    from torch import nn
+
+    from videollm.quant.linear import QuantLinear
+
+    torch.manual_seed(0)
+    lin = nn.Linear(k, 48, bias=False)
+    fast = QuantLinear.from_linear(lin, scheme, 0)
+    ref = QuantLinear.from_linear(lin, scheme, 0, kernel="dequant")
+    assert fast.group == k
+    x = torch.randn(1, k)
+    with torch.inference_mode():
+        a, b = fast(x), ref(x)
+    assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))

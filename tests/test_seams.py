@@ -205,7 +205,7 @@ def test_pipeline_backbone_is_shared_through_the_cache(monkeypatch):
     (["--budget", "-5"], "budget"),
     (["--frames", "0"], "num_frames"),
     (["--max-new-tokens", "0"], "max_new_tokens"),
-    (["--quant-group-size", "0"], "group-size"),
+    (["--quant-group-size", "-1"], "group-size"),
     (["--compressor-weights", "/no/such/dir"], "not a saved compressor"),
     (["VIDEO=/definitely/missing.mp4"], "no such file"),
     (["VIDEO={txt}"], "not a video"),
