@@ -136,3 +136,20 @@ def test_unknown_config_field_is_named():
     with pytest.raises(VideoLLMError, match="'bogus'"):
         VideoQAPipeline.from_pretrained("tiny-random", bogus=1)
     assert PipelineConfig(budget=8).replace(compressor="pool").budget == 8
+
+
+def test_a_file_on_disk_is_opened_by_name_and_a_stream_is_copied(short_video, tmp_path):
+    with open(short_video, "rb") as fh:
+        video = open_source(fh, SamplingConfig(num_frames=4))
+        assert video.source == str(short_video)  # nothing copied
+        video.close()
+        fh.seek(10)  # not at its start: its remaining bytes are what the user gives
+        with pytest.raises(VideoLLMError):
+            open_source(fh, SamplingConfig(num_frames=4))
+    with open(short_video, "r", encoding="latin-1") as text:
+        with pytest.raises(InvalidRequestError, match="text mode"):
+            open_source(text, SamplingConfig())
+    stream = io.BufferedReader(io.BytesIO(short_video.read_bytes()))
+    video = open_source(stream, SamplingConfig(num_frames=4))
+    assert video.source == "<BufferedReader>" and len(video.read()) == 4
+    video.close()

@@ -168,3 +168,28 @@ def test_special_files_through_the_cli(tmp_path, capfd):
     rc = main(["ask", str(path), "what?", "--model", "tiny-random"])
     err = capfd.readouterr().err
     assert rc == 2 and err.count("error:") == 1 and "FIFO" in err
+
+
+@pytest.mark.parametrize("ext,codec", [("mkv", "libx264"), ("mov", "libx264"), ("avi", "mpeg4"), ("flv", "libx264")])
+def test_b_frame_reordering_is_not_a_clock_jump(tmp_path, ext, codec):
+    """B-frames put presentation times out of order in decode order (and Matroska gives the first packets no
+    dts): that is reordering, not a restart, and frames stay exact in presentation order."""
+    path = tmp_path / f"bframes.{ext}"
+    with av.open(str(path), "w") as out:
+        s = out.add_stream(codec, rate=25)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        if codec == "libx264":
+            s.options = {"preset": "medium", "bf": "3"}
+        else:
+            s.codec_context.max_b_frames = 2
+        for i in range(40):
+            f = av.VideoFrame.from_ndarray(frame_with_index(i, 48, 64), format="rgb24")
+            f.pts, f.time_base = i, Fraction(1, 25)
+            for p in s.encode(f):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    scan = decoders.scan_video(path)
+    assert scan.restarts == 0 and scan.exact
+    video = load_video(path, SamplingConfig(num_frames=1000, max_side=None), backend="pyav")
+    assert _codes(video.read()) == list(range(40))

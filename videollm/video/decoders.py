@@ -41,6 +41,7 @@ _TEXT_ART_CODECS = {"ansi", "bintext", "xbin", "idf"}
 # frames 17, 23, 29 → 15, 21, 27 in NUT); raw elementary streams have no timestamps to check it against.
 _DECORD_UNSAFE_FORMATS = {"mpegts", "mpeg", "mpegvideo", "vob", "nut", "m4v", "h264", "hevc"}
 SEEK_GAP_S = 4.0  # decode through gaps shorter than this; seek to the keyframe before longer ones
+REORDER_FRAMES = 16  # without dts, pts may run back this many frames (B-frame reordering) without a jump
 
 
 class DecoderUnsuitableError(VideoError):
@@ -282,19 +283,27 @@ def _others_outlast(container, video_index: int, t: float) -> bool:
 
 
 def _monotonic_runs(pts: list[int | None], dts: list[int | None]) -> list[tuple[int, int]]:
-    """[start, end) packet ranges in which decode time never goes back. A backward jump in decode time (pts
-    where the file has no dts) starts a new run: the stream was restarted or spliced (joined recordings,
-    a wrapped MPEG-TS clock). Presentation times reordered by B-frames do not count: dts stays monotonic."""
-    clock = [d if d is not None else p for d, p in zip(dts, pts)]
+    """[start, end) packet ranges in which decode time never goes back. A backward jump in decode time starts
+    a new run: the stream was restarted or spliced (joined recordings, a wrapped MPEG-TS clock). Presentation
+    times reordered by B-frames do not count: dts stays monotonic. Where the file gives no dts at all, pts
+    must fall more than `REORDER_FRAMES` frames below the run's latest to count as a jump."""
+    have_dts = any(d is not None for d in dts)
+    clock = dts if have_dts else pts
+    slack = 0
+    if not have_dts:
+        known = np.unique(np.asarray([p for p in pts if p is not None], dtype=np.int64))
+        steps = np.diff(known)
+        slack = REORDER_FRAMES * int(np.median(steps)) if len(steps) else 0
     runs: list[tuple[int, int]] = []
-    start, last = 0, None
+    start, top = 0, None
     for i, c in enumerate(clock):
         if c is None:
             continue
-        if last is not None and c < last:
+        if top is not None and c < top - slack:
             runs.append((start, i))
-            start = i
-        last = c
+            start, top = i, c
+        else:
+            top = c if top is None else max(top, c)
     runs.append((start, len(clock)))
     return runs
 

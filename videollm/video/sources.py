@@ -38,6 +38,7 @@ ACCEPTED = ("a file path, the file's bytes, a binary file object, frames (T, H, 
             "torch tensor, a list of PIL images, or a Video")
 #: at most this many bytes are spooled from a file object or bytes (a request this large is a mistake)
 MAX_SPOOL_BYTES = 16 * 2**30
+CHUNK_BYTES = 1 << 20
 
 
 @runtime_checkable
@@ -126,22 +127,49 @@ def _open_bytes(data: bytes, label: str, suffix: str, sampling: SamplingConfig, 
 
 
 def _open_file_object(fh: object, sampling: SamplingConfig, backend: str, strict: bool) -> Video:
+    """A file object of a file on disk, at its start, is opened by name (nothing copied); any other readable
+    object is copied to a temporary file in chunks."""
     name = getattr(fh, "name", None)
     label = f"<file {name}>" if isinstance(name, str) else f"<{type(fh).__name__}>"
-    if isinstance(fh, io.TextIOBase):
+    if isinstance(fh, io.TextIOBase) or "b" not in str(getattr(fh, "mode", "b")):
         raise InvalidRequestError(f"{label}: opened in text mode; open the video with open(path, 'rb')")
-    try:
-        data = fh.read(MAX_SPOOL_BYTES + 1)  # type: ignore[attr-defined]
-    except (OSError, ValueError) as err:  # closed, not readable
-        raise InvalidRequestError(f"{label}: cannot be read ({err})") from err
-    if isinstance(data, str):
-        raise InvalidRequestError(f"{label}: read() gives text; open the video in binary mode ('rb')")
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise InvalidRequestError(f"{label}: read() gives {type(data).__name__}, not bytes")
-    if len(data) > MAX_SPOOL_BYTES:
-        raise InvalidRequestError(f"{label}: more than {MAX_SPOOL_BYTES >> 30} GiB; pass a file path instead")
+    if isinstance(name, str) and os.path.isfile(name) and _at_start(fh):
+        return load_video(Path(name), sampling, backend=backend, strict=strict)
     suffix = Path(name).suffix if isinstance(name, str) else ""
-    return _open_bytes(bytes(data), label, suffix, sampling, backend, strict)
+    fd, tmp = tempfile.mkstemp(prefix="videollm-", suffix=suffix)
+    path = Path(tmp)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            total = 0
+            while True:
+                chunk = fh.read(CHUNK_BYTES)  # type: ignore[attr-defined]
+                if isinstance(chunk, str):
+                    raise InvalidRequestError(f"{label}: read() gives text; open the video in binary mode ('rb')")
+                if not isinstance(chunk, (bytes, bytearray, memoryview)):
+                    raise InvalidRequestError(f"{label}: read() gives {type(chunk).__name__}, not bytes")
+                if not chunk:
+                    break
+                total += len(chunk)
+                if total > MAX_SPOOL_BYTES:
+                    raise InvalidRequestError(f"{label}: more than {MAX_SPOOL_BYTES >> 30} GiB; pass a file path")
+                out.write(chunk)
+    except (OSError, ValueError) as err:  # closed, not readable
+        path.unlink(missing_ok=True)
+        raise InvalidRequestError(f"{label}: cannot be read ({err})") from err
+    except InvalidRequestError:
+        path.unlink(missing_ok=True)
+        raise
+    if total == 0:
+        path.unlink(missing_ok=True)
+        raise InvalidRequestError(f"{label}: no bytes (an empty video)")
+    return _open_path(path, True, label, sampling, backend, strict)
+
+
+def _at_start(fh: object) -> bool:
+    try:
+        return bool(fh.seekable()) and fh.tell() == 0  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _is_frames(video: object) -> bool:
