@@ -244,3 +244,8 @@ def test_per_row_groups_run_the_kernels_like_the_reference(scheme, k):
     with torch.inference_mode():
         a, b = fast(x), ref(x)
     assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
+
+
+def test_unknown_user_in_a_path(capfd, no_model):
+    rc, _, err = run_cli(capfd, "ask", "~nosuchuser_videollm/clip.mp4", "what?", "--model", "tiny-random")
+    one_error(rc, err, "no such user")

@@ -280,7 +280,11 @@ def check_video_path(video: str) -> None:
 
     from .errors import NotAVideoError, VideoNotFoundError
 
-    p = Path(video).expanduser()
+    try:
+        p = Path(video).expanduser()
+    except RuntimeError as err:  # "~nosuchuser/clip.mp4" (same message as video.loader.expand_path; no torch here)
+        raise VideoNotFoundError(f"{video}: no such file (cannot expand {video.split(os.sep)[0]!r}: "
+                                 "no such user)") from err
     if not p.exists():
         raise VideoNotFoundError(f"{p}: no such file")
     if p.is_dir():

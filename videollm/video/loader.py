@@ -225,6 +225,16 @@ def _any_decodes(video: Video) -> bool:
     return False
 
 
+def expand_path(path: str | os.PathLike[str]) -> Path:
+    """`~` and `~user` expanded; an unknown user is a `VideoNotFoundError` (pathlib raises RuntimeError)."""
+    p = Path(path)
+    try:
+        return p.expanduser()
+    except RuntimeError as err:
+        head = str(path).split(os.sep)[0]
+        raise VideoNotFoundError(f"{path}: no such file (cannot expand {head!r}: no such user)") from err
+
+
 def _special_kind(mode: int) -> str:
     """What a path that is not a regular file is ('' for a regular file)."""
     for test, what in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
@@ -243,7 +253,7 @@ def load_video(
     """Open `path` and plan which frames to sample. Raises a specific `VideoError` a user can act on."""
     sampling = sampling or SamplingConfig()
     sampling.validate()
-    p = Path(path).expanduser()
+    p = expand_path(path)
     try:
         if not p.exists():
             raise VideoNotFoundError(f"{p}: no such file")

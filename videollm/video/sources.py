@@ -28,8 +28,8 @@ from typing import Protocol, Union, runtime_checkable
 import numpy as np
 import torch
 
-from ..errors import InvalidRequestError, VideoLLMError, VideoNotFoundError
-from .loader import Video, load_video
+from ..errors import InvalidRequestError, VideoLLMError
+from .loader import Video, expand_path, load_video
 from .sampling import SamplingConfig, plan_indices
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def open_source(video: object, sampling: SamplingConfig, backend: str = "auto", 
     frames_given = fps is not None or timestamps is not None
     if isinstance(video, (str, os.PathLike)):
         _no_times(frames_given, "a file path")
-        return load_video(_expand(video), sampling, backend=backend, strict=strict)
+        return load_video(expand_path(video), sampling, backend=backend, strict=strict)
     for accepts, resolve in SOURCE_RESOLVERS:
         if accepts(video):
             path, owned = resolve(video)
@@ -84,15 +84,6 @@ def _no_times(given: bool, what: str) -> None:
     if given:
         raise InvalidRequestError(f"fps= and timestamps= apply to frames in memory, not to {what} (its own "
                                   "timestamps are used)")
-
-
-def _expand(video: str | os.PathLike[str]) -> Path:
-    p = Path(video)
-    try:
-        return p.expanduser()
-    except RuntimeError as err:  # "~nosuchuser": no such home directory
-        raise VideoNotFoundError(f"{video}: no such file (cannot expand {str(video).split(os.sep)[0]!r}: "
-                                 "no such user)") from err
 
 
 def _open_path(path: Path, owned: bool, label: str, sampling: SamplingConfig, backend: str, strict: bool) -> Video:
