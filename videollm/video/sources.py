@@ -93,8 +93,7 @@ def _open_path(path: Path, owned: bool, label: str, sampling: SamplingConfig, ba
         if owned:
             path.unlink(missing_ok=True)
         raise _relabel(err, str(path), label) from err
-    if owned:
-        video.source = label
+    if owned:  # `source` stays the real file: the other decoder may reopen it mid-file
         video.on_close(lambda: path.unlink(missing_ok=True))
     return video
 
