@@ -615,9 +615,17 @@ class LongVUCompressor(TokenCompressor):
                  "tokens_per_frame_reduced": t_red, "grid_full": list(self.full_grid), "grid_reduced": list(red),
                  "tokens_after": {k: v["tokens"] for k, v in stages.items()},
                  "frames_after": {k: v["frames"] for k, v in stages.items() if "frames" in v}}
+        warnings = []
         if stages["dedup"].get("dino_unavailable"):  # the user sees it once per answer (CLI, demo), not a log line
-            stats["warnings"] = ["longvu: no DINOv2 weights here (offline), so frame dedup used the backbone's own "
-                                 "vision features"]
+            warnings.append("longvu: no DINOv2 weights here (offline), so frame dedup used the backbone's own "
+                            "vision features")
+        if not any(stages[k]["ran"] for k in ("dedup", "query", "stc")) and stages["budget"]["tokens_removed"] == 0:
+            stats["all_stages_skipped"] = True
+            warnings.append(f"longvu: every stage skipped: the {n} sampled frames' {final} tokens already fit the "
+                            f"{max_visual} visual tokens allowed, so the model saw every frame at full resolution, "
+                            "as with --compressor uniform; sample more frames or lower --budget for LongVU to act")
+        if warnings:
+            stats["warnings"] = warnings
         return pack(tokens, frames, video.timestamps, n, patches, stats)
 
 
