@@ -123,7 +123,8 @@ def test_upload_ask_compare_follow_up_in_a_browser(served_demo, short_video, tmp
                                timeout=180_000)
         lines = page.evaluate("window.vlStatus")
         seen = {w for line in lines for w in STAGE_WORDS if w in line}
-        assert any(line.startswith("uniform ·") for line in lines) and any(line.startswith("pool ·") for line in lines)
+        assert any(line.startswith("uniform ·") for line in lines)
+        assert any(line.startswith("pool ·") for line in lines)
         assert page.evaluate("window.vlMaxStatus") == 1
         assert page.evaluate("window.vlOverlay") == 0, page.evaluate("window.vlOverlayWhere")
         assert seen, "no stage was shown while answering"
