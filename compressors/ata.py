@@ -2,19 +2,24 @@
 
 The released code (`adaptive_linear_budget_allocation`) maps min-max normalised relevance linearly onto
 [m, M] tokens per segment, scales the extra tokens proportionally when the total would exceed the budget B,
-and gives the rounding remainder (+1 each) to the most relevant segments. It overshoots B in two cases:
-more segments than tokens (every segment keeps at least 1, so n > B tokens), and always by the timestamp
-text ("<12.0 seconds>") put before each segment, which it does not count.
+and gives the rounding remainder (+1 each) to the most relevant segments. With more segments than tokens
+(n > B) it overshoots B (every segment keeps at least 1 token, so n tokens) unless the scores are flat or all
+equal (range < 1e-8): then every segment gets min(M, B // n) = 0 tokens and the whole video is dropped. It
+also always overshoots by the timestamp text ("<12.0 seconds>") put before each segment, which it does not
+count.
 
 `allocate` is that rule with the timestamps counted and the first case closed: when not every segment can
 keep its timestamp plus one token, the least relevant segments are *dropped* (ties broken so the kept ones
 stay evenly spread over time). We drop rather than merge neighbouring anchors because a merged anchor would
 need its own timestamp range and a token pooled across unrelated scenes, which says less than one clean
 frame of a neighbour; with flat scores dropping gives exactly uniform subsampling, the baseline everyone
-compares against. Whenever the reference fits its budget (n ≤ B, no timestamps) the result is identical.
+compares against (the release gives every segment min(M, B // n) = 0 tokens there: the whole video is
+dropped). Whenever the reference fits its budget (n ≤ B, no timestamps) the result is identical, to the
+token.
 
-Pure NumPy on small arrays: exhaustively tested in tests/test_tempo_ata.py against a re-implementation of
-the reference.
+NumPy on small arrays, except the one float32 sum whose last bit decides where a token goes: that is taken
+with `torch.sum`, as the release takes it (NumPy sums in another order). Exhaustively tested in
+tests/test_tempo_ata.py against a re-implementation of the reference.
 """
 from __future__ import annotations
 
@@ -105,7 +110,7 @@ def linear_allocation(scores: np.ndarray, budget: int, min_tokens: int, max_toke
     ideal = m + np.floor(u * (max_tokens - m)).astype(np.int64)
     if ideal.sum() > budget:
         extra = budget - n * m
-        total = float(u.sum())
+        total = _release_sum(u)
         w = (u / np.float32(total)).astype(np.float32) if total >= EPS else np.full(n, 1.0 / n, np.float32)
         add = np.floor(w * extra).astype(np.int64)
         remainder = int(extra - add.sum())
@@ -116,6 +121,18 @@ def linear_allocation(scores: np.ndarray, budget: int, min_tokens: int, max_toke
     else:
         alloc = ideal
     return np.clip(alloc, m, max_tokens), m
+
+
+def _release_sum(u: np.ndarray) -> float:
+    """The float32 sum of the normalised scores as the release takes it (`torch.sum(...).item()`).
+
+    NumPy's float32 sum adds in another order, and its last bit differs for some inputs (n = 947 scores: 475.64243
+    against torch's 475.64240); the weights then move one token between segments where the release is within
+    budget. Summing with torch keeps the allocation identical to the release.
+    """
+    import torch
+
+    return float(torch.from_numpy(np.ascontiguousarray(u, dtype=np.float32)).sum().item())
 
 
 def allocate(scores: Sequence[float] | np.ndarray, budget: int, min_tokens: int = 4, max_tokens: int = 128,

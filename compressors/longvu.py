@@ -70,13 +70,15 @@ def dedup_window_keep(sim: torch.Tensor, threshold: float) -> torch.Tensor:
     """Which frames of one window stay, from the window's cosine-similarity matrix (w, w).
 
     LongVU's rule: a frame's score is its mean similarity to every frame of the window, itself included;
-    frames scoring below `threshold` stay; the middle frame (index w // 2) always stays.
+    frames scoring below `threshold` stay. The middle frame (index w // 2) gets the score 0, as in the release
+    (`similarities[len(segment) // 2] = 0`): it stays for every threshold > 0 (the only ones the config
+    accepts) and goes at a threshold <= 0, where the release drops it too.
     """
     if sim.ndim != 2 or sim.shape[0] != sim.shape[1] or sim.shape[0] == 0:
         raise ValueError(f"expected a non-empty square similarity matrix, got {tuple(sim.shape)}")
-    keep = sim.float().mean(dim=1) < threshold
-    keep[sim.shape[0] // 2] = True
-    return keep
+    scores = sim.float().mean(dim=1)
+    scores[sim.shape[0] // 2] = 0.0
+    return scores < threshold
 
 
 def normalize_descriptors(features: torch.Tensor) -> torch.Tensor:
@@ -94,9 +96,9 @@ def dedup_keep(features: torch.Tensor, window: int, threshold: float) -> torch.T
     parts = []
     if full:  # all complete windows at once: (windows, w, F) @ (windows, F, w)
         w = q[:full].reshape(n // window, window, -1)
-        keep = torch.bmm(w, w.transpose(1, 2)).mean(dim=2) < threshold
-        keep[:, window // 2] = True
-        parts.append(keep.reshape(-1).cpu())
+        scores = torch.bmm(w, w.transpose(1, 2)).mean(dim=2)
+        scores[:, window // 2] = 0.0  # the middle frame, as in dedup_window_keep
+        parts.append((scores < threshold).reshape(-1).cpu())
     if full < n:
         w = q[full:]
         parts.append(dedup_window_keep(w @ w.T, threshold).cpu())
@@ -338,9 +340,11 @@ def resolve_params(cfg: LongVUConfig) -> LongVUParams:
     for name in ("dedup_window", "stc_window"):
         if int(getattr(p, name)) < 1:
             problems.append(f"{name} must be >= 1, got {getattr(p, name)}")
-    for name in ("dino_threshold", "stc_threshold"):
-        if not -1.0 <= float(getattr(p, name)) <= 1.01:
-            problems.append(f"{name} is a cosine similarity in [-1, 1], got {getattr(p, name)}")
+    if not 0.0 < float(p.dino_threshold) <= 1.01:  # NaN fails too
+        problems.append(f"dino_threshold must be in (0, 1] (a mean cosine similarity; at <= 0 the released rule "
+                        f"drops even each window's middle frame, usually every frame), got {p.dino_threshold}")
+    if not -1.0 <= float(p.stc_threshold) <= 1.01:
+        problems.append(f"stc_threshold is a cosine similarity in [-1, 1], got {p.stc_threshold}")
     for name in ("dedup_when", "stc_when"):
         if getattr(p, name) not in WHEN_CHOICES:
             problems.append(f"{name} must be one of {WHEN_CHOICES}, got {getattr(p, name)!r}")
@@ -611,9 +615,17 @@ class LongVUCompressor(TokenCompressor):
                  "tokens_per_frame_reduced": t_red, "grid_full": list(self.full_grid), "grid_reduced": list(red),
                  "tokens_after": {k: v["tokens"] for k, v in stages.items()},
                  "frames_after": {k: v["frames"] for k, v in stages.items() if "frames" in v}}
+        warnings = []
         if stages["dedup"].get("dino_unavailable"):  # the user sees it once per answer (CLI, demo), not a log line
-            stats["warnings"] = ["longvu: no DINOv2 weights here (offline), so frame dedup used the backbone's own "
-                                 "vision features"]
+            warnings.append("longvu: no DINOv2 weights here (offline), so frame dedup used the backbone's own "
+                            "vision features")
+        if not any(stages[k]["ran"] for k in ("dedup", "query", "stc")) and stages["budget"]["tokens_removed"] == 0:
+            stats["all_stages_skipped"] = True
+            warnings.append(f"longvu: every stage skipped: the {n} sampled frames' {final} tokens already fit the "
+                            f"{max_visual} visual tokens allowed, so the model saw every frame at full resolution, "
+                            "as with --compressor uniform; sample more frames or lower --budget for LongVU to act")
+        if warnings:
+            stats["warnings"] = warnings
         return pack(tokens, frames, video.timestamps, n, patches, stats)
 
 

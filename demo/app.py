@@ -10,8 +10,12 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +28,7 @@ from videollm.types import Answer
 from videollm.video import SamplingConfig
 
 from . import render
-from .uploads import DEFAULT_MAX_UPLOAD, UploadArea, UploadConfig, human_size, user_message
+from .uploads import DEFAULT_MAX_UPLOAD, OWNER_FILE, UploadArea, UploadConfig, human_size, user_message
 
 logger = logging.getLogger(__name__)
 
@@ -43,28 +47,59 @@ class View:
     answer_html: str
     summary: str
     timeline_html: str
-    gallery: list[tuple[np.ndarray, str]]
+    gallery: list[tuple[np.ndarray, str]]  # the kept frames and their captions
     details: dict[str, Any]
+    answer: Answer | None = None
 
-    def outputs(self) -> tuple[str, str, str, list[tuple[np.ndarray, str]], dict[str, Any]]:
-        return self.answer_html, self.summary, self.timeline_html, self.gallery, self.details
+    def outputs(self) -> tuple[str, str, str, str, dict[str, Any]]:
+        """What the page gets: the kept frames inline (no file, so no server path), captions whole."""
+        return self.answer_html, self.summary, self.timeline_html, render.kept_frames(self.gallery), self.details
 
 
 def error_view(message: str) -> View:
     return View(render.error_card(message), "", "", [], {})
 
 
-@lru_cache(maxsize=2)
+#: loaded pipelines, newest last: one backbone per (model, quantization, device); switching compressor or budget
+#: reuses it. Two at most, so comparing models does not hold every model ever chosen in memory.
+_PIPES: OrderedDict[tuple[str, str, str, str], Any] = OrderedDict()
+_PIPES_LOCK = threading.Lock()
+MAX_LOADED = 2
+
+
 def _pipeline(model: str, quant: str, vision_quant: str, device: str) -> Any:
-    """One loaded backbone per (model, quantization): switching compressor or budget reuses it."""
     from videollm.pipeline import VideoQAPipeline
 
-    return VideoQAPipeline.from_config(PipelineConfig(model=model, quant=quant, vision_quant=vision_quant,
+    key = (model, quant, vision_quant, device)
+    with _PIPES_LOCK:
+        if key in _PIPES:
+            _PIPES.move_to_end(key)
+            return _PIPES[key]
+    pipe = VideoQAPipeline.from_config(PipelineConfig(model=model, quant=quant, vision_quant=vision_quant,
                                                       device=device))
+    with _PIPES_LOCK:
+        _PIPES[key] = pipe
+        while len(_PIPES) > MAX_LOADED:
+            _PIPES.popitem(last=False)
+    return pipe
 
 
-def answer(video: str | None, question: str, options_text: str, model: str, compressor: str, budget: float | None,
-           frames: float, reasoning: str, quant: str, vision_quant: str,
+def parse_budget(value: str | float | int | None) -> int | None:
+    """The budget box: empty means fit the model's context; otherwise a whole number of visual tokens >= 1."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        number = float(str(value).strip().replace(",", "").replace("_", ""))
+    except ValueError:
+        number = float("nan")
+    if not number.is_integer() or number < 1:
+        raise InvalidRequestError(f"the visual token budget must be a whole number >= 1, or empty to fit the "
+                                  f"model's context; got {str(value).strip()[:40]!r}")
+    return int(number)
+
+
+def answer(video: str | None, question: str, options_text: str, model: str, compressor: str,
+           budget: str | float | None, frames: float, reasoning: str, quant: str, vision_quant: str,
            max_new_tokens: float = DEFAULT_MAX_NEW_TOKENS, device: str = "auto", upload_dir: Path | None = None
            ) -> View:
     """The demo's one action: answer with `compressor`, and describe what it did.
@@ -74,8 +109,8 @@ def answer(video: str | None, question: str, options_text: str, model: str, comp
     if not video:
         return error_view("upload a video first (or click one of the examples)")
     try:
-        return _answer(video, question, options_text, model, compressor, budget, frames, reasoning, quant,
-                       vision_quant, max_new_tokens, device)
+        return _answer(video, question, options_text, model, compressor, parse_budget(budget), frames, reasoning,
+                       quant, vision_quant, max_new_tokens, device)
     except VideoLLMError as err:  # the user's input or setup: say what to change
         msg = user_message(err, video, upload_dir)
         logger.warning("demo request on %s: %s", Path(video).name, msg)
@@ -87,7 +122,7 @@ def answer(video: str | None, question: str, options_text: str, model: str, comp
                           "a one-line note. Another video, or fewer frames, may work.")
 
 
-def _answer(video: str, question: str, options_text: str, model: str, compressor: str, budget: float | None,
+def _answer(video: str, question: str, options_text: str, model: str, compressor: str, budget: int | None,
             frames: float, reasoning: str, quant: str, vision_quant: str, max_new_tokens: float, device: str) -> View:
     from videollm.compressors import create_compressor
 
@@ -97,16 +132,27 @@ def _answer(video: str, question: str, options_text: str, model: str, compressor
         pipe.config = replace(pipe.config, compressor=compressor)
         pipe.compressor = create_compressor(compressor, pipe.backbone)
     sampling = SamplingConfig(num_frames=int(frames))
-    ans = pipe(video, question, options, budget=int(budget) if budget else None, reasoning=reasoning,
+    ans = pipe(video, question, options, budget=budget, reasoning=reasoning,
                sampling=sampling, generation=GenerationConfig(max_new_tokens=int(max_new_tokens)))
     gallery, times = _kept_frames(pipe, video, sampling, ans)
     return View(render.answer_card(ans), render.summary(ans), render.timeline(ans, times), gallery,
-                {k: v for k, v in ans.to_dict().items() if k not in ("question", "options")})
+                {k: v for k, v in ans.to_dict().items() if k not in ("question", "options")}, ans)
+
+
+def answer_with_stages(on_stage: Callable[[str], None], *args: Any, **kwargs: Any) -> View:
+    """`answer`, calling `on_stage(name)` as each stage starts (loading the model first when it is not loaded)."""
+    from videollm.timing import stage_listener
+
+    model, quant, vision_quant = args[3], args[8], args[9]
+    if (model, quant, vision_quant, kwargs.get("device", "auto")) not in _PIPES:
+        on_stage("load")
+    with stage_listener(on_stage):
+        return answer(*args, **kwargs)
 
 
 def _kept_frames(pipe: Any, video: str, sampling: SamplingConfig, ans: Answer, limit: int = 32
                  ) -> tuple[list[tuple[np.ndarray, str]], list[float]]:
-    """Decode the kept frames again (few and small) so the gallery shows what the LLM saw; also every sampled
+    """Decode the kept frames again (few and small) so the page shows what the LLM saw; also every sampled
     frame's time, for the timeline."""
     v = pipe.load(video, sampling)
     try:
@@ -117,7 +163,7 @@ def _kept_frames(pipe: Any, video: str, sampling: SamplingConfig, ans: Answer, l
         batch = v.read(positions)
     finally:
         v.close()
-    gallery = [(f.numpy(), f"{t:.1f}s · {ans.tokens_per_frame.get(int(p), 0)} tokens")
+    gallery = [(f.numpy(), f"{t:.1f} s · {ans.tokens_per_frame.get(int(p), 0)} tokens")
                for f, t, p in zip(batch.frames, batch.timestamps.tolist(), positions)]
     return gallery, times
 
@@ -145,7 +191,13 @@ def default_model() -> str:
 
 
 def build_demo(model: str | None = None, device: str = "auto", uploads: UploadConfig | None = None) -> Any:
-    """The Blocks app; `demo.videollm_uploads` is its private upload folder (close it when the server stops)."""
+    """The Blocks app; `demo.videollm_uploads` is its private upload folder (close it when the server stops).
+
+    One click runs one handler (`/ask`): the answer, then the comparison, streaming the stage each is in. It
+    returns, in order: status, conversation, same-frames note, then per column (main, comparison) its title,
+    answer card, summary, timeline, kept frames (inline images) and details; the comparison column's visibility
+    comes before its title.
+    """
     from videollm._compat import offline_env_defaults, require
 
     offline_env_defaults()
@@ -160,10 +212,14 @@ def build_demo(model: str | None = None, device: str = "auto", uploads: UploadCo
     area.activate()  # before any component or the app exists: they read the folder when created
     with gr.Blocks(title="videollm") as demo:
         gr.Markdown("# videollm\nAsk a question about a video: frames → vision tower → token compressor → "
-                    "small LLM → answer. Click an example or upload a clip.")
+                    "small LLM → answer. Click an example or upload a clip; ask follow-ups about the same clip.")
         with gr.Row():
-            with gr.Column(scale=1):
-                video = gr.Video(label=f"video (up to {human_size(area.max_bytes)})", sources=["upload"])
+            with gr.Column(scale=1, min_width=320):
+                video = gr.Video(label=f"video (up to {human_size(area.max_bytes)})", sources=["upload"],
+                                 elem_id="vl-video")
+                # the browser refuses a file that is not a video before it is sent (a toast that fades); the
+                # page script (`REJECT_JS`) puts its name here, so the refusal stays on the page with the name
+                rejected = gr.Textbox(visible="hidden", elem_id="vl-rejected", label="rejected upload")
                 question = gr.Textbox(label="question", value=EXAMPLES[0][1])
                 options = gr.Textbox(label="options (one per line, optional)", lines=3)
                 compressor = gr.Dropdown(compressors, value="uniform", label="compressor")
@@ -171,67 +227,141 @@ def build_demo(model: str | None = None, device: str = "auto", uploads: UploadCo
                                       label="compare side by side with")
                 with gr.Accordion("settings", open=False):
                     model_dd = gr.Dropdown(model_choices(), value=model or default_model(), label="model")
-                    budget = gr.Number(value=None, label="visual token budget (empty = fit the model's context)",
-                                       precision=0)
+                    budget = gr.Textbox(value="", label="visual token budget (empty = fit the model's context)",
+                                        placeholder="empty = fit the model's context")
                     frames = gr.Slider(1, 256, value=DEFAULT_FRAMES, step=1, label="frames sampled")
                     reasoning = gr.Radio(MODES.names(), value="direct", label="reasoning")
                     quant = gr.Dropdown(QUANT, value="none", label="LLM quantization")
                     vision_quant = gr.Dropdown(QUANT, value="none", label="vision quantization")
                     max_new = gr.Slider(8, 2048, value=DEFAULT_MAX_NEW_TOKENS, step=8, label="max new tokens")
-                ask = gr.Button("Answer", variant="primary")
-                examples = [[str(sample_path(clip)), q] for clip, q in _available_examples()]
-                if examples:
-                    gr.Examples(examples, [video, question], label="examples (shipped clips)")
-            results = []
-            for title in ("", "comparison"):
-                with gr.Column(scale=1, visible=not title) as col:
-                    if title:
-                        gr.Markdown("### comparison")
-                    out = gr.HTML(elem_classes=["vl-out"])
-                    took = gr.Markdown(elem_classes=["vl-took"])
-                    strip = gr.HTML(label="timeline", elem_classes=["vl-strip"])
-                    gallery = gr.Gallery(label="frames the LLM saw", columns=4, height="auto")
-                    with gr.Accordion("full details (JSON)", open=False):
-                        details = gr.JSON(label="details")
-                results.append((col, [out, took, strip, gallery, details]))
+                with gr.Row():
+                    ask = gr.Button("Answer", variant="primary")
+                    clear = gr.Button("New conversation", variant="secondary")
+                available = _available_examples()
+                if available:
+                    gr.Examples([[str(sample_path(clip)), q] for clip, q in available], [video, question],
+                                label="examples (shipped clips)",
+                                example_labels=[f"{clip}: {q}" for clip, q in available])
+            with gr.Column(scale=2):
+                status = gr.HTML(elem_classes=["vl-status-box"])
+                chat = gr.Chatbot(label="conversation", height=260, elem_classes=["vl-chat"],
+                                  placeholder="Your questions and the answers appear here; a follow-up keeps them.")
+                same = gr.Markdown(elem_classes=["vl-same"])
+                results = []
+                with gr.Row():
+                    for main in (True, False):
+                        with gr.Column(scale=1, visible=main) as col:
+                            title = gr.Markdown("### answer", elem_classes=["vl-col-title"])
+                            out = gr.HTML(elem_classes=["vl-out"])
+                            took = gr.Markdown(elem_classes=["vl-took"])
+                            strip = gr.HTML(label="timeline", elem_classes=["vl-strip"])
+                            kept = gr.HTML(elem_classes=["vl-kept-frames"])
+                            with gr.Accordion("full details (JSON)", open=False):
+                                details = gr.JSON(label="details")
+                        results.append((col, [title, out, took, strip, kept, details]))
 
         inputs = [video, question, options, model_dd, compressor, budget, frames, reasoning, quant, vision_quant,
-                  max_new]
-        main_outputs, (cmp_col, cmp_outputs) = results[0][1], results[1]
-        ask.click(_ask_handler(gr, area, device), inputs, main_outputs, api_name="ask").then(
-            _compare_handler(gr, area, device), [*inputs, compare], [cmp_col, *cmp_outputs], api_name="compare")
+                  max_new, compare, chat, rejected]
+        (_, main_outputs), (cmp_col, cmp_outputs) = results
+        outputs = [status, chat, same, *main_outputs, cmp_col, *cmp_outputs]
+        ask.click(_ask_handler(gr, area, device), inputs, outputs, api_name="ask", show_progress="hidden")
+        question.submit(_ask_handler(gr, area, device), inputs, outputs, api_name=False, show_progress="hidden")
+        clear.click(lambda: ([], "", ""), None, [chat, status, same], api_name=False, show_progress="hidden")
+        video.change(lambda: ([], "", ""), None, [chat, status, same], api_name=False, show_progress="hidden")
+        rejected.change(lambda name: render.error_card(not_a_video_message(name)) if name else "", rejected, status,
+                        api_name=False, show_progress="hidden")
         demo.unload(_unload_handler(gr, area))
     demo.videollm_uploads = area
     return demo
 
 
-def _ask_handler(gr: Any, area: UploadArea, device: str) -> Any:
-    """The click handler: marks the session's upload as in use (a replaced one is removed), then answers."""
+#: the page script: a file the video box refuses (not video/*) is named in the hidden `#vl-rejected` box
+REJECT_JS = r"""
+() => {
+  const VIDEO = /\.(mp4|m4v|mkv|webm|mov|avi|mpe?g|ts|m2ts|flv|wmv|ogv|3gp|y4m)$/i;
+  const report = (file) => {
+    const box = document.querySelector('#vl-rejected textarea, #vl-rejected input');
+    if (!box || !file) return;
+    const isVideo = (file.type || '').startsWith('video/') || VIDEO.test(file.name);
+    box.value = isVideo ? '' : file.name;
+    box.dispatchEvent(new Event('input', {bubbles: true}));
+  };
+  document.addEventListener('change', (e) => {
+    const t = e.target;
+    if (t instanceof HTMLInputElement && t.type === 'file' && t.closest('#vl-video') && t.files && t.files[0]) {
+      report(t.files[0]);
+    }
+  }, true);
+  document.addEventListener('drop', (e) => {
+    if (e.target instanceof Element && e.target.closest('#vl-video') && e.dataTransfer && e.dataTransfer.files[0]) {
+      report(e.dataTransfer.files[0]);
+    }
+  }, true);
+}
+"""
 
-    def ask(video: str | None, question: str, options_text: str, model: str, compressor: str, budget: float | None,
-            frames: float, reasoning: str, quant: str, vision_quant: str, max_new_tokens: float,
-            request: Any = None) -> Any:  # gradio injects only positional parameters
+
+def not_a_video_message(name: str) -> str:
+    """A file the page refused: its whole name, and what would work."""
+    return (f"{Path(name).name} is not a video file. Upload a video (mp4, webm, mkv, mov, avi …) or click an "
+            "example.")
+
+
+def _is_none(name: str | None) -> bool:
+    return name in (None, "", "(none)")
+
+
+def _ask_handler(gr: Any, area: UploadArea, device: str) -> Any:
+    """The click handler: marks the session's upload as in use (a replaced one is removed), then answers with
+    the compressor and, when one is chosen, the comparison, yielding the stage each is in as it runs."""
+
+    def ask(video: str | None, question: str, options_text: str, model: str, compressor: str, budget: Any,
+            frames: float, reasoning: str, quant: str, vision_quant: str, max_new_tokens: float, other: str | None,
+            history: list[dict[str, Any]] | None, rejected: str | None = None, request: Any = None
+            ) -> Iterator[tuple[Any, ...]]:
         if video:
             area.use(getattr(request, "session_hash", None), video)
-        return answer(video, question, options_text, model, compressor, budget, frames, reasoning, quant,
-                      vision_quant, max_new_tokens, device=device, upload_dir=area.path).outputs()
+        elif rejected:  # the browser refused the file: say which, not "upload a video first"
+            card = render.error_card(not_a_video_message(rejected))
+            yield (card, *([gr.update()] * (N_OUTPUTS - 1)))
+            return
+        history = list(history or [])
+        history.append({"role": "user", "content": render.text_block(_turn_text(question, options_text))})
+        skip = gr.update()
+        comparing = not _is_none(other) and other != compressor
+        cmp_col = gr.update(visible=comparing)
+        main_title, cmp_title = f"### {compressor}", f"### {other}" if comparing else ""
+        blank = ("", "", "", "", {})
+        yield (render.status(compressor, [], 0.0), history, "", main_title, *blank, cmp_col, cmp_title, *blank)
+        args = (video, question, options_text, model, compressor, budget, frames, reasoning, quant, vision_quant,
+                max_new_tokens)
+        views: list[tuple[str, View]] = []
+        for name in [compressor, *([other] if comparing else [])]:
+            run_args = (*args[:4], name, *args[5:])
+            view = None
+            for update in _run_with_stages(run_args, device, area):
+                if isinstance(update, View):
+                    view = update
+                else:
+                    yield (render.status(name, *update), *([skip] * (N_OUTPUTS - 1)))
+            assert view is not None
+            views.append((name, view))
+            if name == compressor:
+                if view.answer is None:  # an error: the comparison would only repeat it
+                    break
+                yield (render.status(other, [], 0.0) if comparing else "", skip, skip, main_title,
+                       *view.outputs(), cmp_col, cmp_title, *([skip] * 5))
+        history.append({"role": "assistant", "content": _reply(views)})
+        note = ""
+        if len(views) == 2 and all(v.answer is not None for _, v in views):
+            note = render.same_frames_note((views[0][0], views[0][1].answer), (views[1][0], views[1][1].answer))
+        cmp_view = views[1][1].outputs() if len(views) == 2 else blank
+        if len(views) < 2:
+            cmp_col, cmp_title = gr.update(visible=False), ""
+        yield ("", history, note, main_title, *views[0][1].outputs(), cmp_col, cmp_title, *cmp_view)
 
     ask.__annotations__ = {"request": gr.Request}  # real class, not a string: gradio injects the request
     return ask
-
-
-def _compare_handler(gr: Any, area: UploadArea, device: str) -> Any:
-    """After the main answer: the same video and question with a second compressor, shown beside it."""
-
-    def compare(*args: Any) -> Any:
-        *inputs, other = args
-        if other in (None, "", "(none)"):
-            return (gr.update(visible=False), *View("", "", "", [], {}).outputs())
-        inputs[4] = other
-        view = answer(*inputs, device=device, upload_dir=area.path)
-        return (gr.update(visible=True), *view.outputs())
-
-    return compare
 
 
 def _unload_handler(gr: Any, area: UploadArea) -> Any:
@@ -240,6 +370,61 @@ def _unload_handler(gr: Any, area: UploadArea) -> Any:
 
     unload.__annotations__ = {"request": gr.Request}
     return unload
+
+
+#: outputs of `/ask`: status, conversation, note, then title + 5 for the main column, visibility + title + 5
+N_OUTPUTS = 16
+POLL_S = 0.25
+
+
+def _run_with_stages(args: tuple[Any, ...], device: str, area: UploadArea
+                     ) -> Iterator[View | tuple[list[str], float]]:
+    """Answer in a worker thread; meanwhile yield (stages seen so far, seconds) every POLL_S, then the View."""
+    seen: list[str] = []
+    result: list[View] = []
+
+    def on_stage(name: str) -> None:
+        if not seen or seen[-1] != name:
+            seen.append(name)
+
+    def work() -> None:
+        result.append(answer_with_stages(on_stage, *args, device=device, upload_dir=area.path))
+
+    start = time.perf_counter()
+    worker = threading.Thread(target=work, name="videollm-demo-answer", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(POLL_S)
+        if worker.is_alive():
+            yield list(seen), time.perf_counter() - start
+    yield result[0] if result else error_view("the answer stopped unexpectedly; the server log may say why")
+
+
+def _turn_text(question: str, options_text: str) -> str:
+    options = [line.strip() for line in (options_text or "").splitlines() if line.strip()]
+    if not options:
+        return question
+    return question + "\n" + "\n".join(f"{chr(65 + i)}. {o}" for i, o in enumerate(options))
+
+
+def _reply(views: list[tuple[str, View]]) -> str:
+    """The conversation's answer turn: each compressor's answer (or error) under its name, escaped."""
+    lines = []
+    for name, view in views:
+        ans = view.answer
+        if ans is None:
+            text = "error: " + _plain_error(view.answer_html)
+        else:
+            text = ans.choice if ans.choice else (ans.text.strip() or "(empty answer)")
+        lines.append(f"**{render.text_block(name)}**: {render.text_block(text)}")
+    return "<br>".join(lines)
+
+
+def _plain_error(card: str) -> str:
+    import html
+    import re
+
+    return html.unescape(re.sub(r"<[^>]+>", "", card)).removeprefix("error:").strip()
 
 
 def _available_examples() -> list[tuple[str, str]]:
@@ -271,11 +456,25 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def launch(demo: Any, port: int = 7860, **kwargs: Any) -> Any:
-    """Serve on loopback only, with the demo's styles and upload limit; never a public share link."""
+    """Serve on loopback only, with the demo's styles and upload limit; never a public share link.
+
+    Gradio's own start-up lines are silenced (`quiet`): they suggest `share=True`, which this demo never
+    makes; the URL is printed here instead. The upload folder's `.owner` record is blocked by name (it is
+    outside Gradio's folder too), so only uploads, derived files and the app's assets are served.
+    """
     area: UploadArea | None = getattr(demo, "videollm_uploads", None)
     if area is not None:
         kwargs.setdefault("max_file_size", area.max_bytes)
-    return demo.launch(server_name="127.0.0.1", server_port=port, share=False, css=render.CSS, **kwargs)
+        kwargs["blocked_paths"] = [*kwargs.get("blocked_paths", []), str(area.path / OWNER_FILE)]
+    announce = not kwargs.pop("quiet", False)
+    block = not kwargs.pop("prevent_thread_lock", False)
+    out = demo.launch(server_name="127.0.0.1", server_port=port, share=False, css=render.CSS, js=REJECT_JS,
+                      quiet=True, prevent_thread_lock=True, **kwargs)
+    if announce:
+        print(f"videollm demo on http://127.0.0.1:{port}/ (Ctrl-C stops it)", file=sys.stderr, flush=True)
+    while block and demo.is_running:  # Ctrl-C / SIGTERM reach the caller, which closes the demo
+        time.sleep(0.1)
+    return out
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -1,18 +1,26 @@
 """What the demo shows about an answer, as pure functions of an `Answer` (no Gradio here, so they are tested
-directly): the answer card, the timeline strip of kept frames, and a plain-words account of the time spent.
+directly): the answer card, the timeline strip, the kept frames, a plain-words account of the time spent, the
+stage a running request is in, and why two compressors kept the same frames.
 
 Model output is escaped before it reaches the page: a small model happily writes `<think>` or `<video>`, and
 an HTML renderer would swallow everything after such a tag, the answer included.
 """
 from __future__ import annotations
 
+import base64
 import html
+import io
 from collections.abc import Mapping, Sequence
+
+import numpy as np
 
 from videollm.types import Answer
 
 STAGE_WORDS = {"decode": "decoding", "vision": "vision tower", "dino": "DINOv2", "relevance": "relevance",
-               "prefill": "reading the prompt", "generate": "answering", "think": "thinking"}
+               "compress": "compressing", "prefill": "reading the prompt", "generate": "answering",
+               "think": "thinking", "load": "loading the model"}
+#: the order stages are shown in while a request runs (decoding and the vision tower interleave: frames stream)
+STAGE_ORDER = ("load", "decode", "vision", "dino", "relevance", "compress", "prefill", "generate", "think")
 
 
 def text_block(text: str) -> str:
@@ -50,7 +58,11 @@ def summary(ans: Answer) -> str:
     per = ans.visual_tokens / kept if kept else 0.0
     words = [took, f"{ans.visual_tokens} visual tokens from {kept} of {ans.sampled_frames} sampled frames "
              f"({per:.1f} per kept frame)"]
-    if ans.reasoning == "auto":
+    if ans.compressor_stats.get("all_stages_skipped"):
+        words.append("LongVU skipped every stage (the tokens already fit)")
+    if ans.reasoning == "auto" and ans.confidence is None and ans.thinking_fired:
+        words.append("the first answer had no confidence, so it thought (see the note)")
+    elif ans.reasoning == "auto":
         conf = "unknown" if ans.confidence is None else f"{ans.confidence:.2f}"
         words.append(f"first answer's confidence {conf}: " + ("it thought, then reviewed its answer"
                                                               if ans.thinking_fired else "answered without thinking"))
@@ -106,6 +118,60 @@ def _relevance_band(stats: Mapping[str, object], times: Sequence[float]) -> str:
     return f'<div class="vl-segments">{"".join(cells)}</div><div class="vl-legend">segment relevance (darker = more)</div>'
 
 
+def status(label: str, seen: Sequence[str], elapsed: float) -> str:
+    """The running request: its stages so far, the current one last and marked, and the time spent."""
+    order = {k: i for i, k in enumerate(STAGE_ORDER)}
+    current = seen[-1] if seen else None
+    done = sorted({k for k in seen if k != current}, key=lambda k: order.get(k, 99))
+    steps = [f'<span class="vl-step-done">{html.escape(STAGE_WORDS.get(k, k))} ✓</span>' for k in done]
+    if current is not None:
+        steps.append(f'<span class="vl-step-now">{html.escape(STAGE_WORDS.get(current, current))}…</span>')
+    else:
+        steps.append('<span class="vl-step-now">starting…</span>')
+    return (f'<div class="vl-status" role="status" aria-live="polite"><b>{html.escape(label)}</b> · '
+            f'{" · ".join(steps)} · {elapsed:.1f} s</div>')
+
+
+def kept_frames(frames: Sequence[tuple[np.ndarray, str]], width: int = 240) -> str:
+    """The kept frames inline (JPEG data URLs) with their full captions: no file is written, so no server path
+    reaches the page, and a caption wraps instead of being cut."""
+    if not frames:
+        return ""
+    from PIL import Image
+
+    cells = []
+    for array, caption in frames:
+        img = Image.fromarray(np.ascontiguousarray(array).astype(np.uint8))
+        if img.width > width:
+            img = img.resize((width, max(1, round(img.height * width / img.width))))
+        buf = io.BytesIO()
+        img.convert("RGB").save(buf, format="JPEG", quality=85)
+        data = base64.b64encode(buf.getvalue()).decode("ascii")
+        text = html.escape(caption)
+        cells.append(f'<figure class="vl-frame"><img src="data:image/jpeg;base64,{data}" alt="{text}">'
+                     f"<figcaption>{text}</figcaption></figure>")
+    return (f'<div class="vl-frames-title">frames the LLM saw ({len(frames)})</div>'
+            f'<div class="vl-frames">{"".join(cells)}</div>')
+
+
+def same_frames_note(first: tuple[str, Answer], second: tuple[str, Answer]) -> str:
+    """Why two compressors' answers may look alike: they kept the very same frames (empty when they did not)."""
+    (name_a, a), (name_b, b) = first, second
+    if a.kept_frames != b.kept_frames or not a.kept_frames:
+        return ""
+    n, sampled = len(a.kept_frames), a.sampled_frames
+    if n == sampled:
+        why = (f"both kept all {sampled} sampled frames: their tokens fit the budget, so no frame had to go; "
+               f"{name_a} gave the LLM {a.visual_tokens} visual tokens and {name_b} {b.visual_tokens}")
+        if a.visual_tokens == b.visual_tokens:
+            why += " (the same tokens per frame, too: nothing told them apart here)"
+        why += ". Sample more frames or lower the budget to see them choose."
+    else:
+        why = (f"both kept the same {n} of {sampled} sampled frames ({a.visual_tokens} and {b.visual_tokens} "
+               "visual tokens): here they chose alike.")
+    return f"**{name_a}** and **{name_b}** kept the same frames: {why}"
+
+
 CSS = """
 .vl-timeline {padding: 6px 0;}
 .vl-bars {display: flex; align-items: flex-end; gap: 1px; height: 64px; border-bottom: 1px solid #999;}
@@ -120,4 +186,13 @@ CSS = """
 .vl-thought {margin-top: 8px; color: #444;}
 .vl-warning {margin-top: 6px; padding: 4px 8px; border-left: 3px solid #d69e2e; background: #fffbea; color: #744210;}
 .vl-error {padding: 8px 12px; border-left: 4px solid #c53030; background: #fff5f5; color: #9b2c2c;}
+.vl-status {padding: 6px 10px; border-radius: 6px; background: #ebf4ff; color: #2a4365; min-height: 1.5em;}
+.vl-status:empty {display: none;}
+.vl-step-done {color: #4a5568;}
+.vl-step-now {font-weight: 600;}
+.vl-frames-title {font-size: 13px; color: #4a5568; margin: 6px 0 4px;}
+.vl-frames {display: flex; flex-wrap: wrap; gap: 6px;}
+.vl-frame {margin: 0; width: 116px;}
+.vl-frame img {width: 116px; height: auto; display: block; border-radius: 3px;}
+.vl-frame figcaption {font-size: 12px; color: #4a5568; white-space: normal; overflow-wrap: anywhere;}
 """

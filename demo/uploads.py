@@ -1,8 +1,11 @@
 """The demo's uploads: a size limit, a private temp folder, and removal of every upload and derived file.
 
-Gradio writes uploads, and the files it derives from them (re-encoded videos, gallery images), under
-`GRADIO_TEMP_DIR`. The demo points that at a folder of its own (`videollm-demo-XXXX` in the system temp
-folder, or under `--temp-dir`) and removes:
+Gradio writes uploads, and the files it derives from them (re-encoded videos, example clips), under
+`GRADIO_TEMP_DIR`, and serves every file there to anyone who names its path (`/gradio_api/file=…`). The demo
+makes a folder of its own (`videollm-demo-XXXX` in the system temp folder, or under `--temp-dir`) holding the
+server's `.owner` record and, beside it, `files/`: only `files/` is Gradio's, so the record (pid, hostname) is
+never served (`launch` also blocks it by name). Kept frames are not files at all (the page gets them inline).
+The demo removes:
 - a session's previous upload when it sends another one, and all its uploads when the browser tab closes;
 - every file idle for longer than `max_idle_s`, in a sweep every `sweep_every_s` seconds;
 - the whole folder when the server stops; a folder left by a server that was killed (SIGKILL, power loss)
@@ -31,7 +34,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_UPLOAD = "2gb"
 PREFIX = "videollm-demo-"
 OWNER_FILE = ".owner"
+FILES_DIR = "files"
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)\s*$", re.IGNORECASE)
+_ERRNO = re.compile(r"\s*\(?\[Errno -?\d+\][^)]*\)?")
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4}
 
 
@@ -75,6 +80,8 @@ class UploadArea:
         prune_stale(root)
         self.path = Path(tempfile.mkdtemp(prefix=PREFIX, dir=root))
         (self.path / OWNER_FILE).write_text(f"{os.getpid()} {socket.gethostname()}\n")
+        self.files = self.path / FILES_DIR  # Gradio's folder: everything in it can be fetched over HTTP
+        self.files.mkdir()
         self._sessions: dict[str, set[str]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -87,7 +94,7 @@ class UploadArea:
 
     def activate(self) -> None:
         """Point Gradio's upload and cache folder here (read when components and the app are created)."""
-        os.environ["GRADIO_TEMP_DIR"] = str(self.path)
+        os.environ["GRADIO_TEMP_DIR"] = str(self.files)
 
     def owns(self, path: str | os.PathLike[str]) -> bool:
         try:
@@ -133,7 +140,7 @@ class UploadArea:
                         removed += 1
                 except OSError:
                     continue
-            if Path(dirpath) != self.path:
+            if Path(dirpath) not in (self.path, self.files):
                 try:
                     os.rmdir(dirpath)  # only when empty
                 except OSError:
@@ -166,8 +173,9 @@ class UploadArea:
             return
         p = Path(path).resolve()
         folder = p.parent
+        roots = (self.path.resolve(), self.files.resolve())
         try:
-            if folder != self.path.resolve() and folder.parent == self.path.resolve():
+            if folder not in roots and folder.parent in roots:
                 shutil.rmtree(folder, ignore_errors=True)
             else:
                 p.unlink(missing_ok=True)
@@ -214,4 +222,5 @@ def user_message(err: BaseException, upload: str | None, area_path: Path | None 
     for root in filter(None, roots):
         text = re.sub(re.escape(root.rstrip("/")) + r"/[^\s'\"]*/([^/\s'\"]+)", r"\1", text)
         text = text.replace(root, "…")
+    text = _ERRNO.sub("", text).strip()  # "([Errno 1094995529] Invalid data …: 'x.mp4')" says nothing more
     return text[:400]

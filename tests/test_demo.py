@@ -67,3 +67,71 @@ def test_ui_builds_with_defaults_matching_the_cli():
     from videollm.demo import app
 
     assert app.DEFAULT_MAX_NEW_TOKENS == ask.max_new_tokens and app.DEFAULT_FRAMES == 32
+
+
+def test_budget_box_empty_means_fit_the_context_and_bad_values_are_messages(short_video):
+    from videollm.demo.app import parse_budget
+    from videollm.errors import InvalidRequestError
+
+    assert parse_budget("") is None and parse_budget("  ") is None and parse_budget(None) is None
+    assert parse_budget("512") == 512 and parse_budget(" 1,024 ") == 1024 and parse_budget(64.0) == 64
+    for bad in ("0", "-3", "1.5", "lots", "nan", "inf"):
+        with pytest.raises(InvalidRequestError, match="whole number >= 1, or empty"):
+            parse_budget(bad)
+    view = answer(str(short_video), "q", "", "tiny-random", "uniform", "abc", 4, "direct", "none", "none",
+                  max_new_tokens=2, device="cpu")
+    assert "vl-error" in view.answer_html and "whole number" in view.answer_html
+    view = answer(str(short_video), "q", "", "tiny-random", "uniform", "", 4, "direct", "none", "none",
+                  max_new_tokens=2, device="cpu")
+    assert "vl-error" not in view.answer_html and view.details["visual_tokens"] > 0
+
+
+def test_kept_frames_are_inline_images_with_whole_captions_and_no_server_path(short_video):
+    view = answer(str(short_video), "q", "", "tiny-random", "uniform", None, 5, "direct", "none", "none",
+                  max_new_tokens=2, device="cpu")
+    html = view.outputs()[3]
+    assert html.count("<img") == html.count("data:image/jpeg;base64,") == 5
+    assert "/tmp" not in html and str(short_video.parent) not in html and "file=" not in html
+    captions = [c.split("</figcaption>")[0] for c in html.split("<figcaption>")[1:]]
+    assert captions == [f"{t:.1f} s · {view.answer.tokens_per_frame[i]} tokens"
+                        for i, t in zip(view.answer.kept_frames, view.answer.kept_timestamps)]
+
+
+def test_stages_are_reported_as_they_start(short_video):
+    from videollm.demo.app import answer_with_stages
+
+    seen: list[str] = []
+    answer_with_stages(seen.append, str(short_video), "q", "", "tiny-random", "uniform", None, 4, "think", "none",
+                       "none", max_new_tokens=3, device="cpu")
+    assert {"decode", "vision", "prefill", "generate", "think"} <= set(seen)
+    assert seen.index("decode") < seen.index("generate")
+    html = render.status("pool", ["decode", "vision", "decode", "generate"], 3.25)
+    assert "<b>pool</b>" in html and "decoding ✓" in html and "vision tower ✓" in html
+    assert "answering…" in html and "3.2 s" in html and html.count("decoding") == 1
+
+
+def test_same_frames_note_says_why_and_is_empty_otherwise():
+    a = Answer(text="x", kept_frames=[0, 1, 2, 3], sampled_frames=4, visual_tokens=64)
+    b = Answer(text="y", kept_frames=[0, 1, 2, 3], sampled_frames=4, visual_tokens=32)
+    note = render.same_frames_note(("uniform", a), ("pool", b))
+    assert "**uniform** and **pool** kept the same frames" in note and "all 4 sampled frames" in note
+    assert "fit the budget" in note and "64" in note and "32" in note
+    c = Answer(text="z", kept_frames=[1, 3], sampled_frames=4, visual_tokens=16)
+    assert render.same_frames_note(("uniform", a), ("longvu", c)) == ""
+    d = Answer(text="z", kept_frames=[1, 3], sampled_frames=4, visual_tokens=20)
+    assert "same 2 of 4 sampled frames" in render.same_frames_note(("tempo", c), ("longvu", d))
+
+
+def test_summary_names_skipped_longvu_and_thinking_without_confidence():
+    ans = Answer(text="A", reasoning="auto", confidence=None, thinking_fired=True, kept_frames=[0],
+                 sampled_frames=1, compressor_stats={"all_stages_skipped": True})
+    s = render.summary(ans)
+    assert "LongVU skipped every stage" in s and "no confidence, so it thought" in s
+
+
+def test_refused_upload_is_named_in_full():
+    from videollm.demo.app import REJECT_JS, not_a_video_message
+
+    msg = not_a_video_message("quarterly report for the board, final v2.txt")
+    assert msg.startswith("quarterly report for the board, final v2.txt is not a video file")
+    assert "upload a video first" not in msg and "#vl-rejected" in REJECT_JS

@@ -124,6 +124,40 @@ def test_window_rule_distinct_frames_all_stay_and_threshold_is_strict():
         dedup_window_keep(torch.ones(2, 3), 0.8)
 
 
+def release_select(features: torch.Tensor, window: int, threshold: float) -> torch.Tensor:
+    """LongVU's released `select_frame` window loop (cambrian_arch.py), indices only, as an oracle."""
+    kept = []
+    for start in range(0, len(features), window):
+        seg = features[start:start + window].flatten(1)
+        q = seg / torch.norm(seg, dim=1, keepdim=True)
+        sims = torch.mean(q @ q.T, dim=1)
+        sims[len(seg) // 2] = 0
+        kept.extend((torch.where(sims < threshold)[0] + start).tolist())
+    return torch.tensor(kept, dtype=torch.long)
+
+
+@pytest.mark.parametrize("threshold", [0.83, 0.3, 1e-6, 0.0, -0.2])
+def test_dedup_matches_the_release_at_every_threshold_including_zero_and_below(threshold):
+    g = torch.Generator().manual_seed(7)
+    base = torch.randn(5, 6, 4, generator=g)
+    feats = torch.cat([base[i].expand(7, 6, 4) + 0.01 * torch.randn(7, 6, 4, generator=g) for i in range(5)])
+    keep = dedup_keep(feats, 16, threshold)
+    assert torch.nonzero(keep).flatten().tolist() == release_select(feats, 16, threshold).tolist()
+    one = dedup_window_keep(torch.ones(5, 5), threshold)  # a frozen window: the middle frame stays only at > 0
+    assert one.tolist() == [threshold > 0 and i == 2 for i in range(5)]
+    if threshold == 0.0:  # the release drops the middle frame at 0 ...
+        assert not keep[16 // 2] and not keep[16 + 8]
+    if threshold == -0.2:  # ... and keeps nothing of frames this alike below 0
+        assert not keep.any()
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.2, -1.0, 1.5, float("nan")])
+def test_dino_threshold_outside_0_1_is_refused_with_the_reason(bad):
+    with pytest.raises(InvalidRequestError, match=r"dino_threshold must be in \(0, 1\].*middle frame"):
+        resolve_params(LongVUConfig(dino_threshold=bad))
+    assert resolve_params(LongVUConfig(dino_threshold=1e-3)).dino_threshold == 1e-3
+
+
 def test_dedup_frozen_stretches_and_cuts_keep_one_per_stretch():
     feats = stretches([16, 16, 16, 16])
     keep = dedup_keep(feats, window=16, threshold=0.83)

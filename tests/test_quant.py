@@ -305,3 +305,32 @@ def test_int4_config_default_is_asymmetric_symmetric_by_option():
         WeightQuantConfig("int2", symmetric=False)
     with pytest.raises(InvalidRequestError):
         Int4WeightConfig(symmetric=True, clip_search=True)
+
+
+def test_int1_all_zero_row_starts_at_the_clamp_paretoq_applies():
+    """docs/quant.md: ParetoQ stores mean|w| = 0 for an all-zero row and clamps it to 1e-5 in every forward;
+    we store the clamped 1e-5, so the fake-quant, the alpha gradient and the packed row agree with it."""
+    w = torch.randn(3, 64)
+    w[1] = 0.0
+    alpha = init_alpha(w, "int1")
+    assert alpha[1].item() == pytest.approx(1e-5) and alpha[0].item() == pytest.approx(w[0].abs().mean().item())
+    paretoq_alpha = w.abs().mean(dim=-1, keepdim=True)  # what ParetoQ stores: 0 for the zero row
+    assert paretoq_alpha[1].item() == 0.0
+    clamped = torch.where(paretoq_alpha > 1e-5, paretoq_alpha, torch.full_like(paretoq_alpha, 1e-5))
+    a_ours, a_pq = alpha.reshape(3, 1).clone().requires_grad_(), paretoq_alpha.clone().requires_grad_()
+    out_ours = fake_quant(w, a_ours.reshape(3, 1, 1), "int1")
+    out_pq = fake_quant(w, a_pq.reshape(3, 1, 1), "int1")  # SignQuant clamps as ParetoQ's forward does
+    assert torch.equal(out_ours, out_pq) and torch.equal(out_ours, w.sign() * clamped)
+    g = torch.randn(3, 64)
+    (out_ours * g).sum().backward()
+    (out_pq * g).sum().backward()
+    assert torch.allclose(a_ours.grad, a_pq.grad)
+    q = QuantLinear.from_linear(_linear_with(w), "int1", kernel="reference")
+    assert torch.allclose(q.dequantize()[1], torch.full((64,), 1e-5), rtol=0.01, atol=0)  # + (bf16 scale)
+
+
+def _linear_with(w: torch.Tensor) -> nn.Linear:
+    lin = nn.Linear(w.shape[1], w.shape[0], bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+    return lin

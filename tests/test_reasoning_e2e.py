@@ -157,3 +157,37 @@ def test_calibrate_cli_errors(tmp_path, capsys):
     empty.write_text(json.dumps(rec("q", None, "A", "A", 0.9)) + "\n", encoding="utf-8")
     assert main(["calibrate", str(empty)]) == 2
     assert main(["calibrate", str(empty), "--thresholds", "1.5"]) == 2
+
+
+def test_longvu_with_auto_on_a_short_clip_says_stages_skipped_and_why_it_thought(tiny_backbone, short_video,
+                                                                                 capsys):
+    """Issue 25 item 11: every LongVU stage skipped and thinking with no confidence are both said."""
+    cfg = PipelineConfig(model="tiny-random", sampling=SamplingConfig(num_frames=4), reasoning="auto",
+                         compressor="longvu", reasoning_options={"max_think_tokens": 4})
+    cfg.generation.max_new_tokens = 4
+    ans = VideoQAPipeline(tiny_backbone, cfg)(short_video, "What animal is shown?", OPTIONS)
+    stages = ans.compressor_stats["stages"]
+    assert not any(stages[k]["ran"] for k in ("dedup", "query", "stc")) and ans.compressor_stats["all_stages_skipped"]
+    skipped = [w for w in ans.warnings if "every stage skipped" in w]
+    assert len(skipped) == 1 and f"{ans.visual_tokens} tokens already fit" in skipped[0]
+    assert ans.thinking_fired and ans.confidence is None  # random weights never write a confident box
+    why = [w for w in ans.warnings if w.startswith("auto reasoning:")]
+    assert len(why) == 1 and "no confidence" in why[0] and "thinks whenever the confidence is unknown" in why[0]
+    # a budget that makes LongVU cut: no "skipped" warning
+    cut = VideoQAPipeline(tiny_backbone, cfg)(short_video, "What animal is shown?", OPTIONS, budget=8)
+    assert not cut.compressor_stats.get("all_stages_skipped")
+    assert not any("every stage skipped" in w for w in cut.warnings)
+
+
+def test_auto_notes_only_for_thinking_without_confidence():
+    from videollm.answer.reasoning import ReasoningOutcome, auto_notes, no_confidence_reason
+
+    base = dict(text="A", choice="A", generated_tokens=3, finish_reason="eos", mode="auto")
+    assert auto_notes(ReasoningOutcome(**base, confidence=0.2, thinking_fired=True)) == []  # a real decision
+    assert auto_notes(ReasoningOutcome(**base, confidence=None, thinking_fired=False)) == []
+    assert auto_notes(ReasoningOutcome(**{**base, "mode": "think"}, thinking_fired=True)) == []
+    reason = no_confidence_reason(boxed=False, deferred=False, initial_text="maybe a cat")
+    (note,) = auto_notes(ReasoningOutcome(**base, thinking_fired=True, extra={"no_confidence": reason}))
+    assert "no \\boxed{} answer" in note
+    assert "deferred" in no_confidence_reason(True, True, "x")
+    assert "no first answer" in no_confidence_reason(False, False, "  ")

@@ -167,3 +167,26 @@ def test_linear_allocation_rejects_impossible():
         allocate([1.0, float("nan")], 10)
     with pytest.raises(ValueError):
         allocate([1.0], 10, 0, 4)
+
+
+@pytest.mark.parametrize("seed,n,budget,m,big_m", [(1, 947, 42312, 5, 142), (24, 766, 26790, 3, 149)])
+def test_normalised_scores_are_summed_as_the_release_sums_them(seed, n, budget, m, big_m):
+    """NumPy's float32 sum differs from torch's in the last bit here, which moved one token between two
+    segments while the release stays within budget: the sum is taken with torch.sum, as released."""
+    rng = np.random.default_rng(seed)
+    assert int(rng.integers(2, 2000)) == n
+    scores = rng.random(n).astype(np.float32)
+    s = torch.from_numpy(scores)
+    u = (s - s.min()) / (s.max() - s.min())
+    assert float(u.numpy().sum()) != u.sum().item()  # the case really tells the two sums apart
+    ref = reference_allocation(scores.tolist(), budget, m, big_m)
+    assert ref.sum() <= budget
+    assert allocate(scores, budget, m, big_m).tokens.tolist() == ref.tolist()
+
+
+def test_flat_scores_with_more_segments_than_budget_the_release_drops_the_whole_video():
+    """docs/tempo.md: flat or all-zero scores and n > B give every released segment min(M, B // n) = 0."""
+    for scores in (np.zeros(300), np.full(300, 0.7)):
+        assert reference_allocation(scores.tolist(), 256).sum() == 0
+        assert allocate(scores, 256, 4, 128).kept.sum() == 256  # ours keeps an even spread instead
+    assert reference_allocation(np.random.default_rng(0).random(300).tolist(), 256).min() == 1  # not flat: 1 each

@@ -19,7 +19,7 @@ from .config import PipelineConfig
 from .errors import InvalidRequestError
 from .answer.generation import GenerationConfig
 from .answer.prompting import format_question, normalize_options
-from .answer.reasoning import DEFAULT_MAX_THINK_TOKENS, MAX_ANSWER_TOKENS, run_mode
+from .answer.reasoning import DEFAULT_MAX_THINK_TOKENS, MAX_ANSWER_TOKENS, auto_notes, run_mode
 from .budget import fit_budget, plan_context
 from .answer.choice import check_answer_format
 from .timing import StageTimer, stage
@@ -164,7 +164,7 @@ class VideoQAPipeline:
             confidence=outcome.confidence, thinking_fired=outcome.thinking_fired,
             finish_reason=outcome.finish_reason, compressor_stats=_jsonable(visual.stats),
             timings=timer.as_dict(wall=time.perf_counter() - started), model=self.backbone.name,
-            warnings=warnings + notes,
+            warnings=warnings + notes + auto_notes(outcome),
         )
 
     def ask_many(self, video: VideoInput,

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
 _ACTIVE: ContextVar["StageTimer | None"] = ContextVar("videollm_timer", default=None)
+_LISTENER: ContextVar[Callable[[str], None] | None] = ContextVar("videollm_stage_listener", default=None)
 
 
 class StageTimer:
@@ -33,8 +34,21 @@ class StageTimer:
 
 
 @contextmanager
+def stage_listener(fn: Callable[[str], None]) -> Iterator[None]:
+    """Call `fn(name)` as each stage starts in this context (the demo shows the stage a request is in)."""
+    token = _LISTENER.set(fn)
+    try:
+        yield
+    finally:
+        _LISTENER.reset(token)
+
+
+@contextmanager
 def stage(name: str) -> Iterator[None]:
     """Add the time spent inside to `name` on the active timer (no-op without one). Synchronises CUDA."""
+    listener = _LISTENER.get()
+    if listener is not None:
+        listener(name)
     timer = _ACTIVE.get()
     if timer is None:
         yield

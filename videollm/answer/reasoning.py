@@ -246,6 +246,26 @@ def should_think(mode: str, confidence: float | None, threshold: float) -> bool:
     return confidence is None or confidence < threshold
 
 
+def no_confidence_reason(boxed: bool, deferred: bool, initial_text: str) -> str:
+    """Why the first answer has no confidence, in words for the user (auto then always thinks)."""
+    if deferred:
+        return "the first answer deferred to thinking"
+    if not boxed:
+        return ("the first answer had no \\boxed{} answer" if initial_text.strip()
+                else "no first answer was written before <think>")
+    return "the first answer's \\boxed{} was empty or its tokens had no probabilities"
+
+
+def auto_notes(outcome: ReasoningOutcome) -> list[str]:
+    """What the user should know about an auto-mode decision: thinking that fired with no confidence at all
+    (not below the threshold, but unknown), which is easy to mistake for a calibrated decision."""
+    if outcome.mode != "auto" or not outcome.thinking_fired or outcome.confidence is not None:
+        return []
+    reason = outcome.extra.get("no_confidence") or "the first answer had no confidence"
+    return [f"auto reasoning: {reason}, so there was no confidence to compare with the threshold and it thought "
+            "(VideoAuto-R1 thinks whenever the confidence is unknown)"]
+
+
 def _answer_then_think(backbone: VideoLanguageModel, user_text: str, visual: VisualTokens, options: list[str] | None,
                        generation: GenerationConfig, system: str | None, opts: ReasoningOptions,
                        mode: str) -> ReasoningOutcome:
@@ -291,6 +311,8 @@ def _answer_then_think(backbone: VideoLanguageModel, user_text: str, visual: Vis
     extra: dict[str, Any] = {"confidence_method": method, "box_confidence": box_conf,
                              "letter_confidence": letter_conf, "deferred": deferred, "threshold": opts.threshold,
                              "tokens": {"answer": len(s1.token_ids)}, "forced": []}
+    if confidence is None:
+        extra["no_confidence"] = no_confidence_reason(box is not None, deferred, initial_text)
     initial_answer = DEFER_TEXT if deferred else (initial.text if initial else None)
     initial_choice = initial.choice if initial else None
 

@@ -7,7 +7,9 @@
   2^(b-1)-1), alpha starting at max|w| / (2^(b-1)-1).
 * 1-bit (`int1`, binary): ParetoQ's sign quantizer, value = sign(w)·alpha with alpha starting at mean|w|
   (the least-squares scale for fixed signs). Packed codes cannot hold sign(0) = 0: an exact zero weight
-  becomes +alpha once packed (the fake-quant keeps ParetoQ's 0).
+  becomes +alpha once packed (the fake-quant keeps ParetoQ's 0). An all-zero row (or group) starts with
+  alpha = 1e-5 where ParetoQ stores mean|w| = 0: ParetoQ's forward clamps alpha to the same 1e-5 before
+  using it, so every value computed is the same; only the stored initial parameter differs, by 1e-5.
 
 The learned-scale gradient is accumulated in float32 whatever the weights' dtype: ParetoQ builds its
 clip masks with `.float()`, so in bfloat16 training the products and the sum are float32 and only the
