@@ -162,6 +162,7 @@ def test_lmms_eval_evaluator_matches_videollm_eval(tmp_path):
     score as `videollm eval --task videomme` on the same files."""
     from videollm.cli import main as videollm_main
     from videollm.eval.store import read_jsonl
+    from videollm.eval.tasks import get_task, load_samples
 
     data, tasks = _fixture(tmp_path)
     model_args = "pretrained=videollm-mini,frames=2,compressor=uniform,device=cpu"
@@ -175,8 +176,11 @@ def test_lmms_eval_evaluator_matches_videollm_eval(tmp_path):
                Path(glob.glob(str(tmp_path / "lmms" / "*" / "*_samples_videomme_local.jsonl"))[0]).read_text()
                .splitlines()]
     results = json.loads(Path(glob.glob(str(tmp_path / "lmms" / "*" / "*_results.json"))[0]).read_text())
-    theirs = {s["doc"]["question_id"]: (s["resps"][0][0], s["videomme_perception_score"]["pred_answer"])
+    # the task has no filter: `filtered_resps` is the model's text as returned
+    theirs = {s["videomme_perception_score"]["question_id"]: (s["filtered_resps"],
+                                                              s["videomme_perception_score"]["pred_answer"])
               for s in samples}
+    prompts = {s["videomme_perception_score"]["question_id"]: s["input"] for s in samples}
 
     out = tmp_path / "ours"
     assert videollm_main(["eval", "--task", "videomme", "--data-dir", str(data), "--output", str(out),
@@ -186,6 +190,8 @@ def test_lmms_eval_evaluator_matches_videollm_eval(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
 
     assert set(theirs) == {q[1] for q in QUESTIONS}
+    task = get_task("videomme")
+    assert prompts == {x.question_id: x.prompt for x in load_samples(task, data)}  # the same user text
     assert theirs == ours
     assert all(text.strip() for text, _ in ours.values())
     score = results["results"]["videomme_local"]["videomme_perception_score,none"]
