@@ -196,3 +196,41 @@ def test_lmms_eval_evaluator_matches_videollm_eval(tmp_path):
     assert all(text.strip() for text, _ in ours.values())
     score = results["results"]["videomme_local"]["videomme_perception_score,none"]
     assert score == pytest.approx(summary["score"])
+
+
+# --- loglikelihood ------------------------------------------------------------------------------------------------
+def test_score_ids_steps_through_the_cache_like_full_forwards(tiny_backbone):
+    """The cached one-token steps give the same log-probabilities as re-running the whole sequence each time,
+    and the greedy flag holds exactly for argmax continuations."""
+    import torch
+
+    from videollm.eval.lmms.scoring import score_ids
+
+    bb = tiny_backbone
+    prompt = bb.embed_text("a short prompt about a video")[None]
+    with torch.inference_mode():
+        def full(ids):  # no cache: prompt + ids, last-position log-probabilities
+            seq = torch.cat([prompt, bb.embed_ids(ids)[None].to(prompt.dtype)], 1) if ids else prompt
+            return torch.log_softmax(bb.lm_forward(seq)[0][0].float(), -1)
+
+        greedy_ids: list[int] = []
+        for _ in range(3):
+            greedy_ids.append(int(full(greedy_ids).argmax()))
+        expected = sum(float(full(greedy_ids[:k])[t]) for k, t in enumerate(greedy_ids))
+    total, greedy = score_ids(bb, prompt, greedy_ids)
+    assert greedy and total == pytest.approx(expected, abs=1e-4) and total <= 0
+    other = [greedy_ids[0], int(full(greedy_ids[:1]).argsort()[-2]), greedy_ids[2]]  # second-best second token
+    worse, is_greedy = score_ids(bb, prompt, other)
+    assert not is_greedy and worse < total
+
+
+def test_continuation_logprob_on_a_video(tiny_pipeline, short_video):
+    from videollm.eval.lmms.scoring import continuation_logprob
+
+    video = tiny_pipeline.load(short_video)
+    try:
+        one = continuation_logprob(tiny_pipeline, video, "What happens?\nA. x\nB. y", "A")
+        two = continuation_logprob(tiny_pipeline, video, "What happens?\nA. x\nB. y", "A cat")
+    finally:
+        video.close()
+    assert one[0] < 0 and two[0] < one[0]  # one more token can only lower the summed log-probability

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -107,7 +107,7 @@ class VideoLLM(lmms):
         for i, req in enumerate(requests):
             context, target, doc_to_visual, doc_id, task, split = req.args
             doc = self._doc(task, split, doc_id)
-            cont = target if isinstance(target, str) else str(_call(target, doc))
+            cont = target if isinstance(target, str) else str(target(doc))
             todo.append((i, video_path(doc_to_visual(doc), task), context, cont, question_of(doc, context)))
         out: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
         order: dict[str, list[tuple[int, str, str, str, str]]] = {}
@@ -128,10 +128,6 @@ class VideoLLM(lmms):
 
     def _doc(self, task: str, split: str, doc_id: int) -> Doc:
         return self.task_dict[task][split][doc_id]
-
-
-def _call(fn: Callable[[Doc], object], doc: Doc) -> object:
-    return fn(doc)
 
 
 def _device(requested: str | None, world: int, local: int) -> str:

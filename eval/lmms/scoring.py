@@ -6,11 +6,12 @@ scored with one cached forward step (continuations are short: an option, a word)
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import torch
 
-from videollm.backbones.protocols import VideoLanguageModel
+from videollm.backbones.protocols import LanguageModel, VideoLanguageModel
 from videollm.budget import fit_budget, plan_context
 from videollm.config import PipelineConfig
 from videollm.video import Video
@@ -40,13 +41,19 @@ def continuation_logprob(pipe: ScoringPipeline, video: Video, prompt: str, conti
                         getattr(backbone, "text_tokens_per_frame", 0))
     visual = pipe.compressor(video, query=query or prompt, budget=fit_budget(plan, cfg.budget))
     inputs = backbone.build_inputs(prompt, visual, system=cfg.system_prompt)
-    logits, cache = backbone.lm_forward(inputs.embeds)
+    return score_ids(backbone, inputs.embeds, ids)
+
+
+@torch.inference_mode()
+def score_ids(backbone: LanguageModel, prompt_embeds: torch.Tensor, ids: Sequence[int]) -> tuple[float, bool]:
+    """Summed log-probability of token `ids` following `prompt_embeds` (1, L, D), one cached step per token,
+    and whether each is the argmax at its step."""
+    logits, cache = backbone.lm_forward(prompt_embeds)
     total, greedy = 0.0, True
     for k, tok in enumerate(ids):
         logp = torch.log_softmax(logits[0].float(), dim=-1)
         total += float(logp[tok])
-        greedy = greedy and int(logp.argmax()) == tok
+        greedy = greedy and int(logp.argmax()) == int(tok)
         if k + 1 < len(ids):
-            logits, cache = backbone.lm_forward(backbone.embed_ids([tok])[None].to(backbone.dtype), cache)
+            logits, cache = backbone.lm_forward(backbone.embed_ids([int(tok)])[None].to(prompt_embeds.dtype), cache)
     return total, greedy
-
