@@ -11,13 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from videollm.eval.lmms.requests import VideoRequest, by_video, generation_for, options_in, question_of, video_path
+from videollm.eval.lmms.settings import settings_from_model_args, to_argv
 
 from videollm.answer.generation import GenerationConfig
 from videollm.backbones.mini import assets as mini_assets
 from videollm.errors import InvalidRequestError
-from videollm.eval.lmms.requests import (VideoRequest, by_video, generation_for, options_in, question_of,
-                                         video_path)
-from videollm.eval.lmms.settings import settings_from_model_args, to_argv
 
 HAVE_LMMS_EVAL = importlib.util.find_spec("lmms_eval") is not None
 needs_lmms_eval = pytest.mark.skipif(not HAVE_LMMS_EVAL, reason="the lmms-eval extra is not installed "
@@ -100,7 +99,7 @@ def test_lmms_eval_finds_the_model_through_its_entry_point():
     code = ("from videollm._compat import ensure_torchvision_importable; ensure_torchvision_importable()\n"
             "from lmms_eval.models import get_model\n"
             "cls = get_model('videollm'); print(cls.__module__ + '.' + cls.__name__, cls.is_simple)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False,
                          env={**os.environ, **OFFLINE})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-2:] == ["videollm.eval.lmms.model.VideoLLM", "True"]
@@ -129,9 +128,9 @@ def _fixture(root: Path) -> tuple[Path, Path]:
     """A VideoMME copy laid out for both: `HF_HOME=root` for lmms-eval (videos in root/videomme/data, as its
     videomme task looks them up) and `--data-dir root/videomme` for `videollm eval`; plus a task YAML that
     points lmms-eval's own `videomme` task at the local parquet."""
+    import lmms_eval
     import pyarrow as pa
     import pyarrow.parquet as pq
-    import lmms_eval
 
     from videollm.synthetic import write_video
 
@@ -160,16 +159,17 @@ def _fixture(root: Path) -> tuple[Path, Path]:
 def test_lmms_eval_evaluator_matches_videollm_eval(tmp_path):
     """lmms-eval's evaluator, `--model videollm` on videollm-mini, offline, gives the same answers, letters and
     score as `videollm eval --task videomme` on the same files."""
-    from videollm.cli import main as videollm_main
     from videollm.eval.store import read_jsonl
     from videollm.eval.tasks import get_task, load_samples
+
+    from videollm.cli import main as videollm_main
 
     data, tasks = _fixture(tmp_path)
     model_args = "pretrained=videollm-mini,frames=2,compressor=uniform,device=cpu"
     cmd = [sys.executable, "-m", "videollm.eval.lmms", "--model", "videollm", "--model_args", model_args,
            "--tasks", "videomme_local", "--include_path", str(tasks), "--output_path", str(tmp_path / "lmms"),
            "--log_samples", "--batch_size", "1"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=tmp_path,
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=tmp_path, check=False,
                           env={**os.environ, **OFFLINE, "HF_HOME": str(tmp_path)})
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     samples = [json.loads(line) for line in
@@ -203,7 +203,6 @@ def test_score_ids_steps_through_the_cache_like_full_forwards(tiny_backbone):
     """The cached one-token steps give the same log-probabilities as re-running the whole sequence each time,
     and the greedy flag holds exactly for argmax continuations."""
     import torch
-
     from videollm.eval.lmms.scoring import score_ids
 
     bb = tiny_backbone

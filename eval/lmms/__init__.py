@@ -20,7 +20,7 @@ CLASS_PATH = "videollm.eval.lmms.model.VideoLLM"
 TESTED_LMMS_EVAL = "0.7.3"
 
 
-def manifest() -> "ModelManifest":
+def manifest() -> ModelManifest:
     """The entry point's payload: lmms-eval imports the model class only when `--model videollm` is asked for."""
     from lmms_eval.models.registry_v2 import ModelManifest
 

@@ -25,7 +25,7 @@ class ScoringPipeline(Protocol):
 
     backbone: VideoLanguageModel
     config: PipelineConfig
-    compressor: "TokenCompressor"
+    compressor: TokenCompressor
 
 
 @torch.inference_mode()
