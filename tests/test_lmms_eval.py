@@ -197,6 +197,31 @@ def test_lmms_eval_evaluator_matches_videollm_eval(tmp_path):
     score = results["results"]["videomme_local"]["videomme_perception_score,none"]
     assert score == pytest.approx(summary["score"])
 
+    # lmms-eval's multi-process launch: two ranks (gloo on CPU) split the questions and gather the same answers
+    port = _free_port()
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--main_process_port", str(port), *cmd[1:]]
+    launch[launch.index(str(tmp_path / "lmms"))] = str(tmp_path / "lmms2")
+    proc = subprocess.run(launch, capture_output=True, text=True, timeout=1200, cwd=tmp_path, check=False,
+                          env={**os.environ, **OFFLINE, "HF_HOME": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert "Running on rank 1" in proc.stdout + proc.stderr
+    two = [json.loads(line) for line in
+           Path(glob.glob(str(tmp_path / "lmms2" / "*" / "*_samples_videomme_local.jsonl"))[0]).read_text()
+           .splitlines()]
+    assert {s["videomme_perception_score"]["question_id"]: (s["filtered_resps"],
+                                                            s["videomme_perception_score"]["pred_answer"])
+            for s in two} == theirs
+    assert len(two) == len(QUESTIONS)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
 
 # --- loglikelihood ------------------------------------------------------------------------------------------------
 def test_score_ids_steps_through_the_cache_like_full_forwards(tiny_backbone):
