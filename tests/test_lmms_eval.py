@@ -106,13 +106,17 @@ def test_lmms_eval_finds_the_model_through_its_entry_point():
 
 
 @needs_lmms_eval
-def test_launcher_refuses_bad_model_args_before_lmms_eval_runs(capsys):
+@pytest.mark.parametrize("model_args, message", [
+    ("pretrained=tiny-random,budgett=3", "error: --model_args: unknown key(s) --budgett"),
+    ("pretrained", "error: --model_args 'pretrained' is not key=value"),
+    ("pretrained=tiny-random,reasoning=ponder", "error: unknown reasoning mode 'ponder'"),
+])
+def test_launcher_refuses_bad_model_args_before_lmms_eval_runs(capsys, model_args, message):
     from videollm.eval.lmms.__main__ import main
 
-    assert main(["--model", "videollm", "--model_args", "pretrained=tiny-random,budgett=3",
-                 "--tasks", "videomme"]) == 2
+    assert main(["--model", "videollm", "--model_args", model_args, "--tasks", "videomme"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: --model_args: unknown key(s) --budgett")
+    assert len(err) == 1 and err[0].startswith(message)
 
 
 # --- parity with `videollm eval` --------------------------------------------------------------------------------

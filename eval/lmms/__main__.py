@@ -26,19 +26,15 @@ def check_model_args(argv: Sequence[str]) -> None:
         return
     from lmms_eval.utils import simple_parse_args_string
 
+    from videollm.errors import InvalidRequestError
+
     from .settings import settings_from_model_args
 
     try:
         args = simple_parse_args_string(known.model_args or "")
-    except ValueError as err:
-        raise_invalid(f"--model_args {known.model_args!r} is not key=value,...: {err}")
+    except ValueError:
+        raise InvalidRequestError(f"--model_args {known.model_args!r} is not key=value,key=value,...") from None
     settings_from_model_args(args)
-
-
-def raise_invalid(message: str) -> None:
-    from videollm.errors import InvalidRequestError
-
-    raise InvalidRequestError(message)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
