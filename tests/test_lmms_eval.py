@@ -262,3 +262,37 @@ def test_continuation_logprob_on_a_video(tiny_pipeline, short_video):
     finally:
         video.close()
     assert one[0] < 0 and two[0] < one[0]  # one more token can only lower the summed log-probability
+
+
+@needs_lmms_eval
+def test_generate_until_answers_in_order_opening_each_video_once(tmp_path, short_video, monkeypatch):
+    """Requests on the same video are answered on one opened video; answers go back in request order and equal
+    the pipeline's own; a video that cannot be decoded gets an empty answer (scored wrong), not a crash."""
+    from lmms_eval.api.instance import Instance
+    from videollm.eval.lmms.model import VideoLLM
+
+    lm = VideoLLM(pretrained="tiny-random", frames=2, device="cpu")
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
+    docs = [{"question": "q0", "v": str(short_video)}, {"question": "q1", "v": str(bad)},
+            {"question": "q2", "v": str(short_video)}]
+    lm.task_dict = {"t": {"test": docs}}
+    reqs = [Instance("generate_until", (f"Q{i}?\nA. x\nB. y", {"max_new_tokens": 3, "until": ["\n\n"]},
+                                        lambda d: [d["v"]], i, "t", "test"),
+                     idx=0, metadata={"task": "t", "doc_id": i, "repeats": 1}) for i in range(3)]
+    opened: list[str] = []
+    load = lm.pipe.load
+
+    def counting_load(path, *args):
+        if isinstance(path, (str, os.PathLike)):  # (the pipeline passes an opened Video back through load)
+            opened.append(str(path))
+        return load(path, *args)
+
+    monkeypatch.setattr(lm.pipe, "load", counting_load)
+    out = lm.generate_until(reqs)
+    assert opened == [str(short_video), str(bad)]
+    assert out[1].text == "" and out[1].token_counts.output_tokens == 0
+    for i in (0, 2):
+        own = lm.pipe(str(short_video), f"q{i}", ["A. x", "B. y"], prompt=f"Q{i}?\nA. x\nB. y",
+                      generation=GenerationConfig(max_new_tokens=3))
+        assert out[i].text == own.text and 0 < out[i].token_counts.output_tokens <= 3

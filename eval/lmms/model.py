@@ -91,7 +91,13 @@ class VideoLLM(lmms):
                 for r in group:
                     gen = generation_for(cfg.generation, kwargs[r.index], self.settings.max_new_tokens,
                                          cfg.reasoning, REASONING_MAX_NEW_TOKENS)
-                    ans = self.pipe(video, r.question, r.options, prompt=r.prompt, generation=gen)
+                    try:
+                        ans = self.pipe(video, r.question, r.options, prompt=r.prompt, generation=gen)
+                    except VideoError as err:  # decoding failed part-way (truncated, corrupt packets)
+                        logger.warning("%s: %s (answered with nothing)", r.video, err)
+                        out[r.index] = GenerationResult("", TokenCounts(output_tokens=0))
+                        bar.update(1)
+                        continue
                     text = ans.text or ""
                     out[r.index] = GenerationResult(text, TokenCounts(output_tokens=ans.generated_tokens))
                     self.cache_hook.add_partial("generate_until", (r.prompt, kwargs[r.index]), text)
