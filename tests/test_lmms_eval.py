@@ -271,6 +271,8 @@ def test_generate_until_answers_in_order_opening_each_video_once(tmp_path, short
     from lmms_eval.api.instance import Instance
     from videollm.eval.lmms.model import VideoLLM
 
+    from videollm.feature_cache import default_cache
+
     lm = VideoLLM(pretrained="tiny-random", frames=2, device="cpu")
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
@@ -289,8 +291,11 @@ def test_generate_until_answers_in_order_opening_each_video_once(tmp_path, short
         return load(path, *args)
 
     monkeypatch.setattr(lm.pipe, "load", counting_load)
+    cache = default_cache()
+    hits = cache.hits
     out = lm.generate_until(reqs)
     assert opened == [str(short_video), str(bad)]
+    assert cache.hits - hits == 2  # the second question on short.mp4 reuses both frames' encoded tokens
     assert out[1].text == "" and out[1].token_counts.output_tokens == 0
     for i in (0, 2):
         own = lm.pipe(str(short_video), f"q{i}", ["A. x", "B. y"], prompt=f"Q{i}?\nA. x\nB. y",
