@@ -46,7 +46,8 @@ def _frames(n, h=60, w=100, seed=0):
 def test_checkpoint_has_the_released_key_layout(ckpt, sd):
     for k in ("model.mm_projector.0.weight", "model.mm_projector.2.bias", "model.mm_projector_aux_0.0.weight",
               "model.mm_projector_aux_1.3.weight", "model.vision_sampler_0.layers.1.proj_context.weight",
-              "model.vision_sampler_0.layers.0.proj_in.weight", "model.vision_sampler_0.layers.0.proj_out.linear_2.weight",
+              "model.vision_sampler_0.layers.0.proj_in.weight",
+              "model.vision_sampler_0.layers.0.proj_out.linear_2.weight",
               "model.vision_sampler_0.layers.0.cross_attn.k_proj_1.0.weight",
               "model.vision_sampler_0.layers.0.cross_attn.v_proj_0.1.weight",
               "model.vision_sampler_0.layers.0.cross_attn.o_proj.weight", "model.vision_sampler_0.layers.0.pos_embed_0",
@@ -70,7 +71,8 @@ def test_loaded_weights_are_the_saved_ones(bb, sd):
     torch.testing.assert_close(c.vision_sampler_0.layers[1].cross_attn.k_proj_1[1].weight.detach(),
                                sd["model.vision_sampler_0.layers.1.cross_attn.k_proj_1.1.weight"])
     torch.testing.assert_close(bb.llm.lm_head.weight.detach(), sd["lm_head.weight"])
-    torch.testing.assert_close(bb.llm.model.layers[1].mlp.up_proj.weight.detach(), sd["model.layers.1.mlp.up_proj.weight"])
+    torch.testing.assert_close(bb.llm.model.layers[1].mlp.up_proj.weight.detach(),
+                               sd["model.layers.1.mlp.up_proj.weight"])
 
 
 @pytest.mark.parametrize("change", ["drop", "extra"])
@@ -406,7 +408,7 @@ def test_every_compressor_and_mode_answers(bb, bb_int4, short_video, compressor,
     backbone = bb if quant == "none" else bb_int4
     for mode in MODES:
         cfg = PipelineConfig(model="tiny-random-longvu", compressor=compressor, budget=40, reasoning=mode,
-                             sampling=SamplingConfig(num_frames=6), generation=GenerationConfig(max_new_tokens=3),
+                             sampling=SamplingConfig(num_frames=4), generation=GenerationConfig(max_new_tokens=2),
                              compressor_options={"fps": 1.0} if compressor == "longvu" else {})
         ans = VideoQAPipeline(backbone, cfg)(short_video, "What is shown?", ["A. a", "B. b"])
         assert 0 < ans.visual_tokens <= 40, (compressor, mode)
@@ -414,7 +416,7 @@ def test_every_compressor_and_mode_answers(bb, bb_int4, short_video, compressor,
 
 
 def test_lean_decode_step_serves_the_longvu_llm(bb):
-    from videollm.answer.decode_step import forward_last
+    from videollm.answer.decode_step import _PLANS, forward_last
 
     x = torch.randn(1, 5, 64)
     with torch.inference_mode():
@@ -423,6 +425,7 @@ def test_lean_decode_step_serves_the_longvu_llm(bb):
         h, _ = forward_last(bb.llm.model, step, cache)
         full = bb.llm.model(inputs_embeds=torch.cat([x, step], 1)).last_hidden_state[:, -1:]
     torch.testing.assert_close(h, full, atol=1e-4, rtol=1e-4)
+    assert bb.llm.model in _PLANS  # the one-token step ran through the lean plan, not the transformers forward
 
 
 def test_llama_checkpoint_loads_and_answers(tmp_path, short_video):
@@ -437,8 +440,12 @@ def test_llama_checkpoint_loads_and_answers(tmp_path, short_video):
     b = load_longvu(str(root), device="cpu", dtype="float32")
     assert type(b.llm).__name__ == "LlamaForCausalLM"
     prompt = b.render_prompt("What moves?")
-    # [R] conversation.py:130-146: the tokenizer's template; callers drop the duplicate BOS (app.py:110-111)
-    assert prompt.startswith("<|start_header_id|>system<|end_header_id|>\n\nYou are a helpful assistant.<|eot_id|>")
+    # [R] conversation.py:130-146: the tokenizer's template; callers drop the duplicate BOS (app.py:110-111), so
+    # the model sees the template's one BOS
+    assert prompt.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+                             "You are a helpful assistant.<|eot_id|>")
+    ids = b.prompt_ids("What moves?")
+    assert ids.before.count(b.tokenizer.bos_token_id) == 1 and ids.before[0] == b.tokenizer.bos_token_id
     assert "<image>\nWhat moves?<|eot_id|>" in prompt and prompt.endswith("assistant<|end_header_id|>\n\n")
     assert b.tokenizer.convert_tokens_to_ids("<|eot_id|>") in b.eos_token_ids
     cfg = PipelineConfig(model=str(root), compressor="longvu", budget=40, sampling=SamplingConfig(num_frames=4),

@@ -244,14 +244,13 @@ class LongVUBackbone(Backbone):
 
     def render_prompt(self, user_text: str, system: str | None = None) -> str:
         """The released prompt: system "You are a helpful assistant.", user "<image>\\n{question}", rendered by
-        the checkpoint tokenizer's own template (ChatML for Qwen2, Llama-3's for Llama) without a leading BOS
-        (the release drops the duplicate one)."""
+        the checkpoint tokenizer's own template (ChatML for Qwen2, Llama-3's for Llama). Llama's template writes
+        its BOS; prompts are tokenized without adding another, which is what the release gets by dropping
+        `input_ids[0]` (the tokenizer's duplicate)."""
         messages = [{"role": "system", "content": system or SYSTEM},
                     {"role": "user", "content": f"{IMAGE_TOKEN}\n{user_text}"}]
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
                                                   chat_template=self.chat_template)
-        bos = getattr(self.tokenizer, "bos_token", None)
-        return text[len(bos):] if bos and text.startswith(bos) else text
 
     @torch.inference_mode()
     def lm_forward(self, inputs_embeds: torch.Tensor, cache: Any = None) -> tuple[torch.Tensor, Any]:

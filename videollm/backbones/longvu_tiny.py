@@ -88,7 +88,7 @@ def save_tiny_random_longvu(root: str | Path, family: str = "cambrian_qwen", see
         llm = llm_cls(llm_cfg)
         connector = LongVUConnector([24, 40], dim, 64, [side_tokens, side_tokens], queries, final, depth, lowres)
         _randomize(connector)
-    state = {k: v for k, v in llm.state_dict().items()}
+    state = {k: v.clone() for k, v in llm.state_dict().items()}  # tied head: a stored copy, as the 3B's .bin has
     state.update({f"model.{k}": v for k, v in connector.state_dict().items()})
     save_file({k: v.contiguous() for k, v in state.items()}, str(root / "model.safetensors"))
     cfg = llm_cfg.to_dict()
