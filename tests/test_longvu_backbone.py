@@ -113,6 +113,21 @@ def test_a_non_longvu_config_is_refused(ckpt, tmp_path):
         load_longvu(str(bad), device="cpu", dtype="float32")
 
 
+def test_weights_that_do_not_fit_the_config_are_an_error(ckpt, tmp_path):
+    import shutil
+
+    from videollm.backbones.longvu import load_longvu
+    from videollm.errors import ModelLoadError
+
+    bad = tmp_path / "wide"
+    shutil.copytree(ckpt, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["intermediate_size"] = 96  # the saved MLPs are 128 wide
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelLoadError, match="do not fit config.json"):
+        load_longvu(str(bad), device="cpu", dtype="float32")
+
+
 def test_model_type_dispatch_and_presets():
     from videollm.backbones import FAMILIES, list_models
 

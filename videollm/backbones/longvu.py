@@ -310,7 +310,10 @@ def split_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor]
 def _load_strict(name: str, model_id: str, module: nn.Module, sd: dict[str, torch.Tensor],
                  optional: tuple[str, ...] = ()) -> None:
     """Every checkpoint key consumed and every module weight given; else an error naming the keys."""
-    missing, unexpected = module.load_state_dict(sd, strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(sd, strict=False)
+    except RuntimeError as err:  # a shape that does not fit the config: name it, no traceback
+        raise ModelLoadError(model_id, ValueError(f"{name} weights do not fit config.json: {err}")) from err
     missing = [m for m in missing if m not in optional]
     if missing or unexpected:
         raise ModelLoadError(model_id, KeyError(f"{name} keys do not match the LongVU layout: missing {missing[:8]}"
@@ -364,7 +367,7 @@ def load_longvu(model_id: str = QWEN_MODEL_ID, device: str | torch.device | None
     if query is None:
         raise ModelLoadError(model_id, KeyError("model.vision_query missing: not a LongVU (SVA) checkpoint"))
     dim = int(cfg.get("vision_hidden_size") or query.shape[-1])
-    if "vocab_size" not in cfg and "model.embed_tokens.weight" in llm_sd:
+    if "model.embed_tokens.weight" in llm_sd:  # the release resizes the table to len(tokenizer): weights decide
         cfg["vocab_size"] = int(llm_sd["model.embed_tokens.weight"].shape[0])
     llm = build_llm(family, cfg)
     connector = LongVUConnector(dims, dim, int(llm.config.hidden_size), list(settings.tower_tokens),
