@@ -128,6 +128,14 @@ def test_weights_that_do_not_fit_the_config_are_an_error(ckpt, tmp_path):
         load_longvu(str(bad), device="cpu", dtype="float32")
 
 
+def test_a_missing_tower_is_an_error_naming_it(ckpt, tmp_path):
+    from videollm.backbones.longvu import load_longvu
+    from videollm.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="no_such_siglip"):
+        load_longvu(str(ckpt), device="cpu", dtype="float32", siglip=str(tmp_path / "no_such_siglip"))
+
+
 def test_model_type_dispatch_and_presets():
     from videollm.backbones import FAMILIES, list_models
 

@@ -324,7 +324,10 @@ def _load_strict(name: str, model_id: str, module: nn.Module, sd: dict[str, torc
 def _tower(kind: str, source: str, dtype: torch.dtype, hub: dict[str, Any]) -> nn.Module:
     transformers = require("transformers", purpose="LongVU's vision towers")
     cls = transformers.SiglipVisionModel if kind == "siglip" else transformers.Dinov2Model
-    return cls.from_pretrained(source, dtype=dtype, **hub)
+    try:
+        return cls.from_pretrained(source, dtype=dtype, **hub)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(source, err) from err
 
 
 def build_llm(family: str, cfg: dict[str, Any]) -> nn.Module:
