@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from videollm.backbones.protocols import VideoLanguageModel
+from videollm.backbones.protocols import SupportsDedupFeatures, SupportsLowResTokens, VideoLanguageModel
 from videollm.errors import InvalidRequestError
 from videollm.timing import stage
 from videollm.types import VisualTokens
@@ -148,8 +148,8 @@ def plan_resolution(num_frames: int, max_visual: int, t_full: int, t_reduced: in
     return ResolutionPlan("mix", int(min(num_frames, k)))
 
 
-def plan_resolution_code(num_frames: int, gate_visual: int, max_visual: int, t_full: int,
-                         t_reduced: int) -> ResolutionPlan:
+def plan_resolution_code(num_frames: int, gate_visual: int, max_visual: int, t_full: int, t_reduced: int,
+                         gate_full: int | None = None, gate_reduced: int | None = None) -> ResolutionPlan:
     """The released gates, verbatim: all frames full if `N < max(1, G // T_full)`; even the reduced copies
     overflow (STC's turn) if `N > max(1, G // T_red)`; else mix, upgrading
     `min(N, floor((V − N·T_red) / (T_full − T_red)))` frames (none when `V <= N·T_red`).
@@ -157,10 +157,12 @@ def plan_resolution_code(num_frames: int, gate_visual: int, max_visual: int, t_f
     `G` is the gates' limit (the prompt counted with its `<image>` placeholder, one token less than `V`),
     `V` the limit the mix and the final cut use. The `max(1, ...)` means a single frame never overflows:
     with a budget smaller than one reduced frame it keeps its reduced copy, which the cut then trims.
+    `gate_full` / `gate_reduced` are the per-frame counts the gates divide by when they differ from the real
+    ones (the released model: 144 and 64, while its frames carry 156 and 72 tokens with row newlines).
     """
-    if num_frames < max(1, gate_visual // t_full):
+    if num_frames < max(1, gate_visual // (gate_full or t_full)):
         return ResolutionPlan("full", num_frames)
-    if t_reduced >= t_full or num_frames > max(1, gate_visual // t_reduced):
+    if t_reduced >= t_full or num_frames > max(1, gate_visual // (gate_reduced or t_reduced)):
         return ResolutionPlan("overflow", num_frames)
     spare = max_visual - num_frames * t_reduced
     k = spare // (t_full - t_reduced) if spare > 0 else 0
@@ -393,7 +395,15 @@ class LongVUCompressor(TokenCompressor):
         return int(rows), int(cols)
 
     @property
+    def own_lowres(self) -> bool:
+        """The backbone makes its own low-res copy (the released LongVU model): used instead of resizing."""
+        return self.params.query and isinstance(self.backbone, SupportsLowResTokens)
+
+    @property
     def reduced_grid(self) -> tuple[int, int]:
+        if self.own_lowres:
+            r, c = self.backbone.reduced_frame_grid  # type: ignore[attr-defined]
+            return int(r), int(c)
         if self.config.reduced_grid is not None:
             r, c = self.config.reduced_grid
             return min(int(r), self.full_grid[0]), min(int(c), self.full_grid[1])
@@ -486,7 +496,9 @@ class LongVUCompressor(TokenCompressor):
                 start += len(batch)
 
         # DINOv2 descriptors do not depend on the question: a video's later questions redo only the query step
-        key = video_key(video, enc, "dino", extra=(video.info.height, video.info.width, str(self.backbone.dtype)))
+        owner = getattr(enc, "__self__", enc)  # a backbone's method: a fresh bound object on every access
+        kind = "dino" if owner is enc else f"dino:{getattr(enc, '__name__', '')}"
+        key = video_key(video, owner, kind, extra=(video.info.height, video.info.width, str(self.backbone.dtype)))
         decoded: list[np.ndarray] = []
         for pos, q in cached_chunks(default_cache(), key, np.arange(len(video)), size, compute,
                                     device=self.backbone.device):
@@ -515,15 +527,21 @@ class LongVUCompressor(TokenCompressor):
         code_gates = p.gates == "code"
         gate_visual = self.max_visual_tokens(query, budget, count_placeholder=True) if code_gates else max_visual
         stages: dict[str, dict[str, Any]] = {"sampling": {"frames": n, "tokens": n * t_full}}
+        lowres = self.own_lowres
+        # the counts the released gates divide by (the released model: newline tokens not counted)
+        g_full, g_red = self.backbone.gate_tokens_per_frame if lowres else (t_full, t_red)  # type: ignore[attr-defined]
 
         # 1. temporal reduction: DINOv2 on every sampled frame, the vision tower only on the survivors
         positions = np.arange(n)
-        ran = p.dedup and dedup_gate(n, gate_visual, t_red if p.query else t_full, p.dedup_when)
+        ran = p.dedup and dedup_gate(n, gate_visual, g_red if p.query else g_full, p.dedup_when)
         capped = 0
-        unavailable = self._dino_unavailable() if ran else None
-        features = "backbone_vision" if unavailable else "dinov2"
+        own_dino = isinstance(self.backbone, SupportsDedupFeatures)  # the model's own DINOv2 (released LongVU)
+        unavailable = self._dino_unavailable() if ran and not own_dino else None
+        features = "backbone_vision" if unavailable else ("model_dinov2" if own_dino else "dinov2")
         if ran:  # without DINOv2 weights, the backbone's own pre-projector features still catch frozen frames
-            mask = self.dedup_mask(video, self.backbone.encode_frames if unavailable else None)
+            enc = (self.backbone.encode_frames if unavailable
+                   else self.backbone.dedup_features if own_dino else None)  # type: ignore[attr-defined]
+            mask = self.dedup_mask(video, enc)
             positions = np.flatnonzero(mask)
             before_cap = len(positions)
             positions = cap_frames(positions, p.max_frames_after_dedup)
@@ -538,19 +556,27 @@ class LongVUCompressor(TokenCompressor):
 
         pos_list: list[int] = []
         chunks: list[torch.Tensor] = []
-        for pos, tok in self.iter_frame_tokens(video, positions):
+        frames_iter = (self._iter_frames(video, positions, self.backbone.frame_tokens_multires,  # type: ignore
+                                         "tokens+lowres") if lowres else self.iter_frame_tokens(video, positions))
+        for pos, tok in frames_iter:
             pos_list.extend(int(x) for x in pos)
             chunks.append(tok)
         if not chunks:
             raise InvalidRequestError(f"{video.source}: no frame could be decoded")
         with stage("compress"):
-            full = torch.cat(chunks)  # (M, rows, cols, D) in LLM space
+            own_low = None
+            if lowres:  # (M, full + low-res tokens, D): the backbone's own low-res copy rides along
+                flat = torch.cat(chunks)
+                full = flat[:, :t_full].reshape(flat.shape[0], *self.full_grid, flat.shape[-1])
+                own_low = flat[:, t_full:]
+            else:
+                full = torch.cat(chunks)  # (M, rows, cols, D) in LLM space
             m = full.shape[0]
             full_flat = full.flatten(1, 2)
 
             # 2. selective feature reduction by cross-modal query
             if p.query and code_gates:
-                plan = plan_resolution_code(m, gate_visual, max_visual, t_full, t_red)
+                plan = plan_resolution_code(m, gate_visual, max_visual, t_full, t_red, g_full, g_red)
             elif p.query:
                 plan = plan_resolution(m, max_visual, t_full, t_red)
             else:  # no reduced copy (the code without `highres`): STC runs once the tokens overflow
@@ -559,7 +585,8 @@ class LongVUCompressor(TokenCompressor):
             reduced_flat = None
             scored = False
             if plan.mode == "mix" or (p.stc and p.stc_when == "always" and p.query and t_red < t_full):
-                reduced_flat = reduce_tokens(full, red, p.reduce_mode).flatten(1, 2)
+                reduced_flat = (own_low if own_low is not None
+                                else reduce_tokens(full, red, p.reduce_mode).flatten(1, 2))
             if plan.mode == "mix":
                 assert reduced_flat is not None
                 text = self.backbone.embed_text(query) if query and query.strip() else None
@@ -579,7 +606,10 @@ class LongVUCompressor(TokenCompressor):
             # 3. spatial token compression
             keep_full = torch.ones(m, t_full, dtype=torch.bool)
             keep_red = torch.ones(m, t_red, dtype=torch.bool)
-            run_stc = p.stc and (plan.mode == "overflow" or p.stc_when == "always")
+            # the released model's gates divide by 64 while a low-res frame holds 72 tokens: when no frame could be
+            # upgraded and the low-res copies still overflow, the release runs STC on them
+            low_overflow = plan.mode == "mix" and plan.num_full == 0 and m * t_red > max_visual
+            run_stc = p.stc and (plan.mode == "overflow" or p.stc_when == "always" or low_overflow)
             if run_stc:
                 keep_full = stc_keep_mask(full_flat, p.stc_window, p.stc_threshold)
                 if reduced_flat is not None:
@@ -613,6 +643,7 @@ class LongVUCompressor(TokenCompressor):
         stats = {"preset": p.preset, "stages": stages, "sampled_frames": n, "surviving_frames": frames,
                  "full_res_frames": stages["query"]["full_frame_ids"], "tokens_per_frame_full": t_full,
                  "tokens_per_frame_reduced": t_red, "grid_full": list(self.full_grid), "grid_reduced": list(red),
+                 "reduced_by": "backbone" if lowres else p.reduce_mode,
                  "tokens_after": {k: v["tokens"] for k, v in stages.items()},
                  "frames_after": {k: v["frames"] for k, v in stages.items() if "frames" in v}}
         warnings = []

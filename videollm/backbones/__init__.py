@@ -38,14 +38,17 @@ CAPABILITIES = ("training", "save_quantized")
 
 #: models by name; each registers where its builder is defined, with `@register_preset(name[, model_id])`
 PRESETS: Registry[Preset] = Registry("model", modules=("videollm.backbones.tiny", "videollm.backbones.llava_onevision",
-                                                       "videollm.backbones.mini.model", "videollm.backbones.tempo6b"))
+                                                       "videollm.backbones.mini.model", "videollm.backbones.tempo6b",
+                                                       "videollm.backbones.longvu", "videollm.backbones.longvu_tiny"))
 
 #: transformers `model_type` -> backbone class
 FAMILIES: Registry[Any] = Registry("backbone family", entry_point_group="videollm.backbones")
 FAMILIES.register("llava_onevision", "videollm.backbones.llava_onevision:LlavaOneVisionBackbone")
 FAMILIES.register("tempo_qwen", "videollm.backbones.tempo6b:TempoBackbone")
+FAMILIES.register("cambrian_qwen", "videollm.backbones.longvu:LongVUBackbone")
+FAMILIES.register("cambrian_llama", "videollm.backbones.longvu:LongVUBackbone")
 #: model types transformers does not know (their config.json is read directly)
-_CUSTOM_TYPES = {"tempo_qwen"}
+_CUSTOM_TYPES = {"tempo_qwen", "cambrian_qwen", "cambrian_llama"}
 
 
 def register_preset(name: str, model_id: str | None = None, *, max_context: int | None = None,

@@ -137,10 +137,39 @@ class HasCausalLM(Protocol):
     def causal_lm(self) -> "torch.nn.Module": ...
 
 
+@runtime_checkable
+class SupportsDedupFeatures(Protocol):
+    """Optional: the backbone carries its own frame-similarity encoder (LongVU's DINOv2), which LongVU's frame
+    dedup then uses instead of a separately loaded one."""
+
+    def dedup_features(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 frames (n, H, W, 3) → per-frame features (n, ...), compared flattened."""
+        ...
+
+
+@runtime_checkable
+class SupportsLowResTokens(Protocol):
+    """Optional: the backbone makes its own low-resolution copy of a frame's tokens (LongVU's 8×8 from the
+    connector's output before the projector), so LongVU's query stage need not resize projected tokens."""
+
+    @property
+    def reduced_frame_grid(self) -> tuple[int, int]: ...
+
+    @property
+    def gate_tokens_per_frame(self) -> tuple[int, int]:
+        """(full, low-res) tokens per frame that LongVU's released gates divide by (e.g. 144, 64)."""
+        ...
+
+    def frame_tokens_multires(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 frames → (n, rows·cols + r·c, D): the full grid's tokens, then the low-res grid's."""
+        ...
+
+
 def quant_role(key: str) -> str:
     """The quantization role ("llm" or "vision") of a `quantizable_modules()` key."""
     return "llm" if key == "llm" or key.endswith(".llm") else "vision"
 
 
-__all__ = ["FirstStep", "LanguageModel", "PromptBuilder", "SupportsChoiceScoring", "SupportsQuantization",
-           "SupportsStaticDecode", "Tokenizer", "VideoLanguageModel", "VisionTower", "quant_role"]
+__all__ = ["FirstStep", "LanguageModel", "PromptBuilder", "SupportsChoiceScoring", "SupportsDedupFeatures",
+           "SupportsLowResTokens", "SupportsQuantization", "SupportsStaticDecode", "Tokenizer", "VideoLanguageModel",
+           "VisionTower", "quant_role"]
