@@ -430,7 +430,7 @@ static void build_maps(const lowbit_layer *L, int nch, int nch2, int32_t *map, i
 /* per 16-byte vector: [first group, 16 table indices (4 int32) that spread its bf16 scales onto 4 lanes] */
 #define MAP_INTS 20
 
-static inline __attribute__((always_inline)) int32x4_t dot4(int32x4_t acc, int8x16_t a, int8x16_t b) {
+static inline __attribute__((always_inline)) int32x4_t sdot4(int32x4_t acc, int8x16_t a, int8x16_t b) {
 #if defined(__ARM_FEATURE_DOTPROD)
     return vdotq_s32(acc, a, b);
 #else
@@ -445,13 +445,13 @@ static inline __attribute__((always_inline)) int32x4_t dot_vec(const int bits, c
     const int P = 8 / bits;
     if (bits == 8) {  /* signed codes w' = code - 128 */
         const int8x16_t ws = vreinterpretq_s8_u8(veorq_u8(w, vdupq_n_u8(0x80)));
-        const int32x4_t a1 = dot4(vdupq_n_s32(0), ws, xv[0]), a2 = dot4(vdupq_n_s32(0), ws, xf);
+        const int32x4_t a1 = sdot4(vdupq_n_s32(0), ws, xv[0]), a2 = sdot4(vdupq_n_s32(0), ws, xf);
         return vmlaq_n_s32(a2, a1, FINE);
     }
     const uint8x16_t mask = vdupq_n_u8((uint8_t)((1 << bits) - 1));
-    int32x4_t acc = dot4(vdupq_n_s32(0), vreinterpretq_s8_u8(vandq_u8(w, mask)), xv[0]);
+    int32x4_t acc = sdot4(vdupq_n_s32(0), vreinterpretq_s8_u8(vandq_u8(w, mask)), xv[0]);
     for (int p = 1; p < P; p++)
-        acc = dot4(acc, vreinterpretq_s8_u8(vandq_u8(vshlq_u8(w, vdupq_n_s8((int8_t)(-p * bits))), mask)), xv[p]);
+        acc = sdot4(acc, vreinterpretq_s8_u8(vandq_u8(vshlq_u8(w, vdupq_n_s8((int8_t)(-p * bits))), mask)), xv[p]);
     return acc;
 }
 
