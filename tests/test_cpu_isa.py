@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from videollm.errors import InvalidRequestError
-from videollm.quant import QuantLinear, cpu_kernels, packing
+from videollm.quant import QuantLinear, cpu_isa, cpu_kernels, packing
 
 needs_kernel = pytest.mark.skipif(not cpu_kernels.available(), reason="no C compiler for the low-bit kernel")
 SCHEMES = ["int8", "int4", "int3", "int2", "ternary", "int1"]
@@ -98,10 +98,10 @@ def test_runnable_levels_follow_the_cpu_flags(monkeypatch):
              (avx2 | {"avx_vnni"}, ("avxvnni", "avx2", "scalar")),
              (avx2 | {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"}, ("avx512vnni", "avx2", "scalar"))]
     for flags, want in cases:
-        monkeypatch.setattr(cpu_kernels, "cpu_features", lambda f=flags: frozenset(f))
-        assert cpu_kernels.runnable_levels() == want
+        monkeypatch.setattr(cpu_isa, "cpu_features", lambda f=flags: frozenset(f))
+        assert cpu_isa.runnable_levels() == want
     monkeypatch.setattr(platform, "machine", lambda: "aarch64")
-    assert cpu_kernels.runnable_levels() == ("neon", "scalar")
+    assert cpu_isa.runnable_levels() == ("neon", "scalar")
     assert cpu_kernels.level_flags("neon", frozenset({"asimd", "asimddp"})) == ("-march=armv8.2-a+dotprod",)
     assert cpu_kernels.level_flags("neon", frozenset({"asimd"})) == ()
 
@@ -148,7 +148,7 @@ def test_a_level_that_does_not_build_falls_to_the_next(monkeypatch, tmp_path):
 def test_a_failed_allocation_raises_instead_of_returning_garbage(tmp_path):
     """The float path's scratch (the activations gathered into the row-planar layout, as large as x) cannot be
     allocated under a tight address-space limit: the kernel reports it and Python raises MemoryError."""
-    code = f"""
+    code = """
 import resource, torch
 from videollm.quant import cpu_kernels
 torch.set_num_threads(1)
@@ -164,7 +164,7 @@ try:
 except MemoryError as err:
     print("raised:", err)
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False,
                          env={**os.environ, "VIDEOLLM_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1"})
     assert "raised: the low-bit C kernel could not allocate" in out.stdout, out.stderr[-2000:]
 
@@ -207,7 +207,7 @@ def _run_neon(exe: Path, kern: cpu_kernels.LowBitGemv, x: torch.Tensor, tmp: Pat
              _blob(kern.index2), _blob(kern.idx), _blob(kern.idx2), _blob(kern.bias), _blob(x.float())]
     src, dst = tmp / "in.bin", tmp / "out.bin"
     src.write_bytes(b"".join(parts))
-    run = subprocess.run([QEMU, "-cpu", "max", str(exe), str(src), str(dst)], capture_output=True, text=True,
+    run = subprocess.run([QEMU, "-cpu", "max", str(exe), str(src), str(dst)], capture_output=True, text=True, check=False,
                          timeout=120)
     assert run.returncode == 0, run.stderr
     y = torch.frombuffer(bytearray(dst.read_bytes()), dtype=torch.float32).view(x.shape[0], kern.n)
@@ -228,3 +228,16 @@ def test_neon_under_qemu_equals_the_reference(variant, scheme, neon_drivers, tmp
             assert isa == f"neon sdot={int(variant == 'sdot')}"
             lanes = kern.idx is not None and rows <= cpu_kernels.INT8_MAX_ROWS
             assert _close(got, want8 if lanes else exact), (shape, rows)
+
+
+def test_cli_lists_the_level_and_refuses_one_this_cpu_cannot_run(monkeypatch, capsys):
+    from videollm.cli import main
+
+    monkeypatch.delenv(cpu_kernels.ISA_ENV, raising=False)
+    assert main(["list"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("cpu:"))
+    assert f"CPU kernels: {cpu_kernels.isa()}" in line and "this CPU runs" in line
+    monkeypatch.setenv(cpu_kernels.ISA_ENV, "bogus")
+    assert main(["ask", "/nonexistent.mp4", "What?"]) == 2  # refused before the video or a model is looked at
+    err = capsys.readouterr().err
+    assert err.startswith("error: VIDEOLLM_CPU_ISA='bogus' is not a level") and "nonexistent" not in err

@@ -297,6 +297,8 @@ static void build_maps(const lowbit_layer *L, int nch, int nch2, int32_t *map, i
 #define MAP_INTS 0
 
 /* ---- int8 path (AVX-VNNI / AVX2: 256-bit) ----------------------------------------------------------- */
+/* A row's last, partial vector is loaded whole: the bytes past its codes (the next plane or row) meet zero
+ * activations (the planes are zero up to rb_pad). Only at the end of the weight tensor are they copied out. */
 #elif defined(ISA_256)
 #if defined(__AVXVNNI__)
 #define SIGNED8 0
@@ -341,7 +343,8 @@ static inline __attribute__((always_inline)) __m256i dot_vec(const int bits, con
 static inline __attribute__((always_inline)) void plane_rows(const int bits, const int R, const uint8_t *W, long ldw,
                                                              int nbytes, const int8_t *xq, const int8_t *xfine,
                                                              long rb_pad, const int32_t *map, const float *xl,
-                                                             const uint16_t *S, int G, __m256 *tot) {
+                                                             const uint16_t *S, int G, const uint8_t *wend,
+                                                             __m256 *tot) {
     const int P = 8 / bits, nv = (nbytes + 31) / 32;
     for (int v = 0; v < nv; v++) {
         __m256i xv[8], xf = _mm256_setzero_si256();
@@ -355,7 +358,7 @@ static inline __attribute__((always_inline)) void plane_rows(const int bits, con
             const uint8_t *src = W + r * ldw + v * 32;
             if (PF_AHEAD) __builtin_prefetch(src + PF_AHEAD);
             __m256i w;
-            if (tail) {  /* the row's last bytes, not read past */
+            if (tail && src + 32 > wend) {  /* the tensor's last bytes, not read past */
                 uint8_t buf[32] = {0};
                 memcpy(buf, src, (size_t)(nbytes - v * 32));
                 w = _mm256_loadu_si256((const __m256i *)buf);
@@ -384,9 +387,11 @@ static inline __attribute__((always_inline)) void block_rows(const int bits, con
     for (int r = 0; r < R; r++) tot[r] = _mm256_setzero_ps();
     const uint8_t *W = L->W + (long)n0 * L->ldw;
     const uint16_t *S = L->scale + (long)n0 * G;
-    plane_rows(bits, R, W, L->ldw, G * L->gb, a->xq, a->xq2, L->rb_pad, a->map, a->xl, S, G, tot);
+    const uint8_t *wend = L->W + (long)L->N * L->ldw;
+    plane_rows(bits, R, W, L->ldw, G * L->gb, a->xq, a->xq2, L->rb_pad, a->map, a->xl, S, G, wend, tot);
     if (L->kind == 3)
-        plane_rows(1, R, W + L->hi_off, L->ldw, G * L->gb2, a->xq2, NULL, L->rb_pad2, a->map2, a->xl2, S, G, tot);
+        plane_rows(1, R, W + L->hi_off, L->ldw, G * L->gb2, a->xq2, NULL, L->rb_pad2, a->map2, a->xl2, S, G, wend,
+                   tot);
     const float offset = L->offset - ((SIGNED8 && bits == 8) ? 128.f : 0.f);
     const __m256 off = _mm256_set1_ps(-offset);
     for (int r = 0; r < R; r++) {
@@ -458,7 +463,8 @@ static inline __attribute__((always_inline)) int32x4_t dot_vec(const int bits, c
 static inline __attribute__((always_inline)) void plane_rows(const int bits, const int R, const uint8_t *W, long ldw,
                                                              int nbytes, const int8_t *xq, const int8_t *xfine,
                                                              long rb_pad, const int32_t *map, const float *xl,
-                                                             const uint16_t *S, int G, float32x4_t *tot) {
+                                                             const uint16_t *S, int G, const uint8_t *wend,
+                                                             float32x4_t *tot) {
     const int P = 8 / bits, nv = (nbytes + 15) / 16;
     for (int v = 0; v < nv; v++) {
         int8x16_t xv[8], xf = vdupq_n_s8(0);
@@ -472,7 +478,7 @@ static inline __attribute__((always_inline)) void plane_rows(const int bits, con
             const uint8_t *src = W + r * ldw + v * 16;
             if (PF_AHEAD) __builtin_prefetch(src + PF_AHEAD);
             uint8x16_t w;
-            if (tail) {
+            if (tail && src + 16 > wend) {  /* the tensor's last bytes, not read past */
                 uint8_t buf[16] = {0};
                 memcpy(buf, src, (size_t)(nbytes - v * 16));
                 w = vld1q_u8(buf);
@@ -498,9 +504,11 @@ static inline __attribute__((always_inline)) void block_rows(const int bits, con
     for (int r = 0; r < R; r++) tot[r] = vdupq_n_f32(0.f);
     const uint8_t *W = L->W + (long)n0 * L->ldw;
     const uint16_t *S = L->scale + (long)n0 * G;
-    plane_rows(bits, R, W, L->ldw, G * L->gb, a->xq, a->xq2, L->rb_pad, a->map, a->xl, S, G, tot);
+    const uint8_t *wend = L->W + (long)L->N * L->ldw;
+    plane_rows(bits, R, W, L->ldw, G * L->gb, a->xq, a->xq2, L->rb_pad, a->map, a->xl, S, G, wend, tot);
     if (L->kind == 3)
-        plane_rows(1, R, W + L->hi_off, L->ldw, G * L->gb2, a->xq2, NULL, L->rb_pad2, a->map2, a->xl2, S, G, tot);
+        plane_rows(1, R, W + L->hi_off, L->ldw, G * L->gb2, a->xq2, NULL, L->rb_pad2, a->map2, a->xl2, S, G, wend,
+                   tot);
     const float offset = L->offset - (bits == 8 ? 128.f : 0.f);
     for (int r = 0; r < R; r++) {
         const long base = (long)(n0 + r) * G;
