@@ -169,6 +169,30 @@ except MemoryError as err:
     assert "raised: the low-bit C kernel could not allocate" in out.stdout, out.stderr[-2000:]
 
 
+def _check_driver(prefix: list[str], exe: Path, scheme: str, want_isa: str, tmp: Path) -> None:
+    for shape in SHAPES:
+        for rows in (1, 3, cpu_kernels.INT8_MAX_ROWS + 1):
+            kern, x, want8, exact = _case(scheme, shape, rows, "scalar")  # layouts do not depend on the level
+            got, isa = _run_driver(prefix, exe, kern, x, tmp)
+            assert isa == want_isa
+            lanes = kern.idx is not None and rows <= cpu_kernels.INT8_MAX_ROWS
+            assert _close(got, want8 if lanes else exact), (shape, rows)
+
+
+@needs_kernel
+@pytest.mark.skipif("avx2" not in cpu_kernels.runnable_levels() or shutil.which("cc") is None,
+                    reason="needs an AVX2 CPU and cc")
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_avxvnni_path_with_its_dot_product_emulated(scheme, tmp_path):
+    """The AVX-VNNI build's code (unsigned 8-bit codes, vpdpbusd chains) on an AVX2 CPU, with vpdpbusd done
+    exactly in AVX2 instructions: the same reference. (Neither this machine nor qemu 7.2 runs AVX-VNNI.)"""
+    exe = tmp_path / "lowbit_avxvnni_emulated"
+    subprocess.run(["cc", "-O2", "-std=c99", "-ffast-math", "-Wno-psabi", "-mavx2", "-mfma", "-mf16c",
+                    "-DLOWBIT_EMULATE_AVXVNNI", str(DRIVER), "-o", str(exe), "-lm"], check=True, capture_output=True,
+                   timeout=300)
+    _check_driver([], exe, scheme, "avxvnni sdot=0", tmp_path)
+
+
 # ---- ARM NEON under qemu-user ----------------------------------------------------------------------------
 CROSS_CC = shutil.which("aarch64-linux-gnu-gcc")
 QEMU = shutil.which("qemu-aarch64") or shutil.which("qemu-aarch64-static")
@@ -198,7 +222,9 @@ def _blob(t: torch.Tensor | None) -> bytes:
     return struct.pack("<q", len(data)) + data
 
 
-def _run_neon(exe: Path, kern: cpu_kernels.LowBitGemv, x: torch.Tensor, tmp: Path) -> tuple[torch.Tensor, str]:
+def _run_driver(prefix: list[str], exe: Path, kern: cpu_kernels.LowBitGemv, x: torch.Tensor,
+                tmp: Path) -> tuple[torch.Tensor, str]:
+    """The layer and x written for `csrc/lowbit_main.c`, run as `prefix exe in out`: (its y, the level it names)."""
     pad = torch.zeros(16, dtype=torch.int16)
     head = struct.pack("<10i2qf", kern.bits, kern.weight.shape[1], kern.hi_off, kern.k, kern.n, kern.groups,
                        kern.group, kern.gb, kern.gb2, x.shape[0], kern.rb_pad, kern.rb_pad2, kern.offset)
@@ -207,7 +233,7 @@ def _run_neon(exe: Path, kern: cpu_kernels.LowBitGemv, x: torch.Tensor, tmp: Pat
              _blob(kern.index2), _blob(kern.idx), _blob(kern.idx2), _blob(kern.bias), _blob(x.float())]
     src, dst = tmp / "in.bin", tmp / "out.bin"
     src.write_bytes(b"".join(parts))
-    run = subprocess.run([QEMU, "-cpu", "max", str(exe), str(src), str(dst)], capture_output=True, text=True, check=False,
+    run = subprocess.run([*prefix, str(exe), str(src), str(dst)], capture_output=True, text=True, check=False,
                          timeout=120)
     assert run.returncode == 0, run.stderr
     y = torch.frombuffer(bytearray(dst.read_bytes()), dtype=torch.float32).view(x.shape[0], kern.n)
@@ -221,23 +247,5 @@ def _run_neon(exe: Path, kern: cpu_kernels.LowBitGemv, x: torch.Tensor, tmp: Pat
 def test_neon_under_qemu_equals_the_reference(variant, scheme, neon_drivers, tmp_path):
     """The NEON build (cross-compiled, run by qemu-user) equals the int8-activation reference on every scheme
     and shape, with and without sdot; with more rows than the int8 path takes, the float path on exact ones."""
-    for shape in SHAPES:
-        for rows in (1, 3, cpu_kernels.INT8_MAX_ROWS + 1):
-            kern, x, want8, exact = _case(scheme, shape, rows, "scalar")  # layouts do not depend on the level
-            got, isa = _run_neon(neon_drivers[variant], kern, x, tmp_path)
-            assert isa == f"neon sdot={int(variant == 'sdot')}"
-            lanes = kern.idx is not None and rows <= cpu_kernels.INT8_MAX_ROWS
-            assert _close(got, want8 if lanes else exact), (shape, rows)
-
-
-def test_cli_lists_the_level_and_refuses_one_this_cpu_cannot_run(monkeypatch, capsys):
-    from videollm.cli import main
-
-    monkeypatch.delenv(cpu_kernels.ISA_ENV, raising=False)
-    assert main(["list"]) == 0
-    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("cpu:"))
-    assert f"CPU kernels: {cpu_kernels.isa()}" in line and "this CPU runs" in line
-    monkeypatch.setenv(cpu_kernels.ISA_ENV, "bogus")
-    assert main(["ask", "/nonexistent.mp4", "What?"]) == 2  # refused before the video or a model is looked at
-    err = capsys.readouterr().err
-    assert err.startswith("error: VIDEOLLM_CPU_ISA='bogus' is not a level") and "nonexistent" not in err
+    _check_driver([QEMU, "-cpu", "max"], neon_drivers[variant], scheme, f"neon sdot={int(variant == 'sdot')}",
+                  tmp_path)

@@ -39,7 +39,7 @@
 #elif defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define ISA_256 1
-#if defined(__AVXVNNI__)
+#if defined(__AVXVNNI__) || defined(LOWBIT_EMULATE_AVXVNNI)
 #define ISA_NAME "avxvnni"
 #else
 #define ISA_NAME "avx2"
@@ -300,10 +300,21 @@ static void build_maps(const lowbit_layer *L, int nch, int nch2, int32_t *map, i
 /* A row's last, partial vector is loaded whole: the bytes past its codes (the next plane or row) meet zero
  * activations (the planes are zero up to rb_pad). Only at the end of the weight tensor are they copied out. */
 #elif defined(ISA_256)
-#if defined(__AVXVNNI__)
+#if defined(__AVXVNNI__) || defined(LOWBIT_EMULATE_AVXVNNI)
 #define SIGNED8 0
 #else
 #define SIGNED8 1
+#endif
+#if defined(LOWBIT_EMULATE_AVXVNNI) && !defined(__AVXVNNI__)
+/* Tests only (tests/test_cpu_isa.py): the AVX-VNNI path on an AVX2 CPU, vpdpbusd done exactly in AVX2 (u8 x s8
+ * products in int16, then pairs and pairs of pairs summed in int32). */
+static inline __m256i emulated_dpbusd(__m256i acc, __m256i a, __m256i b) {
+    const __m256i z = _mm256_setzero_si256();
+    const __m256i lo = _mm256_madd_epi16(_mm256_unpacklo_epi8(a, z), _mm256_srai_epi16(_mm256_unpacklo_epi8(z, b), 8));
+    const __m256i hi = _mm256_madd_epi16(_mm256_unpackhi_epi8(a, z), _mm256_srai_epi16(_mm256_unpackhi_epi8(z, b), 8));
+    return _mm256_add_epi32(acc, _mm256_hadd_epi32(lo, hi));
+}
+#define _mm256_dpbusd_avx_epi32 emulated_dpbusd
 #endif
 /* per 32-byte vector: [first group, 8 lane offsets from it] */
 #define MAP_INTS 18
