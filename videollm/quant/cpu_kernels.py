@@ -3,11 +3,12 @@
 PyTorch has CPU kernels for int8 and int4 weights only; 2-bit and ternary went through a bytes → values
 lookup and a dense GEMV, which reads 16× more bytes than the packed weight and was 3× slower than bf16.
 This kernel decodes the packed bytes in registers instead, so decode reads ~bits/8 bytes per weight. On
-CPUs with AVX-512 VNNI it rounds the activations to int8 per weight group (scale max|x|/127, like
-llama.cpp's Q8 activations) and multiplies with `vpdpbusd`; elsewhere it stays in float. `int8_reference`
+every SIMD level it rounds the activations to int8 per weight group (scale max|x|/127, like llama.cpp's
+Q8 activations) and multiplies as int8 (`vpdpbusd`, `vpmaddubsw`, `sdot`); on the scalar level it stays in
+float. `int8_reference`
 gives the activations that path actually uses, so tests compare it with the reference exactly. That
 path streams packed weights near the memory bandwidth (4 rows a call of the inner loop, software
-prefetch), so with VNNI `QuantLinear` uses it for int4 as well, in place of ATen's int4 kernel.
+prefetch), so there `QuantLinear` uses it for int4 as well, in place of ATen's int4 kernel.
 
 The int8 path exists for each instruction-set level (`LEVELS`): AVX-512 VNNI, AVX-VNNI, AVX2 (vpmaddubsw),
 ARM NEON (sdot where present); "scalar" is the portable float path alone. The best level this CPU runs is
