@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+from functools import lru_cache
 from pathlib import Path
 
 from ..errors import InvalidRequestError
@@ -27,6 +28,12 @@ _X86_NEEDS = {
 
 def cpu_features() -> frozenset[str]:
     """The CPU's feature flags as Linux reports them (x86 `flags`, ARM `Features`); empty elsewhere."""
+    return _cpuinfo_flags()
+
+
+@lru_cache(maxsize=1)
+def _cpuinfo_flags() -> frozenset[str]:
+    """Read once: the decode step asks for the level on every op call."""
     try:
         text = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:
@@ -65,8 +72,13 @@ def level_flags(level: str, features: frozenset[str] | None = None) -> tuple[str
 def requested_level() -> str:
     """The best runnable level, or the one `VIDEOLLM_CPU_ISA` names; a level this CPU cannot run, or an
     unknown name, is a user error (found before any model loads: the CLI checks it first)."""
+    return _level_for(os.environ.get(ISA_ENV, "").strip().lower())
+
+
+@lru_cache(maxsize=16)
+def _level_for(want: str) -> str:
+    """Cached per value of the switch: the decode step asks on every op call."""
     runnable = runnable_levels()
-    want = os.environ.get(ISA_ENV, "").strip().lower()
     if not want:
         return runnable[0]
     if want not in LEVELS:
