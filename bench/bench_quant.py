@@ -488,8 +488,10 @@ def bench_decode(args: argparse.Namespace) -> list[dict[str, Any]]:
     among them. By default each model then runs its steps back to back (warm caches, as a real decode);
     `--interleave` times step k of every model before step k+1 of any, so a change in the machine's load hits
     every scheme alike, but every step then starts with caches the other models have evicted."""
+    from videollm.quant import cpu_kernels
     from videollm.quant.report import layer_table
 
+    logger.info("%s", cpu_kernels.describe())  # the instruction-set level measured (VIDEOLLM_CPU_ISA forces one)
     bw = copy_bandwidth()
     logger.info("bandwidth: %s", bw)
     labels = ([] if args.no_float else ["bfloat16"]) + args.schemes + [NO_GEMV]

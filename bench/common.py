@@ -20,8 +20,12 @@ def cuda_peak_mib() -> float:
 
 
 def environment() -> str:
+    """One line naming the software, the device and, on CPU, the kernels' instruction-set level."""
+    from videollm.quant import cpu_kernels
+
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
-    return f"torch {torch.__version__}, Python {platform.python_version()}, {dev}, {platform.machine()}"
+    return (f"torch {torch.__version__}, Python {platform.python_version()}, {dev}, {platform.machine()}, "
+            f"kernels {cpu_kernels.isa()}")
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -320,6 +320,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("tasks:       " + ", ".join(TASKS.names()))
     installed = [d for d in DECODERS.names() if importlib.util.find_spec(DECODER_MODULES.get(d, d)) is not None]
     print("decoders:    " + (", ".join(installed) or "none installed (pip install av)"))
+    from .quant import cpu_kernels
+
+    print("cpu:         " + cpu_kernels.describe() + f" ({cpu_kernels.ISA_ENV}=<level> forces a lower level)")
     return 0
 
 
@@ -383,6 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(args_list)
     configure_output(args.verbose, args.quiet)
     try:
+        check_cpu_level(args.verbose)
         return int(args.func(args) or 0)
     except VideoLLMError as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
@@ -399,6 +403,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: internal error ({type(err).__name__}: {one_line(err)}); rerun with -v for the traceback",
               file=sys.stderr)
         return 1
+
+
+def check_cpu_level(verbose: int) -> None:
+    """A `VIDEOLLM_CPU_ISA` this CPU cannot run is refused before anything loads; -v names the kernels' level."""
+    from .quant import cpu_isa
+
+    cpu_isa.requested_level()
+    if verbose:
+        from .quant import cpu_kernels
+
+        logging.getLogger("videollm").info(cpu_kernels.describe())
 
 
 def one_line(err: BaseException) -> str:

@@ -18,20 +18,27 @@ import torch.nn.functional as F
 SOURCE = Path(__file__).parents[1] / "quant" / "csrc" / "decode_ops.c"
 
 
-@lru_cache(maxsize=1)
 def _library() -> ctypes.CDLL | None:
+    """The ops built for the instruction-set level in use (`cpu_kernels.requested_level`)."""
+    from ..quant.cpu_kernels import requested_level
+
+    return _library_at(requested_level())
+
+
+@lru_cache(maxsize=8)
+def _library_at(level: str) -> ctypes.CDLL | None:
     from ..quant.cpu_kernels import compiled_library
 
-    lib = compiled_library(SOURCE, "decode ops")
+    lib = compiled_library(SOURCE, "decode ops", level)
     if lib is None:
         return None
     p, i, f, lng = ctypes.c_void_p, ctypes.c_int, ctypes.c_float, ctypes.c_long
     lib.decode_rms_norm.argtypes = [p, p, f, i, p]
     lib.decode_rms_norm.restype = None
     lib.decode_attend.argtypes = [p, p, p, lng, lng, i, i, i, i, f, p]
-    lib.decode_attend.restype = None
+    lib.decode_attend.restype = i
     lib.decode_rope_store.argtypes = [p, p, p, p, i, i, i, p, p, lng, lng, lng]
-    lib.decode_rope_store.restype = None
+    lib.decode_rope_store.restype = i
     lib.decode_swiglu.argtypes = [p, i, p]
     lib.decode_swiglu.restype = None
     return lib
@@ -74,8 +81,9 @@ def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: flo
     if (lib is not None and _f32(q) and keys.dtype == values.dtype == torch.float32
             and keys.stride()[2:] == (d, 1) and values.stride()[2:] == (d, 1)):
         out = torch.empty(1, nh * d)
-        lib.decode_attend(q.data_ptr(), keys.data_ptr(), values.data_ptr(), keys.stride(1), values.stride(1), t,
-                          nh, nkv, d, scale, out.data_ptr())
+        if lib.decode_attend(q.data_ptr(), keys.data_ptr(), values.data_ptr(), keys.stride(1), values.stride(1), t,
+                             nh, nkv, d, scale, out.data_ptr()):
+            raise MemoryError(f"decode attention could not allocate its scores ({nh} heads x {t} tokens)")
         return out
     return F.scaled_dot_product_attention(q.view(1, nh, 1, d), keys, values, scale=scale,
                                           enable_gqa=nh != nkv).reshape(1, nh * d)
@@ -91,9 +99,10 @@ def rope_store(qk: torch.Tensor, values: torch.Tensor, cos: torch.Tensor, sin_si
     nkv, d = values.shape
     lib = _library()
     if lib is not None and d <= 1024 and _f32(qk, values, cos, sin_signed, key_room, value_room):
-        lib.decode_rope_store(qk.data_ptr(), values.data_ptr(), cos.data_ptr(), sin_signed.data_ptr(),
-                              qk.shape[0] - nkv, nkv, d, key_room.data_ptr(), value_room.data_ptr(),
-                              key_room.stride(1), value_room.stride(1), t)
+        if lib.decode_rope_store(qk.data_ptr(), values.data_ptr(), cos.data_ptr(), sin_signed.data_ptr(),
+                                 qk.shape[0] - nkv, nkv, d, key_room.data_ptr(), value_room.data_ptr(),
+                                 key_room.stride(1), value_room.stride(1), t):
+            raise ValueError(f"head size {d} is over the C RoPE's 1024")
         return
     qk.copy_(torch.addcmul(qk * cos, qk.roll(d // 2, -1), sin_signed))
     key_room[0, :, t].copy_(qk[-nkv:])

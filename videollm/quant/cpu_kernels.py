@@ -3,15 +3,21 @@
 PyTorch has CPU kernels for int8 and int4 weights only; 2-bit and ternary went through a bytes → values
 lookup and a dense GEMV, which reads 16× more bytes than the packed weight and was 3× slower than bf16.
 This kernel decodes the packed bytes in registers instead, so decode reads ~bits/8 bytes per weight. On
-CPUs with AVX-512 VNNI it rounds the activations to int8 per weight group (scale max|x|/127, like
-llama.cpp's Q8 activations) and multiplies with `vpdpbusd`; elsewhere it stays in float. `int8_reference`
+every SIMD level it rounds the activations to int8 per weight group (scale max|x|/127, like llama.cpp's
+Q8 activations) and multiplies as int8 (`vpdpbusd`, `vpmaddubsw`, `sdot`); on the scalar level it stays in
+float. `int8_reference`
 gives the activations that path actually uses, so tests compare it with the reference exactly. That
 path streams packed weights near the memory bandwidth (4 rows a call of the inner loop, software
-prefetch), so with VNNI `QuantLinear` uses it for int4 as well, in place of ATen's int4 kernel.
+prefetch), so there `QuantLinear` uses it for int4 as well, in place of ATen's int4 kernel.
 
-It is plain C compiled once per machine with the system C compiler (`cc -O3 -march=native`, cached under
-`$VIDEOLLM_CACHE/kernels`) and called through ctypes: no torch headers, so it builds in about a second.
-Where no compiler is found or the build fails, `available()` is False and `QuantLinear` keeps its pure
+The int8 path exists for each instruction-set level (`LEVELS`): AVX-512 VNNI, AVX-VNNI, AVX2 (vpmaddubsw),
+ARM NEON (sdot where present); "scalar" is the portable float path alone. The best level this CPU runs is
+chosen at run time; `VIDEOLLM_CPU_ISA=<level>` forces a lower one (tests, comparisons). A level whose build
+fails (a compiler without the flags) falls to the next one down.
+
+It is plain C compiled once per machine and level with the system C compiler (`cc -O3 <level flags>`, cached
+under `$VIDEOLLM_CACHE/kernels`) and called through ctypes: no torch headers, so it builds in about a second.
+Where no compiler is found or every build fails, `available()` is False and `QuantLinear` keeps its pure
 PyTorch paths; the reference (dequantize + `F.linear`) is the oracle every test compares this against.
 """
 from __future__ import annotations
@@ -28,15 +34,17 @@ from pathlib import Path
 
 import torch
 
+from ..errors import InvalidRequestError
+from .cpu_isa import ISA_ENV, LEVELS, level_flags, requested_level, runnable_levels
+
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc") / "lowbit_gemv.c"
 #: rows (tokens) the int8 path takes in one call; `lowbit_gemv` uses its float path beyond
 INT8_MAX_ROWS = 64
-FLAGS = ("-O3", "-march=native", "-ffast-math", "-fPIC", "-shared", "-std=c99")
+FLAGS = ("-O3", "-ffast-math", "-fPIC", "-shared", "-std=c99", "-Wno-psabi")
 #: after the source: with -ffast-math GCC vectorises expf through glibc's libmvec
 LIBS = ("-lm",)
-
 
 def _cache_dir() -> Path:
     if os.environ.get("VIDEOLLM_CACHE"):
@@ -53,11 +61,11 @@ def _compiler() -> str | None:
     return None
 
 
-def _build(source: Path, cc: str, openmp: bool) -> Path:
+def _build(source: Path, cc: str, openmp: bool, level_args: tuple[str, ...] = ()) -> Path:
     src = source.read_bytes()
-    flags = FLAGS + (("-fopenmp",) if openmp else ())
-    cpu = Path("/proc/cpuinfo").read_bytes()[:4096] if Path("/proc/cpuinfo").is_file() else b""
-    key = hashlib.sha256(src + " ".join((cc,) + flags + LIBS).encode() + cpu).hexdigest()[:16]
+    flags = FLAGS + level_args + (("-fopenmp",) if openmp else ())
+    cc_path = shutil.which(cc) or cc
+    key = hashlib.sha256(src + " ".join((cc_path,) + flags + LIBS).encode()).hexdigest()[:16]
     out = _cache_dir() / f"{source.stem}-{key}.so"
     if out.is_file():
         return out
@@ -70,20 +78,29 @@ def _build(source: Path, cc: str, openmp: bool) -> Path:
     return out
 
 
-def compiled_library(source: Path, what: str) -> ctypes.CDLL | None:
-    """`source` (plain C, no torch headers) built once per machine and loaded; None where there is no
-    compiler, the build fails or VIDEOLLM_NO_CKERNELS is set (callers then keep their PyTorch paths)."""
+def compiled_library(source: Path, what: str, level: str | None = None) -> ctypes.CDLL | None:
+    """`source` (plain C, no torch headers) built once per machine and level, and loaded; None where there is
+    no compiler, every build fails or VIDEOLLM_NO_CKERNELS is set (callers then keep their PyTorch paths).
+
+    `level` (default: `requested_level()`) is tried first, then each lower level this CPU runs: a compiler
+    without a level's flags just yields the next one down."""
     if os.environ.get("VIDEOLLM_NO_CKERNELS"):
         return None
     cc = _compiler()
     if cc is None:
         logger.info("no C compiler found: %s use PyTorch paths", what)
         return None
-    for openmp in (True, False):
-        try:
-            return ctypes.CDLL(str(_build(source, cc, openmp)))
-        except (OSError, subprocess.SubprocessError) as err:
-            logger.debug("building %s (openmp=%s) failed: %s", source.name, openmp, err)
+    runnable = runnable_levels()
+    first = level or requested_level()
+    for lv in runnable[runnable.index(first) if first in runnable else 0:]:
+        for openmp in (True, False):
+            try:
+                lib = ctypes.CDLL(str(_build(source, cc, openmp, level_flags(lv))))
+                lib.videollm_level = lv  # type: ignore[attr-defined]  # the level it was built for
+                return lib
+            except (OSError, subprocess.SubprocessError) as err:
+                logger.debug("building %s at %s (openmp=%s) failed: %s", source.name, lv, openmp, err)
+        logger.info("the %s build of %s failed: trying the next level down", lv, what)
     logger.info("the C kernels for %s did not build: PyTorch paths are used", what)
     return None
 
@@ -100,19 +117,25 @@ class Layer(ctypes.Structure):
                 ("gb2", ctypes.c_int), ("offset", ctypes.c_float)]
 
 
-@lru_cache(maxsize=1)
-def _library() -> ctypes.CDLL | None:
-    lib = compiled_library(SOURCE, "low-bit weights")
+def _library(level: str | None = None) -> ctypes.CDLL | None:
+    """The kernel library at `level` (default: the requested one)."""
+    return _library_at(level or requested_level())
+
+
+@lru_cache(maxsize=len(LEVELS))
+def _library_at(level: str) -> ctypes.CDLL | None:
+    lib = compiled_library(SOURCE, "low-bit weights", level)
     if lib is None:
         return None
     f = lib.lowbit_gemv
     f.argtypes = [ctypes.POINTER(Layer), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
-    f.restype = None
+    f.restype = ctypes.c_int
     many = lib.lowbit_gemv_many
     many.argtypes = [ctypes.POINTER(ctypes.POINTER(Layer)), ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
                      ctypes.c_int]
-    many.restype = None
+    many.restype = ctypes.c_int
     lib.lowbit_has_int8_path.restype = ctypes.c_int
+    lib.lowbit_isa.restype = ctypes.c_char_p
     return lib
 
 
@@ -121,10 +144,42 @@ def available() -> bool:
     return _library() is not None
 
 
-def int8_path() -> bool:
-    """Whether the kernel here rounds activations to int8 (AVX-512 VNNI build) when the layout allows it."""
-    lib = _library()
+def int8_path(level: str | None = None) -> bool:
+    """Whether the kernel at `level` (default: in use) rounds activations to int8 when the layout allows it
+    (every level but "scalar")."""
+    lib = _library(level)
     return bool(lib is not None and lib.lowbit_has_int8_path())
+
+
+def isa(level: str | None = None) -> str:
+    """The instruction-set level the kernel in use was built for ("none": no C kernel here)."""
+    lib = _library(level)
+    return "none" if lib is None else lib.lowbit_isa().decode()
+
+
+def describe() -> str:
+    """One line for `videollm list` and `-v`: the level in use and what the CPU could run."""
+    try:
+        level = isa()
+    except InvalidRequestError as err:
+        return str(err)
+    forced = f" (forced by {ISA_ENV})" if os.environ.get(ISA_ENV) else ""
+    return f"CPU kernels: {level}{forced}; this CPU runs {', '.join(runnable_levels())}"
+
+
+def check_failed(rc: int) -> None:
+    """The C kernel returns nonzero when it could not allocate its scratch memory (its output is then
+    unwritten): raise instead of returning garbage."""
+    if rc:
+        raise MemoryError("the low-bit C kernel could not allocate its scratch memory")
+
+
+def _padded(t: torch.Tensor, pad: int = 16) -> torch.Tensor:
+    """A contiguous copy with `pad` zero elements after its end: the 256-bit and NEON kernels load 8 scales at a
+    time, past a row's last group (those lanes meet zero activations)."""
+    flat = torch.zeros(t.numel() + pad, dtype=t.dtype)
+    flat[: t.numel()] = t.reshape(-1)
+    return flat[: t.numel()].view(t.shape)
 
 
 def int8_reference(x: torch.Tensor, group: int) -> torch.Tensor:
@@ -192,15 +247,17 @@ class LowBitGemv:
     """
 
     def __init__(self, bits: int, weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
-                 in_features: int, group: int, offset: float, bias: torch.Tensor | None = None):
-        lib = _library()
+                 in_features: int, group: int, offset: float, bias: torch.Tensor | None = None,
+                 level: str | None = None):
+        self.level = level or requested_level()
+        lib = _library(self.level)
         if lib is None:
             raise NotImplementedError("low-bit C kernel unavailable")
         self._fn = lib.lowbit_gemv
         self.bits = bits
         self.weight = weight.contiguous()
-        self.scale = scale.to(torch.bfloat16).contiguous().view(torch.int16)
-        self.zero = zero.to(torch.bfloat16).contiguous().view(torch.int16) if zero is not None else None
+        self.scale = _padded(scale.to(torch.bfloat16).view(torch.int16))
+        self.zero = _padded(zero.to(torch.bfloat16).view(torch.int16)) if zero is not None else None
         self.n, self.groups = scale.shape
         self.bias = bias.float().contiguous() if bias is not None else None  # added by the kernel
         self.k, self.group, self.offset = in_features, group, float(offset)
@@ -229,7 +286,10 @@ class LowBitGemv:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        lib = _library()
+        self.scale = _padded(self.scale)  # a copy's storage has no pad
+        if self.zero is not None:
+            self.zero = _padded(self.zero)
+        lib = _library(state.get("level"))
         if lib is None:
             raise NotImplementedError("low-bit C kernel unavailable")
         self._fn = lib.lowbit_gemv
@@ -254,7 +314,8 @@ class LowBitGemv:
         if dtype != torch.float32 or not x.is_contiguous():
             x = x.float().contiguous()
         y = torch.empty(shape[:-1] + (self.n,), dtype=torch.float32)
-        self._fn(self.current_layer(), x.data_ptr(), y.data_ptr(), x.numel() // self.k, torch.get_num_threads())
+        check_failed(self._fn(self.current_layer(), x.data_ptr(), y.data_ptr(), x.numel() // self.k,
+                              torch.get_num_threads()))
         return y if dtype == torch.float32 else y.to(dtype)
 
     def current_layer(self) -> ctypes.pointer:
@@ -278,7 +339,9 @@ class LowBitGemvGroup:
     def __init__(self, gemvs: list[LowBitGemv]):
         if not gemvs or len({g.k for g in gemvs}) != 1:
             raise ValueError("a group needs layers with the same number of input features")
-        lib = _library()
+        if len({g.level for g in gemvs}) != 1:
+            raise ValueError("a group needs layers built for one instruction-set level")
+        lib = _library(gemvs[0].level)
         if lib is None:
             raise NotImplementedError("low-bit C kernel unavailable")
         self._fn = lib.lowbit_gemv_many
@@ -300,5 +363,5 @@ class LowBitGemvGroup:
         if any(g.current_layer() is not s for g, s in zip(self.gemvs, self._seen)):
             self._pack()
         y = torch.empty(1, self.n, dtype=torch.float32)
-        self._fn(self._array, len(self.gemvs), x.data_ptr(), y.data_ptr(), torch.get_num_threads())
+        check_failed(self._fn(self._array, len(self.gemvs), x.data_ptr(), y.data_ptr(), torch.get_num_threads()))
         return y

@@ -2,8 +2,9 @@
 
 Its slow path (unpack → dequantize → `F.linear`) works for every scheme on every device and is the
 oracle the fast paths are tested against. int3, int2, ternary and int1 use `cpu_kernels` on CPU (packed
-bytes decoded in registers), else a PyTorch lookup path. Where that kernel has its AVX-512 VNNI path, int4
-and int8 use it too: at batch 1 it streams their weights about twice as fast as PyTorch's weight-only
+bytes decoded in registers), else a PyTorch lookup path. Where that kernel has its int8 path (every SIMD
+level: AVX-512 VNNI, AVX-VNNI, AVX2, NEON; `cpu_kernels`), int4 and int8 use it too: at batch 1 it streams
+their weights about twice as fast as PyTorch's weight-only
 kernels, and int8 weights meet their activations as two int8 planes (~15 bits, closer to exact than
 bfloat16). Elsewhere int8 and int4 use PyTorch's own kernels (`aten::_weight_int8pack_mm`,
 `aten::_weight_int4pack_mm_for_cpu`, the ones optimum-quanto dispatches to) in bfloat16, casting
@@ -126,7 +127,7 @@ class QuantLinear(nn.Module):
                 self._try("int8_cpu", self._prepare_int8)
         elif self.scheme == "int4" and self.group in _INT4_GROUPS and want != "lowbit" and (
                 want == "int4_cpu" or not cpu_kernels.int8_path()):
-            # with AVX-512 VNNI our kernel streams int4 ~2x faster than ATen's at batch 1 (bench/RESULTS.md)
+            # on its int8 path our kernel streams int4 ~2x (VNNI) to ~45x (AVX2) faster than ATen's at batch 1
             self._try("int4_cpu", self._prepare_int4)
         if self.kernel == "dequant" and self.scheme != "int8":
             self._try("lowbit", self._prepare_lowbit)
@@ -157,11 +158,11 @@ class QuantLinear(nn.Module):
     _INT8_ACT_GROUPS = (128, 256, 512)
 
     def _prepare_lowbit_int8(self) -> None:
-        """int8 weights on the kernel's VNNI path: codes + 128 as unsigned bytes (offset 128), in place of the
+        """int8 weights on the kernel's int8 path: codes + 128 as unsigned bytes (offset 128), in place of the
         signed copy; the row's one scale is repeated per activation group (128 columns, wider for wide layers),
         the unit in which the kernel rounds activations to two int8 planes (`cpu_kernels.int8x2_reference`)."""
         if not cpu_kernels.int8_path():
-            raise NotImplementedError("int8 weights take the low-bit kernel only on its int8 (VNNI) path")
+            raise NotImplementedError("int8 weights take the low-bit kernel only on its int8 (SIMD) path")
         k = self.in_features
         group = next((g for g in self._INT8_ACT_GROUPS if -(-k // g) <= 63), None)
         if group is None:

@@ -18,12 +18,13 @@ void decode_rms_norm(const float *x, const float *w, float eps, int D, float *y)
 /* One query per head against T cached keys/values, grouped-query attention:
  *   q (H, D); keys and values (KV, T, D) with `ldk`/`ldv` floats between heads (rows of D floats inside a
  *   head); out (H, D). Query head h reads kv head h / (H / KV), as transformers' repeat_kv. Each key and
- *   value row is read once per kv head, for all the query heads that share it. */
-void decode_attend(const float *q, const float *keys, const float *values, long ldk, long ldv, int T, int H,
+ *   value row is read once per kv head, for all the query heads that share it. Returns 0, or -1 where the
+ *   scores' memory could not be allocated (out is then unwritten: the caller raises). */
+int decode_attend(const float *q, const float *keys, const float *values, long ldk, long ldv, int T, int H,
                    int KV, int D, float scale, float *out) {
     const int rep = H / KV;
     float *s = malloc(sizeof(float) * (size_t)rep * (size_t)T);
-    if (!s) return;
+    if (!s) return -1;
     for (int g = 0; g < KV; g++) {
         const float *K = keys + (long)g * ldk, *V = values + (long)g * ldv, *qg = q + (long)g * rep * D;
         for (int t = 0; t < T; t++) {
@@ -57,17 +58,19 @@ void decode_attend(const float *q, const float *keys, const float *values, long 
         }
     }
     free(s);
+    return 0;
 }
 
 /* RoPE on one token's projected queries and keys, and the key/value rows stored into the KV cache:
  *   qk (H + KV, D): query heads then key heads, rotated in place (x*cos + roll(x, D/2)*sin_signed, i.e.
  *   transformers' x*cos + rotate_half(x)*sin); v (KV, D); the rotated keys and v go to row t of kbuf/vbuf
- *   (ldk/ldv floats between heads, rows of D floats). */
-void decode_rope_store(float *qk, const float *v, const float *cos_, const float *sin_signed, int H, int KV,
+ *   (ldk/ldv floats between heads, rows of D floats). Returns 0, or -1 for a head size over 1024 (nothing
+ *   written). */
+int decode_rope_store(float *qk, const float *v, const float *cos_, const float *sin_signed, int H, int KV,
                        int D, float *kbuf, float *vbuf, long ldk, long ldv, long t) {
     const int half = D / 2;
     float tmp[1024];
-    if (D > 1024) return;
+    if (D > 1024) return -1;
     for (int h = 0; h < H + KV; h++) {
         float *x = qk + (long)h * D;
         for (int i = 0; i < D; i++) tmp[i] = x[i] * cos_[i] + x[(i + half) % D] * sin_signed[i];
@@ -81,6 +84,7 @@ void decode_rope_store(float *qk, const float *v, const float *cos_, const float
             vd[i] = vg[i];
         }
     }
+    return 0;
 }
 
 /* SwiGLU's product: out[i] = silu(gu[i]) * gu[I + i] for the gate and up halves of one row. */

@@ -13,11 +13,13 @@
  *
  * Two paths:
  *  - float (any CPU): decode with shifts, convert, FMA; GCC/clang vector extensions, 16 lanes.
- *  - int8 (AVX-512 VNNI): activations are rounded to int8 per group (scale max|x|/127, as llama.cpp's Q8
- *    activations), 64 weight bytes are decoded with one shift + and per code plane and multiplied with
- *    `vpdpbusd` (64 byte products per instruction); each 32-bit lane covers 4 bytes of one group, and the
- *    lane's float scale is produced by one `vpermt2w` from the row's bfloat16 scales. About 4x fewer
- *    instructions per weight than the float path, and the reason 2-bit beats int4 here.
+ *  - int8 (AVX-512 VNNI, AVX-VNNI, AVX2, NEON): activations are rounded to int8 per group (scale max|x|/127,
+ *    as llama.cpp's Q8 activations), weight bytes are decoded with one shift + and per code plane and
+ *    multiplied as u8 x s8 (vpdpbusd; AVX2's vpmaddubsw, whose int16 pair sums cannot saturate for codes
+ *    < 16; NEON's sdot) into 32-bit lanes of 4 bytes of one group each; a lane's float scale comes from the
+ *    row's bfloat16 scales by one permute (vpermt2w, vpermps, tbl). 8-bit codes are used as signed
+ *    (code - 128) on AVX2 and NEON, where the u8 x s8 pair sum would saturate. About 4x fewer instructions
+ *    per weight than the float path, and the reason 2-bit beats int4.
  * The result differs from the reference by float summation order (float path) or, in the int8 path, is
  * exactly the reference applied to the int8-rounded activations (again up to summation order).
  */
@@ -26,14 +28,48 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The instruction set is chosen by the flags this file is compiled with (cpu_kernels builds one library per
+ * level the CPU runs): AVX-512 VNNI, AVX-VNNI (256-bit vpdpbusd), AVX2 (vpmaddubsw + vpmaddwd, as llama.cpp's
+ * x86 paths), ARM NEON (sdot where the dot-product extension is compiled in, else smull + pairwise adds), or
+ * none: the portable float path alone. */
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 #include <immintrin.h>
-#define HAVE_VNNI 1
+#define ISA_512 1
+#define ISA_NAME "avx512vnni"
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define ISA_256 1
+#if defined(__AVXVNNI__) || defined(LOWBIT_EMULATE_AVXVNNI)
+#define ISA_NAME "avxvnni"
 #else
-#define HAVE_VNNI 0
+#define ISA_NAME "avx2"
+#endif
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+#include <arm_neon.h>
+#define ISA_NEON 1
+#define ISA_NAME "neon"
+#else
+#define ISA_NAME "scalar"
+#endif
+#if defined(ISA_512) || defined(ISA_256) || defined(ISA_NEON)
+#define HAVE_INT8 1
+#else
+#define HAVE_INT8 0
 #endif
 
-int lowbit_has_int8_path(void) { return HAVE_VNNI; }
+int lowbit_has_int8_path(void) { return HAVE_INT8; }
+
+/* the level this build's int8 path uses ("scalar": float path only) */
+const char *lowbit_isa(void) { return ISA_NAME; }
+
+/* whether this build multiplies with the NEON dot-product instruction (sdot) */
+int lowbit_has_sdot(void) {
+#if defined(__ARM_FEATURE_DOTPROD)
+    return 1;
+#else
+    return 0;
+#endif
+}
 
 typedef float v16f __attribute__((vector_size(64)));
 typedef uint32_t v16u __attribute__((vector_size(64)));
@@ -138,10 +174,10 @@ typedef struct {
     float offset;
 } lowbit_layer;
 
-/* ---- int8 path (AVX-512 VNNI) --------------------------------------------------------------------- */
-#if HAVE_VNNI
+/* ---- int8 path: shared parts ----------------------------------------------------------------------- */
+#if HAVE_INT8
 /* Rows the int8 path computes together: each activation load, lane-scale load and permutation index is
- * shared by R rows, and the R horizontal sums are done in one transposing tree. */
+ * shared by R rows. */
 #define R_BLOCK 4
 /* Software prefetch distance in bytes ahead of the chunk being read (0: none). The weights stream from DRAM
  * once per token; the hardware prefetcher alone left one thread at ~8 GB/s of its ~11 GB/s read bandwidth. */
@@ -158,8 +194,13 @@ typedef struct {
     const int8_t *xq, *xq2;  /* int8 planes of A and B (int3), or A's fine plane (8-bit weights) */
     const float *xl, *xl2;   /* per chunk, each lane's activation scale (B's times 4: the high bit's weight) */
     const float *zx;         /* per group sx·(sum of its int8 activations), zero-padded to a multiple of 16 */
+    const int32_t *map, *map2; /* 256-bit and NEON builds: per vector, its first group and lane offsets */
 } act_t;
+#endif
 
+/* ---- int8 path (AVX-512 VNNI) --------------------------------------------------------------------- */
+#if defined(ISA_512)
+#define SIGNED8 0
 static inline __m512 bf16x16(const uint16_t *p, __mmask16 m) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
 }
@@ -250,6 +291,277 @@ static inline __attribute__((always_inline)) void block_rows(const int bits, con
     }
 }
 
+static void build_maps(const lowbit_layer *L, int nch, int nch2, int32_t *map, int32_t *map2) {
+    (void)L; (void)nch; (void)nch2; (void)map; (void)map2;
+}
+#define MAP_INTS 0
+
+/* ---- int8 path (AVX-VNNI / AVX2: 256-bit) ----------------------------------------------------------- */
+/* A row's last, partial vector is loaded whole: the bytes past its codes (the next plane or row) meet zero
+ * activations (the planes are zero up to rb_pad). Only at the end of the weight tensor are they copied out. */
+#elif defined(ISA_256)
+#if defined(__AVXVNNI__) || defined(LOWBIT_EMULATE_AVXVNNI)
+#define SIGNED8 0
+#else
+#define SIGNED8 1
+#endif
+#if defined(LOWBIT_EMULATE_AVXVNNI) && !defined(__AVXVNNI__)
+/* Tests only (tests/test_cpu_isa.py): the AVX-VNNI path on an AVX2 CPU, vpdpbusd done exactly in AVX2 (u8 x s8
+ * products in int16, then pairs and pairs of pairs summed in int32). */
+static inline __m256i emulated_dpbusd(__m256i acc, __m256i a, __m256i b) {
+    const __m256i z = _mm256_setzero_si256();
+    const __m256i lo = _mm256_madd_epi16(_mm256_unpacklo_epi8(a, z), _mm256_srai_epi16(_mm256_unpacklo_epi8(z, b), 8));
+    const __m256i hi = _mm256_madd_epi16(_mm256_unpackhi_epi8(a, z), _mm256_srai_epi16(_mm256_unpackhi_epi8(z, b), 8));
+    return _mm256_add_epi32(acc, _mm256_hadd_epi32(lo, hi));
+}
+#define _mm256_dpbusd_avx_epi32 emulated_dpbusd
+#endif
+/* per 32-byte vector: [first group, 8 lane offsets from it] */
+#define MAP_INTS 18
+
+static inline __m256 bf16x8(const uint16_t *p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
+
+/* int32 lanes: sum over each lane's 4 bytes of code x activation, for one row's 32 bytes */
+static inline __attribute__((always_inline)) __m256i dot_vec(const int bits, const __m256i w, const __m256i *xv,
+                                                             const __m256i xf) {
+    const int P = 8 / bits;
+    const __m256i mask = _mm256_set1_epi8((char)((1 << bits) - 1));
+#if SIGNED8
+    const __m256i ones = _mm256_set1_epi16(1);
+    if (bits == 8) {  /* signed codes: |w'| * sign(x, w') = w' * x, |w'| <= 128 keeps the pair sums in int16 */
+        const __m256i ws = _mm256_xor_si256(w, _mm256_set1_epi8((char)0x80)), aw = _mm256_abs_epi8(ws);
+        const __m256i a1 = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv[0], ws)), ones);
+        const __m256i a2 = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xf, ws)), ones);
+        return _mm256_add_epi32(_mm256_mullo_epi32(a1, _mm256_set1_epi32(FINE)), a2);
+    }
+    /* codes < 16: every int16 pair sum, added over the planes, stays below 8 * 2 * 15 * 127 */
+    __m256i s16 = _mm256_maddubs_epi16(_mm256_and_si256(w, mask), xv[0]);
+    for (int p = 1; p < P; p++)
+        s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(w, p * bits), mask),
+                                                         xv[p]));
+    return _mm256_madd_epi16(s16, ones);
+#else
+    __m256i acc = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), _mm256_and_si256(w, mask), xv[0]);
+    for (int p = 1; p < P; p++)
+        acc = _mm256_dpbusd_avx_epi32(acc, _mm256_and_si256(_mm256_srli_epi16(w, p * bits), mask), xv[p]);
+    if (bits == 8) acc = _mm256_dpbusd_avx_epi32(_mm256_mullo_epi32(acc, _mm256_set1_epi32(FINE)), w, xf);
+    return acc;
+#endif
+}
+
+static inline __attribute__((always_inline)) void plane_rows(const int bits, const int R, const uint8_t *W, long ldw,
+                                                             int nbytes, const int8_t *xq, const int8_t *xfine,
+                                                             long rb_pad, const int32_t *map, const float *xl,
+                                                             const uint16_t *S, int G, const uint8_t *wend,
+                                                             __m256 *tot) {
+    const int P = 8 / bits, nv = (nbytes + 31) / 32;
+    for (int v = 0; v < nv; v++) {
+        __m256i xv[8], xf = _mm256_setzero_si256();
+        for (int p = 0; p < P; p++) xv[p] = _mm256_loadu_si256((const __m256i *)(xq + p * rb_pad + v * 32));
+        if (bits == 8) xf = _mm256_loadu_si256((const __m256i *)(xfine + v * 32));
+        const __m256 xs = _mm256_loadu_ps(xl + v * 8);
+        const int32_t *mv = map + v * 9;
+        const __m256i perm = _mm256_loadu_si256((const __m256i *)(mv + 1));
+        const int tail = nbytes - v * 32 < 32;
+        for (int r = 0; r < R; r++) {
+            const uint8_t *src = W + r * ldw + v * 32;
+            if (PF_AHEAD) __builtin_prefetch(src + PF_AHEAD);
+            __m256i w;
+            if (tail && src + 32 > wend) {  /* the tensor's last bytes, not read past */
+                uint8_t buf[32] = {0};
+                memcpy(buf, src, (size_t)(nbytes - v * 32));
+                w = _mm256_loadu_si256((const __m256i *)buf);
+            } else {
+                w = _mm256_loadu_si256((const __m256i *)src);
+            }
+            const __m256i acc = dot_vec(bits, w, xv, xf);
+            const __m256 ws = _mm256_permutevar8x32_ps(bf16x8(S + (long)r * G + mv[0]), perm);
+            tot[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm256_mul_ps(ws, xs), tot[r]);
+        }
+    }
+}
+
+static inline float hsum8(__m256 v) {
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+}
+
+/* out[r] = y of rows n0..n0+R-1 for one activation row (scales and zeros are padded by 8 values: the
+ * 8-wide loads past a row's last group read the next row or the pad, always finite, times zero) */
+static inline __attribute__((always_inline)) void block_rows(const int bits, const int R, const lowbit_layer *L, int n0,
+                                                             const act_t *a, float *out) {
+    const int G = L->G;
+    __m256 tot[R_BLOCK];
+    for (int r = 0; r < R; r++) tot[r] = _mm256_setzero_ps();
+    const uint8_t *W = L->W + (long)n0 * L->ldw;
+    const uint16_t *S = L->scale + (long)n0 * G;
+    const uint8_t *wend = L->W + (long)L->N * L->ldw;
+    plane_rows(bits, R, W, L->ldw, G * L->gb, a->xq, a->xq2, L->rb_pad, a->map, a->xl, S, G, wend, tot);
+    if (L->kind == 3)
+        plane_rows(1, R, W + L->hi_off, L->ldw, G * L->gb2, a->xq2, NULL, L->rb_pad2, a->map2, a->xl2, S, G, wend,
+                   tot);
+    const float offset = L->offset - ((SIGNED8 && bits == 8) ? 128.f : 0.f);
+    const __m256 off = _mm256_set1_ps(-offset);
+    for (int r = 0; r < R; r++) {
+        const long base = (long)(n0 + r) * G;
+        __m256 t = tot[r];
+        for (int g = 0; g < G; g += 8) {
+            __m256 coef = _mm256_mul_ps(bf16x8(L->scale + base + g), off);
+            if (L->zero) coef = _mm256_add_ps(coef, bf16x8(L->zero + base + g));
+            t = _mm256_fmadd_ps(_mm256_loadu_ps(a->zx + g), coef, t);
+        }
+        out[r] = hsum8(t);
+    }
+}
+
+/* per 32-byte vector of a plane: its first group and each lane's group offset from it (8 lanes of 4 bytes lie
+ * in at most 8 consecutive groups; pad lanes point at the first, their activation scale is 0) */
+static void build_plane_map(const int16_t *idx, int nch, int32_t *map) {
+    for (int v = 0; v < 2 * nch; v++) {
+        int g0 = 63;
+        for (int i = 0; i < 8; i++) {
+            const int g = idx[v * 16 + 2 * i + 1];
+            if (g < g0) g0 = g;
+        }
+        if (g0 == 63) g0 = 0;
+        map[v * 9] = g0;
+        for (int i = 0; i < 8; i++) {
+            const int g = idx[v * 16 + 2 * i + 1];
+            map[v * 9 + 1 + i] = g < 63 ? g - g0 : 0;
+        }
+    }
+}
+
+static void build_maps(const lowbit_layer *L, int nch, int nch2, int32_t *map, int32_t *map2) {
+    build_plane_map(L->idx, nch, map);
+    if (L->kind == 3) build_plane_map(L->idx2, nch2, map2);
+}
+
+/* ---- int8 path (ARM NEON) --------------------------------------------------------------------------- */
+#elif defined(ISA_NEON)
+#define SIGNED8 1
+/* per 16-byte vector: [first group, 16 table indices (4 int32) that spread its bf16 scales onto 4 lanes] */
+#define MAP_INTS 20
+
+static inline __attribute__((always_inline)) int32x4_t sdot4(int32x4_t acc, int8x16_t a, int8x16_t b) {
+#if defined(__ARM_FEATURE_DOTPROD)
+    return vdotq_s32(acc, a, b);
+#else
+    const int32x4_t lo = vpaddlq_s16(vmull_s8(vget_low_s8(a), vget_low_s8(b)));
+    const int32x4_t hi = vpaddlq_s16(vmull_high_s8(a, b));
+    return vaddq_s32(acc, vpaddq_s32(lo, hi));
+#endif
+}
+
+static inline __attribute__((always_inline)) int32x4_t dot_vec(const int bits, const uint8x16_t w,
+                                                               const int8x16_t *xv, const int8x16_t xf) {
+    const int P = 8 / bits;
+    if (bits == 8) {  /* signed codes w' = code - 128 */
+        const int8x16_t ws = vreinterpretq_s8_u8(veorq_u8(w, vdupq_n_u8(0x80)));
+        const int32x4_t a1 = sdot4(vdupq_n_s32(0), ws, xv[0]), a2 = sdot4(vdupq_n_s32(0), ws, xf);
+        return vmlaq_n_s32(a2, a1, FINE);
+    }
+    const uint8x16_t mask = vdupq_n_u8((uint8_t)((1 << bits) - 1));
+    int32x4_t acc = sdot4(vdupq_n_s32(0), vreinterpretq_s8_u8(vandq_u8(w, mask)), xv[0]);
+    for (int p = 1; p < P; p++)
+        acc = sdot4(acc, vreinterpretq_s8_u8(vandq_u8(vshlq_u8(w, vdupq_n_s8((int8_t)(-p * bits))), mask)), xv[p]);
+    return acc;
+}
+
+static inline __attribute__((always_inline)) void plane_rows(const int bits, const int R, const uint8_t *W, long ldw,
+                                                             int nbytes, const int8_t *xq, const int8_t *xfine,
+                                                             long rb_pad, const int32_t *map, const float *xl,
+                                                             const uint16_t *S, int G, const uint8_t *wend,
+                                                             float32x4_t *tot) {
+    const int P = 8 / bits, nv = (nbytes + 15) / 16;
+    for (int v = 0; v < nv; v++) {
+        int8x16_t xv[8], xf = vdupq_n_s8(0);
+        for (int p = 0; p < P; p++) xv[p] = vld1q_s8(xq + p * rb_pad + v * 16);
+        if (bits == 8) xf = vld1q_s8(xfine + v * 16);
+        const float32x4_t xs = vld1q_f32(xl + v * 4);
+        const int32_t *mv = map + v * 5;
+        const uint8x16_t tbl = vreinterpretq_u8_s32(vld1q_s32(mv + 1));
+        const int tail = nbytes - v * 16 < 16;
+        for (int r = 0; r < R; r++) {
+            const uint8_t *src = W + r * ldw + v * 16;
+            if (PF_AHEAD) __builtin_prefetch(src + PF_AHEAD);
+            uint8x16_t w;
+            if (tail && src + 16 > wend) {  /* the tensor's last bytes, not read past */
+                uint8_t buf[16] = {0};
+                memcpy(buf, src, (size_t)(nbytes - v * 16));
+                w = vld1q_u8(buf);
+            } else {
+                w = vld1q_u8(src);
+            }
+            const int32x4_t acc = dot_vec(bits, w, xv, xf);
+            const uint8x16_t sb = vld1q_u8((const uint8_t *)(S + (long)r * G + mv[0]));
+            const float32x4_t ws = vreinterpretq_f32_u8(vqtbl1q_u8(sb, tbl));
+            tot[r] = vfmaq_f32(tot[r], vcvtq_f32_s32(acc), vmulq_f32(ws, xs));
+        }
+    }
+}
+
+static inline float32x4_t bf16x4(const uint16_t *p) {
+    return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16));
+}
+
+static inline __attribute__((always_inline)) void block_rows(const int bits, const int R, const lowbit_layer *L, int n0,
+                                                             const act_t *a, float *out) {
+    const int G = L->G;
+    float32x4_t tot[R_BLOCK];
+    for (int r = 0; r < R; r++) tot[r] = vdupq_n_f32(0.f);
+    const uint8_t *W = L->W + (long)n0 * L->ldw;
+    const uint16_t *S = L->scale + (long)n0 * G;
+    const uint8_t *wend = L->W + (long)L->N * L->ldw;
+    plane_rows(bits, R, W, L->ldw, G * L->gb, a->xq, a->xq2, L->rb_pad, a->map, a->xl, S, G, wend, tot);
+    if (L->kind == 3)
+        plane_rows(1, R, W + L->hi_off, L->ldw, G * L->gb2, a->xq2, NULL, L->rb_pad2, a->map2, a->xl2, S, G, wend,
+                   tot);
+    const float offset = L->offset - (bits == 8 ? 128.f : 0.f);
+    for (int r = 0; r < R; r++) {
+        const long base = (long)(n0 + r) * G;
+        float32x4_t t = tot[r];
+        for (int g = 0; g < G; g += 4) {
+            float32x4_t coef = vmulq_n_f32(bf16x4(L->scale + base + g), -offset);
+            if (L->zero) coef = vaddq_f32(coef, bf16x4(L->zero + base + g));
+            t = vfmaq_f32(t, vld1q_f32(a->zx + g), coef);
+        }
+        out[r] = vaddvq_f32(t);
+    }
+}
+
+/* per 16-byte vector: first group and the tbl indices that put bf16 scale (g - g0) into a lane's high half
+ * (pad lanes: out-of-range indices, i.e. 0.0) */
+static void build_plane_map(const int16_t *idx, int nch, int32_t *map) {
+    for (int v = 0; v < 4 * nch; v++) {
+        int g0 = 63;
+        for (int i = 0; i < 4; i++) {
+            const int g = idx[v * 8 + 2 * i + 1];
+            if (g < g0) g0 = g;
+        }
+        if (g0 == 63) g0 = 0;
+        map[v * 5] = g0;
+        uint8_t t[16];
+        for (int i = 0; i < 4; i++) {
+            const int g = idx[v * 8 + 2 * i + 1];
+            t[4 * i] = t[4 * i + 1] = 0xFF;
+            t[4 * i + 2] = g < 63 ? (uint8_t)(2 * (g - g0)) : 0xFF;
+            t[4 * i + 3] = g < 63 ? (uint8_t)(2 * (g - g0) + 1) : 0xFF;
+        }
+        memcpy(map + v * 5 + 1, t, 16);
+    }
+}
+
+static void build_maps(const lowbit_layer *L, int nch, int nch2, int32_t *map, int32_t *map2) {
+    build_plane_map(L->idx, nch, map);
+    if (L->kind == 3) build_plane_map(L->idx2, nch2, map2);
+}
+#endif
+
+#if HAVE_INT8
 static void rows_range(const int bits, const lowbit_layer *L, int n_lo, int n_hi, const act_t *acts, int M, float *y) {
     const int N = L->N;
     float out[R_BLOCK];
@@ -324,7 +636,7 @@ static void prepare_act(const lowbit_layer *L, const float *x, int nch, int nch2
     }
 }
 
-static void gemv_int8(const lowbit_layer *L, const float *x, float *y, int M, int nthreads) {
+static int gemv_int8(const lowbit_layer *L, const float *x, float *y, int M, int nthreads) {
     const int bits = L->kind == 3 ? 2 : L->kind, P = 8 / bits;
     const int G = L->G, Gp = (G + 15) / 16 * 16;
     const int nch = (G * L->gb + 63) / 64, nch2 = L->kind == 3 ? (G * L->gb2 + 63) / 64 : 0;
@@ -333,19 +645,22 @@ static void gemv_int8(const lowbit_layer *L, const float *x, float *y, int M, in
     const size_t per_m = (size_t)(sa + sb + 64) + sizeof(float) * (size_t)(2 * Gp + 16 * (nch + nch2));
     /* start the weight stream while the activations are prepared (the loop prefetches PF_AHEAD ahead) */
     const long wbytes = (long)L->N * L->ldw;
-    for (long o = 0; o < PF_AHEAD && o < wbytes; o += 64) _mm_prefetch((const char *)L->W + o, _MM_HINT_T0);
+    for (long o = 0; o < PF_AHEAD && o < wbytes; o += 64) __builtin_prefetch((const char *)L->W + o);
     const size_t qbytes = ((size_t)L->K + 1 + 63) / 64 * 64;
-    char *buf = malloc((size_t)M * per_m + 2 * qbytes);
-    if (!buf) return;
+    const size_t mbytes = sizeof(int32_t) * (size_t)MAP_INTS * (size_t)(nch + nch2);
+    char *buf = malloc((size_t)M * per_m + 2 * qbytes + mbytes + 64);
+    if (!buf) return -1;
     int8_t *qx = (int8_t *)buf, *qx2 = (int8_t *)(buf + qbytes);
-    char *base = buf + 2 * qbytes;
+    int32_t *map = (int32_t *)(buf + 2 * qbytes), *map2 = map + MAP_INTS * nch;
+    build_maps(L, nch, nch2, map, map2);
+    char *base = buf + 2 * qbytes + (mbytes + 63) / 64 * 64;
     act_t acts[64];
     for (int m = 0; m < M; m++) {
         char *b = base + (size_t)m * per_m;
         float *sx = (float *)b, *zx = sx + Gp, *xl = zx + Gp, *xl2 = xl + 16 * nch;
         int8_t *xq = (int8_t *)(xl2 + 16 * nch2), *xq2 = xq + sa;
         prepare_act(L, x + (long)m * L->K, nch, nch2, qx, qx2, xq, xq2, sx, zx, xl, xl2);
-        acts[m] = (act_t){xq, xq2, xl, xl2, zx};
+        acts[m] = (act_t){xq, xq2, xl, xl2, zx, map, map2};
     }
     const int N = L->N;
     if (nthreads > 1) {
@@ -359,16 +674,15 @@ static void gemv_int8(const lowbit_layer *L, const float *x, float *y, int M, in
         rows_range(bits, L, 0, N, acts, M, y);
     }
     free(buf);
+    return 0;
 }
 #endif
 
-/* y (M, N) float32 = x (M, K) float32 · W^T. The int8 path needs the lane map, G <= 63 and M <= 64. */
-void lowbit_gemv(const lowbit_layer *L, const float *x, float *y, int M, int nthreads) {
-#if HAVE_VNNI
-    if (L->idx && L->G <= 63 && M <= 64) {
-        gemv_int8(L, x, y, M, nthreads);
-        return;
-    }
+/* y (M, N) float32 = x (M, K) float32 · W^T. The int8 path needs the lane map, G <= 63 and M <= 64.
+ * Returns 0, or -1 where scratch memory could not be allocated (y is then left unwritten: the caller raises). */
+int lowbit_gemv(const lowbit_layer *L, const float *x, float *y, int M, int nthreads) {
+#if HAVE_INT8
+    if (L->idx && L->G <= 63 && M <= 64) return gemv_int8(L, x, y, M, nthreads);
 #endif
     const int kind = L->kind, bits = kind == 3 ? 2 : kind, P = 8 / bits, K = L->K, G = L->G, gb = L->gb;
     const long rb_pad = L->rb_pad, rb_pad2 = L->rb_pad2, xs_a = P * rb_pad, xs_b = 8 * rb_pad2;
@@ -376,6 +690,12 @@ void lowbit_gemv(const lowbit_layer *L, const float *x, float *y, int M, int nth
     float *xp = malloc(sizeof(float) * (size_t)M * xs_a);
     float *xp2 = kind == 3 ? malloc(sizeof(float) * (size_t)M * xs_b) : NULL;
     float *xsum = malloc(sizeof(float) * (size_t)M * G);
+    if (!xp || (kind == 3 && !xp2) || !xsum) {
+        free(xp);
+        free(xp2);
+        free(xsum);
+        return -1;
+    }
     for (int m = 0; m < M; m++) {
         for (long i = 0; i < xs_a; i++) xp[m * xs_a + i] = L->col[i] < K ? x[(long)m * K + L->col[i]] : 0.f;
         if (xp2)
@@ -400,14 +720,16 @@ void lowbit_gemv(const lowbit_layer *L, const float *x, float *y, int M, int nth
     free(xsum);
     free(xp);
     free(xp2);
+    return 0;
 }
 
 /* Several layers that read the same activations (q/k/v, gate/up) in one call: one ctypes round trip instead
  * of one per layer. y holds the layers' outputs side by side for a single row: (1, N_0 + N_1 + ...). */
-void lowbit_gemv_many(const lowbit_layer *const *layers, int n, const float *x, float *y, int nthreads) {
+int lowbit_gemv_many(const lowbit_layer *const *layers, int n, const float *x, float *y, int nthreads) {
     long off = 0;
     for (int i = 0; i < n; i++) {
-        lowbit_gemv(layers[i], x, y + off, 1, nthreads);
+        if (lowbit_gemv(layers[i], x, y + off, 1, nthreads)) return -1;
         off += layers[i]->N;
     }
+    return 0;
 }
