@@ -80,7 +80,9 @@ _STOPWORDS = frozenset(
 class MiniConfig:
     tokens_per_frame: int = 3  # soft tokens (= top classes) per frame
     image_size: int = 224
-    max_crops: int = 3  # square crops across wide frames, their class probabilities averaged
+    max_crops: int = 3  # square tiles across wide frames (2 for 16:9, 3 for wider)
+    whole_view: bool = True  # wide frames: also the whole frame squashed to a square
+    view_pool: str = "max"  # how the views' class probabilities combine: "max" or "mean"
     summary_classes: int = 5  # "seen most often" names written after the per-frame lines
     text_budget: int = 768  # most prompt tokens the video's text may take (per-frame lines, sightings, summary)
     reserve_tokens: int = 512  # context kept free for the question, the options and the answer
@@ -133,32 +135,43 @@ class MiniBackbone(Backbone):
 
     # ---- vision ------------------------------------------------------------------------------------
     def _crops(self, frames: torch.Tensor) -> list[torch.Tensor]:
-        """Square crops spanning the long side, so wide frames are neither squashed nor cut."""
+        """Square tiles spanning the long side (overlapping where the side does not divide), so wide frames are
+        neither squashed nor cut; with `whole_view` also the whole frame squashed to a square, which sees an
+        object spread across the frame that no tile holds entirely."""
         _, h, w, _ = frames.shape
         side, long = min(h, w), max(h, w)
         m = 1 if long / side <= 1.2 else min(self.config.max_crops, math.ceil(long / side))
         starts = [round(i * (long - side) / (m - 1)) for i in range(m)] if m > 1 else [(long - side) // 2]
-        if w >= h:
-            return [frames[:, :, s:s + side] for s in starts]
-        return [frames[:, s:s + side] for s in starts]
+        crops = [frames[:, :, s:s + side] for s in starts] if w >= h else [frames[:, s:s + side] for s in starts]
+        if m > 1 and self.config.whole_view:
+            crops.append(frames)
+        return crops
 
     @torch.inference_mode()
     def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 (n, H, W, 3) → pooled EfficientNet features (n, 1, 1, 1280), averaged over crops."""
+        """uint8 (n, H, W, 3) → pooled EfficientNet features (n, 1, m, 1280), one per view (`_crops`)."""
         size = (self.config.image_size, self.config.image_size)
         enc_dtype = next(self.encoder.parameters()).dtype
         feats = []
         for crop in self._crops(frames):
             x = resize_normalize(crop, size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), self.device, enc_dtype)
             feats.append(self.encoder.forward_head(self.encoder.forward_features(x), pre_logits=True).float())
-        return torch.stack(feats).mean(0)[:, None, None, :]
+        return torch.stack(feats, dim=1)[:, None]
 
     @torch.inference_mode()
     def class_probs(self, features: torch.Tensor) -> torch.Tensor:
-        """Pooled features (n, 1, 1, 1280) → ImageNet class probabilities (n, 1000)."""
+        """Features (n, 1, m, 1280) → ImageNet class probabilities (n, 1000): each view's softmax, combined
+        over views by `MiniConfig.view_pool` ("max": a class is as probable as in the view that sees it best,
+        so an object filling one tile of a wide frame is not diluted by the others; renormalised)."""
         clf = self.encoder.get_classifier()
-        x = features.reshape(features.shape[0], -1).to(next(self.encoder.parameters()).dtype)  # clf may be quantized
-        return clf(x).float().softmax(-1)
+        n = features.shape[0]
+        x = features.reshape(-1, features.shape[-1]).to(next(self.encoder.parameters()).dtype)  # clf: maybe quantized
+        logits = clf(x).float()
+        probs = logits.softmax(-1).reshape(n, -1, logits.shape[-1])
+        if probs.shape[1] == 1:
+            return probs[:, 0]
+        pooled = probs.amax(1) if self.config.view_pool == "max" else probs.mean(1)
+        return pooled / pooled.sum(-1, keepdim=True)
 
     @torch.inference_mode()
     def project(self, features: torch.Tensor) -> torch.Tensor:
