@@ -76,9 +76,18 @@ class VideoQAPipeline:
         def load() -> VideoLanguageModel:
             backbone = load_backbone(cfg.model, device=cfg.device, dtype=cfg.dtype)
             if cfg.quant != "none" or cfg.vision_quant != "none":
+                from .quant import agreement as qa
                 from .quant import quantize_backbone
+                from .quant.report import PROMPTS as PROBE_PROMPTS
 
+                check = cfg.quant != "none" and qa.is_small(backbone)  # small LLMs: warn if answers change
+                ref = qa.next_tokens(backbone, PROBE_PROMPTS) if check else []
                 quantize_backbone(backbone, llm=cfg.quant, vision=cfg.vision_quant, group_size=cfg.quant_group_size)
+                line = qa.warning_line(backbone.name, cfg.quant,
+                                       qa.agreement(ref, qa.next_tokens(backbone, PROBE_PROMPTS))) if check else None
+                if line:
+                    logger.warning(line)
+                    backbone.setup_warnings = [*getattr(backbone, "setup_warnings", ()), line]
             if cfg.cpu_int8 != "none":
                 from .cpu_speed import apply_cpu_int8
 
@@ -160,7 +169,7 @@ class VideoQAPipeline:
             confidence=outcome.confidence, thinking_fired=outcome.thinking_fired,
             finish_reason=outcome.finish_reason, compressor_stats=_jsonable(visual.stats),
             timings=timer.as_dict(wall=time.perf_counter() - started), model=self.backbone.name,
-            warnings=warnings + notes,
+            warnings=warnings + notes + [str(w) for w in outcome.extra.get("warnings", [])],
         )
 
     def ask_many(self, video: str | os.PathLike[str] | Video,

@@ -29,10 +29,11 @@ import torch
 
 from ..._compat import cache_kwargs, require
 from ...answer.decode_step import forward_last
-from ...answer.prompting import MC_INSTRUCTION, option_letters
+from ...answer.prompting import MC_INSTRUCTION, option_letters, option_texts
 from ...types import VisualTokens
 from .. import register_preset
 from . import assets as mini_assets
+from . import concepts as mini_concepts
 from . import evidence as mini_evidence
 from . import bridge as mini_bridge
 from ..base import Backbone, PromptInputs, resize_normalize
@@ -66,6 +67,10 @@ ANSWER_LEAD = "Answer:"
 EVIDENCE_WEIGHT = 12.0
 #: Tempo relevance: logit per unit of cosine between a query word and a segment's object tokens
 RELEVANCE_WEIGHT = 8.0
+#: nats added to the one option the kept frames show when no other is shown
+DECISIVE_BONUS = 30.0
+#: the most name similarity counts for an option WordNet knows, in a frame showing none of its classes
+UNSEEN_CAP = 0.5
 RELEVANCE_CENTRE = 0.5  # a cosine this high adds nothing; an exact name match (1.0) adds RELEVANCE_WEIGHT / 2
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]{2,}")
 _STOPWORDS = frozenset(
@@ -92,6 +97,9 @@ class MiniConfig:
 class MiniBackbone(Backbone):
     chat_template = CHAT_TEMPLATE
     notice = NOTICE
+    reasons = False  # SmolLM2-135M's own thoughts loop ("1.1.1…"): think/auto show the evidence instead
+    repetition_guard = 3  # no 3-gram twice: "a motorcycle that is a motorcycle that is …" cannot start
+    one_sentence_answers = True  # free-form: the first sentence (what follows is where a 135M model invents)
     text_tokens_per_frame = 24  # "- 12.3-14.5s: <class names>" per run of frames, at worst one run per frame
 
     def __init__(self, llm: Any, tokenizer: Any, encoder: Any, class_names: list[str],
@@ -112,6 +120,7 @@ class MiniBackbone(Backbone):
         self.token_norm = mini_bridge.typical_norm(weight)
         self.class_table = mini_bridge.name_table(class_names, self._ids, weight, self.token_norm).to(self.device)
         self.class_center = torch.nn.functional.normalize(self.class_table.float(), dim=-1).mean(0)
+        self._common: dict[int, str] = {}
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -247,7 +256,7 @@ class MiniBackbone(Backbone):
         budget = max(64, min(self.config.text_budget,
                              self.max_context - visual.num_tokens - self.config.reserve_tokens))
         top = self.summary(frames)
-        summary = ("Objects in the video: " + ", ".join(self.class_names[c] for c in top) + ".\n") if top else ""
+        summary = ("Objects in the video: " + ", ".join(self.common_label(c) for c in top) + ".\n") if top else ""
         run_lines = []
         for run in runs:
             t0, t1 = run[0][0], run[-1][0]
@@ -340,11 +349,14 @@ class MiniBackbone(Backbone):
         logger.debug("mini evidence (%s question): moment %s at %s s, coverage %s", found.shape,
                      [round(float(x), 3) for x in found.moment], found.when,
                      [round(float(x), 3) for x in found.coverage])
-        evidence = found.combined
+        evidence = EVIDENCE_WEIGHT * found.combined
+        decisive = self.option_support(list(options), visual).decisive
+        if decisive is not None:  # exactly one option is shown in the kept frames: the frames decide
+            evidence[decisive] += DECISIVE_BONUS
         first_ids = [ids[0] for ids in letter_ids]
 
         def score(logits: torch.Tensor, cache: Any) -> torch.Tensor:
-            scores = self.option_scores(cache, option_ids) + EVIDENCE_WEIGHT * evidence
+            scores = self.option_scores(cache, option_ids) + evidence
             masked = torch.full_like(logits, -float("inf"))
             masked[0, first_ids] = scores.to(masked)
             return masked
@@ -374,7 +386,7 @@ class MiniBackbone(Backbone):
         return torch.tensor(scores)
 
     @torch.inference_mode()
-    def frame_matches(self, options: list[str], visual: VisualTokens) -> torch.Tensor:
+    def name_matches(self, options: list[str], visual: VisualTokens) -> torch.Tensor:
         """(n_options, n_kept_frames): per kept frame, the best cosine between the option's name vector and the
         frame's tokens, in the LLM's embedding space with the class names' common direction removed."""
         weight = self.input_embeddings().weight.detach()
@@ -387,6 +399,87 @@ class MiniBackbone(Backbone):
         sims = unit(vecs - center, dim=-1) @ unit(toks - center, dim=-1).T  # (n_options, n_tokens)
         per_frame = [sims[:, visual.frame_ids == f].max(dim=1).values for f in visual.kept_frames]
         return torch.stack(per_frame, dim=1).cpu()
+
+    def option_concepts(self, options: list[str]) -> list[mini_concepts.Concept]:
+        """Each option's WordNet concept: the ImageNet classes its words cover (`concepts`)."""
+        h = mini_concepts.hierarchy()
+        return [h.match(o) for o in options]
+
+    @torch.inference_mode()
+    def frame_matches(self, options: list[str], visual: VisualTokens) -> torch.Tensor:
+        """(n_options, n_kept_frames): how well each option matches each kept frame, in [0, 1].
+
+        By meaning first: an option whose words name a WordNet synset ("a flower", "dogs", "a moped") scores
+        1 − 0.1 × rank in a frame where a class it covers was read (rank among the frame's classes), and at
+        most `UNSEEN_CAP` from name similarity elsewhere (so "a car" does not light up on a "moped" frame).
+        An option WordNet does not know is matched by name similarity alone (`name_matches`)."""
+        names = self.name_matches(options, visual)
+        concepts = self.option_concepts(options)
+        if not any(c.known for c in concepts):
+            return names
+        readings = self.read_frames(visual)
+        out = names.clone()
+        for i, c in enumerate(concepts):
+            if not c.known:
+                continue
+            for j, (_, classes, _) in enumerate(readings):
+                ranks = [r for r, cls in enumerate(classes) if cls in c.classes]
+                seen = 1.0 - 0.1 * min(ranks) if ranks else 0.0
+                out[i, j] = max(seen, min(float(names[i, j]), UNSEEN_CAP))
+        return out
+
+    def option_support(self, options: list[str], visual: VisualTokens) -> mini_evidence.Support:
+        """Which options the kept frames show (a frame's match reaches `mini_evidence.SUPPORTED`), with when,
+        and the classes seen there in common words."""
+        visual = visual.without_text()
+        if visual.num_tokens == 0 or not options:
+            return mini_evidence.Support([False] * len(options), [None] * len(options), [[] for _ in options])
+        matches = self.frame_matches(options, visual)
+        times = [float(visual.timestamps[f]) for f in visual.kept_frames]
+        readings = self.read_frames(visual)
+        concepts = self.option_concepts(options)
+        seen_as: list[list[str]] = []
+        for i, c in enumerate(concepts):
+            best = int(matches[i].argmax())
+            classes = [cls for cls in readings[best][1] if not c.known or cls in c.classes]
+            seen_as.append([self.common_label(cls) for cls in classes[:1]])
+        return mini_evidence.support(matches, times, seen_as)
+
+    def seen_summary(self, visual: VisualTokens, n: int = 5) -> str:
+        """The classes seen most in the kept frames, in common words ("motorcycle (moped), suit")."""
+        frames = self.read_frames(visual.without_text())
+        return ", ".join(self.common_label(c) for c in self.summary(frames)[:n]) or "nothing recognised"
+
+    def evidence_thought(self, question: str, options: list[str] | None, visual: VisualTokens) -> str:
+        """The thought think/auto show for mini (its 135M LLM cannot reason; `reasons = False`): what the
+        classifier recognised in the kept frames, with when, and which options that supports."""
+        visual = visual.without_text()
+        frames = self.read_frames(visual)
+        found = mini_evidence.sightings([(t, classes) for t, classes, _ in frames])[:8]
+        seen = "; ".join(f"{self.common_label(s.cls)} at {mini_evidence.format_ranges(s.ranges, 2)}" for s in found)
+        lines = [f"The classifier recognised in the kept frames: {seen or 'nothing'}."]
+        if options:
+            texts, letters = option_texts(options), option_letters(options)
+            sup = self.option_support(texts, visual)
+            shown = [f"{letters[i]} ({texts[i]}) matches {', '.join(sup.seen_as[i]) or 'what was seen'} at "
+                     f"{sup.when[i]:.1f}s" for i in range(len(texts)) if sup.supported[i]]
+            unseen = [letters[i] for i in range(len(texts)) if not sup.supported[i]]
+            if shown:
+                lines.append("Option " + "; option ".join(shown) + ".")
+            if unseen:
+                lines.append(f"Not seen in any kept frame: {', '.join(unseen)}.")
+        return " ".join(lines)
+
+    def common_label(self, cls: int) -> str:
+        """A class in common words with its ImageNet name: "motorcycle (moped)", or the name alone when it is
+        already everyday ("tripod")."""
+        name = self.class_names[cls]
+        if cls in self._common:
+            return self._common[cls]
+        common = mini_concepts.hierarchy().common_name(cls, cost=lambda w: len(self._ids(" " + w)))
+        self._common[cls] = label = name if (not common or common.lower() in name.lower()
+                                             or len(self._ids(" " + name)) <= 1) else f"{common} ({name})"
+        return label
 
     def option_evidence(self, options: list[str], visual: VisualTokens, question: str = "") -> mini_evidence.Evidence:
         """How well each option's words match what the kept frames show: the strongest moment (with its time)
