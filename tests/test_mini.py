@@ -102,6 +102,76 @@ def test_sightings_group_frames_into_time_ranges_and_put_moments_first():
     assert format_ranges([(float(i), float(i)) for i in range(0, 10, 2)], max_ranges=2) == "0.0s, 2.0s, +3 more"
 
 
+def test_wordnet_matches_everyday_words_to_imagenet_classes():
+    """Synonyms, broader names, plurals and leading words reach the classes they cover (WordNet 3.0)."""
+    if importlib.util.find_spec("timm") is None:
+        pytest.skip("needs timm (ImageNet class names)")
+    from videollm.backbones.mini.concepts import hierarchy
+
+    h = hierarchy()
+    cls = {name: i for i, name in enumerate(mini_bridge.imagenet_names())}
+    assert len(h.classes) == 1000 and "WordNet 3.0" in h.source
+    for phrase, label in [("a daisy", "daisy"), ("flowers", "daisy"), ("a moped", "moped"),
+                          ("a motor vehicle", "moped"), ("motorbikes", "moped"), ("a tabby", "tabby"),
+                          ("cats", "tabby"), ("a Labrador", "Labrador retriever"), ("dogs", "Labrador retriever"),
+                          ("a red sports car", "sports car"), ("a cup of coffee", "espresso"),
+                          ("mice", "mouse"), ("a scooter", "motor scooter")]:
+        assert cls[label] in h.match(phrase).classes, (phrase, label)
+    assert cls["daisy"] not in h.match("a dog").classes and cls["moped"] not in h.match("a cat").classes
+    assert not h.match("an object").known and not h.match("zzzz").known  # too broad / unknown: no concept
+    assert len(h.match("a dog").classes) > 100  # every breed
+
+
+def test_common_names_are_everyday_words():
+    from videollm.backbones.mini.concepts import hierarchy
+
+    h = hierarchy()
+    idx = {h.lemmas[s][0]: i for i, s in enumerate(h.classes)}
+    assert h.common_name(idx["daisy"]) == "flower"
+    assert h.common_name(idx["tabby"]) == "cat"
+    assert h.common_name(idx["motor scooter"]) == "scooter"  # its own everyday synonym first
+
+
+def test_option_support_is_decisive_only_for_a_single_shown_option():
+    from videollm.backbones.mini.evidence import support
+
+    m = torch.tensor([[0.1, 0.9, 0.2], [0.3, 0.4, 0.5], [0.0, 0.1, 0.2]])
+    s = support(m, [0.0, 2.0, 4.0], [["cat"], [], []])
+    assert s.supported == [True, False, False] and s.decisive == 0 and s.when == [2.0, None, None]
+    both = support(torch.tensor([[0.9, 0.1], [0.1, 0.8]]), [0.0, 1.0], [["a"], ["b"]])
+    assert both.decisive is None and both.supported == [True, True]
+    none = support(torch.full((2, 2), 0.3), [0.0, 1.0], [[], []])
+    assert none.decisive is None and not any(none.supported)
+
+
+def test_no_repeat_ngram_bans_only_completions_of_seen_ngrams():
+    from videollm.answer.generation import banned_ngram_tokens, no_repeat_ngram
+
+    ids = [5, 6, 7, 5, 6]  # "5 6" was followed by 7: 7 would repeat the 3-gram
+    assert banned_ngram_tokens(ids, 3) == {7}
+    assert banned_ngram_tokens(ids, 2) == {7}  # "6 7" was seen
+    assert banned_ngram_tokens(ids, 1) == {5, 6, 7}  # every seen token
+    scores = no_repeat_ngram(ids, torch.zeros(10), 3)
+    assert scores[7] == -float("inf") and torch.isfinite(scores[torch.arange(10) != 7]).all()
+    assert banned_ngram_tokens([1, 2], 3) == set()
+
+
+def test_first_sentence_ends_at_a_full_stop_with_a_space():
+    from videollm.answer.reasoning import first_sentence
+
+    assert first_sentence("A bow tie. A bow tie that is a bow tie.") == "A bow tie."
+    assert first_sentence("It is 3.5 m long, e.g.big. Then more") == "It is 3.5 m long, e.g.big."
+    assert first_sentence("no end at all") == "no end at all"
+
+
+def test_quantization_warning_names_agreement_and_a_safer_scheme():
+    from videollm.quant.agreement import agreement, warning_line
+
+    assert warning_line("videollm-mini", "int4", agreement([1, 2, 3, 4, 5, 6, 7, 8], [1, 2, 3, 4, 5, 6, 7, 8])) is None
+    line = warning_line("videollm-mini", "int4", agreement([1, 2, 3, 4, 5, 6, 7, 8], [1, 2, 0, 0, 5, 0, 7, 8]))
+    assert "5 of 8" in line and "--quant int8" in line and "\n" not in line
+
+
 # ---- the real model ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def mini():
