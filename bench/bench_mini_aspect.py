@@ -96,3 +96,7 @@ def main() -> None:
         for mode in args.modes:
             print(f"| {scheme} | {mode} | " + " | ".join(f"{hits[scheme, mode, s]}/{len(photos)}" for s in SHAPES)
                   + " |")
+
+
+if __name__ == "__main__":
+    main()
