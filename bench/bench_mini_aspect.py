@@ -22,7 +22,8 @@ PHOTOS = {"grace_hopper": ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"
           **{n: ("skimage", f"data/{n}.png") for n in ("coffee", "chelsea", "astronaut", "motorcycle_left",
                                                        "motorcycle_right", "camera")},
           "rocket": ("skimage", "data/rocket.jpg")}
-SCHEMES = ("mean of features (before)", "tiles, mean", "tiles, max", "tiles + whole, max")
+SCHEMES = ("mean of features (before)", "tiles, mean", "tiles, max", "tiles + whole, max", "tiles + whole, mean",
+           "features of tiles + whole, mean")
 
 
 def _photo(module: str, rel: str) -> np.ndarray:
@@ -68,7 +69,9 @@ def _schemes(mini, frame: np.ndarray, k: int) -> dict[str, list[int]]:
         per_view = clf(feats[0, 0]).float().softmax(-1)  # (m, C)
         per_tile = per_view[: tiles.shape[2]]
         out = {"mean of features (before)": clf(tiles[0, 0].mean(0, keepdim=True)).float().softmax(-1)[0],
-               "tiles, mean": per_tile.mean(0), "tiles, max": per_tile.amax(0), "tiles + whole, max": per_view.amax(0)}
+               "tiles, mean": per_tile.mean(0), "tiles, max": per_tile.amax(0), "tiles + whole, max": per_view.amax(0),
+               "tiles + whole, mean": per_view.mean(0),
+               "features of tiles + whole, mean": clf(feats[0, 0].mean(0, keepdim=True)).float().softmax(-1)[0]}
     return {name: p.topk(k).indices.tolist() for name, p in out.items()}
 
 
@@ -90,6 +93,9 @@ def main() -> None:
             for n, p in photos.items():
                 for scheme, top in _schemes(mini, _fit(p, w, h, mode), k).items():
                     hits[scheme, mode, shape] += ref[n] in top
+                    if ref[n] not in top:
+                        logger.info("miss: %s %s %s %s → %s", scheme, mode, shape, n,
+                                    [mini.class_names[c] for c in top])
     print("| scheme | fit | " + " | ".join(SHAPES) + " |")
     print("| --- | --- | " + " | ".join("---" for _ in SHAPES) + " |")
     for scheme in SCHEMES:

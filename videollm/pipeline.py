@@ -76,18 +76,9 @@ class VideoQAPipeline:
         def load() -> VideoLanguageModel:
             backbone = load_backbone(cfg.model, device=cfg.device, dtype=cfg.dtype)
             if cfg.quant != "none" or cfg.vision_quant != "none":
-                from .quant import agreement as qa
-                from .quant import quantize_backbone
-                from .quant.report import PROMPTS as PROBE_PROMPTS
+                from .quant.agreement import quantize_checked  # small LLMs: one warning if answers change
 
-                check = cfg.quant != "none" and qa.is_small(backbone)  # small LLMs: warn if answers change
-                ref = qa.next_tokens(backbone, PROBE_PROMPTS) if check else []
-                quantize_backbone(backbone, llm=cfg.quant, vision=cfg.vision_quant, group_size=cfg.quant_group_size)
-                line = qa.warning_line(backbone.name, cfg.quant,
-                                       qa.agreement(ref, qa.next_tokens(backbone, PROBE_PROMPTS))) if check else None
-                if line:
-                    logger.warning(line)
-                    backbone.setup_warnings = [*getattr(backbone, "setup_warnings", ()), line]
+                quantize_checked(backbone, cfg.quant, cfg.vision_quant, cfg.quant_group_size)
             if cfg.cpu_int8 != "none":
                 from .cpu_speed import apply_cpu_int8
 

@@ -59,7 +59,8 @@ class GenerationConfig:
             raise InvalidRequestError(f"seed must be an integer, got {self.seed!r}")
         if isinstance(self.no_repeat_ngram, bool) or not isinstance(self.no_repeat_ngram, int) \
                 or not 0 <= self.no_repeat_ngram <= 64:
-            raise InvalidRequestError(f"no_repeat_ngram must be a whole number in [0, 64], got {self.no_repeat_ngram!r}")
+            raise InvalidRequestError(
+                f"no_repeat_ngram must be a whole number in [0, 64], got {self.no_repeat_ngram!r}")
         if not isinstance(self.static_decode, bool):
             raise InvalidRequestError(f"static_decode must be true or false, got {self.static_decode!r}")
 

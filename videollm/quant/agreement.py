@@ -62,3 +62,23 @@ def is_small(backbone: object) -> bool:
     if not callable(params):
         return False
     return sum(p.numel() for p in params()) <= SMALL_MODEL_PARAMS
+
+
+def quantize_checked(backbone: LanguageModel, llm: str, vision: str = "none", group_size: int | None = 128
+                     ) -> str | None:
+    """`quantize_backbone`, and for a small LLM the one-line warning when its answers change (also appended
+    to `backbone.setup_warnings`, which every answer carries); None when it agrees or was not checked."""
+    from .api import quantize_backbone
+    from .report import PROMPTS
+
+    check = llm != "none" and is_small(backbone)
+    ref = next_tokens(backbone, PROMPTS) if check else []
+    quantize_backbone(backbone, llm=llm, vision=vision, group_size=group_size)
+    if not check:
+        return None
+    found = agreement(ref, next_tokens(backbone, PROMPTS))
+    line = warning_line(str(getattr(backbone, "name", "the model")), llm, found)
+    if line:
+        logger.warning(line)
+        backbone.setup_warnings = [*getattr(backbone, "setup_warnings", ()), line]  # type: ignore[attr-defined]
+    return line

@@ -86,7 +86,8 @@ class ClassHierarchy:
     def common_name(self, cls: int, cost: Callable[[str], float] = len, levels: int = 3) -> str | None:
         """An everyday word for a class: among its own one-word lemmas other than its label and its hypernyms'
         up to `levels` steps up, the cheapest by `cost` + level / 2 (videollm-mini passes the LLM's token count: common
-        words are single BPE tokens), then the nearest and WordNet's first lemma (moped → motorcycle, daisy → flower, tabby → cat)."""
+        words are single BPE tokens), then the nearest and WordNet's first lemma (moped → motorcycle, daisy →
+        flower, tabby → cat)."""
         syn = self.classes[cls]
         label = self.lemmas[syn][0].lower()
         found: list[tuple[float, int, int, str]] = []
