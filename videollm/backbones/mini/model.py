@@ -121,6 +121,7 @@ class MiniBackbone(Backbone):
         self.class_table = mini_bridge.name_table(class_names, self._ids, weight, self.token_norm).to(self.device)
         self.class_center = torch.nn.functional.normalize(self.class_table.float(), dim=-1).mean(0)
         self._common: dict[int, str] = {}
+        self._last_reading: tuple[tuple, list[tuple[float, list[int], torch.Tensor]]] | None = None
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -196,7 +197,17 @@ class MiniBackbone(Backbone):
 
     # ---- reading visual tokens back into words -----------------------------------------------------
     def read_frames(self, visual: VisualTokens) -> list[tuple[float, list[int], torch.Tensor]]:
-        """Per kept frame, in time order: (timestamp, class ids read from its tokens, its tokens)."""
+        """Per kept frame, in time order: (timestamp, class ids read from its tokens, its tokens). The last
+        reading is kept: the prompt, the evidence and the option support all read the same tokens."""
+        key = (visual.embeds.data_ptr(), tuple(visual.embeds.shape), tuple(int(f) for f in visual.kept_frames),
+               float(visual.embeds.float().sum()))
+        if self._last_reading is not None and self._last_reading[0] == key:
+            return self._last_reading[1]
+        out = self._read_frames(visual)
+        self._last_reading = (key, out)
+        return out
+
+    def _read_frames(self, visual: VisualTokens) -> list[tuple[float, list[int], torch.Tensor]]:
         out = []
         for f in visual.kept_frames:
             sel = visual.frame_ids == f
@@ -503,8 +514,9 @@ class MiniBackbone(Backbone):
     @torch.inference_mode()
     def relevance_prior(self, query: str, visual: VisualTokens) -> float:
         """Logit added to this LLM's own Yes-vs-No on a segment: how closely a word of the query names an
-        object recognised in the segment (best cosine, in the LLM's input-embedding space, between the
-        query's words and the segment's class tokens), minus RELEVANCE_CENTRE, times RELEVANCE_WEIGHT.
+        object recognised in the segment (1 when a query word's WordNet meaning covers a class read there,
+        else the best cosine, in the LLM's input-embedding space, between the query's words and the segment's
+        class tokens), minus RELEVANCE_CENTRE, times RELEVANCE_WEIGHT.
 
         SmolLM2-135M reads the segment's objects and the question, but its Yes/No alone barely separates a
         relevant segment from the rest (docs/tempo.md); this term carries the match between the words it
@@ -517,7 +529,12 @@ class MiniBackbone(Backbone):
         weight = self.input_embeddings().weight.detach()
         vecs = torch.nn.functional.normalize(mini_bridge.name_table(words, self._ids, weight, 1.0), dim=-1)
         toks = torch.nn.functional.normalize(visual.embeds.float().to(vecs.device), dim=-1)
-        return RELEVANCE_WEIGHT * (float((vecs @ toks.T).max()) - RELEVANCE_CENTRE)
+        best = float((vecs @ toks.T).max())
+        seen = {c for _, classes, _ in self.read_frames(visual) for c in classes}
+        h = mini_concepts.hierarchy()
+        if any(h.match(w).classes & seen for w in words):  # by meaning: "dog" is relevant to a Labrador
+            best = 1.0
+        return RELEVANCE_WEIGHT * (best - RELEVANCE_CENTRE)
 
     @torch.inference_mode()
     def batch_last_logits(self, prompts: list[torch.Tensor]) -> torch.Tensor:
