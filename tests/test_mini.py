@@ -567,10 +567,11 @@ def test_evidence_decides_in_every_mode_and_thought_is_what_was_seen(mini, needl
     for it, visual in pairs[:2]:
         for mode in ("think", "auto"):
             out = run_mode(mode, mini, format_question(QUESTION, it.options), visual, normalize_options(it.options),
-                           GenerationConfig(max_new_tokens=8), threshold=1.01)
+                           GenerationConfig(max_new_tokens=8), threshold=1.0)
             assert out.choice == it.answer, (mode, it.options, out.extra.get("option_support"))
-            assert out.thinking_fired and out.thought and "1.1.1" not in out.thought
-            assert f"{it.answer} ({it.label})" in out.thought and "Not seen in any kept frame" in out.thought
+            if mode == "think" or out.thinking_fired:
+                assert out.thought and "1.1.1" not in out.thought
+                assert f"{it.answer} ({it.label})" in out.thought and "Not seen in any kept frame" in out.thought
 
 
 @needs_weights
@@ -614,7 +615,8 @@ def test_free_form_answer_is_one_sentence_in_common_words(pipe, mini):
     assert all(words[i:i + 3] != words[i + 3:i + 6] for i in range(len(words) - 5))
     idx = {mini.class_names[i]: i for i in range(1000)}
     assert mini.common_label(idx["moped"]) == "motorcycle (moped)"
-    assert mini.common_label(idx["tripod"]) == "tripod"
+    assert mini.common_label(idx["tripod"]) == "tripod"  # not "rack": too vague to say what was seen
+    assert mini.common_label(idx["daisy"]) == "flower (daisy)"
 
 
 @needs_weights

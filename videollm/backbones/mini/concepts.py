@@ -28,6 +28,11 @@ TOO_BROAD = frozenset({"entity", "physical entity", "abstraction", "abstract ent
                        "instrumentality", "instrumentation", "living thing", "animate thing", "causal agent",
                        "cause", "causal agency", "group", "grouping", "psychological feature", "attribute",
                        "content", "measure", "quantity", "amount", "container"})
+#: hypernym words too vague to name what was seen in common words (a tripod is a "rack", a mug a "vessel")
+VAGUE = frozenset({"rack", "stand", "support", "device", "equipment", "structure", "construction", "covering",
+                   "implement", "vessel", "instrument", "apparatus", "mechanism", "system", "article", "material",
+                   "commodity", "goods", "merchandise", "furnishing", "fixture", "protection", "surface", "way",
+                   "creation", "product", "organism", "being", "beast", "brute", "creature", "fauna", "craft"})
 _LEADING = frozenset("a an the some any one two three four several many few lots of lot this that these those "
                      "small big large little tiny huge".split())
 _TOKEN = re.compile(r"[a-z0-9][a-z0-9'-]*")
@@ -96,7 +101,7 @@ class ClassHierarchy:
             for s in frontier:
                 for k, w in enumerate(self.lemmas[s]):
                     if (" " not in w and w[0].islower() and w.lower() != label and w.lower() not in TOO_BROAD
-                            and "-" not in w):
+                            and "-" not in w and (level == 0 or w.lower() not in VAGUE)):
                         found.append((cost(w) + 0.5 * level, level, k, w))
             nxt = []
             for s in frontier:
