@@ -575,7 +575,7 @@ def test_evidence_decides_in_every_mode_and_thought_is_what_was_seen(mini, needl
 
 
 @needs_weights
-def test_no_option_shown_is_a_warning_not_a_silent_guess(mini, clips):
+def test_no_option_shown_is_a_warning_not_a_silent_guess(mini, clips, pipe):
     from videollm.answer.evidence import NONE_SEEN
     from videollm.answer.generation import GenerationConfig
     from videollm.answer.prompting import format_question, normalize_options
@@ -586,6 +586,10 @@ def test_no_option_shown_is_a_warning_not_a_silent_guess(mini, clips):
                    normalize_options(options), GenerationConfig(max_new_tokens=2))
     assert any(w.startswith(NONE_SEEN.split("{")[0]) for w in out.extra["warnings"])
     assert "bow tie" in out.extra["warnings"][0] or "suit" in out.extra["warnings"][0]
+    from videollm.samples import sample_path
+
+    answer = pipe(sample_path("carphone"), "Which of these appears?", options=options)  # reaches Answer.warnings
+    assert any(w.startswith(NONE_SEEN.split("{")[0]) for w in answer.warnings)
 
 
 @needs_weights
