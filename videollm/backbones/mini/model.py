@@ -72,6 +72,9 @@ DECISIVE_BONUS = 30.0
 #: the most name similarity counts for an option WordNet knows, in a frame showing none of its classes
 UNSEEN_CAP = 0.5
 RELEVANCE_CENTRE = 0.5  # a cosine this high adds nothing; an exact name match (1.0) adds RELEVANCE_WEIGHT / 2
+#: a query word whose WordNet meaning covers a class seen scores 1 − this × ln(classes it covers): "cheetah" 1.0,
+#: "dog" (118 breeds) 0.76, "animal" (398 classes) 0.70, so a specific word outranks a broad one
+MEANING_BREADTH = 0.05
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]{2,}")
 _STOPWORDS = frozenset(
     "the and for are was were what which who whom whose where when why how does did this that these those there "
@@ -514,8 +517,8 @@ class MiniBackbone(Backbone):
     @torch.inference_mode()
     def relevance_prior(self, query: str, visual: VisualTokens) -> float:
         """Logit added to this LLM's own Yes-vs-No on a segment: how closely a word of the query names an
-        object recognised in the segment (1 when a query word's WordNet meaning covers a class read there,
-        else the best cosine, in the LLM's input-embedding space, between the query's words and the segment's
+        object recognised in the segment (up to 1 when a query word's WordNet meaning covers a class read
+        there, less the broader the word, `MEANING_BREADTH`; else the best cosine, in the LLM's input-embedding space, between the query's words and the segment's
         class tokens), minus RELEVANCE_CENTRE, times RELEVANCE_WEIGHT.
 
         SmolLM2-135M reads the segment's objects and the question, but its Yes/No alone barely separates a
@@ -532,8 +535,10 @@ class MiniBackbone(Backbone):
         best = float((vecs @ toks.T).max())
         seen = {c for _, classes, _ in self.read_frames(visual) for c in classes}
         h = mini_concepts.hierarchy()
-        if any(h.match(w).classes & seen for w in words):  # by meaning: "dog" is relevant to a Labrador
-            best = 1.0
+        for w in words:  # by meaning: "dog" is relevant to a Labrador; the broader the word, the less
+            covered = h.match(w).classes
+            if covered & seen:
+                best = max(best, 1.0 - MEANING_BREADTH * math.log(len(covered)))
         return RELEVANCE_WEIGHT * (best - RELEVANCE_CENTRE)
 
     @torch.inference_mode()
