@@ -67,14 +67,14 @@ ANSWER_LEAD = "Answer:"
 EVIDENCE_WEIGHT = 12.0
 #: Tempo relevance: logit per unit of cosine between a query word and a segment's object tokens
 RELEVANCE_WEIGHT = 8.0
+#: evidence (and Tempo relevance) lost per ln(classes a word's meaning covers): "cheetah" 1.0, "dog" (118
+#: breeds) 0.76, "animal" (398 classes) 0.70, so a specific word beats a broad one seen in the same frame
+BREADTH = 0.05
 #: nats added to the one option the kept frames show when no other is shown
 DECISIVE_BONUS = 30.0
 #: the most name similarity counts for an option WordNet knows, in a frame showing none of its classes
 UNSEEN_CAP = 0.5
 RELEVANCE_CENTRE = 0.5  # a cosine this high adds nothing; an exact name match (1.0) adds RELEVANCE_WEIGHT / 2
-#: a query word whose WordNet meaning covers a class seen scores 1 − this × ln(classes it covers): "cheetah" 1.0,
-#: "dog" (118 breeds) 0.76, "animal" (398 classes) 0.70, so a specific word outranks a broad one
-MEANING_BREADTH = 0.05
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]{2,}")
 _STOPWORDS = frozenset(
     "the and for are was were what which who whom whose where when why how does did this that these those there "
@@ -421,26 +421,39 @@ class MiniBackbone(Backbone):
 
     @torch.inference_mode()
     def frame_matches(self, options: list[str], visual: VisualTokens) -> torch.Tensor:
-        """(n_options, n_kept_frames): how well each option matches each kept frame, in [0, 1].
+        """(n_options, n_kept_frames): how well each option matches each kept frame (the evidence's input).
 
-        By meaning first: an option whose words name a WordNet synset ("a flower", "dogs", "a moped") scores
-        1 − 0.1 × rank in a frame where a class it covers was read (rank among the frame's classes), and at
-        most `UNSEEN_CAP` from name similarity elsewhere (so "a car" does not light up on a "moped" frame).
-        An option WordNet does not know is matched by name similarity alone (`name_matches`)."""
+        By meaning first (`concept_matches`): in a frame that shows a class the option's WordNet meaning covers,
+        the better of its rank score and its name similarity, less `BREADTH` × ln(classes it covers), so that
+        when one frame reads as both a cheetah and a bull terrier, "a cheetah" (1 class) outweighs "a dog"
+        (118 breeds); elsewhere at most `UNSEEN_CAP` from name similarity. Options WordNet does not know are
+        matched by name similarity alone (`name_matches`)."""
+        return self.concept_matches(options, visual)[0]
+
+    @torch.inference_mode()
+    def concept_matches(self, options: list[str], visual: VisualTokens) -> tuple[torch.Tensor, torch.Tensor]:
+        """(evidence scores, support scores), each (n_options, n_kept_frames). A support score is
+        1 − 0.1 × rank of the best covered class read in the frame (0 if none), or the name similarity for
+        options WordNet does not know: it says whether the option is shown, not how specifically."""
         names = self.name_matches(options, visual)
         concepts = self.option_concepts(options)
         if not any(c.known for c in concepts):
-            return names
+            return names, names
         readings = self.read_frames(visual)
-        out = names.clone()
+        out, shown = names.clone(), names.clone()
         for i, c in enumerate(concepts):
             if not c.known:
                 continue
+            breadth = BREADTH * math.log(len(c.classes))
             for j, (_, classes, _) in enumerate(readings):
                 ranks = [r for r, cls in enumerate(classes) if cls in c.classes]
-                seen = 1.0 - 0.1 * min(ranks) if ranks else 0.0
-                out[i, j] = max(seen, min(float(names[i, j]), UNSEEN_CAP))
-        return out
+                name = float(names[i, j])
+                if ranks:
+                    shown[i, j] = 1.0 - 0.1 * min(ranks)
+                    out[i, j] = max(float(shown[i, j]), name) - breadth
+                else:
+                    shown[i, j] = out[i, j] = min(name, UNSEEN_CAP)
+        return out, shown
 
     def option_support(self, options: list[str], visual: VisualTokens) -> mini_evidence.Support:
         """Which options the kept frames show (a frame's match reaches `mini_evidence.SUPPORTED`), with when,
@@ -448,7 +461,7 @@ class MiniBackbone(Backbone):
         visual = visual.without_text()
         if visual.num_tokens == 0 or not options:
             return mini_evidence.Support([False] * len(options), [None] * len(options), [[] for _ in options])
-        matches = self.frame_matches(options, visual)
+        matches = self.concept_matches(options, visual)[1]
         times = [float(visual.timestamps[f]) for f in visual.kept_frames]
         readings = self.read_frames(visual)
         concepts = self.option_concepts(options)
@@ -518,7 +531,7 @@ class MiniBackbone(Backbone):
     def relevance_prior(self, query: str, visual: VisualTokens) -> float:
         """Logit added to this LLM's own Yes-vs-No on a segment: how closely a word of the query names an
         object recognised in the segment (up to 1 when a query word's WordNet meaning covers a class read
-        there, less the broader the word, `MEANING_BREADTH`; else the best cosine, in the LLM's input-embedding space, between the query's words and the segment's
+        there, less the broader the word, `BREADTH`; else the best cosine, in the LLM's input-embedding space, between the query's words and the segment's
         class tokens), minus RELEVANCE_CENTRE, times RELEVANCE_WEIGHT.
 
         SmolLM2-135M reads the segment's objects and the question, but its Yes/No alone barely separates a
@@ -538,7 +551,7 @@ class MiniBackbone(Backbone):
         for w in words:  # by meaning: "dog" is relevant to a Labrador; the broader the word, the less
             covered = h.match(w).classes
             if covered & seen:
-                best = max(best, 1.0 - MEANING_BREADTH * math.log(len(covered)))
+                best = max(best, 1.0 - BREADTH * math.log(len(covered)))
         return RELEVANCE_WEIGHT * (best - RELEVANCE_CENTRE)
 
     @torch.inference_mode()
