@@ -531,8 +531,8 @@ class MiniBackbone(Backbone):
     def relevance_prior(self, query: str, visual: VisualTokens) -> float:
         """Logit added to this LLM's own Yes-vs-No on a segment: how closely a word of the query names an
         object recognised in the segment (up to 1 when a query word's WordNet meaning covers a class read
-        there, less the broader the word, `BREADTH`; else the best cosine, in the LLM's input-embedding space, between the query's words and the segment's
-        class tokens), minus RELEVANCE_CENTRE, times RELEVANCE_WEIGHT.
+        there, less the broader the word, `BREADTH`; else the best cosine, in the LLM's input-embedding space,
+        between the query's words and the segment's class tokens), minus RELEVANCE_CENTRE, times RELEVANCE_WEIGHT.
 
         SmolLM2-135M reads the segment's objects and the question, but its Yes/No alone barely separates a
         relevant segment from the rest (docs/tempo.md); this term carries the match between the words it
