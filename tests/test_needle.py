@@ -140,3 +140,44 @@ def test_distractor_pool_is_imagenet_names():
     from videollm.samples import SAMPLE_IMAGES
 
     assert {img.label for img in SAMPLE_IMAGES.values()} <= names
+
+
+def test_spec_shapes_and_words_are_validated():
+    from videollm.eval.tasks.needle import NeedleSpec
+
+    assert NeedleSpec(aspect="16:9", size=360).frame_size == (640, 360)
+    assert NeedleSpec(aspect="9:16", size=640).frame_size == (360, 640)
+    assert NeedleSpec().frame_size == (160, 160)
+    for bad in ({"aspect": "wide"}, {"aspect": "10:1"}, {"aspect": "0:1"}, {"words": "slang"}):
+        with pytest.raises(DatasetError, match="aspect|words"):
+            NeedleSpec(**bad).validate()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="needs timm (ImageNet names)")
+def test_everyday_distractors_never_cover_the_needle():
+    """"a motor vehicle" is no distractor for a moped, "a cat" none for an Egyptian cat."""
+    import random
+
+    from videollm.eval.tasks.needle import _everyday_options
+
+    pool = ["a motor vehicle", "a cat", "a banana", "fish", "pizza", "a tractor", "animals"]
+    for seed in range(5):
+        opts, answer, said = _everyday_options("moped", ("a motorcycle",), pool, 4, random.Random(seed))
+        assert said == "a motorcycle" and opts["ABCD".index(answer)] == said and "a motor vehicle" not in opts
+        opts, _, _ = _everyday_options("Egyptian cat", ("cats",), pool, 4, random.Random(seed))
+        assert "a cat" not in opts and "animals" not in opts
+
+
+@needs_assets
+@pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="needs timm (ImageNet names)")
+def test_wide_everyday_set_is_wide_and_asks_in_everyday_words(tmp_path):
+    import av
+
+    from videollm.eval.tasks.needle import everyday_words
+
+    items = build_needle_set(tmp_path, small_spec(aspect="16:9", words="everyday", lengths=[10.0], depths=[0.5]),
+                             progress=False)
+    with av.open(str(tmp_path / "videos" / items[0].video)) as c:
+        assert (c.streams.video[0].width, c.streams.video[0].height) == (114, 64)
+    for it in items:
+        assert it.label in everyday_words(it.needle) and it.options["ABCD".index(it.answer)] == it.label

@@ -76,9 +76,9 @@ class VideoQAPipeline:
         def load() -> VideoLanguageModel:
             backbone = load_backbone(cfg.model, device=cfg.device, dtype=cfg.dtype)
             if cfg.quant != "none" or cfg.vision_quant != "none":
-                from .quant import quantize_backbone
+                from .quant.agreement import quantize_checked  # small LLMs: one warning if answers change
 
-                quantize_backbone(backbone, llm=cfg.quant, vision=cfg.vision_quant, group_size=cfg.quant_group_size)
+                quantize_checked(backbone, cfg.quant, cfg.vision_quant, cfg.quant_group_size)
             if cfg.cpu_int8 != "none":
                 from .cpu_speed import apply_cpu_int8
 
@@ -164,7 +164,7 @@ class VideoQAPipeline:
             confidence=outcome.confidence, thinking_fired=outcome.thinking_fired,
             finish_reason=outcome.finish_reason, compressor_stats=_jsonable(visual.stats),
             timings=timer.as_dict(wall=time.perf_counter() - started), model=self.backbone.name,
-            warnings=warnings + notes + auto_notes(outcome),
+            warnings=warnings + notes + auto_notes(outcome) + [str(w) for w in outcome.extra.get("warnings", [])],
         )
 
     def ask_many(self, video: VideoInput,

@@ -34,15 +34,20 @@ class SampleImage:
     rel: str  # path inside the package
     label: str  # an ImageNet-1k class name (timm's first synonym), checked against the encoder in tests
     pip: str  # what to install when it is missing
+    everyday: tuple[str, ...] = ()  # words people use for what it shows (synonyms, broader names, plurals)
 
 
 SAMPLE_IMAGES: dict[str, SampleImage] = {
     "grace_hopper": SampleImage("matplotlib", "mpl-data/sample_data/grace_hopper.jpg", "military uniform",
-                                "matplotlib"),
-    "coffee": SampleImage("skimage", "data/coffee.png", "espresso", "scikit-image"),
-    "chelsea": SampleImage("skimage", "data/chelsea.png", "Egyptian cat", "scikit-image"),
-    "camera": SampleImage("skimage", "data/camera.png", "tripod", "scikit-image"),
-    "motorcycle": SampleImage("skimage", "data/motorcycle_left.png", "moped", "scikit-image"),
+                                "matplotlib", ("a uniform", "uniforms")),
+    "coffee": SampleImage("skimage", "data/coffee.png", "espresso", "scikit-image",
+                          ("coffee", "a cup of coffee")),
+    "chelsea": SampleImage("skimage", "data/chelsea.png", "Egyptian cat", "scikit-image",
+                           ("a cat", "cats")),
+    "camera": SampleImage("skimage", "data/camera.png", "tripod", "scikit-image", ("tripods", "a tripod")),
+    "motorcycle": SampleImage("skimage", "data/motorcycle_left.png", "moped", "scikit-image",
+                              ("a motorcycle", "motorbikes", "a motor vehicle")),
+    "rocket": SampleImage("skimage", "data/rocket.jpg", "missile", "scikit-image", ("a rocket", "rockets")),
 }
 
 

@@ -69,6 +69,22 @@ class VisualTokens:
 
 
 @dataclass
+class OptionSupport:
+    """Which multiple-choice options the kept frames show, from a backbone that can tell
+    (`SupportsOptionSupport`): per option, shown or not, when (its best frame), and what was seen there."""
+
+    supported: list[bool]
+    when: list[float | None]
+    seen_as: list[list[str]]  # what was seen in the option's best frame, in common words
+
+    @property
+    def decisive(self) -> int | None:
+        """The one supported option when exactly one is, else None."""
+        hits = [i for i, s in enumerate(self.supported) if s]
+        return hits[0] if len(hits) == 1 else None
+
+
+@dataclass
 class Answer:
     """What a user gets back from `pipe(video, question)`."""
 

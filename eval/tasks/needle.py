@@ -34,10 +34,17 @@ FREE_FORM_QUESTION = "What objects appear in this video?"
 #: ImageNet-1k class names (timm's first synonym) of everyday objects that none of the shipped clips shows
 DISTRACTOR_POOL = ("banana", "goldfish", "pizza", "tractor", "volcano", "umbrella", "zebra", "airliner",
                    "pineapple", "jellyfish", "acoustic guitar", "teapot")
+#: everyday words for objects none of the shipped clips shows (WordNet-matched by videollm-mini): synonyms,
+#: broader names and plurals, for the `words="everyday"` variant
+EVERYDAY_DISTRACTORS = ("a banana", "fish", "pizza", "a tractor", "volcanoes", "umbrellas", "a zebra",
+                        "an airplane", "pineapples", "a jellyfish", "a guitar", "teapots", "a lemon", "a snake")
 DEFAULT_HAYSTACK = ("bikes", "bigbuckbunny", "carphone")
 #: shipped photos used by default: each one's class is never read in the default haystack's frames (checked
 #: in tests/test_mini.py; `motorcycle` is left out because bikes.mp4 reads as "moped" in places)
 DEFAULT_NEEDLES = ("grace_hopper", "coffee", "chelsea", "camera")
+#: for wide or tall frames: Grace Hopper's portrait cut to 16:9 shows her suit and tie, not the uniform its label
+#: names (bench/bench_mini_aspect.py), so the rocket takes its place
+DEFAULT_WIDE_NEEDLES = ("coffee", "chelsea", "camera", "rocket")
 
 
 @dataclass
@@ -52,10 +59,18 @@ class NeedleSpec:
     needles_per_cell: int = 1  # videos per (length, depth); needles rotate over cells
     needle_seconds: float = 4.0
     fps: float = 2.0  # frame rate of the videos written
-    size: int = 160  # square frames, side in pixels
+    size: int = 160  # frame height in pixels (the side of square frames)
+    aspect: str = "1:1"  # frame shape W:H ("16:9" with size 360: 640×360); clips and photos fill it, centre-cut
+    words: str = "imagenet"  # option words: "imagenet" (class names) or "everyday" (synonyms, broader, plurals)
     n_options: int = 4
     distractors: list[str] = field(default_factory=lambda: list(DISTRACTOR_POOL))
     seed: int = 0
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """(width, height) of the frames written (width rounded to even, as H.264 needs)."""
+        w, h = (float(x) for x in str(self.aspect).split(":"))
+        return max(32, 2 * round(self.size * w / h / 2)), self.size
 
     def validate(self) -> None:
         problems = []
@@ -71,6 +86,14 @@ class NeedleSpec:
             problems.append("n_options must be >= 2 and needles_per_cell >= 1")
         if not self.haystack:
             problems.append("haystack needs at least one clip")
+        try:
+            w, h = (float(x) for x in str(self.aspect).split(":"))
+            if not (w > 0 and h > 0 and 0.25 <= w / h <= 4):
+                raise ValueError
+        except ValueError:
+            problems.append(f"aspect must be W:H with a ratio in [1:4, 4:1], got {self.aspect!r}")
+        if self.words not in ("imagenet", "everyday"):
+            problems.append(f"words must be 'imagenet' or 'everyday', got {self.words!r}")
         if problems:
             raise DatasetError("needle spec: " + "; ".join(problems))
 
@@ -92,15 +115,30 @@ class NeedleItem:
 
 
 # ---- images and frames -----------------------------------------------------------------------------------
-def _square(img: np.ndarray, size: int) -> np.ndarray:
-    """Centre square crop, resized to size×size (uint8 RGB)."""
+def _fill(img: np.ndarray, width: int, height: int | None = None) -> np.ndarray:
+    """Centre cut to the frame's shape, resized to width×height (uint8 RGB): the picture fills the frame."""
     from PIL import Image
 
-    h, w = img.shape[:2]
-    s = min(h, w)
-    y, x = (h - s) // 2, (w - s) // 2
-    crop = Image.fromarray(np.ascontiguousarray(img[y:y + s, x:x + s, :3]))
-    return np.array(crop.resize((size, size), Image.BILINEAR), dtype=np.uint8)
+    height = width if height is None else height
+    ih, iw = img.shape[:2]
+    scale = max(width / iw, height / ih)
+    cw, ch = min(iw, round(width / scale)), min(ih, round(height / scale))
+    y, x = (ih - ch) // 2, (iw - cw) // 2
+    crop = Image.fromarray(np.ascontiguousarray(img[y:y + ch, x:x + cw, :3]))
+    return np.array(crop.resize((width, height), Image.BILINEAR), dtype=np.uint8)
+
+
+def _square(img: np.ndarray, size: int) -> np.ndarray:
+    """Centre square crop, resized to size×size (uint8 RGB)."""
+    return _fill(img, size, size)
+
+
+def everyday_words(entry: str) -> tuple[str, ...]:
+    """Everyday words for a needle (shipped photos: `SampleImage.everyday`; your own: its label)."""
+    from videollm.samples import SAMPLE_IMAGES
+
+    img = SAMPLE_IMAGES.get(entry)
+    return img.everyday if img is not None and img.everyday else (resolve_needle(entry)[2],)
 
 
 def resolve_needle(entry: str) -> tuple[str, Path, str]:
@@ -122,18 +160,18 @@ def resolve_needle(entry: str) -> tuple[str, Path, str]:
     return p.stem, p, label.strip()
 
 
-def load_image(path: Path, size: int) -> np.ndarray:
+def load_image(path: Path, size: int, width: int | None = None) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
-            return _square(np.asarray(im.convert("RGB")), size)
+            return _fill(np.asarray(im.convert("RGB")), width or size, size)
     except (OSError, UnidentifiedImageError) as err:
         raise DatasetError(f"needle image {path}: cannot read it ({err})") from None
 
 
-def haystack_frames(entries: list[str], fps: float, size: int) -> np.ndarray:
-    """Every clip sampled at `fps`, centre-cropped square and resized; clips in the order given."""
+def haystack_frames(entries: list[str], fps: float, size: int, width: int | None = None) -> np.ndarray:
+    """Every clip sampled at `fps`, centre-cut to width×size (square by default) and resized; clips in order."""
     from videollm.errors import VideoLLMError
     from videollm.samples import SAMPLES, sample_path
     from videollm.video import SamplingConfig, load_video
@@ -142,14 +180,15 @@ def haystack_frames(entries: list[str], fps: float, size: int) -> np.ndarray:
     for entry in entries:
         try:
             path = sample_path(entry) if entry in SAMPLES else Path(entry).expanduser()
-            video = load_video(path, SamplingConfig(num_frames=None, fps=fps, max_frames=100_000, max_side=448))
+            video = load_video(path, SamplingConfig(num_frames=None, fps=fps, max_frames=100_000,
+                                                    max_side=max(448, width or 0, size)))
             try:
                 frames = video.read().frames.numpy()
             finally:
                 video.close()
         except VideoLLMError as err:
             raise DatasetError(f"haystack clip {entry!r}: {err}") from None
-        out += [_square(f, size) for f in frames]
+        out += [_fill(f, width or size, size) for f in frames]
     if not out:
         raise DatasetError("the haystack clips gave no frames")
     return np.stack(out)
@@ -165,6 +204,23 @@ def insert_needle(haystack: np.ndarray, needle: np.ndarray, length: float, depth
     frames = haystack[np.arange(n) % len(haystack)].copy()
     frames[start:start + k] = needle
     return frames, start / fps, (start + k) / fps
+
+
+def _everyday_options(label: str, words: tuple[str, ...], pool: list[str], n: int, rng: random.Random
+                      ) -> tuple[list[str], str, str]:
+    """(options, answer letter, the right option's words): one of the needle's everyday words, and
+    distractors whose meaning does not cover the needle's class (WordNet: "a vehicle" is no distractor for a
+    moped)."""
+    from videollm.backbones.mini.concepts import hierarchy
+    from videollm.backbones.mini.bridge import imagenet_names
+
+    names = imagenet_names()
+    h = hierarchy()
+    cls = names.index(label) if label in names else None
+    right = rng.choice(list(words))
+    ok = [d for d in dict.fromkeys(pool) if d not in words and (cls is None or cls not in h.match(d).classes)]
+    options, answer = _options(right, ok, n, rng)
+    return options, answer, right
 
 
 def _options(label: str, pool: list[str], n: int, rng: random.Random) -> tuple[list[str], str]:
@@ -188,13 +244,17 @@ def build_needle_set(out_dir: str | Path, spec: NeedleSpec | None = None, progre
     existing = _read_set(out)
     if existing is not None and existing[0] == _spec_json(spec):
         return existing[1]
-    entries = spec.needles or [n for n in DEFAULT_NEEDLES if n in available_sample_images()]
+    width, height = spec.frame_size
+    defaults = DEFAULT_NEEDLES if 1 / 1.2 <= width / height <= 1.2 else DEFAULT_WIDE_NEEDLES
+    entries = spec.needles or [n for n in defaults if n in available_sample_images()]
     if not entries:
         raise DatasetError("no needle images: install scikit-image/matplotlib (pip install --no-deps -r "
                            "requirements-nodeps.txt) or list your own as PATH=LABEL in needle_spec.json")
     needles = [resolve_needle(e) for e in entries]
-    images = {name: load_image(path, spec.size) for name, path, _ in needles}
-    hay = haystack_frames(spec.haystack, spec.fps, spec.size)
+    images = {name: load_image(path, height, width) for name, path, _ in needles}
+    hay = haystack_frames(spec.haystack, spec.fps, height, width)
+    words = {name: everyday_words(e) for e, (name, _, _) in zip(entries, needles)}
+    everyday_pool = [w for ws in words.values() for w in ws] + list(EVERYDAY_DISTRACTORS)
     rng = random.Random(spec.seed)
     labels = [lab for _, _, lab in needles]
     cells = [(length, depth) for length in spec.lengths for depth in spec.depths]
@@ -209,10 +269,14 @@ def build_needle_set(out_dir: str | Path, spec: NeedleSpec | None = None, progre
         frames, t0, t1 = insert_needle(hay, images[name], length, depth, spec.needle_seconds, spec.fps)
         qid = f"{length:g}s_d{depth:g}_{name}"
         fname = f"{qid}.mp4"
-        write_video(out / "videos" / fname, len(frames), fps=spec.fps, size=(spec.size, spec.size),
+        write_video(out / "videos" / fname, len(frames), fps=spec.fps, size=(height, width),
                     frame_fn=lambda i, h, w, fr=frames: fr[i])
-        options, answer = _options(label, [*labels, *spec.distractors], spec.n_options, rng)
-        items.append(NeedleItem(qid, fname, float(length), float(depth), name, label, t0, t1, options, answer))
+        if spec.words == "everyday":
+            options, answer, said = _everyday_options(label, words[name], everyday_pool, spec.n_options, rng)
+        else:
+            options, answer = _options(label, [*labels, *spec.distractors], spec.n_options, rng)
+            said = label
+        items.append(NeedleItem(qid, fname, float(length), float(depth), name, said, t0, t1, options, answer))
     doc = {"format": FORMAT, "spec": _spec_json(spec), "items": [asdict(i) for i in items]}
     tmp = out / (SET_FILE + ".tmp")
     tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")

@@ -36,6 +36,7 @@ class GenerationConfig:
     stop_strings: tuple[str, ...] = ()
     seed: int = 0
     repetition_penalty: float = 1.0  # >1 discourages tokens already generated (CTRL-style); 1 = off
+    no_repeat_ngram: int = 0  # >0: never generate an n-gram of this many tokens twice (a loop guard); 0 = off
     #: opt-in fast loop: static KV cache + compiled per-token step (CUDA graphs on a GPU), same tokens as the
     #: eager loop; used for fresh direct-mode prompts on backbones that offer it (`answer.static_decode`)
     static_decode: bool = False
@@ -56,6 +57,10 @@ class GenerationConfig:
                 raise InvalidRequestError(f"{name} must be a number {what}, got {value!r}")
         if not isinstance(self.seed, int):
             raise InvalidRequestError(f"seed must be an integer, got {self.seed!r}")
+        if isinstance(self.no_repeat_ngram, bool) or not isinstance(self.no_repeat_ngram, int) \
+                or not 0 <= self.no_repeat_ngram <= 64:
+            raise InvalidRequestError(
+                f"no_repeat_ngram must be a whole number in [0, 64], got {self.no_repeat_ngram!r}")
         if not isinstance(self.static_decode, bool):
             raise InvalidRequestError(f"static_decode must be true or false, got {self.static_decode!r}")
 
@@ -115,6 +120,8 @@ def generate(backbone: LanguageModel, inputs_embeds: torch.Tensor, config: Gener
             scores = logits[0].float()
             if config.repetition_penalty != 1.0 and ids:
                 scores = repetition_penalty(ids, scores, config.repetition_penalty)
+            if config.no_repeat_ngram and len(ids) >= config.no_repeat_ngram:
+                scores = no_repeat_ngram(ids, scores, config.no_repeat_ngram)
             for proc in processors:
                 scores = proc(ids, scores)
             for obs in observers:
@@ -288,6 +295,25 @@ def _choose(scores: torch.Tensor, config: GenerationConfig, gen: torch.Generator
         probs /= probs.sum()
     i = int(torch.multinomial(probs.cpu(), 1, generator=gen))
     return i, float(logp[i])
+
+
+def banned_ngram_tokens(ids: list[int], n: int) -> set[int]:
+    """Tokens that would complete an n-gram already in `ids` (transformers' `no_repeat_ngram_size` rule)."""
+    if n < 1 or len(ids) < n:
+        return set()
+    prefix = tuple(ids[len(ids) - n + 1:]) if n > 1 else ()
+    return {ids[i + n - 1] for i in range(len(ids) - n + 1) if tuple(ids[i:i + n - 1]) == prefix}
+
+
+def no_repeat_ngram(ids: list[int], scores: torch.Tensor, n: int) -> torch.Tensor:
+    """`scores` with every token that would repeat an n-gram of `ids` set to -inf: a 135M model's loops
+    ("a type of a type of …", "1.1.1.1…") cannot start again."""
+    banned = banned_ngram_tokens(ids, n)
+    if not banned:
+        return scores
+    out = scores.clone()
+    out[torch.tensor(sorted(banned), dtype=torch.long, device=scores.device)] = -float("inf")
+    return out
 
 
 def _hits_stop(tok: Any, ids: list[int], stops: tuple[str, ...]) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -18,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..backbones.protocols import SupportsChoiceScoring, VideoLanguageModel
+from ..backbones.protocols import SupportsChoiceScoring, SupportsOptionSupport, VideoLanguageModel
 from ..errors import InvalidRequestError
 from ..registry import Registry
 from .choice import ANSWER_FORMATS, LetterConstraint, check_answer_format, letter_token_ids
@@ -51,6 +52,15 @@ DEFAULT_MAX_THINK_TOKENS = 512
 #: first stage 256 tokens), and eval's large reasoning budget must not let a rambling model spend it twice
 MAX_ANSWER_TOKENS = 256
 CONFIDENCE_METHODS = ("box", "letter")
+#: where a one-sentence answer ends (backbones with `one_sentence_answers`)
+SENTENCE_ENDS = (". ", ".\n", "! ", "? ", "\n\n")
+_SENTENCE = re.compile(r"^(.+?[.!?])(?=\s|$)", re.DOTALL)
+
+
+def first_sentence(text: str) -> str:
+    """The text up to the end of its first sentence ("3.5" and "e.g" do not end one: a space must follow)."""
+    m = _SENTENCE.match(text.strip())
+    return m.group(1).strip() if m else text.strip()
 
 
 @dataclass
@@ -123,8 +133,37 @@ def register_mode(name: str) -> Callable[[ReasoningFn], ReasoningFn]:
     return MODES.register(name)
 
 
-def run_mode(name: str, *args: Any, **kwargs: Any) -> ReasoningOutcome:
-    return MODES.get(name)(*args, **kwargs)
+def run_mode(name: str, backbone: VideoLanguageModel, user_text: str, visual: VisualTokens,
+             options: list[str] | None, generation: GenerationConfig, *args: Any, **kwargs: Any) -> ReasoningOutcome:
+    """Run a reasoning mode. A backbone that cannot write a thought (`reasons = False`, e.g. videollm-mini's
+    135M LLM, whose own thoughts degenerate into "1.1.1…") gets its direct answer plus a thought written from
+    its evidence in think/auto; and a backbone that can tell which options its frames show has its letter
+    decided by them when they are unambiguous (`answer.evidence`)."""
+    from .evidence import apply_option_support
+
+    fn = MODES.get(name)
+    if name in ("think", "auto") and not getattr(backbone, "reasons", True):
+        outcome = _evidence_thought(name, backbone, user_text, visual, options, generation, *args, **kwargs)
+    else:
+        outcome = fn(backbone, user_text, visual, options, generation, *args, **kwargs)
+    return apply_option_support(backbone, outcome, options, visual)
+
+
+def _evidence_thought(name: str, backbone: VideoLanguageModel, user_text: str, visual: VisualTokens,
+                      options: list[str] | None, generation: GenerationConfig, system: str | None = None,
+                      **kwargs: Any) -> ReasoningOutcome:
+    """think/auto for a backbone too small to reason: the direct answer, and as the thought what its frames
+    showed (`SupportsOptionSupport.evidence_thought`), so the thought is true rather than a loop."""
+    opts = ReasoningOptions.from_kwargs(**kwargs)
+    direct_kwargs = {"answer_format": opts.answer_format}
+    out = answer_direct(backbone, user_text, visual, options, generation, system=system, **direct_kwargs)
+    fired = name == "think" or should_think(name, out.confidence, opts.threshold)
+    thought = None
+    if fired and isinstance(backbone, SupportsOptionSupport):
+        thought = backbone.evidence_thought(user_text, options, visual)
+    out.mode, out.thinking_fired, out.thought = name, fired, thought
+    out.extra.update(thought_source="evidence" if thought else None, threshold=opts.threshold)
+    return out
 
 
 # ---- confidence probes --------------------------------------------------------------------------------
@@ -196,6 +235,12 @@ def answer_direct(backbone: VideoLanguageModel, user_text: str, visual: VisualTo
     inputs = backbone.build_inputs(user_text, visual, system=system)
     probe = LetterProbe(backbone.tokenizer, option_letters(options)) if options else None
     cfg = replace(generation, stop_strings=tuple(generation.stop_strings) + (THINK_OPEN,))
+    guard = int(getattr(backbone, "repetition_guard", 0) or 0)  # small LLMs loop: a default n-gram guard
+    if guard and not cfg.no_repeat_ngram:
+        cfg = replace(cfg, no_repeat_ngram=guard)
+    one_sentence = not options and bool(getattr(backbone, "one_sentence_answers", False))
+    if one_sentence:  # a small LLM's first sentence answers; what follows invents details
+        cfg = replace(cfg, stop_strings=tuple(cfg.stop_strings) + SENTENCE_ENDS)
     scorer = None
     if options and isinstance(backbone, SupportsChoiceScoring):  # an optional capability
         scorer = backbone.choice_scorer(inputs, option_texts(options), visual, question=user_text)
@@ -205,6 +250,8 @@ def answer_direct(backbone: VideoLanguageModel, user_text: str, visual: VisualTo
     out = generate(backbone, inputs.embeds, cfg, observers=[probe] if probe else (), first_step=scorer,
                    prefix_len=inputs.prefix_len, allow_static=True)
     text = out.text.split(THINK_OPEN)[0].strip()
+    if one_sentence:
+        text = first_sentence(text)
     choice = parse_choice(text, options)
     if isinstance(scorer, LetterConstraint):
         choice = text = scorer.token_letter[out.token_ids[0]]

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from ..types import VisualTokens
+    from ..types import OptionSupport, VisualTokens
     from .base import PromptInputs
 
 #: rewrites the prefill's last-position logits (1, V) with the prompt's KV cache at hand
@@ -107,6 +107,17 @@ class SupportsChoiceScoring(Protocol):
 
     def choice_scorer(self, inputs: PromptInputs, options: list[str], visual: VisualTokens,
                       question: str = "") -> FirstStep | None: ...
+
+
+@runtime_checkable
+class SupportsOptionSupport(Protocol):
+    """Optional: the backbone can tell which options its kept frames show (videollm-mini: the classifier's
+    classes, matched to the options through WordNet). The reasoning modes then let the frames decide the
+    letter when exactly one option is shown, and warn when none is (`answer.evidence`)."""
+
+    def option_support(self, options: list[str], visual: VisualTokens) -> OptionSupport: ...
+
+    def evidence_thought(self, question: str, options: list[str] | None, visual: VisualTokens) -> str: ...
 
 
 @runtime_checkable

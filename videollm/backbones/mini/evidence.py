@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ...types import OptionSupport
+
 #: weight of the moment score per question shape (the rest goes to coverage)
 MOMENT_MIX = {"moment": 0.8, "coverage": 0.2, "mixed": 0.5}
 #: temperature of the soft maximum over frames, in cosine units: near-max, but two frames that match beat one
@@ -66,6 +68,23 @@ def evidence(per_frame: torch.Tensor, times: Sequence[float], shape: str = "mixe
     moment = (weights * x).sum(dim=1)
     best = x.argmax(dim=1).tolist()
     return Evidence(moment, x.mean(dim=1), [float(times[i]) for i in best], shape, MOMENT_MIX[shape])
+
+
+#: a frame's match at or above this says the option is shown there (a covered class among the frame's top
+#: classes scores 0.8-1.0; name similarity alone reaches it only for the class's own name)
+SUPPORTED = 0.75
+
+
+Support = OptionSupport  # kept under the name the mini code uses
+
+
+def support(per_frame: torch.Tensor, times: Sequence[float], seen_as: list[list[str]],
+            threshold: float = SUPPORTED) -> Support:
+    """`per_frame` (n_options, n_frames) matches in [0, 1] → which options the frames show."""
+    best, idx = per_frame.max(dim=1)
+    ok = [bool(b >= threshold) for b in best]
+    return Support(ok, [float(times[int(i)]) if s else None for s, i in zip(ok, idx)],
+                   [names if s else [] for s, names in zip(ok, seen_as)])
 
 
 # ---- what the LLM reads: every class seen, with when ---------------------------------------------------------

@@ -29,10 +29,11 @@ import torch
 
 from ..._compat import cache_kwargs, require
 from ...answer.decode_step import forward_last
-from ...answer.prompting import MC_INSTRUCTION, option_letters
+from ...answer.prompting import MC_INSTRUCTION, option_letters, option_texts
 from ...types import VisualTokens
 from .. import register_preset
 from . import assets as mini_assets
+from . import concepts as mini_concepts
 from . import evidence as mini_evidence
 from . import bridge as mini_bridge
 from ..base import Backbone, PromptInputs, resize_normalize
@@ -66,6 +67,13 @@ ANSWER_LEAD = "Answer:"
 EVIDENCE_WEIGHT = 12.0
 #: Tempo relevance: logit per unit of cosine between a query word and a segment's object tokens
 RELEVANCE_WEIGHT = 8.0
+#: evidence (and Tempo relevance) lost per ln(classes a word's meaning covers): "cheetah" 1.0, "dog" (118
+#: breeds) 0.76, "animal" (398 classes) 0.70, so a specific word beats a broad one seen in the same frame
+BREADTH = 0.05
+#: nats added to the one option the kept frames show when no other is shown
+DECISIVE_BONUS = 30.0
+#: the most name similarity counts for an option WordNet knows, in a frame showing none of its classes
+UNSEEN_CAP = 0.5
 RELEVANCE_CENTRE = 0.5  # a cosine this high adds nothing; an exact name match (1.0) adds RELEVANCE_WEIGHT / 2
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]{2,}")
 _STOPWORDS = frozenset(
@@ -80,7 +88,9 @@ _STOPWORDS = frozenset(
 class MiniConfig:
     tokens_per_frame: int = 3  # soft tokens (= top classes) per frame
     image_size: int = 224
-    max_crops: int = 3  # square crops across wide frames, their class probabilities averaged
+    max_crops: int = 3  # square tiles across wide frames (2 for 16:9, 3 for wider)
+    whole_view: bool = True  # wide frames: also the whole frame squashed to a square
+    view_pool: str = "max"  # how the views' class probabilities combine: "max" or "mean"
     summary_classes: int = 5  # "seen most often" names written after the per-frame lines
     text_budget: int = 768  # most prompt tokens the video's text may take (per-frame lines, sightings, summary)
     reserve_tokens: int = 512  # context kept free for the question, the options and the answer
@@ -90,6 +100,9 @@ class MiniConfig:
 class MiniBackbone(Backbone):
     chat_template = CHAT_TEMPLATE
     notice = NOTICE
+    reasons = False  # SmolLM2-135M's own thoughts loop ("1.1.1…"): think/auto show the evidence instead
+    repetition_guard = 3  # no 3-gram twice: "a motorcycle that is a motorcycle that is …" cannot start
+    one_sentence_answers = True  # free-form: the first sentence (what follows is where a 135M model invents)
     text_tokens_per_frame = 24  # "- 12.3-14.5s: <class names>" per run of frames, at worst one run per frame
 
     def __init__(self, llm: Any, tokenizer: Any, encoder: Any, class_names: list[str],
@@ -110,6 +123,8 @@ class MiniBackbone(Backbone):
         self.token_norm = mini_bridge.typical_norm(weight)
         self.class_table = mini_bridge.name_table(class_names, self._ids, weight, self.token_norm).to(self.device)
         self.class_center = torch.nn.functional.normalize(self.class_table.float(), dim=-1).mean(0)
+        self._common: dict[int, str] = {}
+        self._last_reading: tuple[tuple, list[tuple[float, list[int], torch.Tensor]]] | None = None
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -133,32 +148,43 @@ class MiniBackbone(Backbone):
 
     # ---- vision ------------------------------------------------------------------------------------
     def _crops(self, frames: torch.Tensor) -> list[torch.Tensor]:
-        """Square crops spanning the long side, so wide frames are neither squashed nor cut."""
+        """Square tiles spanning the long side (overlapping where the side does not divide), so wide frames are
+        neither squashed nor cut; with `whole_view` also the whole frame squashed to a square, which sees an
+        object spread across the frame that no tile holds entirely."""
         _, h, w, _ = frames.shape
         side, long = min(h, w), max(h, w)
         m = 1 if long / side <= 1.2 else min(self.config.max_crops, math.ceil(long / side))
         starts = [round(i * (long - side) / (m - 1)) for i in range(m)] if m > 1 else [(long - side) // 2]
-        if w >= h:
-            return [frames[:, :, s:s + side] for s in starts]
-        return [frames[:, s:s + side] for s in starts]
+        crops = [frames[:, :, s:s + side] for s in starts] if w >= h else [frames[:, s:s + side] for s in starts]
+        if m > 1 and self.config.whole_view:
+            crops.append(frames)
+        return crops
 
     @torch.inference_mode()
     def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 (n, H, W, 3) → pooled EfficientNet features (n, 1, 1, 1280), averaged over crops."""
+        """uint8 (n, H, W, 3) → pooled EfficientNet features (n, 1, m, 1280), one per view (`_crops`)."""
         size = (self.config.image_size, self.config.image_size)
         enc_dtype = next(self.encoder.parameters()).dtype
         feats = []
         for crop in self._crops(frames):
             x = resize_normalize(crop, size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), self.device, enc_dtype)
             feats.append(self.encoder.forward_head(self.encoder.forward_features(x), pre_logits=True).float())
-        return torch.stack(feats).mean(0)[:, None, None, :]
+        return torch.stack(feats, dim=1)[:, None]
 
     @torch.inference_mode()
     def class_probs(self, features: torch.Tensor) -> torch.Tensor:
-        """Pooled features (n, 1, 1, 1280) → ImageNet class probabilities (n, 1000)."""
+        """Features (n, 1, m, 1280) → ImageNet class probabilities (n, 1000): each view's softmax, combined
+        over views by `MiniConfig.view_pool` ("max": a class is as probable as in the view that sees it best,
+        so an object filling one tile of a wide frame is not diluted by the others; renormalised)."""
         clf = self.encoder.get_classifier()
-        x = features.reshape(features.shape[0], -1).to(next(self.encoder.parameters()).dtype)  # clf may be quantized
-        return clf(x).float().softmax(-1)
+        n = features.shape[0]
+        x = features.reshape(-1, features.shape[-1]).to(next(self.encoder.parameters()).dtype)  # clf: maybe quantized
+        logits = clf(x).float()
+        probs = logits.softmax(-1).reshape(n, -1, logits.shape[-1])
+        if probs.shape[1] == 1:
+            return probs[:, 0]
+        pooled = probs.amax(1) if self.config.view_pool == "max" else probs.mean(1)
+        return pooled / pooled.sum(-1, keepdim=True)
 
     @torch.inference_mode()
     def project(self, features: torch.Tensor) -> torch.Tensor:
@@ -174,7 +200,17 @@ class MiniBackbone(Backbone):
 
     # ---- reading visual tokens back into words -----------------------------------------------------
     def read_frames(self, visual: VisualTokens) -> list[tuple[float, list[int], torch.Tensor]]:
-        """Per kept frame, in time order: (timestamp, class ids read from its tokens, its tokens)."""
+        """Per kept frame, in time order: (timestamp, class ids read from its tokens, its tokens). The last
+        reading is kept: the prompt, the evidence and the option support all read the same tokens."""
+        key = (visual.embeds.data_ptr(), tuple(visual.embeds.shape), tuple(int(f) for f in visual.kept_frames),
+               float(visual.embeds.float().sum()))
+        if self._last_reading is not None and self._last_reading[0] == key:
+            return self._last_reading[1]
+        out = self._read_frames(visual)
+        self._last_reading = (key, out)
+        return out
+
+    def _read_frames(self, visual: VisualTokens) -> list[tuple[float, list[int], torch.Tensor]]:
         out = []
         for f in visual.kept_frames:
             sel = visual.frame_ids == f
@@ -234,7 +270,7 @@ class MiniBackbone(Backbone):
         budget = max(64, min(self.config.text_budget,
                              self.max_context - visual.num_tokens - self.config.reserve_tokens))
         top = self.summary(frames)
-        summary = ("Objects in the video: " + ", ".join(self.class_names[c] for c in top) + ".\n") if top else ""
+        summary = ("Objects in the video: " + ", ".join(self.common_label(c) for c in top) + ".\n") if top else ""
         run_lines = []
         for run in runs:
             t0, t1 = run[0][0], run[-1][0]
@@ -327,11 +363,14 @@ class MiniBackbone(Backbone):
         logger.debug("mini evidence (%s question): moment %s at %s s, coverage %s", found.shape,
                      [round(float(x), 3) for x in found.moment], found.when,
                      [round(float(x), 3) for x in found.coverage])
-        evidence = found.combined
+        evidence = EVIDENCE_WEIGHT * found.combined
+        decisive = self.option_support(list(options), visual).decisive
+        if decisive is not None:  # exactly one option is shown in the kept frames: the frames decide
+            evidence[decisive] += DECISIVE_BONUS
         first_ids = [ids[0] for ids in letter_ids]
 
         def score(logits: torch.Tensor, cache: Any) -> torch.Tensor:
-            scores = self.option_scores(cache, option_ids) + EVIDENCE_WEIGHT * evidence
+            scores = self.option_scores(cache, option_ids) + evidence
             masked = torch.full_like(logits, -float("inf"))
             masked[0, first_ids] = scores.to(masked)
             return masked
@@ -361,7 +400,7 @@ class MiniBackbone(Backbone):
         return torch.tensor(scores)
 
     @torch.inference_mode()
-    def frame_matches(self, options: list[str], visual: VisualTokens) -> torch.Tensor:
+    def name_matches(self, options: list[str], visual: VisualTokens) -> torch.Tensor:
         """(n_options, n_kept_frames): per kept frame, the best cosine between the option's name vector and the
         frame's tokens, in the LLM's embedding space with the class names' common direction removed."""
         weight = self.input_embeddings().weight.detach()
@@ -374,6 +413,100 @@ class MiniBackbone(Backbone):
         sims = unit(vecs - center, dim=-1) @ unit(toks - center, dim=-1).T  # (n_options, n_tokens)
         per_frame = [sims[:, visual.frame_ids == f].max(dim=1).values for f in visual.kept_frames]
         return torch.stack(per_frame, dim=1).cpu()
+
+    def option_concepts(self, options: list[str]) -> list[mini_concepts.Concept]:
+        """Each option's WordNet concept: the ImageNet classes its words cover (`concepts`)."""
+        h = mini_concepts.hierarchy()
+        return [h.match(o) for o in options]
+
+    @torch.inference_mode()
+    def frame_matches(self, options: list[str], visual: VisualTokens) -> torch.Tensor:
+        """(n_options, n_kept_frames): how well each option matches each kept frame (the evidence's input).
+
+        By meaning first (`concept_matches`): in a frame that shows a class the option's WordNet meaning covers,
+        the better of its rank score and its name similarity, less `BREADTH` × ln(classes it covers), so that
+        when one frame reads as both a cheetah and a bull terrier, "a cheetah" (1 class) outweighs "a dog"
+        (118 breeds); elsewhere at most `UNSEEN_CAP` from name similarity. Options WordNet does not know are
+        matched by name similarity alone (`name_matches`)."""
+        return self.concept_matches(options, visual)[0]
+
+    @torch.inference_mode()
+    def concept_matches(self, options: list[str], visual: VisualTokens) -> tuple[torch.Tensor, torch.Tensor]:
+        """(evidence scores, support scores), each (n_options, n_kept_frames). A support score is
+        1 − 0.1 × rank of the best covered class read in the frame (0 if none), or the name similarity for
+        options WordNet does not know: it says whether the option is shown, not how specifically."""
+        names = self.name_matches(options, visual)
+        concepts = self.option_concepts(options)
+        if not any(c.known for c in concepts):
+            return names, names
+        readings = self.read_frames(visual)
+        out, shown = names.clone(), names.clone()
+        for i, c in enumerate(concepts):
+            if not c.known:
+                continue
+            breadth = BREADTH * math.log(len(c.classes))
+            for j, (_, classes, _) in enumerate(readings):
+                ranks = [r for r, cls in enumerate(classes) if cls in c.classes]
+                name = float(names[i, j])
+                if ranks:
+                    shown[i, j] = 1.0 - 0.1 * min(ranks)
+                    out[i, j] = max(float(shown[i, j]), name) - breadth
+                else:
+                    shown[i, j] = out[i, j] = min(name, UNSEEN_CAP)
+        return out, shown
+
+    def option_support(self, options: list[str], visual: VisualTokens) -> mini_evidence.Support:
+        """Which options the kept frames show (a frame's match reaches `mini_evidence.SUPPORTED`), with when,
+        and the classes seen there in common words."""
+        visual = visual.without_text()
+        if visual.num_tokens == 0 or not options:
+            return mini_evidence.Support([False] * len(options), [None] * len(options), [[] for _ in options])
+        matches = self.concept_matches(options, visual)[1]
+        times = [float(visual.timestamps[f]) for f in visual.kept_frames]
+        readings = self.read_frames(visual)
+        concepts = self.option_concepts(options)
+        seen_as: list[list[str]] = []
+        for i, c in enumerate(concepts):
+            best = int(matches[i].argmax())
+            classes = [cls for cls in readings[best][1] if not c.known or cls in c.classes]
+            seen_as.append([self.common_label(cls) for cls in classes[:1]])
+        return mini_evidence.support(matches, times, seen_as)
+
+    def seen_summary(self, visual: VisualTokens, n: int = 5) -> str:
+        """The classes seen most in the kept frames, in common words ("motorcycle (moped), suit")."""
+        frames = self.read_frames(visual.without_text())
+        return ", ".join(self.common_label(c) for c in self.summary(frames)[:n]) or "nothing recognised"
+
+    def evidence_thought(self, question: str, options: list[str] | None, visual: VisualTokens) -> str:
+        """The thought think/auto show for mini (its 135M LLM cannot reason; `reasons = False`): what the
+        classifier recognised in the kept frames, with when, and which options that supports."""
+        visual = visual.without_text()
+        frames = self.read_frames(visual)
+        found = mini_evidence.sightings([(t, classes) for t, classes, _ in frames])[:8]
+        seen = "; ".join(f"{self.common_label(s.cls)} at {mini_evidence.format_ranges(s.ranges, 2)}" for s in found)
+        lines = [f"The classifier recognised in the kept frames: {seen or 'nothing'}."]
+        if options:
+            texts, letters = option_texts(options), option_letters(options)
+            sup = self.option_support(texts, visual)
+            shown = [f"{letters[i]} ({texts[i]}) matches {', '.join(sup.seen_as[i]) or 'what was seen'} at "
+                     f"{sup.when[i]:.1f}s" for i in range(len(texts)) if sup.supported[i]]
+            unseen = [letters[i] for i in range(len(texts)) if not sup.supported[i]]
+            if shown:
+                lines.append("Option " + "; option ".join(shown) + ".")
+            if unseen:
+                lines.append(f"Not seen in any kept frame: {', '.join(unseen)}.")
+        return " ".join(lines)
+
+    def common_label(self, cls: int) -> str:
+        """A class in common words with its ImageNet name: "motorcycle (moped)", or the name alone when it is
+        already everyday ("tripod")."""
+        name = self.class_names[cls]
+        if cls in self._common:
+            return self._common[cls]
+        common = mini_concepts.hierarchy().common_name(cls, cost=lambda w: len(self._ids(" " + w)))
+        self._common[cls] = label = name if (not common or common.lower() in name.lower()
+                                             or len(self._ids(" " + name)) <= 1) else f"{common} ({name})"
+        return label
 
     def option_evidence(self, options: list[str], visual: VisualTokens, question: str = "") -> mini_evidence.Evidence:
         """How well each option's words match what the kept frames show: the strongest moment (with its time)
@@ -397,8 +530,9 @@ class MiniBackbone(Backbone):
     @torch.inference_mode()
     def relevance_prior(self, query: str, visual: VisualTokens) -> float:
         """Logit added to this LLM's own Yes-vs-No on a segment: how closely a word of the query names an
-        object recognised in the segment (best cosine, in the LLM's input-embedding space, between the
-        query's words and the segment's class tokens), minus RELEVANCE_CENTRE, times RELEVANCE_WEIGHT.
+        object recognised in the segment (up to 1 when a query word's WordNet meaning covers a class read
+        there, less the broader the word, `BREADTH`; else the best cosine, in the LLM's input-embedding space,
+        between the query's words and the segment's class tokens), minus RELEVANCE_CENTRE, times RELEVANCE_WEIGHT.
 
         SmolLM2-135M reads the segment's objects and the question, but its Yes/No alone barely separates a
         relevant segment from the rest (docs/tempo.md); this term carries the match between the words it
@@ -411,7 +545,14 @@ class MiniBackbone(Backbone):
         weight = self.input_embeddings().weight.detach()
         vecs = torch.nn.functional.normalize(mini_bridge.name_table(words, self._ids, weight, 1.0), dim=-1)
         toks = torch.nn.functional.normalize(visual.embeds.float().to(vecs.device), dim=-1)
-        return RELEVANCE_WEIGHT * (float((vecs @ toks.T).max()) - RELEVANCE_CENTRE)
+        best = float((vecs @ toks.T).max())
+        seen = {c for _, classes, _ in self.read_frames(visual) for c in classes}
+        h = mini_concepts.hierarchy()
+        for w in words:  # by meaning: "dog" is relevant to a Labrador; the broader the word, the less
+            covered = h.match(w).classes
+            if covered & seen:
+                best = max(best, 1.0 - BREADTH * math.log(len(covered)))
+        return RELEVANCE_WEIGHT * (best - RELEVANCE_CENTRE)
 
     @torch.inference_mode()
     def batch_last_logits(self, prompts: list[torch.Tensor]) -> torch.Tensor:

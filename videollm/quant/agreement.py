@@ -1,0 +1,84 @@
+"""Does a quantization change a small model's answers? First-token agreement with the float model.
+
+Small LLMs (videollm-mini's 135M SmolLM2) have little slack: int4 can flip the next token on many prompts,
+and the user sees a garbled answer with no word of why. Before quantizing, the float model's next token
+is taken on a few fixed prompts (`report.PROMPTS`, ~1 s on a 135M model); after, the same prompts are
+run again. When agreement falls below `MIN_AGREEMENT`, the backbone carries a one-line warning
+(`setup_warnings`, shown with every answer) naming the agreement and a safer scheme.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..backbones.protocols import LanguageModel
+
+logger = logging.getLogger(__name__)
+#: fraction of probe prompts whose next token must match the float model's
+MIN_AGREEMENT = 0.875
+#: models up to this many LLM parameters are checked (larger ones quantize with slack; the check would cost)
+SMALL_MODEL_PARAMS = 1_000_000_000
+
+
+@dataclass
+class Agreement:
+    same: int
+    total: int
+
+    @property
+    def fraction(self) -> float:
+        return self.same / self.total if self.total else 1.0
+
+
+@torch.inference_mode()
+def next_tokens(backbone: LanguageModel, prompts: Sequence[str]) -> list[int]:
+    """The greedy next token after each prompt (text only, no video)."""
+    out = []
+    for p in prompts:
+        logits, _ = backbone.lm_forward(backbone.embed_text(p).unsqueeze(0))
+        out.append(int(logits[0].argmax()))
+    return out
+
+
+def agreement(reference: Sequence[int], now: Sequence[int]) -> Agreement:
+    return Agreement(sum(a == b for a, b in zip(reference, now)), len(reference))
+
+
+def warning_line(name: str, scheme: str, found: Agreement) -> str | None:
+    """The one line to show, or None when the quantized model agrees well enough."""
+    if found.fraction >= MIN_AGREEMENT:
+        return None
+    safer = "int8" if scheme != "int8" else "none"
+    return (f"--quant {scheme} changes {name}'s answers: its next token matches the float model on only "
+            f"{found.same} of {found.total} probe prompts; use --quant {safer} for answers as the float model gives")
+
+
+def is_small(backbone: object) -> bool:
+    llm = getattr(backbone, "llm", None)
+    params = getattr(llm, "parameters", None)
+    if not callable(params):
+        return False
+    return sum(p.numel() for p in params()) <= SMALL_MODEL_PARAMS
+
+
+def quantize_checked(backbone: LanguageModel, llm: str, vision: str = "none", group_size: int | None = 128
+                     ) -> str | None:
+    """`quantize_backbone`, and for a small LLM the one-line warning when its answers change (also appended
+    to `backbone.setup_warnings`, which every answer carries); None when it agrees or was not checked."""
+    from .api import quantize_backbone
+    from .report import PROMPTS
+
+    check = llm != "none" and is_small(backbone)
+    ref = next_tokens(backbone, PROMPTS) if check else []
+    quantize_backbone(backbone, llm=llm, vision=vision, group_size=group_size)
+    if not check:
+        return None
+    found = agreement(ref, next_tokens(backbone, PROMPTS))
+    line = warning_line(str(getattr(backbone, "name", "the model")), llm, found)
+    if line:
+        logger.warning(line)
+        backbone.setup_warnings = [*getattr(backbone, "setup_warnings", ()), line]  # type: ignore[attr-defined]
+    return line
