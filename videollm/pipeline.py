@@ -26,6 +26,7 @@ from .answer.choice import check_answer_format
 from .timing import StageTimer, stage
 from .types import Answer
 from .video import SamplingConfig, Video, load_video
+from .video.remote import fetch as fetch_remote, is_remote
 
 if TYPE_CHECKING:
     from videollm.compressors.base import TokenCompressor
@@ -95,6 +96,8 @@ class VideoQAPipeline:
     def load(self, video: str | os.PathLike[str] | Video, sampling: SamplingConfig | None = None) -> Video:
         if isinstance(video, Video):
             return video
+        if is_remote(video):  # a URL or data URI: a private local copy, same caps as the server (video/remote.py)
+            video = fetch_remote(str(video))
         return load_video(video, sampling or self.config.sampling, backend=self.config.video_backend,
                           strict=self.config.strict_video)
 
@@ -186,6 +189,19 @@ class VideoQAPipeline:
         finally:
             if not isinstance(video, Video):
                 vid.close()
+
+    @torch.inference_mode()
+    def prefetch(self, video: Video, question: str, options: list[str] | None = None, *, budget: int | None = None,
+                 reasoning: str | None = None, generation: GenerationConfig | None = None) -> None:
+        """Decode `video` and run the vision tower for this question ahead of time, so the call with the same
+        arguments that follows finds its per-frame tokens in the feature cache (the server runs this for the next
+        request while the current one generates). Nothing is returned; errors are the call's own."""
+        user_text = format_question(question, options)
+        gen = generation or self.config.generation
+        budget = self.config.budget if budget is None else budget
+        budget = self._fit_budget(budget, video, user_text, reasoning or self.config.reasoning, gen, [])
+        query = user_text if getattr(self.compressor, "wants_options", False) else question
+        self.compressor(video, query=query, budget=budget)
 
     def _fit_budget(self, budget: int | None, video: Video, user_text: str, mode: str, generation: GenerationConfig,
                     notes: list[str]) -> int | None:
