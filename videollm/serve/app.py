@@ -1,4 +1,4 @@
-"""The HTTP layer: OpenAI-compatible routes over an `Engine` (FastAPI on uvicorn).
+"""The HTTP layer: OpenAI-compatible routes over an `Engine` (FastAPI on uvicorn; imported only by `serve`).
 
 FastAPI rather than litserve: the OpenAI surface needs full control of the body (size cap before parsing,
 our own 4xx bodies), server-sent events and client-disconnect detection, while the queue, batching and
@@ -19,8 +19,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
+
 from ..types import Answer
-from .engine import Engine, Event, Job
+from .engine import Engine, Event, Job, RequestTimeoutError
 from .errors import ServeError, error_for
 from .schema import ServeLimits, parse_chat
 
@@ -49,10 +54,6 @@ class ServeSettings:
 
 def create_app(engine: Engine, settings: ServeSettings) -> ASGIApp:
     """The ASGI app: FastAPI routes behind the key/size/log gate."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, StreamingResponse
-    from starlette.exceptions import HTTPException
-
     app = FastAPI(title="videollm", docs_url=None, redoc_url=None, openapi_url=None)
     created = int(time.time())
 
@@ -60,6 +61,10 @@ def create_app(engine: Engine, settings: ServeSettings) -> ASGIApp:
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
         kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
         return _json_error(ServeError(str(exc.detail), exc.status_code, kind))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _json_error(ServeError("the request does not match this route"))
 
     @app.exception_handler(Exception)
     async def any_error(_: Request, exc: Exception) -> JSONResponse:
@@ -111,8 +116,6 @@ async def _next_event(request: Any, job: Job, events: asyncio.Queue[Event]) -> E
                 return Event("error", error=ServeError("client disconnected", 499, "cancelled"))
             if job.stopped() and not job.cancel.is_set():
                 job.cancel.set()  # the deadline passed while waiting: the engine drops it when it gets there
-                from .engine import RequestTimeoutError
-
                 return Event("error", error=RequestTimeoutError("the request took longer than the server's time-out"))
 
 
@@ -185,9 +188,7 @@ async def _read_json(request: Any, limit: int) -> Any:
         raise ServeError(f"the request body is not valid JSON ({err.msg if hasattr(err, 'msg') else err})") from err
 
 
-def _json_error(err: ServeError) -> Any:
-    from fastapi.responses import JSONResponse
-
+def _json_error(err: ServeError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status)
 
 

@@ -83,6 +83,7 @@ class Batch:
     path: Path | None = None
     video: Video | None = None
     pipe: VideoQAPipeline | None = None
+    prefetch_s: float = 0.0  # decode + vision done ahead, shared by the batch's questions
 
 
 @dataclass(frozen=True)
@@ -196,8 +197,10 @@ class Engine:
             raise _too_long(duration, self.limits.max_duration_s)
         # overlap: decode + vision of this batch run now, while the answer thread may still be generating
         r = live[0].request
+        started = time.perf_counter()
         pipe.prefetch(video, r.question, r.options, budget=r.config.budget, reasoning=r.config.reasoning,
                       generation=r.config.generation)
+        batch.prefetch_s = time.perf_counter() - started
         for job in live:  # a streamed reply starts now: every error about the video has had its chance
             job.post(Event("ready"))
 
@@ -244,6 +247,7 @@ class Engine:
         ans.text, trimmed = trim_stops(ans.text, req.stops)
         if trimmed:
             ans.finish_reason = "stop"
+        ans.timings["prefetch"] = round(batch.prefetch_s, 6)
         streamer.finish(ans.text)
         job.post(Event("done", answer=ans, prompt_tokens=prompt_tokens(batch.pipe, req, ans)))
 
@@ -378,7 +382,7 @@ def prompt_tokens(pipe: VideoQAPipeline, req: ChatRequest, ans: Answer) -> int:
 
 def _stopped_error(job: Job) -> ServeError:
     if job.cancel.is_set():
-        return ServeError("the client closed the connection; request cancelled")
+        return ServeError("the client closed the connection; request cancelled", 499, "cancelled")
     return RequestTimeoutError("the request took longer than the server's time-out")
 
 
