@@ -117,6 +117,7 @@ def main() -> None:
     p.add_argument("--json", default=None, help="write the results here too")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     uris = _clip_uris()
     # every client: one clip, its two questions (a conversation's two turns); clients cycle over the clips
     names = list(uris)

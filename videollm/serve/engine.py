@@ -198,8 +198,10 @@ class Engine:
         # overlap: decode + vision of this batch run now, while the answer thread may still be generating
         r = live[0].request
         started = time.perf_counter()
-        pipe.prefetch(video, r.question, r.options, budget=r.config.budget, reasoning=r.config.reasoning,
-                      generation=r.config.generation)
+        if not getattr(pipe.compressor, "wants_options", False):  # Tempo scores segments with the LLM itself:
+            # running it beside the answer thread's generation would share one LLM between two threads
+            pipe.prefetch(video, r.question, r.options, budget=r.config.budget, reasoning=r.config.reasoning,
+                          generation=r.config.generation)
         batch.prefetch_s = time.perf_counter() - started
         for job in live:  # a streamed reply starts now: every error about the video has had its chance
             job.post(Event("ready"))
