@@ -43,6 +43,14 @@ def test_every_resolved_address_is_checked(monkeypatch):
     assert remote.resolve_public("videos.example", 80, allow_private=True) == "93.184.215.14"
 
 
+def test_cli_tells_urls_apart_like_the_pipeline():
+    from videollm import cli
+
+    assert cli.REMOTE_PREFIXES == remote.REMOTE_PREFIXES
+    assert remote.is_remote("HTTPS://x/y.mp4") and remote.is_remote("data:video/mp4;base64,AA")
+    assert not remote.is_remote("clip.mp4") and not remote.is_remote(Path("http://x"))
+
+
 def test_data_uri(tmp_path):
     uri = "data:video/mp4;base64," + base64.b64encode(CLIP).decode()
     path = materialize(uri, tmp_path)

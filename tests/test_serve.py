@@ -268,6 +268,26 @@ def test_bad_requests_are_4xx_json(strict_server, clip_uri, case):
     assert "/tmp" not in body["message"] and "videollm-serve" not in body["message"]
 
 
+def test_malformed_http_is_4xx_json_and_logged_once(strict_server, caplog):
+    import logging
+
+    import httpx
+
+    url = strict_server.url
+    with caplog.at_level(logging.INFO, logger="videollm.serve.access"), httpx.Client(timeout=60) as http:
+        cases = [http.post(f"{url}/chat/completions", content=b"{not json"),
+                 http.post(f"{url}/chat/completions", content=b"[1, 2]"),
+                 http.post(f"{url}/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
+                                                            "n": 3}),
+                 http.get(f"{url}/chat/completions"), http.get(f"{url}/nowhere")]
+    assert [r.status_code for r in cases] == [400, 400, 400, 405, 404]
+    for r in cases:
+        assert r.headers["content-type"].startswith("application/json") and r.json()["error"]["message"]
+    lines = [rec.getMessage() for rec in caplog.records if rec.name == "videollm.serve.access"]
+    assert len(lines) == len(cases) and all("\n" not in line for line in lines)
+    assert '"GET /nowhere" 404' in lines[-1]
+
+
 def test_missing_or_wrong_api_key_is_401_on_every_route(server, clip_uri):
     for key in (None, "wrong"):
         c = server.client(key=key)
@@ -282,6 +302,25 @@ def test_missing_or_wrong_api_key_is_401_on_every_route(server, clip_uri):
     with pytest.raises(urllib.error.HTTPError) as err:  # also routes that do not exist: no probing without a key
         urllib.request.urlopen(server.url.replace("/v1", "/nowhere"), timeout=10)
     assert err.value.code == 401
+
+
+def test_client_disconnect_cancels_generation(server, clip_uri):
+    import httpx
+
+    before = dict(server.engine.stats)
+    body = {"model": "videollm-mini", "messages": _messages(clip_uri), "stream": True, "max_tokens": 24}
+    with httpx.Client(timeout=300) as http:
+        with http.stream("POST", f"{server.url}/chat/completions", json=body,
+                         headers={"Authorization": f"Bearer {KEY}"}) as r:
+            assert r.status_code == 200
+            first = next(r.iter_lines())
+            assert first.startswith("data: ") and '"role": "assistant"' in first
+        # the connection is closed here, before the first answer token
+    deadline = time.monotonic() + 60
+    while server.engine.stats["cancelled"] == before["cancelled"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server.engine.stats["cancelled"] == before["cancelled"] + 1
+    assert server.engine.stats["answered"] == before["answered"]
 
 
 def test_temp_files_removed_after_requests(server, clip_uri):

@@ -30,6 +30,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "quantize": ("videollm.quant.cli:register", "quantize a model's weights, save it, report bytes and error"),
     "serve": ("videollm.serve.cli:register", "serve an OpenAI-compatible chat-completions API on 127.0.0.1"),
 }
+#: video arguments that are URLs or data URIs, not paths: `video.remote.REMOTE_PREFIXES`, kept here so that
+#: `ask` tells them apart without importing torch (a test holds the two equal)
+REMOTE_PREFIXES = ("http://", "https://", "data:", "file://")
 #: `videollm train NAME ...`: each entry adds one trainer to the `train` command's subparsers
 TRAINERS: list[str] = ["videollm.compressors.storm_train:register"]
 
@@ -248,9 +251,11 @@ def cmd_ask(args: argparse.Namespace) -> int:
     video = str(sample_path(args.sample)) if args.sample else args.video
     if video is None:
         raise InvalidRequestError("give a VIDEO path or --sample")
-    from .video.remote import fetch, is_remote
+    local = video
+    if video[:8].lower().startswith(REMOTE_PREFIXES):  # `video.remote.is_remote`
+        from .video.remote import fetch
 
-    local = fetch(video) if is_remote(video) else video  # http(s):// or data: (video/remote.py's caps)
+        local = fetch(video)  # http(s):// or data: into a private temp file, with video/remote.py's caps
     check_video_path(local)
     args.defer_notes = True
     cfg = pipeline_config(args)

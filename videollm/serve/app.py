@@ -77,7 +77,7 @@ def create_app(engine: Engine, settings: ServeSettings) -> ASGIApp:
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "waiting": engine.waiting}
+        return {"status": "ok", "waiting": engine.waiting, **engine.stats}
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:

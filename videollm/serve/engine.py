@@ -114,6 +114,9 @@ class Engine:
         self._last_active = time.monotonic()
         self._dirty = False  # caches hold something worth dropping when idle
         self._stop = threading.Event()
+        #: counts since start (GET /health shows them): answered, cancelled (client gone or deadline), failed,
+        #: batches (videos opened) — `answered / batches` > 1 means questions shared an encoding
+        self.stats = {"answered": 0, "cancelled": 0, "failed": 0, "batches": 0}
         self._threads = [threading.Thread(target=self._prefetch_loop, name="videollm-prefetch", daemon=True),
                          threading.Thread(target=self._answer_loop, name="videollm-answer", daemon=True)]
         for t in self._threads:
@@ -216,6 +219,7 @@ class Engine:
                 continue
             if batch is None:
                 return
+            self._count("batches")
             try:
                 for job in batch.jobs:
                     with self._cv:
@@ -230,6 +234,7 @@ class Engine:
         assert batch.pipe is not None and batch.video is not None
         req = job.request
         if job.stopped():
+            self._count("cancelled")
             job.post(Event("error", error=_stopped_error(job)))
             return
         from ..answer.generation import token_listener
@@ -241,11 +246,14 @@ class Engine:
                                  reasoning=req.config.reasoning, generation=req.config.generation,
                                  answer_format=req.config.answer_format)
         except CancelledByClient:
+            self._count("cancelled")
             job.post(Event("error", error=_stopped_error(job)))
             return
         except Exception as err:
+            self._count("failed")
             job.post(Event("error", error=error_for(err, self._hide(batch))))
             return
+        self._count("answered")
         ans.text, trimmed = trim_stops(ans.text, req.stops)
         if trimmed:
             ans.finish_reason = "stop"
@@ -254,10 +262,15 @@ class Engine:
         job.post(Event("done", answer=ans, prompt_tokens=prompt_tokens(batch.pipe, req, ans)))
 
     # ---- helpers ----------------------------------------------------------------------------------
+    def _count(self, name: str) -> None:
+        with self._cv:
+            self.stats[name] += 1
+
     def _fail(self, batch: Batch, err: BaseException) -> None:
         for job in batch.jobs:
             with self._cv:
                 self._waiting -= 1
+            self._count("cancelled" if isinstance(err, CancelledByClient) else "failed")
             if isinstance(err, CancelledByClient):
                 job.post(Event("error", error=_stopped_error(job)))
             else:

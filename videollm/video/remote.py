@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_BYTES = int(float(os.environ.get("VIDEOLLM_MAX_VIDEO_MB", 512)) * 2**20)
 DEFAULT_TIMEOUT_S = float(os.environ.get("VIDEOLLM_FETCH_TIMEOUT", 60))
 MAX_REDIRECTS = 5
+#: what makes a video argument a URL or data URI rather than a path (the CLI keeps a torch-free copy)
+REMOTE_PREFIXES = ("http://", "https://", "data:", "file://")
 _FIXED_MTIME = 1_000_000_000  # same bytes → same (size, mtime, content) → same feature-cache key
 #: content types a video URL may answer with; octet-stream because many servers label mp4 files so
 VIDEO_CONTENT_TYPES = ("video/", "application/octet-stream", "application/mp4")
@@ -67,8 +69,7 @@ def is_remote(source: object) -> bool:
     """Whether `source` is a URL or data URI this module resolves (a plain path is not)."""
     if not isinstance(source, str):
         return False
-    head = source[:8].lower()
-    return head.startswith(("http://", "https://", "data:", "file://"))
+    return source[:8].lower().startswith(REMOTE_PREFIXES)
 
 
 def describe(source: str) -> str:
