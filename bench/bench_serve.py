@@ -15,6 +15,7 @@ import base64
 import json
 import logging
 import os
+import random
 import socket
 import statistics
 import subprocess
@@ -60,10 +61,10 @@ def _ask(client, uri: str, question: str, stats: dict[str, int]) -> tuple[float,
             r = client.chat.completions.create(model="videollm-mini", messages=[{"role": "user", "content": [
                 {"type": "video_url", "video_url": {"url": uri}}, {"type": "text", "text": question}]}])
             return time.perf_counter() - start, r.choices[0].message.content or ""
-        except openai.RateLimitError:
+        except openai.RateLimitError as err:  # back off as the server asks, with jitter so retries spread out
             with _LOCK:
                 stats["429"] += 1
-            time.sleep(1.0)
+            time.sleep(float(err.response.headers.get("retry-after", 2)) * random.uniform(1.0, 2.0))
     raise RuntimeError("still refused after 600 tries")
 
 

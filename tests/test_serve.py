@@ -285,7 +285,7 @@ def test_malformed_http_is_4xx_json_and_logged_once(strict_server, caplog):
         assert r.headers["content-type"].startswith("application/json") and r.json()["error"]["message"]
     lines = [rec.getMessage() for rec in caplog.records if rec.name == "videollm.serve.access"]
     assert len(lines) == len(cases) and all("\n" not in line for line in lines)
-    assert '"GET /nowhere" 404' in lines[-1]
+    assert '"GET /v1/nowhere" 404' in lines[-1]
 
 
 def test_missing_or_wrong_api_key_is_401_on_every_route(server, clip_uri):

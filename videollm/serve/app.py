@@ -82,6 +82,7 @@ def create_app(engine: Engine, settings: ServeSettings) -> ASGIApp:
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
         try:
+            engine.check_room()  # a full queue answers 429 before reading (and parsing) a large body
             body = await _read_json(request, settings.max_body_bytes)
             req = parse_chat(body, settings.model_name, engine.base.config, settings.limits)
             events: asyncio.Queue[Event] = asyncio.Queue()
@@ -189,7 +190,8 @@ async def _read_json(request: Any, limit: int) -> Any:
 
 
 def _json_error(err: ServeError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status)
+    headers = {"Retry-After": "2"} if err.status == 429 else None
+    return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
 
 class _Gate:

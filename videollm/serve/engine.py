@@ -123,13 +123,17 @@ class Engine:
             t.start()
 
     # ---- called from the event loop ---------------------------------------------------------------
+    def check_room(self) -> None:
+        """Raise `QueueFullError` when no request could be accepted now."""
+        if self._waiting >= self.limits.max_queue:
+            raise QueueFullError(f"the server is busy ({self._waiting} requests waiting); retry later")
+
     def submit(self, request: ChatRequest, loop: asyncio.AbstractEventLoop, events: asyncio.Queue[Event]) -> Job:
         def post(ev: Event) -> None:
             loop.call_soon_threadsafe(events.put_nowait, ev)
 
         with self._cv:
-            if self._waiting >= self.limits.max_queue:
-                raise QueueFullError(f"the server is busy ({self._waiting} requests waiting); retry later")
+            self.check_room()
             job = Job(request, time.monotonic() + self.limits.timeout_s, post, id=next(self._ids))
             self._waiting += 1
             self._incoming.append(job)
