@@ -116,6 +116,8 @@ def main() -> None:
     p.add_argument("--max-queue", type=int, default=16)
     p.add_argument("--cache-idle", type=float, default=5.0)
     p.add_argument("--json", default=None, help="write the results here too")
+    p.add_argument("--repeat", type=int, default=1, help="concurrent passes (memory: does the resting size grow?)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the one-at-a-time pass")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -154,12 +156,18 @@ def main() -> None:
                 time.sleep(0.2)
 
         threading.Thread(target=watch, daemon=True).start()
-        one = _pass(url, jobs, 1)
-        time.sleep(args.cache_idle + 3)
-        rss_between = _rss_mib(server.pid)
-        many = _pass(url, jobs, args.clients)
-        time.sleep(args.cache_idle + 3)
-        rss_end = _rss_mib(server.pid)
+        one: dict = {"answers": {}}
+        rss_between = float("nan")
+        if not args.no_baseline:
+            one = _pass(url, jobs, 1)
+            time.sleep(args.cache_idle + 3)
+            rss_between = _rss_mib(server.pid)
+        rss_after = []
+        for _ in range(args.repeat):  # repeated concurrent passes: does the resting size keep growing?
+            many = _pass(url, jobs, args.clients)
+            time.sleep(args.cache_idle + 3)
+            rss_after.append(round(_rss_mib(server.pid)))
+        rss_end = rss_after[-1]
         stop.set()
         same = sum(one["answers"].get(k) == v for k, v in many["answers"].items())
         result = {"command": " ".join(["python"] + sys.argv), "model": args.model, "frames": args.frames,
@@ -168,7 +176,7 @@ def main() -> None:
                   "concurrent": {k: v for k, v in many.items() if k != "answers"},
                   "same_answers": f"{same}/{len(many['answers'])}",
                   "rss_mib": {"start": round(rss_start), "peak": round(peak[0]), "after_one_at_a_time": round(rss_between),
-                              "end": round(rss_end)}}
+                              "end": round(rss_end), "after_each_concurrent_pass": rss_after}}
         print(json.dumps(result, indent=1))
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=1))
