@@ -103,7 +103,7 @@ def _pass(url: str, jobs: list[tuple[str, str]], clients: int) -> dict[str, obje
     latencies.sort()
     return {"clients": clients, "requests": len(jobs), **stats, "wall_s": round(wall, 1),
             "p50_s": round(statistics.median(latencies), 2) if latencies else None,
-            "p95_s": round(latencies[max(0, int(round(0.95 * len(latencies))) - 1)], 2) if latencies else None,
+            "p95_s": round(latencies[max(0, round(0.95 * len(latencies)) - 1)], 2) if latencies else None,
             "questions_per_min": round(60 * stats["answered"] / wall, 1), "answers": answers}
 
 
@@ -175,7 +175,8 @@ def main() -> None:
                   "one_at_a_time": {k: v for k, v in one.items() if k != "answers"},
                   "concurrent": {k: v for k, v in many.items() if k != "answers"},
                   "same_answers": f"{same}/{len(many['answers'])}",
-                  "rss_mib": {"start": round(rss_start), "peak": round(peak[0]), "after_one_at_a_time": round(rss_between),
+                  "rss_mib": {"start": round(rss_start), "peak": round(peak[0]),
+                              "after_one_at_a_time": None if args.no_baseline else round(rss_between),
                               "end": round(rss_end), "after_each_concurrent_pass": rss_after}}
         print(json.dumps(result, indent=1))
         if args.json:

@@ -17,7 +17,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 
-from videollm.backbones.mini import assets as mini_assets  # noqa: E402
+from videollm.backbones.mini import assets as mini_assets
 
 HAVE_MINI = all(importlib.util.find_spec(m) for m in
                 (mini_assets.LLM_MODULE, mini_assets.ENCODER_MODULE, "gguf", "timm", "skvideo"))
@@ -309,12 +309,11 @@ def test_client_disconnect_cancels_generation(server, clip_uri):
 
     before = dict(server.engine.stats)
     body = {"model": "videollm-mini", "messages": _messages(clip_uri), "stream": True, "max_tokens": 24}
-    with httpx.Client(timeout=300) as http:
-        with http.stream("POST", f"{server.url}/chat/completions", json=body,
-                         headers={"Authorization": f"Bearer {KEY}"}) as r:
-            assert r.status_code == 200
-            first = next(r.iter_lines())
-            assert first.startswith("data: ") and '"role": "assistant"' in first
+    with httpx.Client(timeout=300) as http, http.stream("POST", f"{server.url}/chat/completions", json=body,
+                                                        headers={"Authorization": f"Bearer {KEY}"}) as r:
+        assert r.status_code == 200
+        first = next(r.iter_lines())
+        assert first.startswith("data: ") and '"role": "assistant"' in first
         # the connection is closed here, before the first answer token
     deadline = time.monotonic() + 60
     while server.engine.stats["cancelled"] == before["cancelled"] and time.monotonic() < deadline:

@@ -16,7 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -49,7 +49,7 @@ class ServeSettings:
     model_name: str
     api_key: str | None = None
     max_body_bytes: int = 700 * 2**20  # a base64 video of the default 512 MiB cap, plus JSON
-    limits: ServeLimits = ServeLimits()
+    limits: ServeLimits = field(default_factory=ServeLimits)
 
 
 def create_app(engine: Engine, settings: ServeSettings) -> ASGIApp:
@@ -87,7 +87,7 @@ def create_app(engine: Engine, settings: ServeSettings) -> ASGIApp:
             req = parse_chat(body, settings.model_name, engine.base.config, settings.limits)
             events: asyncio.Queue[Event] = asyncio.Queue()
             job = engine.submit(req, asyncio.get_running_loop(), events)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - every refusal becomes a JSON error; error_for logs bugs
             return _json_error(error_for(err))
         rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         first = await _next_event(request, job, events)  # "ready" once the video is open and encoded

@@ -182,7 +182,7 @@ class Engine:
             batch = Batch(jobs)
             try:
                 self._prepare(batch)
-            except Exception as err:  # every job of the batch gets the error; the loop goes on
+            except Exception as err:  # noqa: BLE001 - every job of the batch gets the error; the loop goes on
                 self._fail(batch, err)
                 continue
             self._ready.put(batch)
@@ -253,7 +253,7 @@ class Engine:
             self._count("cancelled")
             job.post(Event("error", error=_stopped_error(job)))
             return
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - the client gets a JSON error (error_for logs bugs)
             self._count("failed")
             job.post(Event("error", error=error_for(err, self._hide(batch))))
             return

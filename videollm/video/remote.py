@@ -36,8 +36,8 @@ from ..errors import InvalidRequestError, VideoError, VideoNotFoundError
 logger = logging.getLogger(__name__)
 
 #: the defaults every entry point shares (`videollm serve` flags override them; env vars for ask/Python)
-DEFAULT_MAX_BYTES = int(float(os.environ.get("VIDEOLLM_MAX_VIDEO_MB", 512)) * 2**20)
-DEFAULT_TIMEOUT_S = float(os.environ.get("VIDEOLLM_FETCH_TIMEOUT", 60))
+DEFAULT_MAX_BYTES = int(float(os.environ.get("VIDEOLLM_MAX_VIDEO_MB", "512")) * 2**20)
+DEFAULT_TIMEOUT_S = float(os.environ.get("VIDEOLLM_FETCH_TIMEOUT", "60"))
 MAX_REDIRECTS = 5
 #: what makes a video argument a URL or data URI rather than a path (the CLI keeps a torch-free copy)
 REMOTE_PREFIXES = ("http://", "https://", "data:", "file://")
