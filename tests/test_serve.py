@@ -416,3 +416,32 @@ def test_questions_on_one_video_are_batched(pipe, clip_uri):
     alone = [pipe(clip_uri, q).text for q in questions]  # the Python API takes the same data URI
     assert len(opened) <= 2  # the first request may start alone; the rest join one batch
     assert sorted(ev.answer.text for ev in together) == sorted(alone)
+
+
+def test_next_video_is_prefetched_while_the_current_answer_generates(pipe, clip_uri):
+    """Two requests about different videos: the second one's decode + vision starts before the first answer
+    is done (the prefetch thread runs one batch ahead of the answer thread)."""
+    from videollm.samples import sample_path
+    from videollm.serve.engine import EngineLimits
+
+    other = "data:video/mp4;base64," + base64.b64encode(sample_path("bikes").read_bytes()).decode()
+    started: list[tuple[str, float]] = []
+    original = pipe.prefetch
+
+    def timed_prefetch(video, question, *a, **k):
+        started.append((video.source, time.monotonic()))
+        return original(video, question, *a, **k)
+
+    pipe.prefetch = timed_prefetch
+    try:
+        out = _run_jobs(pipe, EngineLimits(), [_request(pipe, clip_uri, max_tokens=24),
+                                               _request(pipe, other, max_tokens=24)])
+        done_at = time.monotonic()
+    finally:
+        del pipe.prefetch
+    assert [ev.kind for ev in out] == ["done", "done"]
+    assert len(started) == 2
+    first_answer_seconds = out[0].answer.timings["wall"]
+    # the second video's prefetch began within the first answer's generation, not after it
+    assert started[1][1] - started[0][1] < out[0].answer.timings["prefetch"] + first_answer_seconds
+    assert started[1][1] < done_at
