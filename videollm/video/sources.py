@@ -30,6 +30,8 @@ import torch
 
 from ..errors import InvalidRequestError, VideoLLMError
 from .loader import Video, expand_path, load_video
+from .remote import fetch as fetch_remote
+from .remote import is_remote
 from .sampling import SamplingConfig, plan_indices
 
 logger = logging.getLogger(__name__)
@@ -52,7 +54,14 @@ VideoInput = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryReadabl
 
 #: extra sources by test → path: `(accepts(obj), resolve(obj) -> local path)`; a resolved path is opened like any
 #: other and removed on close when `resolve` returns `(path, True)`
-SOURCE_RESOLVERS: list[tuple[Callable[[object], bool], Callable[[object], tuple[Path, bool]]]] = []
+def _fetch_remote(source: object) -> tuple[Path, bool]:
+    """A URL or data URI → a local copy owned by `video.remote`'s store (same caps as the server)."""
+    return Path(fetch_remote(str(source))), False
+
+
+SOURCE_RESOLVERS: list[tuple[Callable[[object], bool], Callable[[object], tuple[Path, bool]]]] = [
+    (is_remote, _fetch_remote),
+]
 
 
 def open_source(video: object, sampling: SamplingConfig, backend: str = "auto", strict: bool = False,
@@ -61,13 +70,14 @@ def open_source(video: object, sampling: SamplingConfig, backend: str = "auto", 
     if isinstance(video, Video):
         return video
     frames_given = fps is not None or timestamps is not None
+    for accepts, resolve in SOURCE_RESOLVERS:
+        if accepts(video):
+            _no_times(frames_given, "a URL")
+            path, owned = resolve(video)
+            return _open_path(path, owned, str(video)[:200], sampling, backend, strict)
     if isinstance(video, (str, os.PathLike)):
         _no_times(frames_given, "a file path")
         return load_video(expand_path(video), sampling, backend=backend, strict=strict)
-    for accepts, resolve in SOURCE_RESOLVERS:
-        if accepts(video):
-            path, owned = resolve(video)
-            return _open_path(path, owned, str(video), sampling, backend, strict)
     if isinstance(video, (bytes, bytearray, memoryview)):
         _no_times(frames_given, "a file's bytes")
         return _open_bytes(bytes(video), "<bytes>", "", sampling, backend, strict)
