@@ -57,6 +57,12 @@ SENTENCE_ENDS = (". ", ".\n", "! ", "? ", "\n\n")
 _SENTENCE = re.compile(r"^(.+?[.!?])(?=\s|$)", re.DOTALL)
 
 
+def sentence_stops(backbone: object, options: Sequence[str] | None) -> tuple[str, ...]:
+    """Stop strings that end a free-form answer after its first sentence (backbones with
+    `one_sentence_answers`); a streaming caller must cut at the same places as the decode loop."""
+    return SENTENCE_ENDS if not options and bool(getattr(backbone, "one_sentence_answers", False)) else ()
+
+
 def first_sentence(text: str) -> str:
     """The text up to the end of its first sentence ("3.5" and "e.g" do not end one: a space must follow)."""
     m = _SENTENCE.match(text.strip())
@@ -238,9 +244,9 @@ def answer_direct(backbone: VideoLanguageModel, user_text: str, visual: VisualTo
     guard = int(getattr(backbone, "repetition_guard", 0) or 0)  # small LLMs loop: a default n-gram guard
     if guard and not cfg.no_repeat_ngram:
         cfg = replace(cfg, no_repeat_ngram=guard)
-    one_sentence = not options and bool(getattr(backbone, "one_sentence_answers", False))
+    one_sentence = bool(sentence_stops(backbone, options))
     if one_sentence:  # a small LLM's first sentence answers; what follows invents details
-        cfg = replace(cfg, stop_strings=tuple(cfg.stop_strings) + SENTENCE_ENDS)
+        cfg = replace(cfg, stop_strings=tuple(cfg.stop_strings) + sentence_stops(backbone, options))
     scorer = None
     if options and isinstance(backbone, SupportsChoiceScoring):  # an optional capability
         scorer = backbone.choice_scorer(inputs, option_texts(options), visual, question=user_text)

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..answer.reasoning import THINK_OPEN
+from ..answer.reasoning import THINK_OPEN, sentence_stops
 from ..config import PipelineConfig
 from ..errors import VideoLLMError
 from ..pipeline import VideoQAPipeline
@@ -348,7 +348,7 @@ class _Streamer:
         self.job = job
         self.tok = pipe.backbone.tokenizer
         self.eos = set(pipe.backbone.eos_token_ids)
-        self.stops = tuple(req.stops) + (THINK_OPEN,)
+        self.stops = tuple(req.stops) + (THINK_OPEN,) + sentence_stops(pipe.backbone, req.options)
         self.live = req.stream and req.config.reasoning == "direct" and req.config.answer_format == "free"
         self.sent = ""
         self.calls = 0
