@@ -131,6 +131,9 @@ class VideoQAPipeline:
             with stage("decode"):
                 vid = self.load(video, sampling)
             try:
+                from videollm.compressors.base import prepare_video
+
+                prepare_video(self.backbone, vid)  # backbones whose grid depends on the frame size (Qwen-VL)
                 budget = self._fit_budget(budget, vid, user_text, mode, gen, notes)
                 query = user_text if getattr(self.compressor, "wants_options", False) else question
                 visual = self.compressor(vid, query=query, budget=budget)

@@ -27,12 +27,15 @@ class Preset:
 
 #: models by name; each registers where its builder is defined, with `@register_preset(name[, model_id])`
 PRESETS: Registry[Preset] = Registry("model", modules=("videollm.backbones.tiny", "videollm.backbones.llava_onevision",
-                                                       "videollm.backbones.mini.model", "videollm.backbones.tempo6b"))
+                                                       "videollm.backbones.mini.model", "videollm.backbones.tempo6b",
+                                                       "videollm.backbones.qwen_vl", "videollm.backbones.qwen_vl_tiny"))
 
 #: transformers `model_type` -> backbone class
 FAMILIES: Registry[Any] = Registry("backbone family", entry_point_group="videollm.backbones")
 FAMILIES.register("llava_onevision", "videollm.backbones.llava_onevision:LlavaOneVisionBackbone")
 FAMILIES.register("tempo_qwen", "videollm.backbones.tempo6b:TempoBackbone")
+for _qwen_type in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
+    FAMILIES.register(_qwen_type, "videollm.backbones.qwen_vl:QwenVLBackbone")
 #: model types transformers does not know (their config.json is read directly)
 _CUSTOM_TYPES = {"tempo_qwen"}
 
