@@ -58,12 +58,12 @@ def tiny_qwen25_config(tok: Any) -> Any:
     text = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-                tie_word_embeddings=True)
+                tie_word_embeddings=True, initializer_range=0.2)
     vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=14,
                   window_size=56, fullatt_block_indexes=[1], tokens_per_second=2, spatial_merge_size=2,
                   temporal_patch_size=2)
     return transformers.Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True,
-                                         **_token_ids(tok))
+                                         initializer_range=0.2, **_token_ids(tok))
 
 
 def tiny_qwen3_config(tok: Any) -> Any:
@@ -71,12 +71,12 @@ def tiny_qwen3_config(tok: Any) -> Any:
     text = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
                 num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=8192,
                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3],
-                                 "mrope_interleaved": True}, tie_word_embeddings=True)
+                                 "mrope_interleaved": True}, tie_word_embeddings=True, initializer_range=0.2)
     vision = dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=16,
                   num_position_embeddings=64, deepstack_visual_indexes=[0, 1, 2], spatial_merge_size=2,
                   temporal_patch_size=2)
     return transformers.Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True,
-                                      **_token_ids(tok))
+                                      initializer_range=0.2, **_token_ids(tok))
 
 
 def qwen25_vl_3b_config(tok: Any) -> Any:
@@ -141,6 +141,9 @@ def build_model(family: str, device: str | torch.device | None = "cpu", dtype: s
         else:
             model = cls(config)
     model.to(dev, dt)
+    stop = [tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")]
+    for c in (model.config, model.config.text_config, model.generation_config):
+        c.eos_token_id, c.pad_token_id, c.bos_token_id = stop if c is model.generation_config else stop[0], stop[1], None
     processor = build_processor(family, tok, *((16, 768) if real_size else (4, 64)))
     return model.eval(), tok, processor
 
