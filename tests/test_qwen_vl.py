@@ -180,3 +180,38 @@ def test_cli_every_mode_with_and_without_int4(family, mode, quant, short_video, 
     assert main(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["model"] == PRESET[family] and out["visual_tokens"] > 0
+
+
+def test_videoauto_r1_presets_pick_their_released_threshold(short_video, monkeypatch):
+    """The VideoAuto-R1 presets carry the release's thresholds (0.97 Qwen2.5-VL, 0.98 Qwen3-VL); `--reasoning
+    auto` uses the backbone's unless the user sets one; backbones without one keep the default."""
+    import videollm.pipeline as pipeline_module
+    from videollm.answer.generation import GenerationConfig
+    from videollm.backbones import PRESETS, list_models
+    from videollm.backbones.qwen_vl import VIDEOAUTO_R1
+    from videollm.backbones.qwen_vl_tiny import build_tiny_qwen25
+    from videollm.config import PipelineConfig
+    from videollm.video import SamplingConfig
+
+    names = [n for n in list_models() if "videoauto-r1" in n]
+    assert {PRESETS.get(n).model_id for n in names} == set(VIDEOAUTO_R1)
+    assert VIDEOAUTO_R1["IVUL-KAUST/VideoAuto-R1-Qwen2.5-VL-7B"] == 0.97
+    assert VIDEOAUTO_R1["IVUL-KAUST/VideoAuto-R1-Qwen3-VL-8B"] == 0.98
+    seen: list[object] = []
+    real = pipeline_module.run_mode
+
+    def spy(mode, *args, **kwargs):
+        seen.append(kwargs.get("threshold"))
+        return real(mode, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "run_mode", spy)
+    bb = build_tiny_qwen25()
+    gen = GenerationConfig(max_new_tokens=4)
+    cfg = PipelineConfig(model="x", sampling=SamplingConfig(num_frames=4), reasoning="auto")
+    pipeline_module.VideoQAPipeline(bb, cfg)(short_video, "What?", generation=gen)
+    bb.reasoning_preset = {"format": "videoauto-r1", "confidence_threshold": 0.98}
+    pipeline_module.VideoQAPipeline(bb, cfg)(short_video, "What?", generation=gen)
+    cfg = PipelineConfig(model="x", sampling=SamplingConfig(num_frames=4), reasoning="auto",
+                         reasoning_options={"threshold": 0.5})
+    pipeline_module.VideoQAPipeline(bb, cfg)(short_video, "What?", generation=gen)
+    assert seen == [None, 0.98, 0.5]
