@@ -61,7 +61,7 @@ def forward_last(decoder: nn.Module, inputs_embeds: torch.Tensor, cache: Any = N
     positioned prompt; every axis of M-RoPE then holds the same 1-D position)."""
     step = _lean_step(decoder, inputs_embeds, cache)
     if step is not None:
-        return step(inputs_embeds, cache, position_offset), cache
+        return (step(inputs_embeds, cache, position_offset) if position_offset else step(inputs_embeds, cache)), cache
     extra: dict[str, Any] = {}
     if position_offset:
         past = int(cache.get_seq_length()) if cache is not None else 0
