@@ -43,8 +43,8 @@ def _reference(directory, frames: torch.Tensor, fps: float, max_new_tokens: int)
     return model, enc, out[0, enc["input_ids"].shape[1]:].tolist()
 
 
-@pytest.mark.parametrize("num_frames", [6, 5])
-def test_uniform_all_frames_equals_transformers(checkpoint, num_frames):
+@pytest.mark.parametrize("num_frames, fps", [(6, 2.0), (5, 2.0), (6, 0.1)])
+def test_uniform_all_frames_equals_transformers(checkpoint, num_frames, fps):
     """A directory videollm did not write loads with `--model DIR`; prompt ids (via embeddings), visual
     embeddings, 3-D positions and greedy answer ids equal transformers' processor + generate (odd frame
     counts: the last frame is repeated, as the reference processor pads)."""
@@ -56,7 +56,7 @@ def test_uniform_all_frames_equals_transformers(checkpoint, num_frames):
     family, directory = checkpoint
     backbone = load_backbone(str(directory), device="cpu", dtype="float32")
     assert type(backbone).__name__ == "QwenVLBackbone" and backbone.model_type == family
-    frames, fps = _frames(num_frames), 2.0
+    frames = _frames(num_frames)  # fps 0.1: temporal positions run past the text's (rope_deltas > 0)
     video = Video.from_frames(frames, fps=fps)
     visual = create_compressor("uniform", backbone)(video, query=QUESTION, budget=None)
     inputs = backbone.build_inputs(QUESTION, visual)
@@ -74,7 +74,11 @@ def test_uniform_all_frames_equals_transformers(checkpoint, num_frames):
     positions, delta = model.model.get_rope_index(ids, enc["mm_token_type_ids"], None, enc["video_grid_thw"],
                                                   attention_mask=enc["attention_mask"], **extra)
     plan = backbone._find_plan(inputs.embeds)
-    assert torch.equal(plan.positions, positions[:, 0]) and plan.delta == int(delta)
+    assert torch.equal(plan.positions, positions[:, 0])
+    # decoding goes on from the last prompt position + 1 (what `generate` does); the same as rope_deltas
+    # unless the temporal positions run past the text's (fps 0.1)
+    assert plan.delta == int(positions[:, 0, -1].max()) + 1 - ids.shape[1]
+    assert (plan.delta == int(delta)) == (fps == 2.0 or family == "qwen3_vl")  # Qwen3-VL: time is in text
     assert len(set(ref)) > 1, "a degenerate reference would prove nothing"
     assert ours == ref
 
@@ -154,7 +158,10 @@ def test_every_compressor_holds_its_budget(family, compressor, short_video):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_ask_many_and_prefix_reuse_give_the_same_answers(family, short_video):
+def test_ask_many_and_prefix_reuse_give_the_same_answers(family, short_video, monkeypatch):
+    """ask_many (features encoded once, the prompt prefix's KV reused with its rope offset) answers as
+    separate calls with no prefix reuse do."""
+    from videollm.answer import prefix_cache
     from videollm.answer.generation import GenerationConfig
     from videollm.pipeline import VideoQAPipeline
     from videollm.video import SamplingConfig
@@ -162,9 +169,26 @@ def test_ask_many_and_prefix_reuse_give_the_same_answers(family, short_video):
     pipe = VideoQAPipeline.from_pretrained(PRESET[family], device="cpu", dtype="float32",
                                            sampling=SamplingConfig(num_frames=6))
     gen = GenerationConfig(max_new_tokens=6)
-    many = pipe.ask_many(short_video, ["What is shown?", "Where is it?"], generation=gen)
-    alone = [pipe(short_video, q, generation=gen) for q in ("What is shown?", "Where is it?")]
+    questions = ["What is shown?", "Where is the cat in this video?"]
+    many = pipe.ask_many(short_video, questions, generation=gen)
+    assert prefix_cache.default_prefix_cache()._get(pipe.backbone) is not None  # the prefix was stored
+    monkeypatch.setenv(prefix_cache.ENV, "0")
+    alone = [pipe(short_video, q, generation=gen) for q in questions]
     assert [a.text for a in many] == [a.text for a in alone]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cli_model_directory(family, tmp_path, short_video, capsys):
+    """`--model DIR` on a checkpoint directory videollm did not write."""
+    from videollm.backbones.qwen_vl_tiny import save_checkpoint
+    from videollm.cli import main
+
+    directory = save_checkpoint(tmp_path / "ckpt", family)
+    rc = main(["ask", str(short_video), "What is shown?", "--model", str(directory), "--frames", "4",
+               "--max-new-tokens", "3", "--compressor", "pool", "--budget", "16", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert 0 < out["visual_tokens"] <= 16 and out["model"] == str(directory)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -215,3 +239,25 @@ def test_videoauto_r1_presets_pick_their_released_threshold(short_video, monkeyp
                          reasoning_options={"threshold": 0.5})
     pipeline_module.VideoQAPipeline(bb, cfg)(short_video, "What?", generation=gen)
     assert seen == [None, 0.98, 0.5]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("question_first", [False, True])
+def test_prefix_then_suffix_prefill_equals_one_prefill(family, question_first):
+    """The prefix cache's split prefill (stored prefix KV, then the rest) gives the one-pass logits, also when
+    temporal positions run past the text's (a slow video) and when the visual tokens are in the suffix."""
+    from videollm.backbones import load_backbone
+    from videollm.compressors import create_compressor
+    from videollm.video import Video
+
+    bb = load_backbone(PRESET[family])
+    if question_first:
+        bb.chat_template = bb.chat_template.replace(
+            "{% for part in message['content'] %}", "{% for part in message['content'] | reverse %}")
+    visual = create_compressor("uniform", bb)(Video.from_frames(_frames(6), fps=0.1), budget=None)
+    inputs = bb.build_inputs("Where is the cat?", visual)
+    assert 0 < inputs.prefix_len < inputs.embeds.shape[1]
+    whole, _ = bb.lm_forward(inputs.embeds)
+    _, cache = bb.lm_forward(inputs.embeds[:, : inputs.prefix_len])
+    split, _ = bb.lm_forward(inputs.embeds[:, inputs.prefix_len:], cache)
+    torch.testing.assert_close(split, whole, rtol=1e-4, atol=1e-4)

@@ -12,7 +12,9 @@ What differs from LLaVA-OneVision, and how it passes the seam:
 - **3-D positions.** Visual tokens get (t, row, col) rotary positions (`VisualTokens.positions` or, when a
   compressor sets none, the rule in `token_positions`); text after a visual block resumes at the block's start
   + max(grid rows, cols), as transformers 5's `get_rope_index` does, whichever tokens a compressor kept. After
-  the prefill, the remaining offset (`rope_deltas`: largest position + 1 − prompt length) rides on the KV cache, so decode steps are 1-D positions
+  the prefill, the offset of the next position (last prompt position + 1 − prompt length, what transformers 5's
+  `generate` continues from; its `rope_deltas`, max + 1 − length, is the same unless temporal positions run
+  past the text's, a slow video) rides on the KV cache, so decode steps are 1-D positions
   `cache length + offset`, which is what transformers computes and what the lean decode step takes.
 - **Time.** Qwen2.5-VL: group k's t = ⌊(time of its first frame − time of the first sampled frame) ·
   tokens_per_second⌋ (the reference's k · second_per_grid_t · tokens_per_second, from real frame times).
@@ -56,7 +58,7 @@ class _Plan:
     ptr: int
     length: int
     positions: torch.Tensor  # (3, L)
-    delta: int  # rope_deltas: position of the next token minus its sequence index
+    delta: int  # position of the token after the prompt minus its sequence index (decode offset)
     visual_mask: torch.Tensor | None = None  # (L,) bool, Qwen3-VL only
     deepstack: list[torch.Tensor] | None = None
 
@@ -329,18 +331,16 @@ class QwenVLBackbone(Backbone):
                 f"prompt of {length} tokens ({vis.num_tokens} visual) exceeds the model's context of "
                 f"{self.max_context}; lower --budget or the number of frames")
         pos = torch.cat(positions, dim=1).to(self.device)
-        top = int(pos.max()) + 1
         vmask = torch.cat(mask)
         deepstack = None
         if self.model_type == "qwen3_vl" and self._deepstack:
             deepstack, missing = self._deepstack_for(vis.embeds[torch.cat(order)] if order else vis.embeds[:0])
             visual.stats["deepstack_missing"] = missing
-        plan = _Plan(weakref.ref(x), x.data_ptr(), length, pos, top - length,
+        plan = _Plan(weakref.ref(x), x.data_ptr(), length, pos, cur - length,
                      vmask.to(self.device) if deepstack is not None else None, deepstack)
         self._plans = [q for q in self._plans if q.ref() is not None][-7:] + [plan]
-        shared = 0
-        if p.fixed_before == len(p.before):  # the question follows the video: everything before it is shared
-            shared = length - len(p.after)
+        # the question follows the video: everything before it is shared; else what precedes the question
+        shared = length - len(p.after) if p.fixed_before == len(p.before) else p.fixed_before
         text = p.before_text + VIDEO_PAD + p.after_text
         return PromptInputs(x, length - vis.num_tokens, vis.num_tokens, text, prefix_len=shared)
 
@@ -360,10 +360,13 @@ class QwenVLBackbone(Backbone):
     def input_embeddings(self) -> torch.nn.Embedding:
         return self.model.get_input_embeddings()
 
-    def _find_plan(self, embeds: torch.Tensor) -> _Plan | None:
+    def _find_plan(self, embeds: torch.Tensor, past: int = 0) -> _Plan | None:
+        """The plan of the prompt `embeds` is a slice of, starting `past` tokens in (the prefix cache prefills
+        the question after a stored prefix), found by memory address and length."""
+        start = embeds.data_ptr() - past * embeds.stride(1) * embeds.element_size()
         for plan in reversed(self._plans):
             x = plan.ref()
-            if x is not None and plan.ptr == embeds.data_ptr() and plan.length == embeds.shape[1]:
+            if x is not None and plan.ptr == start and past + embeds.shape[1] <= plan.length:
                 return plan
         return None
 
@@ -373,16 +376,20 @@ class QwenVLBackbone(Backbone):
         x = inputs_embeds.to(self.device, self.dtype)
         past = int(cache.get_seq_length()) if cache is not None else 0
         length = int(x.shape[1])
-        plan = self._find_plan(inputs_embeds) if past == 0 else None
+        plan = self._find_plan(inputs_embeds, past)
         delta = plan.delta if plan is not None else int(getattr(cache, "_videollm_rope_delta", 0))
         if length == 1 and cache is not None and plan is None:
             hidden, cache = forward_last(lm, x, cache, position_offset=delta)
         else:
             extra: dict[str, Any] = {}
             if plan is not None:
-                positions = plan.positions[:, None, :]
-                if plan.deepstack is not None:
-                    extra = {"visual_pos_masks": plan.visual_mask[None], "deepstack_visual_embeds": plan.deepstack}
+                end = past + length
+                positions = plan.positions[:, None, past:end]
+                if plan.deepstack is not None and bool(plan.visual_mask[past:end].any()):
+                    skip = int(plan.visual_mask[:past].sum())  # visual tokens already in the reused prefix
+                    count = int(plan.visual_mask[past:end].sum())
+                    extra = {"visual_pos_masks": plan.visual_mask[None, past:end],
+                             "deepstack_visual_embeds": [d[skip:skip + count] for d in plan.deepstack]}
             else:
                 positions = (torch.arange(length, device=self.device) + past + delta).expand(3, 1, length)
             out = lm(inputs_embeds=x, position_ids=positions, return_dict=True,
@@ -394,6 +401,7 @@ class QwenVLBackbone(Backbone):
 
     def sequence_logits(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
         plan = self._find_plan(inputs_embeds)
+        plan = plan if plan is not None and plan.length == inputs_embeds.shape[1] else None
         extra: dict[str, Any] = {}
         positions = None
         if plan is not None:
