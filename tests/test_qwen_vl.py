@@ -261,3 +261,16 @@ def test_prefix_then_suffix_prefill_equals_one_prefill(family, question_first):
     _, cache = bb.lm_forward(inputs.embeds[:, : inputs.prefix_len])
     split, _ = bb.lm_forward(inputs.embeds[:, inputs.prefix_len:], cache)
     torch.testing.assert_close(split, whole, rtol=1e-4, atol=1e-4)
+
+
+def test_directory_without_processor_is_one_error_line(tmp_path, short_video, capsys):
+    """A qwen2_5_vl directory missing its processor files fails with one `error:` line, exit 2."""
+    from videollm.backbones.qwen_vl_tiny import save_checkpoint
+    from videollm.cli import main
+
+    directory = save_checkpoint(tmp_path / "ckpt", "qwen2_5_vl")
+    for name in ("preprocessor_config.json", "video_preprocessor_config.json", "processor_config.json"):
+        (directory / name).unlink(missing_ok=True)
+    rc = main(["ask", str(short_video), "What?", "--model", str(directory), "--frames", "4"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("error:") == 1 and "Traceback" not in err

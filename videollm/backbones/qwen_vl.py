@@ -36,7 +36,7 @@ import torch
 
 from .._compat import cache_kwargs, output_cache, require
 from ..answer.decode_step import forward_last
-from ..errors import InvalidRequestError
+from ..errors import InvalidRequestError, ModelLoadError
 from ..types import TEXT_PATCH_ID, VisualTokens
 from . import register_preset
 from .base import Backbone, PromptInputs
@@ -141,10 +141,16 @@ class QwenVLBackbone(Backbone):
         if reasoning_preset is None and model_id in VIDEOAUTO_R1:
             reasoning_preset = {"format": "videoauto-r1", "confidence_threshold": VIDEOAUTO_R1[model_id]}
         hub = {k: v for k, v in kwargs.items() if k == "local_files_only"}
-        model = transformers.AutoModelForImageTextToText.from_pretrained(model_id, dtype=dt, **kwargs)
+        try:  # the processor first: it is small, and a checkpoint without one cannot be answered exactly
+            processor = transformers.AutoProcessor.from_pretrained(model_id, **hub)
+            if getattr(processor, "video_processor", None) is None:
+                raise ValueError("its processor has no video processor")
+            tokenizer = getattr(processor, "tokenizer", None) or transformers.AutoTokenizer.from_pretrained(
+                model_id, **hub)
+            model = transformers.AutoModelForImageTextToText.from_pretrained(model_id, dtype=dt, **kwargs)
+        except (OSError, ValueError, KeyError) as err:
+            raise ModelLoadError(model_id, err) from err
         model.to(dev)
-        processor = transformers.AutoProcessor.from_pretrained(model_id, **hub)
-        tokenizer = getattr(processor, "tokenizer", None) or transformers.AutoTokenizer.from_pretrained(model_id, **hub)
         template = getattr(processor, "chat_template", None) or getattr(tokenizer, "chat_template", None)
         return cls(model, tokenizer, processor.video_processor, name=model_id, chat_template=template,
                    reasoning_preset=reasoning_preset)
