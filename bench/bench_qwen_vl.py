@@ -30,24 +30,35 @@ def _frames(n: int, h: int, w: int) -> torch.Tensor:
 def run_videollm(bb, frames: torch.Tensor, fps: float, new_tokens: int) -> dict:
     from videollm.answer.generation import GenerationConfig, generate
     from videollm.compressors import create_compressor
+    from videollm.timing import StageTimer
     from videollm.video import Video
 
     video = Video.from_frames(frames, fps=fps)
-    t0 = time.perf_counter()
-    visual = create_compressor("uniform", bb)(video, budget=None)
-    t1 = time.perf_counter()
-    inputs = bb.build_inputs(QUESTION, visual)
-    t2 = time.perf_counter()
-    _, cache = bb.lm_forward(inputs.embeds)
-    t3 = time.perf_counter()
-    out = generate(bb, inputs.embeds, GenerationConfig(max_new_tokens=new_tokens))
-    t4 = time.perf_counter()
-    decode = max(0.0, (t4 - t3) - (t3 - t2)) / max(1, len(out.token_ids) - 1)
-    return {"tower": t1 - t0, "prefill": t3 - t2, "decode_per_token": decode, "ids": out.token_ids,
+    timer = StageTimer()
+    with timer.activate():
+        visual = create_compressor("uniform", bb)(video, budget=None)
+        inputs = bb.build_inputs(QUESTION, visual)
+        out = generate(bb, inputs.embeds, GenerationConfig(max_new_tokens=new_tokens))
+    t = timer.as_dict(wall=0.0)
+    return {"tower": t.get("vision", 0.0), "prefill": t.get("prefill", 0.0),
+            "decode_per_token": t.get("generate", 0.0) / max(1, len(out.token_ids) - 1), "ids": out.token_ids,
             "visual_tokens": visual.num_tokens}
 
 
+class _Clock:
+    """A logits processor that only records when each generation step reaches it."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.times.append(time.perf_counter())
+        return scores
+
+
 def run_transformers(model, processor, frames: torch.Tensor, fps: float, new_tokens: int) -> dict:
+    """Processor → generate; the tower is timed on its own once, prefill = first step − tower."""
+    from transformers import LogitsProcessorList
     from transformers.video_utils import VideoMetadata
 
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": QUESTION}]}]
@@ -59,14 +70,15 @@ def run_transformers(model, processor, frames: torch.Tensor, fps: float, new_tok
                     return_tensors="pt")
     with torch.inference_mode():
         model.model.get_video_features(enc["pixel_values_videos"].to(model.dtype), enc["video_grid_thw"])
+        tower = time.perf_counter() - t0
+        clock = _Clock()
         t1 = time.perf_counter()
-        one = model.generate(**enc, max_new_tokens=1, do_sample=False)
+        out = model.generate(**enc, max_new_tokens=new_tokens, do_sample=False,
+                             logits_processor=LogitsProcessorList([clock]))
         t2 = time.perf_counter()
-        out = model.generate(**enc, max_new_tokens=new_tokens, do_sample=False)
-        t3 = time.perf_counter()
     ids = out[0, enc["input_ids"].shape[1]:].tolist()
-    del one
-    return {"tower": t1 - t0, "prefill": (t2 - t1) - (t1 - t0), "decode_per_token": ((t3 - t2) - (t2 - t1))
+    first = clock.times[0] - t1
+    return {"tower": tower, "prefill": max(0.0, first - tower), "decode_per_token": (t2 - clock.times[0])
             / max(1, len(ids) - 1), "ids": ids}
 
 
@@ -94,6 +106,7 @@ def main() -> None:
         for who, r in (("videollm", ours), ("transformers", ref)):
             rows.append([n, ours["visual_tokens"], who, r["tower"], r["prefill"], r["decode_per_token"] * 1000,
                          "yes" if same else "NO"])
+            print(rows[-1], flush=True)
     print(f"{environment()}; {args.model}, {args.dtype}; frames {args.size[0]}×{args.size[1]}; "
           f"peak RSS {peak_rss_mib():.0f} MiB")
     print(table(["frames", "visual tokens", "stack", "tower s", "prefill s", "decode ms/token", "same ids"], rows))
