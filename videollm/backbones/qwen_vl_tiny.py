@@ -143,7 +143,8 @@ def build_model(family: str, device: str | torch.device | None = "cpu", dtype: s
     model.to(dev, dt)
     stop = [tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")]
     for c in (model.config, model.config.text_config, model.generation_config):
-        c.eos_token_id, c.pad_token_id, c.bos_token_id = stop if c is model.generation_config else stop[0], stop[1], None
+        eos = stop if c is model.generation_config else stop[0]
+        c.eos_token_id, c.pad_token_id, c.bos_token_id = eos, stop[1], None
     processor = build_processor(family, tok, *((16, 768) if real_size else (4, 64)))
     return model.eval(), tok, processor
 
