@@ -82,6 +82,7 @@ class TokenCompressor(ABC):
             raise InvalidRequestError(f"budget must be between 1 and {MAX_BUDGET} visual tokens, got {budget}")
         if len(video) == 0:
             raise InvalidRequestError("the video has no sampled frames")
+        prepare_video(self.backbone, video)
         with torch.inference_mode():  # frames' features are inference tensors; trained modules run as in eval
             out = self.compress(video, query=query, budget=None if budget is None else int(budget))
         if budget is not None and out.num_tokens > budget:
@@ -112,8 +113,15 @@ class TokenCompressor(ABC):
                      kind: str) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         pos_all = np.arange(len(video)) if positions is None else np.asarray(positions, dtype=np.int64)
         size = self.config.chunk_size
+        tp = int(getattr(self.backbone, "temporal_patch", 1) or 1)
+        if tp > 1:  # frames go through the tower in fixed groups (Qwen-VL): one token set per group
+            pos_all = np.unique(pos_all // tp) * tp
+            size = ceil_div(size, tp) * tp
 
         def compute(missing: np.ndarray) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+            if tp > 1:
+                yield from _group_compute(video, missing, tp, size, fn)
+                return
             start = 0
             for batch in timed_chunks(video, size, missing, "vision"):
                 n = len(batch)
@@ -138,6 +146,35 @@ class TokenCompressor(ABC):
                 yield pos, out
             return
         yield from cached_chunks(cache, key, pos_all, size, compute, device=getattr(bb, "device", None))
+
+
+def prepare_video(backbone: Any, video: Video) -> None:
+    """Tell a backbone whose token grid depends on the video (Qwen-VL's resize) which video comes next."""
+    prepare = getattr(backbone, "prepare_video", None)
+    if callable(prepare):
+        prepare(len(video), video.info.height, video.info.width)
+
+
+def _group_compute(video: Video, groups: np.ndarray, tp: int, size: int, fn: Callable[[torch.Tensor], torch.Tensor]
+                   ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """Encode whole temporal groups (sampled frames g..g+tp-1, starting at each of `groups`): a group cut short
+    (the video's end, or a frame that did not decode) repeats its last frame, as the reference processor pads."""
+    n = len(video)
+    frames = np.unique(np.concatenate([np.arange(g, min(g + tp, n)) for g in groups.tolist()]))
+    for batch in timed_chunks(video, size, frames, "vision"):
+        pos = batch.positions.numpy() if batch.positions is not None else frames[: len(batch)]
+        starts = pos // tp * tp
+        parts, kept = [], []
+        for g in np.unique(starts).tolist():
+            sel = torch.from_numpy(np.nonzero(starts == g)[0])
+            f = batch.frames[sel]
+            if f.shape[0] < tp:
+                f = torch.cat([f, f[-1:].expand(tp - f.shape[0], -1, -1, -1)])
+            parts.append(f)
+            kept.append(g)
+        with stage("vision"):
+            out = fn(torch.cat(parts))
+        yield np.asarray(kept, dtype=np.int64), out
 
 
 class WeightedCompressor(TokenCompressor, torch.nn.Module):
@@ -340,8 +377,9 @@ def pack(frame_tokens: list[torch.Tensor], frame_positions: list[int], timestamp
 def trim_to_budget(vt: VisualTokens, budget: int) -> VisualTokens:
     """Last-resort enforcement: keep `budget` tokens spread evenly over the sequence."""
     keep = torch.from_numpy(spread(budget, vt.num_tokens))
-    return VisualTokens(vt.embeds[keep], vt.frame_ids[keep], vt.patch_ids[keep], vt.timestamps,
-                        vt.num_sampled_frames, {**vt.stats, "trimmed": True})
+    out = vt.select(keep)
+    out.stats = {**vt.stats, "trimmed": True}
+    return out
 
 
 def frames_within(budget: int | None, num_frames: int, per_frame: int) -> int:

@@ -431,11 +431,12 @@ class StormCompressor(WeightedCompressor):
 
     def compress(self, video: Video, query: str | None, budget: int | None) -> VisualTokens:
         T = len(video)
-        plan = self.plan(T, budget)
+        tp = int(getattr(self.backbone, "temporal_patch", 1) or 1)  # Qwen-VL: one token set per 2 frames
+        plan = self.plan(math.ceil(T / tp), budget)
         tokens = self.frozen_inputs(video)
         with stage("compress"), torch.no_grad():
             out = self.reduce(tokens, plan)
-        starts = list(range(0, T, plan.temporal_pool))[::plan.sample_stride]
+        starts = [s * tp for s in range(0, math.ceil(T / tp), plan.temporal_pool)][::plan.sample_stride]
         native = tuple(plan.grid) == tuple(self.token_grid())
         per = plan.grid[0] * plan.grid[1]
         flat = out.flatten(1, 2).to(getattr(self.backbone, "dtype", out.dtype))

@@ -332,8 +332,8 @@ class TempoCompressor(TokenCompressor):
         want_relevance = self.config.relevance == "yesno" and len(segments) > 1
         for batch_start, batch in self._segment_batches(video, segments):
             with stage("vision"):
-                tok = self.backbone.frame_tokens(batch.frames)
-                stok = tok if same else (svlm.frame_tokens(batch.frames) if want_relevance else None)
+                tok = tokens_per_sampled_frame(self.backbone, batch.frames)
+                stok = tok if same else (tokens_per_sampled_frame(svlm, batch.frames) if want_relevance else None)
             for seg in segments:
                 if batch_start <= seg.start < batch_start + len(batch):
                     a, b = seg.start - batch_start, seg.stop - batch_start
@@ -431,3 +431,11 @@ class TempoCompressor(TokenCompressor):
 __all__ = ["RELEVANCE_SYSTEM", "RELEVANCE_USER", "RelevancePrior", "Segment", "SegmentMemoryEncoder", "TempoCompressor",
            "TempoConfig", "cut_segments", "reduce_frame", "reduce_segment", "sampling_interval", "segment_centre",
            "stamp_text"]
+
+
+def tokens_per_sampled_frame(backbone: Any, frames: torch.Tensor) -> torch.Tensor:
+    """One token grid per frame: a backbone encoding frames in temporal groups (Qwen-VL: pairs) gives each
+    frame its group's tokens (both frames of a pair then share positions; the budget counts what is kept)."""
+    tok = backbone.frame_tokens(frames)
+    tp = int(getattr(backbone, "temporal_patch", 1) or 1)
+    return tok if tp == 1 else tok.repeat_interleave(tp, dim=0)[: frames.shape[0]]

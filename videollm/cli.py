@@ -322,7 +322,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     from .video.decoders import DECODER_MODULES
 
-    print("models:      " + ", ".join(PRESETS.names()) + " (or any LLaVA-OneVision hub id / local path)")
+    print("models:      " + ", ".join(PRESETS.names()) + " (or any LLaVA-OneVision or Qwen-VL hub id / local path)")
     print("compressors: " + ", ".join(COMPRESSORS.names()))
     print("reasoning:   " + ", ".join(MODES.names()))
     print("quant:       " + ", ".join(SCHEME_NAMES))

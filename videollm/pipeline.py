@@ -135,6 +135,9 @@ class VideoQAPipeline:
             with stage("decode"):
                 vid = self.load(video, sampling, fps=fps, timestamps=timestamps)
             try:
+                from videollm.compressors.base import prepare_video
+
+                prepare_video(self.backbone, vid)  # backbones whose grid depends on the frame size (Qwen-VL)
                 budget = self._fit_budget(budget, vid, user_text, mode, gen, notes)
                 query = user_text if getattr(self.compressor, "wants_options", False) else question
                 visual = self.compressor(vid, query=query, budget=budget)
@@ -150,8 +153,12 @@ class VideoQAPipeline:
                 logger.info(short.message(vid.source))
                 visual.stats["decode"] = {"planned_frames": short.planned, "decoded_frames": short.decoded,
                                           "video_ends_at": round(short.ends_at, 3)}
+            reasoning_opts = {**_fields(self.config.reasoning_options), "answer_format": fmt}
+            trained = getattr(self.backbone, "reasoning_preset", None) or {}  # VideoAuto-R1 checkpoints
+            if "threshold" not in reasoning_opts and "confidence_threshold" in trained:
+                reasoning_opts["threshold"] = float(trained["confidence_threshold"])
             outcome = run_mode(mode, self.backbone, user_text, visual, opts, gen,
-                               system=self.config.system_prompt, **{**_fields(self.config.reasoning_options), "answer_format": fmt})
+                               system=self.config.system_prompt, **reasoning_opts)
         ts = visual.timestamps
         kept = visual.kept_frames
         return Answer(

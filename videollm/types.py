@@ -40,11 +40,23 @@ class VisualTokens:
     timestamps: torch.Tensor  # (num_sampled_frames,) seconds of each sampled frame
     num_sampled_frames: int
     stats: dict[str, Any] = field(default_factory=dict)
+    #: optional (N, 3) float (frame position, row, col) of each token in its frame's native grid, for backbones
+    #: with 3-D rotary positions (Qwen-VL); None: derived from frame_ids/patch_ids (`qwen_vl.token_positions`).
+    #: Pooled tokens sit at the centre of what they pool (fractional); LLaVA-OneVision ignores positions.
+    positions: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         n = self.embeds.shape[0]
         if self.frame_ids.shape[0] != n or self.patch_ids.shape[0] != n:
             raise ValueError("embeds, frame_ids and patch_ids must have the same length")
+        if self.positions is not None and tuple(self.positions.shape) != (n, 3):
+            raise ValueError("positions must be (N, 3)")
+
+    def select(self, keep: torch.Tensor) -> "VisualTokens":
+        """The tokens at `keep` (a bool mask or indices), provenance and positions with them."""
+        pos = None if self.positions is None else self.positions[keep]
+        return VisualTokens(self.embeds[keep], self.frame_ids[keep], self.patch_ids[keep], self.timestamps,
+                            self.num_sampled_frames, self.stats, pos)
 
     @property
     def num_tokens(self) -> int:
@@ -59,8 +71,7 @@ class VisualTokens:
         keep = self.patch_ids != TEXT_PATCH_ID
         if bool(keep.all()):
             return self
-        return VisualTokens(self.embeds[keep], self.frame_ids[keep], self.patch_ids[keep], self.timestamps,
-                            self.num_sampled_frames, self.stats)
+        return self.select(keep)
 
     @property
     def tokens_per_frame(self) -> dict[int, int]:

@@ -37,7 +37,9 @@ from . import decode_ops
 logger = logging.getLogger(__name__)
 
 #: decoder layer classes whose forward this step reproduces (SmolLM2 is a Llama)
-SUPPORTED = frozenset({"Qwen2DecoderLayer", "Qwen3DecoderLayer", "LlamaDecoderLayer"})
+SUPPORTED = frozenset({"Qwen2DecoderLayer", "Qwen3DecoderLayer", "LlamaDecoderLayer",
+                       # Qwen-VL text layers: the same layer; their M-RoPE with equal (t, h, w) is 1-D RoPE
+                       "Qwen2VLDecoderLayer", "Qwen2_5_VLDecoderLayer", "Qwen3VLTextDecoderLayer"})
 #: activation modules that are F.silu (torch's and transformers' own)
 _SILU = frozenset({"SiLU", "SiLUActivation"})
 #: spare KV rows allocated when the cache must grow: at least this many, or an eighth of its length
@@ -50,13 +52,22 @@ def mode() -> str:
     return "off" if value in ("0", "off", "false", "no") else "all" if value == "all" else "cpu"
 
 
-def forward_last(decoder: nn.Module, inputs_embeds: torch.Tensor, cache: Any = None) -> tuple[torch.Tensor, Any]:
+def forward_last(decoder: nn.Module, inputs_embeds: torch.Tensor, cache: Any = None,
+                 position_offset: int = 0) -> tuple[torch.Tensor, Any]:
     """The final-norm hidden state (B, 1, D) of the last position of `inputs_embeds` after `cache`, and the
-    cache now holding them. The lean step where it applies, else the transformers forward."""
+    cache now holding them. The lean step where it applies, else the transformers forward.
+
+    `position_offset`: rotary positions are cache index + offset (Qwen-VL's `rope_deltas` after its 3-D
+    positioned prompt; every axis of M-RoPE then holds the same 1-D position)."""
     step = _lean_step(decoder, inputs_embeds, cache)
     if step is not None:
-        return step(inputs_embeds, cache), cache
-    out = decoder(inputs_embeds=inputs_embeds, **cache_kwargs(cache), return_dict=True)
+        return (step(inputs_embeds, cache, position_offset) if position_offset else step(inputs_embeds, cache)), cache
+    extra: dict[str, Any] = {}
+    if position_offset:
+        past = int(cache.get_seq_length()) if cache is not None else 0
+        n = int(inputs_embeds.shape[1])
+        extra["position_ids"] = (torch.arange(n, device=inputs_embeds.device) + past + position_offset)[None]
+    out = decoder(inputs_embeds=inputs_embeds, **cache_kwargs(cache), return_dict=True, **extra)
     return out.last_hidden_state[:, -1:], output_cache(out)
 
 
@@ -212,11 +223,11 @@ class LeanStep:
                 and all(type(c) is DynamicLayer and c.is_initialized and c.keys is not None and c.keys.numel()
                         for c in kv))
 
-    def __call__(self, embeds: torch.Tensor, cache: Any) -> torch.Tensor:
+    def __call__(self, embeds: torch.Tensor, cache: Any, position_offset: int = 0) -> torch.Tensor:
         kv = cache.layers
         past = kv[0].keys.shape[-2]
         h = embeds
-        positions = torch.tensor([[past]], device=h.device)
+        positions = torch.tensor([[past + position_offset]], device=h.device)
         cos, sin = self.rotary(h, positions)  # any rope type transformers implements
         cos, sin = cos.reshape(-1), sin.reshape(-1)
         half = cos.shape[0] // 2

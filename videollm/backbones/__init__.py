@@ -39,7 +39,8 @@ CAPABILITIES = ("training", "save_quantized")
 #: models by name; each registers where its builder is defined, with `@register_preset(name[, model_id])`
 PRESETS: Registry[Preset] = Registry("model", modules=("videollm.backbones.tiny", "videollm.backbones.llava_onevision",
                                                        "videollm.backbones.mini.model", "videollm.backbones.tempo6b",
-                                                       "videollm.backbones.longvu", "videollm.backbones.longvu_tiny"))
+                                                       "videollm.backbones.longvu", "videollm.backbones.longvu_tiny",
+                                                       "videollm.backbones.qwen_vl", "videollm.backbones.qwen_vl_tiny"))
 
 #: transformers `model_type` -> backbone class
 FAMILIES: Registry[Any] = Registry("backbone family", entry_point_group="videollm.backbones")
@@ -47,6 +48,8 @@ FAMILIES.register("llava_onevision", "videollm.backbones.llava_onevision:LlavaOn
 FAMILIES.register("tempo_qwen", "videollm.backbones.tempo6b:TempoBackbone")
 FAMILIES.register("cambrian_qwen", "videollm.backbones.longvu:LongVUBackbone")
 FAMILIES.register("cambrian_llama", "videollm.backbones.longvu:LongVUBackbone")
+for _qwen_type in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
+    FAMILIES.register(_qwen_type, "videollm.backbones.qwen_vl:QwenVLBackbone")
 #: model types transformers does not know (their config.json is read directly)
 _CUSTOM_TYPES = {"tempo_qwen", "cambrian_qwen", "cambrian_llama"}
 
