@@ -241,8 +241,9 @@ def test_per_row_groups_run_the_kernels_like_the_reference(scheme, k):
     ref = QuantLinear.from_linear(lin, scheme, 0, kernel="dequant")
     assert fast.group == k
     x = torch.randn(1, k)
+    kern = getattr(fast, "_lowbit", None)  # the SIMD kernel rounds activations to int8, as its reference does
     with torch.inference_mode():
-        a, b = fast(x), ref(x)
+        a, b = fast(x), ref(kern.reference_input(x) if kern is not None else x)
     assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
 
 
