@@ -486,8 +486,8 @@ def test_idle_drop_frees_caches_and_trims_the_heap(pipe, clip_uri, monkeypatch):
 def test_serve_caps_malloc_arenas_before_the_model_loads(monkeypatch):
     """`videollm serve` limits glibc's malloc arenas before any model thread allocates (videollm/serve/memory.py)."""
     import videollm.cli as cli_mod
-    import videollm.serve.memory as memory
     from videollm.cli import build_parser
+    from videollm.serve import memory
 
     calls: list[str] = []
     monkeypatch.setattr(memory, "cap_arenas", lambda n=None: calls.append("cap") or True)
