@@ -52,13 +52,13 @@ def _clip_uris() -> dict[str, str]:
     return {n: "data:video/mp4;base64," + base64.b64encode(p.read_bytes()).decode() for n, p in paths.items()}
 
 
-def _ask(client, uri: str, question: str, stats: dict[str, int]) -> tuple[float, str]:
+def _ask(client, uri: str, question: str, stats: dict[str, int], model: str = "videollm-mini") -> tuple[float, str]:
     import openai
 
     start = time.perf_counter()
     for _ in range(600):
         try:
-            r = client.chat.completions.create(model="videollm-mini", messages=[{"role": "user", "content": [
+            r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": [
                 {"type": "video_url", "video_url": {"url": uri}}, {"type": "text", "text": question}]}])
             return time.perf_counter() - start, r.choices[0].message.content or ""
         except openai.RateLimitError as err:  # back off as the server asks, with jitter so retries spread out
@@ -68,7 +68,7 @@ def _ask(client, uri: str, question: str, stats: dict[str, int]) -> tuple[float,
     raise RuntimeError("still refused after 600 tries")
 
 
-def _pass(url: str, jobs: list[tuple[str, str]], clients: int) -> dict[str, object]:
+def _pass(url: str, jobs: list[tuple[str, str]], clients: int, model: str = "videollm-mini") -> dict[str, object]:
     """Each client asks its share of `jobs` in order; returns latencies and counts."""
     import openai
 
@@ -82,7 +82,7 @@ def _pass(url: str, jobs: list[tuple[str, str]], clients: int) -> dict[str, obje
         client = openai.OpenAI(base_url=url, api_key="bench", max_retries=0, timeout=900)
         for uri, q in share:
             try:
-                seconds, text = _ask(client, uri, q, stats)
+                seconds, text = _ask(client, uri, q, stats, model)
             except Exception as err:  # noqa: BLE001 - a lost request is what this counts
                 logger.error("lost: %s", err)
                 with lock:
@@ -146,7 +146,7 @@ def main() -> None:
                 if time.time() > deadline or server.poll() is not None:
                     raise SystemExit("the server did not start")
                 time.sleep(1)
-        _ask(client, uris[names[0]], "warm-up?", {"429": 0})
+        _ask(client, uris[names[0]], "warm-up?", {"429": 0}, args.model)
         time.sleep(args.cache_idle + 3)  # the idle drop empties the caches: the level every pass starts from
         rss_start = _rss_mib(server.pid)
 
@@ -159,12 +159,12 @@ def main() -> None:
         one: dict = {"answers": {}}
         rss_between = float("nan")
         if not args.no_baseline:
-            one = _pass(url, jobs, 1)
+            one = _pass(url, jobs, 1, args.model)
             time.sleep(args.cache_idle + 3)
             rss_between = _rss_mib(server.pid)
         rss_after = []
         for _ in range(args.repeat):  # repeated concurrent passes: does the resting size keep growing?
-            many = _pass(url, jobs, args.clients)
+            many = _pass(url, jobs, args.clients, args.model)
             time.sleep(args.cache_idle + 3)
             rss_after.append(round(_rss_mib(server.pid)))
         rss_end = rss_after[-1]

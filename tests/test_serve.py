@@ -447,3 +447,81 @@ def test_next_video_is_prefetched_while_the_current_answer_generates(pipe, clip_
     # the second video's prefetch began within the first answer's generation, not after it
     assert started[1][1] - started[0][1] < out[0].answer.timings["prefetch"] + first_answer_seconds
     assert started[1][1] < done_at
+
+
+def test_idle_drop_frees_caches_and_trims_the_heap(pipe, clip_uri, monkeypatch):
+    """After `cache_idle_s` without requests the cached features and prefix KV go and the heap is trimmed."""
+    import videollm.serve.engine as engine_mod
+    from videollm.answer.prefix_cache import default_prefix_cache
+    from videollm.feature_cache import default_cache
+    from videollm.serve.engine import Engine, EngineLimits
+
+    trims: list[float] = []
+    monkeypatch.setattr(engine_mod, "trim_heap", lambda: trims.append(time.monotonic()) or True)
+    engine = Engine(pipe, EngineLimits(cache_idle_s=0.5))
+
+    async def ask() -> str:
+        q: asyncio.Queue = asyncio.Queue()
+        engine.submit(_request(pipe, clip_uri), asyncio.get_running_loop(), q)
+        while True:
+            ev = await asyncio.wait_for(q.get(), timeout=300)
+            if ev.kind in ("done", "error"):
+                return ev.kind
+
+    try:
+        assert asyncio.run(ask()) == "done"
+        done = time.monotonic()
+        assert default_cache().nbytes > 0 and len(default_prefix_cache()._entries) > 0  # something to drop
+        deadline = time.monotonic() + 30
+        while not trims and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert trims and trims[0] - done >= 0.4  # dropped once idle, not right after the answer
+        assert default_cache().nbytes == 0 and len(default_prefix_cache()._entries) == 0
+        time.sleep(1.5)
+        assert len(trims) == 1  # nothing new cached: no second drop
+    finally:
+        engine.close()
+
+
+def test_serve_caps_malloc_arenas_before_the_model_loads(monkeypatch):
+    """`videollm serve` limits glibc's malloc arenas before any model thread allocates (videollm/serve/memory.py)."""
+    import videollm.cli as cli_mod
+    from videollm.cli import build_parser
+    from videollm.serve import memory
+
+    calls: list[str] = []
+    monkeypatch.setattr(memory, "cap_arenas", lambda n=None: calls.append("cap") or True)
+
+    class Loaded(Exception):
+        pass
+
+    def build(*_a, **_k):
+        calls.append("load")
+        raise Loaded
+
+    monkeypatch.setattr(cli_mod, "build_pipeline", build)
+    args = build_parser(["serve"]).parse_args(["serve", "--model", "tiny-random", "-q"])
+    with pytest.raises(Loaded):
+        args.func(args)
+    assert calls == ["cap", "load"]
+
+
+def test_arena_cap_and_trim_follow_the_platform_and_env(monkeypatch):
+    import platform
+
+    from videollm.serve import memory
+
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    monkeypatch.setenv(memory.ENV, "0")
+    assert memory.arena_cap() == 0 and memory.cap_arenas() is False  # opted out: glibc's default
+    monkeypatch.setenv(memory.ENV, "three")
+    assert memory.arena_cap() == memory.DEFAULT_ARENAS
+    monkeypatch.setenv(memory.ENV, "4")
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "8")
+    assert memory.cap_arenas() is False  # the operator's MALLOC_ARENA_MAX wins
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert memory.cap_arenas() is glibc
+    memory.trim_heap()  # never raises; a no-op off glibc
+    monkeypatch.setattr(memory.sys, "platform", "darwin")
+    assert memory.cap_arenas() is False and memory.trim_heap() is False

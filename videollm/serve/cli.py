@@ -86,7 +86,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .app import create_app
     from .engine import Engine
+    from .memory import cap_arenas
 
+    cap_arenas()  # before the model loads and any worker thread allocates (videollm/serve/memory.py)
     pipe = build_pipeline(args, cfg)
     engine = Engine(pipe, engine_limits)
     access = logging.getLogger("videollm.serve.access")

@@ -15,7 +15,6 @@ generated token. Temporary files are reference-counted per batch and removed whe
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import gc
 import itertools
 import logging
@@ -37,6 +36,7 @@ from ..types import Answer
 from ..video import Video
 from ..video.remote import FetchLimits, describe, materialize
 from .errors import ServeError, error_for
+from .memory import trim_heap
 from .schema import ChatRequest
 
 logger = logging.getLogger(__name__)
@@ -332,7 +332,7 @@ class Engine:
         default_cache().clear()
         default_prefix_cache().clear()
         gc.collect()
-        _trim_heap()
+        trim_heap()
         self._dirty = False
         logger.info("idle for %.0f s: cached features and prompt prefixes dropped", self.limits.cache_idle_s)
 
@@ -410,10 +410,3 @@ def _too_long(duration: float, cap: float) -> VideoLLMError:
 
     return InvalidRequestError(f"the video lasts {duration:.0f} s; this server takes at most {cap:.0f} s")
 
-
-def _trim_heap() -> None:
-    """Give freed memory back to the OS (glibc keeps it otherwise); a no-op elsewhere."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
