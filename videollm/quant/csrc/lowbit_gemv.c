@@ -200,11 +200,11 @@ typedef struct {
     const uint16_t *scale;   /* (N, G) bfloat16 bits */
     const uint16_t *zero;    /* (N, G) bfloat16 bits, or NULL */
     const int32_t *col;      /* plane set A: the column of x behind each row-planar slot (K: a zero pad) */
-    const int32_t *col2;     /* plane set B (int3), or NULL */
+    const int32_t *col2;     /* unused (int3's former second plane set): NULL */
     const int16_t *idx;      /* lane → group permutation per 64-byte chunk of A, or NULL: the float path */
-    const int16_t *idx2;     /* the same for B */
+    const int16_t *idx2;     /* unused: NULL */
     const float *bias;       /* (N,) float32, or NULL */
-    long rb_pad, rb_pad2;    /* plane stride (bytes of a row, padded to 64) of A and B */
+    long rb_pad, rb_pad2;    /* plane stride (bytes or int3 positions of a row, padded to 64); rb_pad2 unused */
     int kind, ldw, hi_off, K, N, G, group, gb, gb2;
     float offset;
 } lowbit_layer;
@@ -227,7 +227,7 @@ typedef struct {
 
 typedef struct {
     const int8_t *xq, *xq2;  /* int8 planes of A and B (int3), or A's fine plane (8-bit weights) */
-    const float *xl, *xl2;   /* per chunk, each lane's activation scale (B's times 4: the high bit's weight) */
+    const float *xl, *xl2;   /* per chunk, each lane's activation scale; xl2 unused */
     const float *zx;         /* per group sx·(sum of its int8 activations), zero-padded to a multiple of 16 */
     const int32_t *map, *map2; /* 256-bit and NEON builds: per vector, its first group and lane offsets */
 } act_t;
@@ -732,8 +732,8 @@ static void rows_range(const int bits, const lowbit_layer *L, int n_lo, int n_hi
 }
 
 /* x (K floats) → int8 per group (scale max|x|/127, as before), gathered into the row-planar planes */
-static void prepare_act(const lowbit_layer *L, const float *x, int nch, int nch2, int8_t *qx, int8_t *qx2,
-                        int8_t *xq, int8_t *xq2, float *sx, float *zx, float *xl, float *xl2) {
+static void prepare_act(const lowbit_layer *L, const float *x, int nch, int8_t *qx, int8_t *qx2, int8_t *xq,
+                        int8_t *xq2, float *sx, float *zx, float *xl) {
     const int K = L->K, G = L->G, P = L->kind == 3 ? 8 : 8 / L->kind, two = L->kind == 8;
     const int Gp = (G + 15) / 16 * 16;
     for (int g = 0; g < G; g++) {
@@ -794,7 +794,7 @@ static int gemv_int8(const lowbit_layer *L, const float *x, float *y, int M, int
         char *b = base + (size_t)m * per_m;
         float *sx = (float *)b, *zx = sx + Gp, *xl = zx + Gp, *xl2 = xl + 16 * nch;
         int8_t *xq = (int8_t *)(xl2 + 16 * nch2), *xq2 = xq + sa;
-        prepare_act(L, x + (long)m * L->K, nch, nch2, qx, qx2, xq, xq2, sx, zx, xl, xl2);
+        prepare_act(L, x + (long)m * L->K, nch, qx, qx2, xq, xq2, sx, zx, xl);
         acts[m] = (act_t){xq, xq2, xl, xl2, zx, map, map2};
     }
     const int N = L->N;
