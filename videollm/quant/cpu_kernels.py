@@ -273,6 +273,7 @@ class LowBitGemv:
         index, self.gb, self.rb_pad = row_planar_index(in_features, group, 8 // width, self.groups)
         self.index = index.to(torch.int32).contiguous()
         self.idx = lane_groups(self.groups, self.gb, self.rb_pad)
+        # the C struct's former int3 second-plane fields: unused since int3 has its own layout (kept: ABI)
         self.index2, self.gb2, self.rb_pad2, self.hi_off, self.idx2 = None, 0, 0, 0, None
         self.int8_activations = bool(lib.lowbit_has_int8_path()) and self.idx is not None
         self._layer = self._pack_layer()
