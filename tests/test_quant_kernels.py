@@ -306,3 +306,47 @@ def test_int4_kernel_layout_rows_decode_without_the_rest():
     assert q.kernel == "int4_cpu"
     rows = torch.tensor([0, 191, 33, 64, 33])
     assert torch.equal(q.codes(rows), q.codes()[rows])
+
+
+# ---- int3's kernel layout ----------------------------------------------------------------------------------
+def test_int3_kernel_layout_by_hand():
+    """Position j's 8 codes in three bytes (b0 = c0 | c1<<3 | (c6&3)<<6, b1 = c2 | c3<<3 | (c7&3)<<6,
+    b2 = c4 | c5<<3 | (c6>>2)<<6 | (c7>>2)<<7), each 64-position block's b0s, then b1s, then b2s."""
+    codes = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 5]])
+    b0 = 1 | 2 << 3 | (7 & 3) << 6
+    b1 = 3 | 4 << 3 | (5 & 3) << 6
+    b2 = 5 | 6 << 3 | (7 >> 2) << 6 | (5 >> 2) << 7
+    assert packing.to_int3_kernel(codes, 1).tolist() == [[b0, b1, b2]]
+    # 70 positions: a block of 64, then one of 6 (planes 6 bytes apart)
+    wide = torch.zeros(1, 560, dtype=torch.long)
+    wide[0, 64 * 8] = 7  # position 64 = the short block's first: b0 = 7 at 192, b1 at 198, b2 at 204
+    out = packing.to_int3_kernel(wide, 70)
+    assert out.shape == (1, 210) and out[0].nonzero().flatten().tolist() == [192]
+    wide[0, 64 * 8 + 4] = 1  # c4 → b2
+    assert packing.to_int3_kernel(wide, 70)[0].nonzero().flatten().tolist() == [192, 204]
+
+
+@pytest.mark.parametrize("shape", [(3, 8), (5, 130), (2, 8 * 64), (4, 8 * 150 - 3)])
+def test_int3_kernel_layout_round_trips(shape):
+    torch.manual_seed(shape[1])
+    codes = torch.randint(0, 8, shape)
+    positions = -(-shape[1] // 8)
+    packed = packing.to_int3_kernel(codes, positions)
+    assert packed.shape == (shape[0], 3 * positions)
+    assert torch.equal(packing.from_int3_kernel(packed, shape[1]).long(), codes)
+
+
+@needs_kernel
+def test_int3_layer_holds_only_the_kernel_layout_and_saves_the_checkpoint_one():
+    """int3 on the low-bit kernel keeps one copy of its weight (the kernel layout, 3 bits a weight) and still
+    gives the portable bit-sliced rows for saving, and the same codes as the reference layer."""
+    torch.manual_seed(0)
+    lin = nn.Linear(256, 24, bias=False)
+    ref = QuantLinear.from_linear(lin, "int3", 64, kernel="dequant")
+    q = QuantLinear.from_linear(lin, "int3", 64)
+    if q.kernel != "lowbit":
+        pytest.skip(f"int3 takes {q.kernel} here")
+    assert q.qweight.numel() == 0 and q._kweight.shape == (24, 3 * 256 // 8)
+    assert torch.equal(q.codes(), ref.codes())
+    assert torch.equal(q.codes(torch.tensor([5, 0])), ref.codes()[[5, 0]])
+    assert torch.equal(q.portable_qweight(), ref.qweight)

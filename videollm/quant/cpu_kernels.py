@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InvalidRequestError
+from . import packing
 from .cpu_isa import ISA_ENV, LEVELS, level_flags, requested_level, runnable_levels
 
 logger = logging.getLogger(__name__)
@@ -243,7 +244,9 @@ class LowBitGemv:
     """One layer's prepared call: packed bytes, bf16 scale bits and the activation permutations.
 
     bits: 1, 2, 4 or 8 (codes of that width in `weight`'s rows), or 3: int3's bit-sliced rows (a 2-bit plane
-    then a 1-bit plane). Ternary uses bits=2 (codes 0..2; `QuantLinear` re-packs its base-3 bytes).
+    then a 1-bit plane, the checkpoint format), converted here once to the kernel's layout
+    (`packing.to_int3_kernel`, held in `weight`: ~int4's work per weight instead of two passes).
+    Ternary uses bits=2 (codes 0..2; `QuantLinear` re-packs its base-3 bytes).
     """
 
     def __init__(self, bits: int, weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
@@ -255,24 +258,23 @@ class LowBitGemv:
             raise NotImplementedError("low-bit C kernel unavailable")
         self._fn = lib.lowbit_gemv
         self.bits = bits
+        self.n, self.groups = scale.shape
+        if bits == 3:
+            if self.groups > 1 and group % 8:
+                raise NotImplementedError(f"int3 group {group} does not start on a byte")
+            positions = self.groups * -(-group // 8)
+            weight = packing.to_int3_kernel(packing.unpack_int3(weight, self.groups * group), positions)
         self.weight = weight.contiguous()
         self.scale = _padded(scale.to(torch.bfloat16).view(torch.int16))
         self.zero = _padded(zero.to(torch.bfloat16).view(torch.int16)) if zero is not None else None
-        self.n, self.groups = scale.shape
         self.bias = bias.float().contiguous() if bias is not None else None  # added by the kernel
         self.k, self.group, self.offset = in_features, group, float(offset)
-        width = 2 if bits == 3 else bits
+        width = 1 if bits == 3 else bits  # int3 positions hold 8 codes, as 1-bit bytes do
         index, self.gb, self.rb_pad = row_planar_index(in_features, group, 8 // width, self.groups)
         self.index = index.to(torch.int32).contiguous()
         self.idx = lane_groups(self.groups, self.gb, self.rb_pad)
+        # the C struct's former int3 second-plane fields: unused since int3 has its own layout (kept: ABI)
         self.index2, self.gb2, self.rb_pad2, self.hi_off, self.idx2 = None, 0, 0, 0, None
-        if bits == 3:
-            index2, self.gb2, self.rb_pad2 = row_planar_index(in_features, group, 8, self.groups)
-            self.index2 = index2.to(torch.int32).contiguous()
-            self.hi_off = self.groups * self.gb
-            self.idx2 = lane_groups(self.groups, self.gb2, self.rb_pad2)
-            if self.idx2 is None:
-                self.idx = None
         self.int8_activations = bool(lib.lowbit_has_int8_path()) and self.idx is not None
         self._layer = self._pack_layer()
 

@@ -68,7 +68,7 @@ class QuantLinear(nn.Module):
         self.register_buffer("zero", torch.zeros(out_features, n_groups, dtype=torch.bfloat16, device=device)
                              if zero_point else None)
         self.register_buffer("bias", torch.zeros(out_features, device=device) if bias else None)
-        self._kweight: torch.Tensor | None = None  # kernel layout (int4, ternary), replaces qweight in memory
+        self._kweight: torch.Tensor | None = None  # kernel layout (int4, int3, ternary), replaces qweight in memory
         self._kscale: torch.Tensor | None = None
         self._lowbit: cpu_kernels.LowBitGemv | None = None
 
@@ -150,8 +150,8 @@ class QuantLinear(nn.Module):
             weight, bits = packing.pack_int2(packing.unpack_ternary(self.qweight, self.k_padded)), 2
         self._lowbit = cpu_kernels.LowBitGemv(bits, weight, self.scale, self.zero, self.in_features, self.group,
                                               self.spec.offset, bias=self.bias)
-        if width == "ternary":
-            self._kweight = weight
+        if width in ("ternary", 3):  # the kernel's layout (int3: converted by LowBitGemv) is the only copy
+            self._kweight = weight if width == "ternary" else self._lowbit.weight
             self.qweight = self.qweight.new_empty(0)
 
     #: activation group sizes the int8 weights' kernel path may round in (the smallest giving <= 63 groups)
@@ -266,6 +266,8 @@ class QuantLinear(nn.Module):
             return w[:, : self.k_padded].to(torch.int16).sub_(128)  # int16: one pass less than int8 here
         if self._kweight is not None and self.spec.width == "ternary":  # the kernel's 2-bit layout
             return packing.unpack_int2(self._kweight if rows is None else self._kweight[rows], self.k_padded)
+        if self._kweight is not None and self.spec.width == 3:  # the kernel's int3 layout
+            return packing.from_int3_kernel(self._kweight if rows is None else self._kweight[rows], self.k_padded)
         if self._kweight is not None:
             if rows is None:
                 return packing.from_cpu_int4_kernel(self._kweight, self._n_pad, self.k_padded)[: self.out_features]

@@ -99,6 +99,45 @@ def unpack_int3(packed: torch.Tensor, k: int) -> torch.Tensor:
     return lo | (hi << 2)
 
 
+#: positions (8 columns each) in one block of the int3 kernel layout (`to_int3_kernel`)
+INT3_BLOCK = 64
+
+
+def to_int3_kernel(codes: torch.Tensor, positions: int) -> torch.Tensor:
+    """(N, K) codes in 0..7 → (N, 3 * positions) uint8: the C kernel's int3 layout, built once at load.
+
+    Position j holds columns 8j..8j+7 (codes c0..c7) in three bytes, so every code is one shift and one mask
+    away, as an int4 code is (the checkpoint's bit planes need two passes, ~1.4x int4's work per weight):
+    b0 = c0 | c1 << 3 | (c6 & 3) << 6, b1 = c2 | c3 << 3 | (c7 & 3) << 6, b2 = c4 | c5 << 3 | (c6 >> 2) << 6
+    | (c7 >> 2) << 7. Blocks of `INT3_BLOCK` positions hold all their b0 bytes, then their b1, then their b2
+    (the last block is shorter), so one vector load gets the same byte of consecutive positions.
+    """
+    _check(codes, 8)
+    n, k = codes.shape
+    if k > 8 * positions:
+        raise ValueError(f"{k} columns do not fit {positions} int3 positions")
+    c = torch.nn.functional.pad(codes.to(torch.uint8), (0, 8 * positions - k)).view(n, positions, 8)
+    b0 = c[..., 0] | (c[..., 1] << 3) | ((c[..., 6] & 3) << 6)
+    b1 = c[..., 2] | (c[..., 3] << 3) | ((c[..., 7] & 3) << 6)
+    b2 = c[..., 4] | (c[..., 5] << 3) | ((c[..., 6] >> 2) << 6) | ((c[..., 7] >> 2) << 7)
+    planes = torch.stack((b0, b1, b2), dim=1)  # (N, 3, positions)
+    blocks = [planes[:, :, j: j + INT3_BLOCK].reshape(n, -1) for j in range(0, positions, INT3_BLOCK)]
+    return torch.cat(blocks, dim=1).contiguous() if blocks else planes.reshape(n, 0)
+
+
+def from_int3_kernel(packed: torch.Tensor, k: int) -> torch.Tensor:
+    """Inverse of `to_int3_kernel`: (N, 3 * positions) kernel bytes → (N, k) codes."""
+    n, positions = packed.shape[0], packed.shape[1] // 3
+    parts = []
+    for j in range(0, positions, INT3_BLOCK):
+        width = min(INT3_BLOCK, positions - j)
+        parts.append(packed[:, 3 * j: 3 * j + 3 * width].reshape(n, 3, width))
+    b0, b1, b2 = torch.cat(parts, dim=2).to(torch.uint8).unbind(1) if parts else (packed.new_empty(n, 0),) * 3
+    c = torch.stack((b0 & 7, (b0 >> 3) & 7, b1 & 7, (b1 >> 3) & 7, b2 & 7, (b2 >> 3) & 7,
+                     (b0 >> 6) | (((b2 >> 6) & 1) << 2), (b1 >> 6) | ((b2 >> 7) << 2)), dim=-1)
+    return c.reshape(n, -1)[:, :k]
+
+
 _POW3 = (1, 3, 9, 27, 81)
 
 

@@ -2,8 +2,11 @@
  *
  * Weights: each row holds bytes of `bits`-wide codes (1, 2, 4 or 8 bits; per_byte = 8 / bits codes a byte,
  * column per_byte*j + p in bits p*bits of byte j), groups of `group` columns contiguous (gb bytes each),
- * one bfloat16 scale (and optionally zero point) per row and group. int3 is two such plane sets in one row:
- * a 2-bit plane (low bits) and, at byte hi_off, a 1-bit plane (high bit), code = lo + 4 * hi.
+ * one bfloat16 scale (and optionally zero point) per row and group. int3 (kind 3) is converted at load
+ * (packing.to_int3_kernel): position j (columns 8j..8j+7, as 1-bit codes) holds its 8 codes in three bytes
+ * b0 = c0 | c1<<3 | (c6&3)<<6, b1 = c2 | c3<<3 | (c7&3)<<6, b2 = c4 | c5<<3 | (c6>>2)<<6 | (c7>>2)<<7, and
+ * blocks of 64 positions store their b0s, then b1s, then b2s (the last block shorter): each code is one shift
+ * and one mask away (c6, c7: two of each and an or), about int4's work per weight.
  *
  *   y[m, n] = sum_g scale[n, g] * (sum_{k in g} x[m, k] * code[n, k] - offset * sum_{k in g} x[m, k])
  *             (+ zero[n, g] * sum_{k in g} x[m, k])
@@ -71,6 +74,9 @@ int lowbit_has_sdot(void) {
 #endif
 }
 
+/* positions per block of the int3 layout (packing.INT3_BLOCK) */
+#define INT3_BLOCK 64
+
 typedef float v16f __attribute__((vector_size(64)));
 typedef uint32_t v16u __attribute__((vector_size(64)));
 typedef uint8_t v16b __attribute__((vector_size(16)));
@@ -135,6 +141,35 @@ static inline float dot_bits(int bits, const uint8_t *w, const float *xp, long s
     }
 }
 
+/* int3 position j of a row (rb positions): its three bytes (see the header) */
+static inline void int3_bytes(const uint8_t *row, int j, int rb, uint32_t *b0, uint32_t *b1, uint32_t *b2) {
+    const int blk = j / INT3_BLOCK, nb = rb - blk * INT3_BLOCK < INT3_BLOCK ? rb - blk * INT3_BLOCK : INT3_BLOCK;
+    const uint8_t *p = row + (long)3 * INT3_BLOCK * blk + j % INT3_BLOCK;
+    *b0 = p[0];
+    *b1 = p[nb];
+    *b2 = p[2 * nb];
+}
+
+/* One output for one activation row of the int3 layout (8 planes of gb positions a group, stride sa) */
+static float row_float3(const uint8_t *row, const float *xa, long sa, int gb, const float *xs, const uint16_t *sc,
+                        const uint16_t *zr, int G, float offset) {
+    const int rb = G * gb;
+    float tot = 0.f;
+    for (int g = 0; g < G; g++) {
+        float t = 0.f;
+        for (int j = g * gb; j < (g + 1) * gb; j++) {
+            uint32_t b0, b1, b2;
+            int3_bytes(row, j, rb, &b0, &b1, &b2);
+            const uint32_t c[8] = {b0 & 7, (b0 >> 3) & 7, b1 & 7, (b1 >> 3) & 7, b2 & 7, (b2 >> 3) & 7,
+                                   (b0 >> 6) | (((b2 >> 6) & 1) << 2), (b1 >> 6) | ((b2 >> 7) << 2)};
+            for (int p = 0; p < 8; p++) t += xa[p * sa + j] * (float)c[p];
+        }
+        tot += bf16(sc[g]) * (t - offset * xs[g]);
+        if (zr) tot += bf16(zr[g]) * xs[g];
+    }
+    return tot;
+}
+
 /* One output for one activation row: plane set A (bits, gb bytes a group, planar stride sa) plus, for
  * int3, plane set B (1 bit, gb2, stride sb) weighted by 4. */
 static float row_float(int bits, const uint8_t *row, const float *xa, long sa, int gb, const uint8_t *rowb,
@@ -165,11 +200,11 @@ typedef struct {
     const uint16_t *scale;   /* (N, G) bfloat16 bits */
     const uint16_t *zero;    /* (N, G) bfloat16 bits, or NULL */
     const int32_t *col;      /* plane set A: the column of x behind each row-planar slot (K: a zero pad) */
-    const int32_t *col2;     /* plane set B (int3), or NULL */
+    const int32_t *col2;     /* unused (int3's former second plane set): NULL */
     const int16_t *idx;      /* lane → group permutation per 64-byte chunk of A, or NULL: the float path */
-    const int16_t *idx2;     /* the same for B */
+    const int16_t *idx2;     /* unused: NULL */
     const float *bias;       /* (N,) float32, or NULL */
-    long rb_pad, rb_pad2;    /* plane stride (bytes of a row, padded to 64) of A and B */
+    long rb_pad, rb_pad2;    /* plane stride (bytes or int3 positions of a row, padded to 64); rb_pad2 unused */
     int kind, ldw, hi_off, K, N, G, group, gb, gb2;
     float offset;
 } lowbit_layer;
@@ -192,7 +227,7 @@ typedef struct {
 
 typedef struct {
     const int8_t *xq, *xq2;  /* int8 planes of A and B (int3), or A's fine plane (8-bit weights) */
-    const float *xl, *xl2;   /* per chunk, each lane's activation scale (B's times 4: the high bit's weight) */
+    const float *xl, *xl2;   /* per chunk, each lane's activation scale; xl2 unused */
     const float *zx;         /* per group sx·(sum of its int8 activations), zero-padded to a multiple of 16 */
     const int32_t *map, *map2; /* 256-bit and NEON builds: per vector, its first group and lane offsets */
 } act_t;
@@ -243,10 +278,48 @@ static inline __attribute__((always_inline)) void chunk_rows(const int bits, con
     }
 }
 
+/* int3 (see the header): chunk c is block c, its three byte planes n_c bytes apart */
+static inline __attribute__((always_inline)) void chunk_rows3(const int R, const uint8_t *W, long ldw, int c, int nc,
+                                                              const int8_t *xq, long rb_pad, const int16_t *idx,
+                                                              const float *xl, const __m512i *slo,
+                                                              const __m512i *shi, __m512 *tot) {
+    const __mmask64 lm = nc >= 64 ? ~(__mmask64)0 : ((__mmask64)1 << nc) - 1;
+    const __m512i m7 = _mm512_set1_epi8(7), m3 = _mm512_set1_epi8(3), m4 = _mm512_set1_epi8(4);
+    __m512i xv[8];
+    for (int p = 0; p < 8; p++) xv[p] = _mm512_loadu_si512(xq + p * rb_pad + c * 64);
+    const __m512i il = _mm512_loadu_si512(idx + c * 32);
+    const __m512 xs = _mm512_loadu_ps(xl + c * 16);
+    for (int r = 0; r < R; r++) {
+        const uint8_t *src = W + r * ldw + (long)3 * INT3_BLOCK * c;
+        if (PF_AHEAD) _mm_prefetch((const char *)src + PF_AHEAD, _MM_HINT_T0);
+        const __m512i w0 = _mm512_maskz_loadu_epi8(lm, src), w1 = _mm512_maskz_loadu_epi8(lm, src + nc),
+                      w2 = _mm512_maskz_loadu_epi8(lm, src + 2 * nc);
+        __m512i acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(w0, m7), xv[0]);
+        acc = _mm512_dpbusd_epi32(acc, _mm512_and_si512(_mm512_srli_epi16(w0, 3), m7), xv[1]);
+        acc = _mm512_dpbusd_epi32(acc, _mm512_and_si512(w1, m7), xv[2]);
+        acc = _mm512_dpbusd_epi32(acc, _mm512_and_si512(_mm512_srli_epi16(w1, 3), m7), xv[3]);
+        acc = _mm512_dpbusd_epi32(acc, _mm512_and_si512(w2, m7), xv[4]);
+        acc = _mm512_dpbusd_epi32(acc, _mm512_and_si512(_mm512_srli_epi16(w2, 3), m7), xv[5]);
+        const __m512i c6 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(w0, 6), m3),
+                                           _mm512_and_si512(_mm512_srli_epi16(w2, 4), m4));
+        const __m512i c7 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(w1, 6), m3),
+                                           _mm512_and_si512(_mm512_srli_epi16(w2, 5), m4));
+        acc = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(acc, c6, xv[6]), c7, xv[7]);
+        const __m512 ws = _mm512_castsi512_ps(_mm512_permutex2var_epi16(slo[r], il, shi[r]));
+        tot[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(ws, xs), tot[r]);
+    }
+}
+
 static inline __attribute__((always_inline)) void plane_rows(const int bits, const int R, const uint8_t *W, long ldw,
                                                              int nbytes, const int8_t *xq, const int8_t *xfine,
                                                              long rb_pad, const int16_t *idx, const float *xl,
                                                              const __m512i *slo, const __m512i *shi, __m512 *tot) {
+    if (bits == 3) {
+        for (int c = 0; c * 64 < nbytes; c++)
+            chunk_rows3(R, W, ldw, c, nbytes - c * 64 < 64 ? nbytes - c * 64 : 64, xq, rb_pad, idx, xl, slo, shi,
+                        tot);
+        return;
+    }
     const int full = nbytes / 64, rest = nbytes % 64;
     for (int c = 0; c < full; c++) chunk_rows(bits, R, W, ldw, c, 0, 0, xq, xfine, rb_pad, idx, xl, slo, shi, tot);
     if (rest)
@@ -270,9 +343,6 @@ static inline __attribute__((always_inline)) void block_rows(const int bits, con
     }
     const uint8_t *W = L->W + (long)n0 * L->ldw;
     plane_rows(bits, R, W, L->ldw, G * L->gb, a->xq, a->xq2, L->rb_pad, L->idx, a->xl, slo, shi, tot);
-    if (L->kind == 3)
-        plane_rows(1, R, W + L->hi_off, L->ldw, G * L->gb2, a->xq2, NULL, L->rb_pad2, L->idx2, a->xl2, slo, shi,
-                   tot);
     /* offset and zero point: sum_g sx_g·sq_g·(zero_g - offset·scale_g), 16 groups a vector */
     const __m512 off = _mm512_set1_ps(-L->offset);
     for (int r = 0; r < R; r++) {
@@ -351,12 +421,42 @@ static inline __attribute__((always_inline)) __m256i dot_vec(const int bits, con
 #endif
 }
 
+/* 32 bytes at p, or those before wend (the tensor's end) and zeros */
+static inline __m256i load_guarded(const uint8_t *p, const uint8_t *wend) {
+    if (p + 32 <= wend) return _mm256_loadu_si256((const __m256i *)p);
+    uint8_t buf[32] = {0};
+    memcpy(buf, p, (size_t)(wend - p));
+    return _mm256_loadu_si256((const __m256i *)buf);
+}
+
+/* int3 (see the header): int32 lanes of one row's 32 positions, from its three byte planes */
+static inline __attribute__((always_inline)) __m256i dot_vec3(const __m256i w0, const __m256i w1, const __m256i w2,
+                                                              const __m256i *xv) {
+    const __m256i m7 = _mm256_set1_epi8(7), m3 = _mm256_set1_epi8(3), m4 = _mm256_set1_epi8(4);
+    const __m256i c[8] = {
+        _mm256_and_si256(w0, m7), _mm256_and_si256(_mm256_srli_epi16(w0, 3), m7),
+        _mm256_and_si256(w1, m7), _mm256_and_si256(_mm256_srli_epi16(w1, 3), m7),
+        _mm256_and_si256(w2, m7), _mm256_and_si256(_mm256_srli_epi16(w2, 3), m7),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(w0, 6), m3), _mm256_and_si256(_mm256_srli_epi16(w2, 4), m4)),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(w1, 6), m3), _mm256_and_si256(_mm256_srli_epi16(w2, 5), m4))};
+#if SIGNED8
+    /* codes < 8: every int16 pair sum, added over the 8 planes, stays below 8 * 2 * 7 * 127 */
+    __m256i s16 = _mm256_maddubs_epi16(c[0], xv[0]);
+    for (int p = 1; p < 8; p++) s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(c[p], xv[p]));
+    return _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
+#else
+    __m256i acc = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), c[0], xv[0]);
+    for (int p = 1; p < 8; p++) acc = _mm256_dpbusd_avx_epi32(acc, c[p], xv[p]);
+    return acc;
+#endif
+}
+
 static inline __attribute__((always_inline)) void plane_rows(const int bits, const int R, const uint8_t *W, long ldw,
                                                              int nbytes, const int8_t *xq, const int8_t *xfine,
                                                              long rb_pad, const int32_t *map, const float *xl,
                                                              const uint16_t *S, int G, const uint8_t *wend,
                                                              __m256 *tot) {
-    const int P = 8 / bits, nv = (nbytes + 31) / 32;
+    const int P = bits == 3 ? 8 : 8 / bits, nv = (nbytes + 31) / 32;
     for (int v = 0; v < nv; v++) {
         __m256i xv[8], xf = _mm256_setzero_si256();
         for (int p = 0; p < P; p++) xv[p] = _mm256_loadu_si256((const __m256i *)(xq + p * rb_pad + v * 32));
@@ -365,6 +465,18 @@ static inline __attribute__((always_inline)) void plane_rows(const int bits, con
         const int32_t *mv = map + v * 9;
         const __m256i perm = _mm256_loadu_si256((const __m256i *)(mv + 1));
         const int tail = nbytes - v * 32 < 32;
+        if (bits == 3) {  /* block v / 2, half v % 2; the block's byte planes nb apart */
+            const int b = v / 2, nb = nbytes - b * INT3_BLOCK < INT3_BLOCK ? nbytes - b * INT3_BLOCK : INT3_BLOCK;
+            for (int r = 0; r < R; r++) {
+                const uint8_t *src = W + r * ldw + (long)3 * INT3_BLOCK * b + 32 * (v % 2);
+                if (PF_AHEAD) __builtin_prefetch(src + PF_AHEAD);
+                const __m256i acc = dot_vec3(load_guarded(src, wend), load_guarded(src + nb, wend),
+                                             load_guarded(src + 2 * nb, wend), xv);
+                const __m256 ws = _mm256_permutevar8x32_ps(bf16x8(S + (long)r * G + mv[0]), perm);
+                tot[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm256_mul_ps(ws, xs), tot[r]);
+            }
+            continue;
+        }
         for (int r = 0; r < R; r++) {
             const uint8_t *src = W + r * ldw + v * 32;
             if (PF_AHEAD) __builtin_prefetch(src + PF_AHEAD);
@@ -400,9 +512,6 @@ static inline __attribute__((always_inline)) void block_rows(const int bits, con
     const uint16_t *S = L->scale + (long)n0 * G;
     const uint8_t *wend = L->W + (long)L->N * L->ldw;
     plane_rows(bits, R, W, L->ldw, G * L->gb, a->xq, a->xq2, L->rb_pad, a->map, a->xl, S, G, wend, tot);
-    if (L->kind == 3)
-        plane_rows(1, R, W + L->hi_off, L->ldw, G * L->gb2, a->xq2, NULL, L->rb_pad2, a->map2, a->xl2, S, G, wend,
-                   tot);
     const float offset = L->offset - ((SIGNED8 && bits == 8) ? 128.f : 0.f);
     const __m256 off = _mm256_set1_ps(-offset);
     for (int r = 0; r < R; r++) {
@@ -436,8 +545,8 @@ static void build_plane_map(const int16_t *idx, int nch, int32_t *map) {
 }
 
 static void build_maps(const lowbit_layer *L, int nch, int nch2, int32_t *map, int32_t *map2) {
+    (void)nch2; (void)map2;
     build_plane_map(L->idx, nch, map);
-    if (L->kind == 3) build_plane_map(L->idx2, nch2, map2);
 }
 
 /* ---- int8 path (ARM NEON) --------------------------------------------------------------------------- */
@@ -471,12 +580,34 @@ static inline __attribute__((always_inline)) int32x4_t dot_vec(const int bits, c
     return acc;
 }
 
+/* 16 bytes at p, or those before wend (the tensor's end) and zeros */
+static inline uint8x16_t load_guarded(const uint8_t *p, const uint8_t *wend) {
+    if (p + 16 <= wend) return vld1q_u8(p);
+    uint8_t buf[16] = {0};
+    memcpy(buf, p, (size_t)(wend - p));
+    return vld1q_u8(buf);
+}
+
+/* int3 (see the header): int32 lanes of one row's 16 positions, from its three byte planes */
+static inline __attribute__((always_inline)) int32x4_t dot_vec3(const uint8x16_t w0, const uint8x16_t w1,
+                                                                const uint8x16_t w2, const int8x16_t *xv) {
+    const uint8x16_t m7 = vdupq_n_u8(7), m4 = vdupq_n_u8(4);
+    const uint8x16_t c[8] = {vandq_u8(w0, m7), vandq_u8(vshrq_n_u8(w0, 3), m7),
+                             vandq_u8(w1, m7), vandq_u8(vshrq_n_u8(w1, 3), m7),
+                             vandq_u8(w2, m7), vandq_u8(vshrq_n_u8(w2, 3), m7),
+                             vorrq_u8(vshrq_n_u8(w0, 6), vandq_u8(vshrq_n_u8(w2, 4), m4)),
+                             vorrq_u8(vshrq_n_u8(w1, 6), vshlq_n_u8(vshrq_n_u8(w2, 7), 2))};
+    int32x4_t acc = sdot4(vdupq_n_s32(0), vreinterpretq_s8_u8(c[0]), xv[0]);
+    for (int p = 1; p < 8; p++) acc = sdot4(acc, vreinterpretq_s8_u8(c[p]), xv[p]);
+    return acc;
+}
+
 static inline __attribute__((always_inline)) void plane_rows(const int bits, const int R, const uint8_t *W, long ldw,
                                                              int nbytes, const int8_t *xq, const int8_t *xfine,
                                                              long rb_pad, const int32_t *map, const float *xl,
                                                              const uint16_t *S, int G, const uint8_t *wend,
                                                              float32x4_t *tot) {
-    const int P = 8 / bits, nv = (nbytes + 15) / 16;
+    const int P = bits == 3 ? 8 : 8 / bits, nv = (nbytes + 15) / 16;
     for (int v = 0; v < nv; v++) {
         int8x16_t xv[8], xf = vdupq_n_s8(0);
         for (int p = 0; p < P; p++) xv[p] = vld1q_s8(xq + p * rb_pad + v * 16);
@@ -485,6 +616,19 @@ static inline __attribute__((always_inline)) void plane_rows(const int bits, con
         const int32_t *mv = map + v * 5;
         const uint8x16_t tbl = vreinterpretq_u8_s32(vld1q_s32(mv + 1));
         const int tail = nbytes - v * 16 < 16;
+        if (bits == 3) {  /* block v / 4, quarter v % 4; the block's byte planes nb apart */
+            const int b = v / 4, nb = nbytes - b * INT3_BLOCK < INT3_BLOCK ? nbytes - b * INT3_BLOCK : INT3_BLOCK;
+            for (int r = 0; r < R; r++) {
+                const uint8_t *src = W + r * ldw + (long)3 * INT3_BLOCK * b + 16 * (v % 4);
+                if (PF_AHEAD) __builtin_prefetch(src + PF_AHEAD);
+                const int32x4_t acc = dot_vec3(load_guarded(src, wend), load_guarded(src + nb, wend),
+                                               load_guarded(src + 2 * nb, wend), xv);
+                const uint8x16_t sb = vld1q_u8((const uint8_t *)(S + (long)r * G + mv[0]));
+                const float32x4_t ws = vreinterpretq_f32_u8(vqtbl1q_u8(sb, tbl));
+                tot[r] = vfmaq_f32(tot[r], vcvtq_f32_s32(acc), vmulq_f32(ws, xs));
+            }
+            continue;
+        }
         for (int r = 0; r < R; r++) {
             const uint8_t *src = W + r * ldw + v * 16;
             if (PF_AHEAD) __builtin_prefetch(src + PF_AHEAD);
@@ -517,9 +661,6 @@ static inline __attribute__((always_inline)) void block_rows(const int bits, con
     const uint16_t *S = L->scale + (long)n0 * G;
     const uint8_t *wend = L->W + (long)L->N * L->ldw;
     plane_rows(bits, R, W, L->ldw, G * L->gb, a->xq, a->xq2, L->rb_pad, a->map, a->xl, S, G, wend, tot);
-    if (L->kind == 3)
-        plane_rows(1, R, W + L->hi_off, L->ldw, G * L->gb2, a->xq2, NULL, L->rb_pad2, a->map2, a->xl2, S, G, wend,
-                   tot);
     const float offset = L->offset - (bits == 8 ? 128.f : 0.f);
     for (int r = 0; r < R; r++) {
         const long base = (long)(n0 + r) * G;
@@ -556,8 +697,8 @@ static void build_plane_map(const int16_t *idx, int nch, int32_t *map) {
 }
 
 static void build_maps(const lowbit_layer *L, int nch, int nch2, int32_t *map, int32_t *map2) {
+    (void)nch2; (void)map2;
     build_plane_map(L->idx, nch, map);
-    if (L->kind == 3) build_plane_map(L->idx2, nch2, map2);
 }
 #endif
 
@@ -571,6 +712,7 @@ static void rows_range(const int bits, const lowbit_layer *L, int n_lo, int n_hi
             switch (bits) {
                 case 1: block_rows(1, R_BLOCK, L, n, acts + m, out); break;
                 case 2: block_rows(2, R_BLOCK, L, n, acts + m, out); break;
+                case 3: block_rows(3, R_BLOCK, L, n, acts + m, out); break;
                 case 8: block_rows(8, R_BLOCK, L, n, acts + m, out); break;
                 default: block_rows(4, R_BLOCK, L, n, acts + m, out); break;
             }
@@ -581,6 +723,7 @@ static void rows_range(const int bits, const lowbit_layer *L, int n_lo, int n_hi
             switch (bits) {
                 case 1: block_rows(1, 1, L, n, acts + m, out); break;
                 case 2: block_rows(2, 1, L, n, acts + m, out); break;
+                case 3: block_rows(3, 1, L, n, acts + m, out); break;
                 case 8: block_rows(8, 1, L, n, acts + m, out); break;
                 default: block_rows(4, 1, L, n, acts + m, out); break;
             }
@@ -589,9 +732,9 @@ static void rows_range(const int bits, const lowbit_layer *L, int n_lo, int n_hi
 }
 
 /* x (K floats) → int8 per group (scale max|x|/127, as before), gathered into the row-planar planes */
-static void prepare_act(const lowbit_layer *L, const float *x, int nch, int nch2, int8_t *qx, int8_t *qx2,
-                        int8_t *xq, int8_t *xq2, float *sx, float *zx, float *xl, float *xl2) {
-    const int K = L->K, G = L->G, P = 8 / (L->kind == 3 ? 2 : L->kind), two = L->kind == 8;
+static void prepare_act(const lowbit_layer *L, const float *x, int nch, int8_t *qx, int8_t *qx2, int8_t *xq,
+                        int8_t *xq2, float *sx, float *zx, float *xl) {
+    const int K = L->K, G = L->G, P = L->kind == 3 ? 8 : 8 / L->kind, two = L->kind == 8;
     const int Gp = (G + 15) / 16 * 16;
     for (int g = 0; g < G; g++) {
         const int k0 = g * L->group, k1 = k0 + L->group < K ? k0 + L->group : K;
@@ -626,21 +769,13 @@ static void prepare_act(const lowbit_layer *L, const float *x, int nch, int nch2
             const int g = L->idx[c * 32 + 2 * i + 1];
             xl[c * 16 + i] = g < 63 ? sx[g] : 0.f;
         }
-    if (L->kind == 3) {
-        for (long i = 0; i < 8 * L->rb_pad2; i++) xq2[i] = qx[L->col2[i]];
-        for (int c = 0; c < nch2; c++)
-            for (int i = 0; i < 16; i++) {
-                const int g = L->idx2[c * 32 + 2 * i + 1];
-                xl2[c * 16 + i] = g < 63 ? 4.f * sx[g] : 0.f;
-            }
-    }
 }
 
 static int gemv_int8(const lowbit_layer *L, const float *x, float *y, int M, int nthreads) {
-    const int bits = L->kind == 3 ? 2 : L->kind, P = 8 / bits;
+    const int bits = L->kind, P = bits == 3 ? 8 : 8 / bits;
     const int G = L->G, Gp = (G + 15) / 16 * 16;
-    const int nch = (G * L->gb + 63) / 64, nch2 = L->kind == 3 ? (G * L->gb2 + 63) / 64 : 0;
-    const long sa = P * L->rb_pad, sb = L->kind == 8 ? L->rb_pad : 8 * L->rb_pad2;
+    const int nch = (G * L->gb + 63) / 64, nch2 = 0;
+    const long sa = P * L->rb_pad, sb = L->kind == 8 ? L->rb_pad : 0;
     /* one scratch block per call: int8 planes, per-group and per-lane scales */
     const size_t per_m = (size_t)(sa + sb + 64) + sizeof(float) * (size_t)(2 * Gp + 16 * (nch + nch2));
     /* start the weight stream while the activations are prepared (the loop prefetches PF_AHEAD ahead) */
@@ -659,7 +794,7 @@ static int gemv_int8(const lowbit_layer *L, const float *x, float *y, int M, int
         char *b = base + (size_t)m * per_m;
         float *sx = (float *)b, *zx = sx + Gp, *xl = zx + Gp, *xl2 = xl + 16 * nch;
         int8_t *xq = (int8_t *)(xl2 + 16 * nch2), *xq2 = xq + sa;
-        prepare_act(L, x + (long)m * L->K, nch, nch2, qx, qx2, xq, xq2, sx, zx, xl, xl2);
+        prepare_act(L, x + (long)m * L->K, nch, qx, qx2, xq, xq2, sx, zx, xl);
         acts[m] = (act_t){xq, xq2, xl, xl2, zx, map, map2};
     }
     const int N = L->N;
@@ -684,13 +819,13 @@ int lowbit_gemv(const lowbit_layer *L, const float *x, float *y, int M, int nthr
 #if HAVE_INT8
     if (L->idx && L->G <= 63 && M <= 64) return gemv_int8(L, x, y, M, nthreads);
 #endif
-    const int kind = L->kind, bits = kind == 3 ? 2 : kind, P = 8 / bits, K = L->K, G = L->G, gb = L->gb;
+    const int kind = L->kind, bits = kind, P = kind == 3 ? 8 : 8 / bits, K = L->K, G = L->G, gb = L->gb;
     const long rb_pad = L->rb_pad, rb_pad2 = L->rb_pad2, xs_a = P * rb_pad, xs_b = 8 * rb_pad2;
     /* gather the activations into the row-planar layout (col[i] == K: a zero pad) */
     float *xp = malloc(sizeof(float) * (size_t)M * xs_a);
-    float *xp2 = kind == 3 ? malloc(sizeof(float) * (size_t)M * xs_b) : NULL;
+    float *xp2 = L->col2 ? malloc(sizeof(float) * (size_t)M * xs_b) : NULL;
     float *xsum = malloc(sizeof(float) * (size_t)M * G);
-    if (!xp || (kind == 3 && !xp2) || !xsum) {
+    if (!xp || (L->col2 && !xp2) || !xsum) {
         free(xp);
         free(xp2);
         free(xsum);
@@ -712,8 +847,11 @@ int lowbit_gemv(const lowbit_layer *L, const float *x, float *y, int M, int nthr
     for (int n = 0; n < N; n++) {
         const uint8_t *row = L->W + (long)n * L->ldw;
         for (int m = 0; m < M; m++)
-            y[(long)m * N + n] = row_float(bits, row, xp + m * xs_a, rb_pad, gb, kind == 3 ? row + L->hi_off : NULL,
-                                           kind == 3 ? xp2 + m * xs_b : NULL, rb_pad2, L->gb2, xsum + m * G,
+            y[(long)m * N + n] = kind == 3 ? row_float3(row, xp + m * xs_a, rb_pad, gb, xsum + m * G,
+                                                        L->scale + (long)n * G,
+                                                        L->zero ? L->zero + (long)n * G : NULL, G, L->offset)
+                                                 + (L->bias ? L->bias[n] : 0.f)
+                                           : row_float(bits, row, xp + m * xs_a, rb_pad, gb, NULL, NULL, rb_pad2, L->gb2, xsum + m * G,
                                            L->scale + (long)n * G, L->zero ? L->zero + (long)n * G : NULL, G,
                                            L->offset) + (L->bias ? L->bias[n] : 0.f);
     }
