@@ -20,7 +20,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-
 from common import command_line, environment, table
 
 logger = logging.getLogger("bench_cpu_fast")
@@ -116,8 +115,16 @@ def part_prefill(bb: Any, n_frames: int, rounds: int, prompts: int) -> list[list
     for k in fns:
         med = statistics.median(secs[k]) / prompts
         cm = statistics.mean(cosine(a, b)[0] for a, b in zip(outs["fp32"], outs[k]))
-        rows.append([f"LLM prefill, {n} tokens", k, med, base / prompts / med, f"{cm:.5f}", f"{top1}/{prompts}" if k == "int8"
-                     else "-"])
+        rows.append(
+            [
+                f"LLM prefill, {n} tokens",
+                k,
+                med,
+                base / prompts / med,
+                f"{cm:.5f}",
+                f"{top1}/{prompts}" if k == "int8" else "-",
+            ]
+        )
     return rows
 
 

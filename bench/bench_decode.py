@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import environment, peak_rss_mib, table
 
 from videollm.synthetic import write_video

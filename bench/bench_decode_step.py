@@ -14,8 +14,8 @@ import argparse
 import time
 
 import torch
-
 from bench_quant import _decode_model, _zero_linears, lm_step, qwen2_05b_config, random_model
+
 from videollm._compat import require
 from videollm.answer import decode_ops
 

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from common import command_line, environment, table
 
 
@@ -79,13 +78,13 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
+    from videollm.answer.generation import GenerationConfig
     from videollm.backbones import load_backbone
     from videollm.config import PipelineConfig
     from videollm.eval.report import summarize_run
     from videollm.eval.runner import RunOptions, run
     from videollm.eval.tasks import get_task
     from videollm.eval.tasks.needle import NeedleSpec, build_needle_set, plot_heatmaps, to_sample
-    from videollm.answer.generation import GenerationConfig
     from videollm.pipeline import VideoQAPipeline
     from videollm.video import SamplingConfig
 

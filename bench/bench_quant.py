@@ -672,8 +672,12 @@ def table(rows: list[dict[str, Any]]) -> str:
         elif part == "gguf":
             lines += [("| SmolLM2-135M (real weights) | group | linear MiB | total MiB | mean KL (nats) | top-1 agree "
                        "| ms/token |"), "| --- | --- | --- | --- | --- | --- | --- |"]
-            lines += [f"| {r['variant']} | {r['group']} | {r['linear_MiB']:.1f} | {r['total_MiB']:.1f} | {r['mean_kl']:.4f} | "
-                      f"{r['top1']:.1%} | {r['ms_per_token']:.1f} |" for r in rs]
+            lines += [
+                f"| {r['variant']} | {r['group']} | {r['linear_MiB']:.1f} | {r['total_MiB']:.1f} | "
+                f"{r['mean_kl']:.4f} | "
+                f"{r['top1']:.1%} | {r['ms_per_token']:.1f} |"
+                for r in rs
+            ]
         else:
             unit = "ms/token" if part == "llm" else "ms/frame"
             key = "ms_per_token" if part == "llm" else "ms_per_frame"

@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable
 
 import torch
-
 from common import command_line, environment, table
 
 from videollm.backbones.tiny import build_random_llava_onevision_0_5b
@@ -138,7 +137,7 @@ def main() -> None:
     for T in frames_sorted:
         x = torch.randn(T, rows, cols, D, device=dev, dtype=dt)
         with torch.inference_mode():
-            t_enc, mem = peak_extra_mib(lambda: enc(x), dev)
+            t_enc, mem = peak_extra_mib(lambda x=x: enc(x), dev)
         del x
         full, pooled = T * per, -(-T // args.k) * per
         t_pool = prefill[pooled]

@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from common import command_line, environment, peak_rss_mib, table
 
 logger = logging.getLogger("bench_vs_transformers")
@@ -195,8 +194,13 @@ def _visual(embeds: torch.Tensor, frames: int) -> Any:
     from videollm.types import VisualTokens
 
     per = embeds.shape[0] // frames
-    return VisualTokens(embeds=embeds, frame_ids=torch.arange(frames).repeat_interleave(per),
-                        patch_ids=torch.arange(per).repeat(frames), timestamps=torch.arange(frames, dtype=torch.float64), num_sampled_frames=frames)
+    return VisualTokens(
+        embeds=embeds,
+        frame_ids=torch.arange(frames).repeat_interleave(per),
+        patch_ids=torch.arange(per).repeat(frames),
+        timestamps=torch.arange(frames, dtype=torch.float64),
+        num_sampled_frames=frames,
+    )
 
 
 def agreement(a: list[int], b: list[int]) -> tuple[int, int]:

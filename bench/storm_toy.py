@@ -19,7 +19,6 @@ import tempfile
 import time
 
 import torch
-
 from common import command_line, environment, table
 
 from videollm.backbones.tiny import build_tiny_random

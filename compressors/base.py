@@ -365,7 +365,9 @@ def pack(frame_tokens: list[torch.Tensor], frame_positions: list[int], timestamp
     if not frame_tokens:
         raise InvalidRequestError("the compressor kept no visual tokens")
     embeds = torch.cat(frame_tokens)
-    frame_ids = torch.cat([torch.full((t.shape[0],), p, dtype=torch.long) for t, p in zip(frame_tokens, frame_positions)])
+    frame_ids = torch.cat(
+        [torch.full((t.shape[0],), p, dtype=torch.long) for t, p in zip(frame_tokens, frame_positions)]
+    )
     if patch_ids is None:
         pids = torch.full((embeds.shape[0],), -1, dtype=torch.long)
     else:
@@ -399,5 +401,15 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b) if b else 0
 
 
-__all__ = ["CompressorConfig", "TokenCompressor", "WeightedCompressor", "frames_within", "grid_for", "math", "pack", "pool_grid", "spread",
-           "trim_to_budget"]
+__all__ = [
+    "CompressorConfig",
+    "TokenCompressor",
+    "WeightedCompressor",
+    "frames_within",
+    "grid_for",
+    "math",
+    "pack",
+    "pool_grid",
+    "spread",
+    "trim_to_budget",
+]

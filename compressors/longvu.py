@@ -27,12 +27,11 @@ import torch.nn.functional as F
 
 from videollm.backbones.protocols import SupportsDedupFeatures, SupportsLowResTokens, VideoLanguageModel
 from videollm.errors import InvalidRequestError
+from videollm.feature_cache import cached_chunks, default_cache, video_key
 from videollm.timing import stage
 from videollm.types import VisualTokens
 from videollm.video import Video
 from videollm.video.sampling import SamplingConfig, plan_indices
-
-from videollm.feature_cache import cached_chunks, default_cache, video_key
 
 from . import COMPRESSORS
 from .base import CompressorConfig, TokenCompressor, pack, spread, timed_chunks

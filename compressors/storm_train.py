@@ -222,7 +222,7 @@ def conversation_loss(backbone: Any, visuals: Sequence[torch.Tensor], ids: Seque
     seqs = [conversation_inputs(backbone, i, v) for v, i in zip(visuals, ids)]
     longest = max(e.shape[0] for e, _ in seqs)
     embeds = torch.stack([F.pad(e, (0, 0, 0, longest - e.shape[0])) for e, _ in seqs])
-    labels = torch.stack([F.pad(l, (0, longest - l.shape[0]), value=-100) for _, l in seqs])
+    labels = torch.stack([F.pad(lab, (0, longest - lab.shape[0]), value=-100) for _, lab in seqs])
     logits = backbone.sequence_logits(embeds)
     n = int((labels[:, 1:] != -100).sum())
     loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from videollm.answer.generation import GenerationConfig
 from videollm.config import DEFAULT_MODEL, PipelineConfig
 from videollm.errors import InvalidRequestError, VideoLLMError
-from videollm.answer.generation import GenerationConfig
 from videollm.types import Answer
 from videollm.video import SamplingConfig
 
@@ -202,10 +202,10 @@ def build_demo(model: str | None = None, device: str = "auto", uploads: UploadCo
 
     offline_env_defaults()
     gr = require("gradio", extra="demo", purpose="the demo")
-    from videollm.compressors import list_compressors
-    from videollm.samples import sample_path
-    from videollm.quant.config import SCHEME_NAMES as QUANT
     from videollm.answer.reasoning import MODES
+    from videollm.compressors import list_compressors
+    from videollm.quant.config import SCHEME_NAMES as QUANT
+    from videollm.samples import sample_path
 
     compressors = list_compressors()
     area = UploadArea(uploads)

@@ -115,7 +115,9 @@ def _relevance_band(stats: Mapping[str, object], times: Sequence[float]) -> str:
         start, end = seg.get("start", ""), seg.get("end", "")
         cells.append(f'<div class="vl-seg" style="flex:1;opacity:{0.15 + 0.85 * max(0.0, min(rel, 1.0)):.2f}" '
                      f'title="{start}–{end} s: relevance {rel:.2f}, {tokens} tokens"></div>')
-    return f'<div class="vl-segments">{"".join(cells)}</div><div class="vl-legend">segment relevance (darker = more)</div>'
+    return (
+        f'<div class="vl-segments">{"".join(cells)}</div><div class="vl-legend">segment relevance (darker = more)</div>'
+    )
 
 
 def status(label: str, seen: Sequence[str], elapsed: float) -> str:

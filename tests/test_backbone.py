@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from videollm.errors import ModelUnavailableError, ModelLoadError
+from videollm.errors import ModelLoadError, ModelUnavailableError
 
 
 def test_stage_shapes(tiny_backbone):
@@ -73,7 +73,9 @@ def test_hub_preset_offline_fails_with_hint(monkeypatch):
     from videollm.backbones import load_backbone
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelUnavailableError, match="huggingface-cli download llava-hf/llava-onevision-qwen2-0.5b-ov-hf"):
+    with pytest.raises(
+        ModelUnavailableError, match="huggingface-cli download llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
+    ):
         load_backbone("llava-onevision-0.5b", device="cpu")
 
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from videollm.backbones.mini import assets as mini_assets
 from videollm.answer.choice import LetterConstraint, check_answer_format, letter_token_ids
-from videollm.errors import InvalidRequestError
 from videollm.answer.generation import GenerationConfig
 from videollm.answer.prompting import format_question, normalize_options, option_letters
 from videollm.answer.reasoning import run_mode
+from videollm.backbones.mini import assets as mini_assets
+from videollm.errors import InvalidRequestError
 from videollm.video import Video
 
 HAVE_MINI = all(importlib.util.find_spec(m) for m in
@@ -69,7 +69,9 @@ def test_choice_through_the_pipeline_in_every_mode(tiny_backbone):
     from videollm.config import PipelineConfig
     from videollm.pipeline import VideoQAPipeline
 
-    pipe = VideoQAPipeline(tiny_backbone, PipelineConfig(model="tiny-random", reasoning_options={"max_think_tokens": 4}))
+    pipe = VideoQAPipeline(
+        tiny_backbone, PipelineConfig(model="tiny-random", reasoning_options={"max_think_tokens": 4})
+    )
     for mode in ("direct", "think", "auto"):
         for seed in range(3):
             ans = pipe(clip(seed), "What is it?", OPTION_POOL[:4], reasoning=mode, answer_format="choice",
@@ -93,8 +95,8 @@ def test_think_choice_boxes_both_answers(tiny_backbone):
 
 
 def test_free_stays_the_default(tiny_pipeline):
-    from videollm.config import PipelineConfig
     from videollm.answer.reasoning import ReasoningOptions
+    from videollm.config import PipelineConfig
 
     assert PipelineConfig().answer_format == "free" and ReasoningOptions().answer_format == "free"
     free = tiny_pipeline(clip(0), "What is it?", OPTION_POOL[:4])

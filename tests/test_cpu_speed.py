@@ -1,12 +1,11 @@
 """The CPU int8 option (`--cpu-int8`, `--fast-cpu`): checks before loading, the swap itself, its error, and the
 helpers of `bench/bench_vs_transformers.py` on tiny-random."""
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
-import re
-
 import pytest
 import torch
 
@@ -65,7 +64,7 @@ def test_cli_flags(monkeypatch, short_video, capsys):
     real = cli.pipeline_config
 
     def spy(args):
-        seen["cfg"] = cfg = real(args)
+        seen["cfg"] = real(args)
         raise SystemExit(0)  # stop before any model loads
 
     monkeypatch.setattr(cli, "pipeline_config", spy)

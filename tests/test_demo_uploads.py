@@ -17,7 +17,6 @@ pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
 from videollm.demo.uploads import OWNER_FILE, UploadArea, UploadConfig, parse_size, prune_stale, user_message
-
 from videollm.errors import NotAVideoError
 from videollm.synthetic import write_video
 

@@ -5,7 +5,6 @@ a preset's context, training or saving what a preset cannot; and `--quant-group-
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

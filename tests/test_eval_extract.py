@@ -3,8 +3,15 @@ from __future__ import annotations
 
 import pytest
 
-from videollm.eval.extract import (boxed_contents, extract_choice, extract_mcq_v2026, extract_paren_v2024,
-                                   extract_regex_v2024, final_answer_text, strip_reasoning_tags)
+from videollm.eval.extract import (
+    boxed_contents,
+    extract_choice,
+    extract_mcq_v2026,
+    extract_paren_v2024,
+    extract_regex_v2024,
+    final_answer_text,
+    strip_reasoning_tags,
+)
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -15,6 +15,7 @@ import pytest
 pytest.importorskip("pyarrow")
 
 from test_eval import VIDEOMME, ScriptedPipe, make_videomme
+
 from videollm.eval import store
 from videollm.eval.lock import LOCK_FILE, RunLockedError, read_holder
 from videollm.eval.report import summarize_run, write_run_report

@@ -21,8 +21,8 @@ import re
 
 import pytest
 
-from videollm.eval.extract import extract_choice, final_answer_text
 from videollm.answer.reasoning_format import answer_candidates, final_answer
+from videollm.eval.extract import extract_choice, final_answer_text
 
 CHOICES = ["A", "B", "C", "D"]
 TAG_PAIRS = [["<think>", "</think>"], ["<analysis>", "</analysis>"]]
@@ -43,10 +43,35 @@ def lmms_strip(text: str) -> str:
     return result.strip()
 
 
-_PHRASES = ["the answer is", "answer is", "the correct answer is", "correct answer is", "the best answer is",
-            "best answer is", "the correct option is", "correct option is", "the best option is", "best option is",
-            "the choice is", "choice is", "the correct choice is", "correct choice is", "i choose", "i select",
-            "i pick", "my answer is", "my choice is", "옵션", "정답은", "답은", "답:", "答案是", "答案为", "选", "答えは"]
+_PHRASES = [
+    "the answer is",
+    "answer is",
+    "the correct answer is",
+    "correct answer is",
+    "the best answer is",
+    "best answer is",
+    "the correct option is",
+    "correct option is",
+    "the best option is",
+    "best option is",
+    "the choice is",
+    "choice is",
+    "the correct choice is",
+    "correct choice is",
+    "i choose",
+    "i select",
+    "i pick",
+    "my answer is",
+    "my choice is",
+    "옵션",
+    "정답은",
+    "답은",
+    "답:",
+    "答案是",
+    "答案为",
+    "选",
+    "答えは",
+]
 _RANK = {"start": 10, "end": 9, "phrase": 7, "parentheses": 6, "period": 5, "colon": 4, "right_paren": 3,
          "space": 2, "fallback": 0}
 

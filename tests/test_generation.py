@@ -6,7 +6,6 @@ import math
 import pytest
 import torch
 
-from videollm.backbones.tiny import build_tokenizer
 from videollm.answer.generation import (
     OVERTHINK_WORDS,
     GenerationConfig,
@@ -15,6 +14,7 @@ from videollm.answer.generation import (
     generate,
     word_token_ids,
 )
+from videollm.backbones.tiny import build_tokenizer
 
 
 class CountingModel:

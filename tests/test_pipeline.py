@@ -1,9 +1,9 @@
 """End to end through the Python API on tiny-random: video file → Answer."""
 import pytest
 
-from videollm.errors import CorruptVideoError, InvalidRequestError, NotAVideoError, VideoNotFoundError
 from videollm.answer.generation import GenerationConfig
 from videollm.answer.prompting import parse_choice
+from videollm.errors import CorruptVideoError, InvalidRequestError, NotAVideoError, VideoNotFoundError
 from videollm.video import SamplingConfig
 
 STAGES = {"decode", "vision", "prefill", "generate", "stages_total", "wall"}
@@ -27,8 +27,8 @@ def test_ask_multiple_choice_choice_is_parsed_from_text(tiny_pipeline, short_vid
 
 
 def test_budget_and_compressor_choice(tiny_backbone, short_video):
-    from videollm.pipeline import VideoQAPipeline
     from videollm.config import PipelineConfig
+    from videollm.pipeline import VideoQAPipeline
 
     pipe = VideoQAPipeline(tiny_backbone, PipelineConfig(model="tiny-random", compressor="pool", budget=20,
                                                          sampling=SamplingConfig(num_frames=10)))

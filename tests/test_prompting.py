@@ -1,7 +1,7 @@
 import pytest
 
-from videollm.errors import InvalidRequestError
 from videollm.answer.prompting import MC_INSTRUCTION, format_question, normalize_options, parse_choice
+from videollm.errors import InvalidRequestError
 
 OPTS = ["A. a dog", "B. a cat", "C. a red car", "D. nothing"]
 

@@ -265,8 +265,8 @@ def _tiny_qwen2(tied: bool):
 @pytest.mark.parametrize("tied", [True, False])
 @pytest.mark.parametrize("scheme", ["int8", "int4", "int2"])
 def test_quantized_head_and_embeddings(tied, scheme, tmp_path):
-    from videollm.quant import quantize_head
     from videollm.quant import io as qio
+    from videollm.quant import quantize_head
 
     model = _tiny_qwen2(tied)
     emb_w = model.get_input_embeddings().weight.detach().clone()

@@ -22,8 +22,8 @@ def clone(backbone: LlavaOneVisionBackbone) -> LlavaOneVisionBackbone:
 
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_quantized_pipeline_answers_through_api(tiny_backbone, short_video, scheme):
-    from videollm.config import PipelineConfig
     from videollm.answer.generation import GenerationConfig
+    from videollm.config import PipelineConfig
     from videollm.pipeline import VideoQAPipeline
     from videollm.video import SamplingConfig
 
@@ -168,5 +168,7 @@ def test_torchao_backend_on_cuda():
         assert rep.top1_agreement >= 0.8
     bb = build_tiny_random(device="cuda", dtype="bfloat16")  # tinygemm has zero points: symmetric stays native
     rep = quantize_backbone_with_report(bb, llm="int4", group_size=32, symmetric=True)
-    assert {row["engine"] for row in rep.layers if row["name"].startswith("language_model.layers")} == {"native:dequant"}
+    assert {row["engine"] for row in rep.layers if row["name"].startswith("language_model.layers")} == {
+        "native:dequant"
+    }
     assert rep.top1_agreement >= 0.8

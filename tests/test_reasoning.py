@@ -12,17 +12,21 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from videollm.backbones.base import PromptInputs
-from videollm.backbones.tiny import build_tokenizer
-from videollm.errors import InvalidRequestError
 from videollm.answer.generation import GenerationConfig
 from videollm.answer.reasoning import MODES, ReasoningOptions, run_mode, should_think
 from videollm.answer.reasoning_format import BOX_INSTRUCTION, R1_FORMAT_INSTRUCTIONS
+from videollm.backbones.base import PromptInputs
+from videollm.backbones.tiny import build_tokenizer
+from videollm.errors import InvalidRequestError
 from videollm.types import VisualTokens
 
 EOS = "<|im_end|>"
 OPTIONS = ["A. a dog", "B. a cat", "C. a bird", "D. a fish"]
-USER = "What animal is shown?\n" + "\n".join(OPTIONS) + "\nAnswer with the option's letter from the given choices directly."
+USER = (
+    "What animal is shown?\n"
+    + "\n".join(OPTIONS)
+    + "\nAnswer with the option's letter from the given choices directly."
+)
 VISUAL_MARK = -7.0
 
 

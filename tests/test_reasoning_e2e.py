@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from videollm.eval.calibration import load_predictions, sweep
 from videollm.cli import main
 from videollm.config import PipelineConfig
 from videollm.errors import InvalidRequestError
+from videollm.eval.calibration import load_predictions, sweep
 from videollm.pipeline import VideoQAPipeline
 from videollm.video import SamplingConfig
 

@@ -8,8 +8,14 @@ import torch
 
 from videollm.compressors import create_compressor
 from videollm.compressors.mamba_scan import cuda_selective_scan, selective_scan_loop, selective_scan_ref
-from videollm.compressors.storm import (SelectiveMixer, StormCompressor, StormConfig, StormEncoder, plan_reduction,
-                                        temporal_average)
+from videollm.compressors.storm import (
+    SelectiveMixer,
+    StormCompressor,
+    StormConfig,
+    StormEncoder,
+    plan_reduction,
+    temporal_average,
+)
 from videollm.errors import InvalidRequestError
 from videollm.video import Video
 
@@ -215,7 +221,10 @@ def test_save_and_load_round_trip(tiny_backbone, clip, tmp_path):
     assert torch.equal(before.embeds, after.embeds)
     assert after.stats["encoder"] == "trained"
     # inference options may change; architecture options may not
-    assert create_compressor("storm", tiny_backbone, weights=str(tmp_path / "ckpt"), sample_stride=2).config.sample_stride == 2
+    assert (
+        create_compressor("storm", tiny_backbone, weights=str(tmp_path / "ckpt"), sample_stride=2).config.sample_stride
+        == 2
+    )
     with pytest.raises(InvalidRequestError, match="conflicts"):
         create_compressor("storm", tiny_backbone, weights=str(tmp_path / "ckpt"), num_layers=3)
     again = StormCompressor.from_pretrained(tmp_path / "ckpt", tiny_backbone)
@@ -257,9 +266,9 @@ def test_cuda_kernel_matches_reference(dtype):
 
 def test_pooling_alone_forgets_order_inside_a_window_and_the_encoder_does_not(tiny_backbone):
     """The toy task's premise: the same frames in another order pool to the same tokens unless STORM mixes them."""
-    from videollm.synthetic import flash_order_clip
-
     import numpy as np
+
+    from videollm.synthetic import flash_order_clip
 
     frames = torch.from_numpy(flash_order_clip(True, np.random.default_rng(0)))
     swapped = frames[[3, 2, 1, 0]]  # reversed: the flashes now come in the other order

@@ -6,8 +6,14 @@ import torch
 
 from videollm.cli import main
 from videollm.compressors.storm import StormCompressor, StormConfig
-from videollm.compressors.storm_train import (StormTrainConfig, TrainExample, answer_loss, encode_pooled,
-                                              read_llava_json, train_storm)
+from videollm.compressors.storm_train import (
+    StormTrainConfig,
+    TrainExample,
+    answer_loss,
+    encode_pooled,
+    read_llava_json,
+    train_storm,
+)
 from videollm.errors import InvalidRequestError
 from videollm.synthetic import FLASH_QUESTION, flash_order_set, write_video
 from videollm.video import Video

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from videollm.synthetic import frame_with_index, read_index, write_video
+from videollm.synthetic import frame_with_index, read_index
 
 av = pytest.importorskip("av")
 
@@ -112,42 +112,81 @@ CASES = {
     "16x4000-wide": (lambda d: _write(d / "wide.mp4", "libx264", size=(16, 4000), n=6, opts=dict(X264)), "answer"),
     "4000x16-tall": (lambda d: _write(d / "tall.mp4", "libx264", size=(4000, 16), n=6, opts=dict(X264)), "answer"),
     "odd-33x17-ffv1": (lambda d: _write(d / "odd.mkv", "ffv1", size=(17, 33)), "answer"),
-    "3-hours-16x16": (lambda d: _write(d / "long.mp4", "libx264", size=(16, 16), n=10800, fps=1,
-                                       opts={"preset": "ultrafast", "g": "600"}), "answer"),
+    "3-hours-16x16": (
+        lambda d: _write(
+            d / "long.mp4", "libx264", size=(16, 16), n=10800, fps=1, opts={"preset": "ultrafast", "g": "600"}
+        ),
+        "answer",
+    ),
     "one-frame": (lambda d: _write(d / "single.mp4", "libx264", n=1, opts=dict(X264)), "answer"),
-    "vfr-mp4": (lambda d: _write(d / "vfr.mp4", "libx264", opts=dict(X264),
-                                 pts_ms=[100 * i + (1500 if i > 9 else 0) for i in range(20)]), "answer"),
-    "stalled-pts-mkv": (lambda d: _write(d / "stall.mkv", "mjpeg", pix="yuvj420p",
-                                         pts_ms=[100 * min(i, 8) + 100 * max(0, i - 12) for i in range(20)]), "answer"),
+    "vfr-mp4": (
+        lambda d: _write(
+            d / "vfr.mp4", "libx264", opts=dict(X264), pts_ms=[100 * i + (1500 if i > 9 else 0) for i in range(20)]
+        ),
+        "answer",
+    ),
+    "stalled-pts-mkv": (
+        lambda d: _write(
+            d / "stall.mkv", "mjpeg", pix="yuvj420p", pts_ms=[100 * min(i, 8) + 100 * max(0, i - 12) for i in range(20)]
+        ),
+        "answer",
+    ),
     "rotated-90": (lambda d: _write(d / "rot.mp4", "libx264", opts=dict(X264), rotate=90), "answer"),
     "mpeg2-ts": (lambda d: _write(d / "a.ts", "mpeg2video", fps=25), "answer"),
     "mpeg2-ps-interlaced": (lambda d: _write(d / "a.mpg", "mpeg2video", fmt="vob", fps=25, interlaced=True), "answer"),
-    "vp9-webm": (lambda d: _write(d / "a.webm", "libvpx-vp9", opts={"deadline": "realtime", "cpu-used": "8"}), "answer"),
+    "vp9-webm": (
+        lambda d: _write(d / "a.webm", "libvpx-vp9", opts={"deadline": "realtime", "cpu-used": "8"}),
+        "answer",
+    ),
     "vp8-webm": (lambda d: _write(d / "b.webm", "libvpx", opts={"deadline": "realtime"}), "answer"),
     "mjpeg-avi": (lambda d: _write(d / "a.avi", "mjpeg", pix="yuvj420p"), "answer"),
     "h264-mov": (lambda d: _write(d / "a.mov", "libx264", opts=dict(X264)), "answer"),
     "ffv1-mkv": (lambda d: _write(d / "f.mkv", "ffv1"), "answer"),
     "raw-rgb-avi": (lambda d: _write(d / "raw.avi", "rawvideo", pix="bgr24"), "answer"),
     "mpeg4-mkv": (lambda d: _write(d / "m4.mkv", "mpeg4"), "answer"),
-    "hevc-mp4": (lambda d: _write(d / "h265.mp4", "libx265", size=(64, 64), n=10, opts={"preset": "ultrafast", "x265-params": "log-level=none"}),
-                 "answer"),
+    "hevc-mp4": (
+        lambda d: _write(
+            d / "h265.mp4",
+            "libx265",
+            size=(64, 64),
+            n=10,
+            opts={"preset": "ultrafast", "x265-params": "log-level=none"},
+        ),
+        "answer",
+    ),
     "h264-flv": (lambda d: _write(d / "a.flv", "libx264", opts=dict(X264)), "answer"),
     "animated-gif": (lambda d: _write(d / "a.gif", "gif", pix="rgb8"), "answer"),
     "y4m": (lambda d: _y4m(d / "ok.y4m", 32, 32, 10), "answer"),
     # --- damaged videos: answered from what decodes, and said so
-    "truncated-mp4-faststart": (lambda d: _cut(_write(d / "fs.mp4", "libx264", n=40, opts={**X264, "_container": {
-        "movflags": "faststart"}}), d / "fs-cut.mp4", 0.5), "partial"),
-    "truncated-mkv": (lambda d: _cut(_write(d / "t.mkv", "libx264", n=40, opts=dict(X264)), d / "t-cut.mkv", 0.5),
-                      "partial"),
-    "truncated-webm": (lambda d: _cut(_write(d / "t.webm", "libvpx", n=40, opts={"deadline": "realtime"}),
-                                      d / "t-cut.webm", 0.5), "partial"),
-    "truncated-avi": (lambda d: _cut(_write(d / "t.avi", "mjpeg", n=40, pix="yuvj420p"), d / "t-cut.avi", 0.5),
-                      "partial"),
+    "truncated-mp4-faststart": (
+        lambda d: _cut(
+            _write(d / "fs.mp4", "libx264", n=40, opts={**X264, "_container": {"movflags": "faststart"}}),
+            d / "fs-cut.mp4",
+            0.5,
+        ),
+        "partial",
+    ),
+    "truncated-mkv": (
+        lambda d: _cut(_write(d / "t.mkv", "libx264", n=40, opts=dict(X264)), d / "t-cut.mkv", 0.5),
+        "partial",
+    ),
+    "truncated-webm": (
+        lambda d: _cut(_write(d / "t.webm", "libvpx", n=40, opts={"deadline": "realtime"}), d / "t-cut.webm", 0.5),
+        "partial",
+    ),
+    "truncated-avi": (
+        lambda d: _cut(_write(d / "t.avi", "mjpeg", n=40, pix="yuvj420p"), d / "t-cut.avi", 0.5),
+        "partial",
+    ),
     "truncated-ts": (lambda d: _cut(_write(d / "t.ts", "mpeg2video", n=40, fps=25), d / "t-cut.ts", 0.5), "answer?"),
-    "mid-corrupt-avi": (lambda d: _scramble(_write(d / "c.avi", "mjpeg", n=40, pix="yuvj420p"), d / "c-bad.avi", 0.4,
-                                            0.6), "partial"),
-    "mid-corrupt-mkv": (lambda d: _scramble(_write(d / "c.mkv", "libx264", n=40, opts=dict(X264)), d / "c-bad.mkv",
-                                            0.45, 0.55), "answer?"),
+    "mid-corrupt-avi": (
+        lambda d: _scramble(_write(d / "c.avi", "mjpeg", n=40, pix="yuvj420p"), d / "c-bad.avi", 0.4, 0.6),
+        "partial",
+    ),
+    "mid-corrupt-mkv": (
+        lambda d: _scramble(_write(d / "c.mkv", "libx264", n=40, opts=dict(X264)), d / "c-bad.mkv", 0.45, 0.55),
+        "answer?",
+    ),
     # --- not a video, or nothing to decode: one error line
     "empty-file": (lambda d: (d / "empty.mp4").write_bytes(b"") and None or d / "empty.mp4", "error"),
     "directory": (lambda d: (d / "somedir").mkdir() or d / "somedir", "error"),
@@ -155,24 +194,42 @@ CASES = {
     "dangling-symlink": (lambda d: os.symlink(d / "nowhere.mp4", d / "link.mp4") or d / "link.mp4", "error"),
     "text-file": (lambda d: (d / "notes.txt").write_text("not a video\n" * 40) and d / "notes.txt", "error"),
     "text-named-mp4": (lambda d: (d / "text.mp4").write_text("hello\n" * 40) and d / "text.mp4", "error"),
-    "html-named-mov": (lambda d: (d / "page.mov").write_text("<html><body>404</body></html>") and d / "page.mov",
-                       "error"),
-    "png-named-mp4": (lambda d: (d / "img.mp4").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(300)) and d / "img.mp4",
-                      "error"),
+    "html-named-mov": (
+        lambda d: (d / "page.mov").write_text("<html><body>404</body></html>") and d / "page.mov",
+        "error",
+    ),
+    "png-named-mp4": (
+        lambda d: (d / "img.mp4").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(300)) and d / "img.mp4",
+        "error",
+    ),
     "still-png": (lambda d: _still(d / "still.png"), "error"),
-    "random-bytes": (lambda d: (d / "noise.bin").write_bytes(np.random.default_rng(1).bytes(4000)) and d / "noise.bin",
-                     "error"),
-    "random-bytes-mkv": (lambda d: (d / "noise.mkv").write_bytes(np.random.default_rng(2).bytes(4000))
-                         and d / "noise.mkv", "error"),
-    "ftyp-then-garbage": (lambda d: (d / "g.mp4").write_bytes(b"\x00\x00\x00\x18ftypisom" +
-                                                              np.random.default_rng(3).bytes(3000)) and d / "g.mp4",
-                          "error"),
-    "ftyp-only": (lambda d: (d / "hdr.mp4").write_bytes(b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2")
-                  and d / "hdr.mp4", "error"),
-    "truncated-mp4-moov-lost": (lambda d: _cut(_write(d / "m.mp4", "libx264", n=40, opts=dict(X264)),
-                                               d / "m-cut.mp4", 0.4), "error"),
-    "all-frames-scrambled": (lambda d: _scramble(_write(d / "s.avi", "mjpeg", n=20, pix="yuvj420p"), d / "s-bad.avi",
-                                                 0.25, 0.97), "error"),
+    "random-bytes": (
+        lambda d: (d / "noise.bin").write_bytes(np.random.default_rng(1).bytes(4000)) and d / "noise.bin",
+        "error",
+    ),
+    "random-bytes-mkv": (
+        lambda d: (d / "noise.mkv").write_bytes(np.random.default_rng(2).bytes(4000)) and d / "noise.mkv",
+        "error",
+    ),
+    "ftyp-then-garbage": (
+        lambda d: (
+            (d / "g.mp4").write_bytes(b"\x00\x00\x00\x18ftypisom" + np.random.default_rng(3).bytes(3000))
+            and d / "g.mp4"
+        ),
+        "error",
+    ),
+    "ftyp-only": (
+        lambda d: (d / "hdr.mp4").write_bytes(b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2") and d / "hdr.mp4",
+        "error",
+    ),
+    "truncated-mp4-moov-lost": (
+        lambda d: _cut(_write(d / "m.mp4", "libx264", n=40, opts=dict(X264)), d / "m-cut.mp4", 0.4),
+        "error",
+    ),
+    "all-frames-scrambled": (
+        lambda d: _scramble(_write(d / "s.avi", "mjpeg", n=20, pix="yuvj420p"), d / "s-bad.avi", 0.25, 0.97),
+        "error",
+    ),
     "header-only-mkv": (lambda d: _header_only(d / "zero.mkv"), "error"),
     "audio-wav": (lambda d: _audio(d / "a.wav", cover=False), "error"),
     "audio-flac-with-cover-art": (lambda d: _audio(d / "song.flac", cover=True), "error"),
@@ -242,7 +299,9 @@ def ask(capfd, video: Path | str, *extra: str, question: str = "What happens?") 
     from videollm.cli import main
 
     frames = [] if "--fps" in extra else ["--frames", "4"]
-    rc = main(["ask", str(video), question, "--model", "tiny-random", *frames, "--max-new-tokens", "2", "--json", *extra])
+    rc = main(
+        ["ask", str(video), question, "--model", "tiny-random", *frames, "--max-new-tokens", "2", "--json", *extra]
+    )
     out, err = capfd.readouterr()
     return rc, out, err
 

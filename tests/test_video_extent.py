@@ -16,8 +16,7 @@ import pytest
 
 from videollm.errors import CorruptVideoError, NotAVideoError
 from videollm.synthetic import frame_with_index, read_index
-from videollm.video import SamplingConfig, load_video
-from videollm.video import decoders
+from videollm.video import SamplingConfig, decoders, load_video
 
 av = pytest.importorskip("av")
 

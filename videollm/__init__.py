@@ -23,9 +23,9 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    from .answer.generation import GenerationConfig
     from .backbones import load_backbone
     from .config import PipelineConfig
-    from .answer.generation import GenerationConfig
     from .pipeline import VideoQAPipeline
     from .types import Answer, VisualTokens
     from .video import SamplingConfig, Video, load_video

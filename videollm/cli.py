@@ -14,7 +14,6 @@ from .answer import ANSWER_FORMATS
 from .hub import DEFAULT_MODEL
 from .samples import SAMPLES
 
-
 if TYPE_CHECKING:
     from .config import PipelineConfig
     from .pipeline import VideoQAPipeline
@@ -134,11 +133,13 @@ def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
 
 def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     """The CLI's arguments as a checked `PipelineConfig` (every name and value; no model is loaded)."""
-    from .config import PipelineConfig
     from .answer.generation import GenerationConfig
+    from .config import PipelineConfig
     from .video.sampling import SamplingConfig
 
-    sampling = SamplingConfig(num_frames=32 if args.frames is None else args.frames, fps=args.fps, max_frames=args.max_frames)
+    sampling = SamplingConfig(
+        num_frames=32 if args.frames is None else args.frames, fps=args.fps, max_frames=args.max_frames
+    )
     sampling.validate()
     generation = GenerationConfig(max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty)
     generation.validate()
@@ -310,17 +311,15 @@ def summary_line(ans: Any) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .backbones import PRESETS
-    from .quant.config import SCHEME_NAMES
-    from .answer.reasoning import MODES
-    from .video.decoders import DECODERS
+    import importlib.util
 
     from videollm.compressors import COMPRESSORS
     from videollm.eval.tasks import TASKS
 
-    import importlib.util
-
-    from .video.decoders import DECODER_MODULES
+    from .answer.reasoning import MODES
+    from .backbones import PRESETS
+    from .quant.config import SCHEME_NAMES
+    from .video.decoders import DECODER_MODULES, DECODERS
 
     print("models:      " + ", ".join(PRESETS.names()) + " (or any LLaVA-OneVision or Qwen-VL hub id / local path)")
     print("compressors: " + ", ".join(COMPRESSORS.names()))

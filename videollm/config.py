@@ -14,11 +14,11 @@ import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, TypeVar
 
-from .errors import InvalidRequestError, UnknownNameError
 from .answer.generation import GenerationConfig
+from .errors import InvalidRequestError, UnknownNameError
+from .hub import DEFAULT_MODEL  # noqa: F401 - re-exported: the default lives where it is resolved
 from .video.sampling import SamplingConfig
 
-from .hub import DEFAULT_MODEL  # noqa: F401 - re-exported: the default lives where it is resolved
 DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 #: fields that do not change predictions (where and how fast a run goes), left out of the fingerprint
 RUNTIME_FIELDS = ("device", "video_backend")
@@ -84,13 +84,15 @@ class PipelineConfig:
         """Every check that needs no model; raises a `VideoLLMError` subclass. Returns self."""
         from videollm.compressors import COMPRESSORS
 
+        from .answer.reasoning import MODES
         from .backbones import check_model_name
         from .quant.api import check_scheme_names
-        from .answer.reasoning import MODES
 
         check_model_name(self.model)
         if self.compressor not in COMPRESSORS:
-            raise UnknownNameError(f"unknown compressor {self.compressor!r}; available: {', '.join(COMPRESSORS.names())}")
+            raise UnknownNameError(
+                f"unknown compressor {self.compressor!r}; available: {', '.join(COMPRESSORS.names())}"
+            )
         if self.reasoning not in MODES:
             raise UnknownNameError(f"unknown reasoning mode {self.reasoning!r}; available: {', '.join(MODES.names())}")
         check_scheme_names(self.quant, self.vision_quant)
@@ -223,7 +225,9 @@ def build_dataclass(cls: type[D], values: dict[str, Any], what: str = "option") 
     known = {f.name for f in fields(cls) if f.init}  # type: ignore[arg-type]
     unknown = sorted(set(values) - known)
     if unknown:
-        raise InvalidRequestError(f"unknown {what}(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}")
+        raise InvalidRequestError(
+            f"unknown {what}(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}"
+        )
     out = {}
     for k, v in values.items():
         ok, coerced = _coerce(v, hints.get(k, Any))

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import InvalidRequestError
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 logger = logging.getLogger(__name__)
 

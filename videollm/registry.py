@@ -76,7 +76,9 @@ class Registry(Generic[T]):
         if name not in self._entries:
             from .errors import UnknownNameError
 
-            raise (self._error or UnknownNameError)(f"unknown {self.kind} {name!r}; available: {', '.join(self.names())}")
+            raise (self._error or UnknownNameError)(
+                f"unknown {self.kind} {name!r}; available: {', '.join(self.names())}"
+            )
         target = self._entries[name]
         if isinstance(target, str):
             module, _, attr = target.partition(":")

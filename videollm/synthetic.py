@@ -53,8 +53,9 @@ def write_video(
     gop: int | None = None,
 ) -> Path:
     """Write `num_frames` frames of height×width `size` with PyAV (its wheel bundles libx264)."""
-    import av
     from fractions import Fraction
+
+    import av
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

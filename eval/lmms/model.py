@@ -18,9 +18,9 @@ import torch
 from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
 from lmms_eval.api.model import lmms
 from tqdm.auto import tqdm
-from videollm.eval.cli import REASONING_MAX_NEW_TOKENS
 
 from videollm.errors import VideoError
+from videollm.eval.cli import REASONING_MAX_NEW_TOKENS
 
 from .requests import VideoRequest, by_video, generation_for, options_in, question_of, video_path
 from .scoring import continuation_logprob

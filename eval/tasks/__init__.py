@@ -26,4 +26,14 @@ def load_samples(task: Task, data_dir: str | Path, limit: int | None = None) -> 
     return samples[:limit] if limit is not None else samples
 
 
-__all__ = ["RULE_ALIASES", "TASKS", "DatasetError", "RuleSet", "Sample", "Task", "get_task", "load_samples", "register_task"]
+__all__ = [
+    "RULE_ALIASES",
+    "TASKS",
+    "DatasetError",
+    "RuleSet",
+    "Sample",
+    "Task",
+    "get_task",
+    "load_samples",
+    "register_task",
+]

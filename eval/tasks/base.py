@@ -21,8 +21,16 @@ class DatasetError(VideoLLMError):
 
 
 #: benchmark tasks by name; each class registers itself with `@register_task`
-TASKS: Registry[type["Task"]] = Registry("task", error=DatasetError, modules=(
-    "videollm.eval.tasks.videomme", "videollm.eval.tasks.mlvu", "videollm.eval.tasks.lvbench", "videollm.eval.tasks.needle"))
+TASKS: Registry[type["Task"]] = Registry(
+    "task",
+    error=DatasetError,
+    modules=(
+        "videollm.eval.tasks.videomme",
+        "videollm.eval.tasks.mlvu",
+        "videollm.eval.tasks.lvbench",
+        "videollm.eval.tasks.needle",
+    ),
+)
 
 
 def register_task(cls: type["Task"]) -> type["Task"]:

@@ -14,8 +14,18 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .base import (register_task, RuleSet, Sample, Task, as_list, find_annotation, letter_of, read_table, require_columns,
-                   resolve_video)
+from .base import (
+    RuleSet,
+    Sample,
+    Task,
+    as_list,
+    find_annotation,
+    letter_of,
+    read_table,
+    register_task,
+    require_columns,
+    resolve_video,
+)
 
 POST_PROMPT = "\nAnswer the question with the option letter"  # the YAML default (no period)
 _OPTION_LINE = re.compile(r"^\(([A-Z])\)\s*(.*)$", re.MULTILINE)

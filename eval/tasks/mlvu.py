@@ -17,8 +17,19 @@ import re
 from pathlib import Path
 from typing import ClassVar
 
-from .base import (register_task, DatasetError, RuleSet, Sample, Task, as_list, find_annotation, letter_of, read_table,
-                   require_columns, resolve_video)
+from .base import (
+    DatasetError,
+    RuleSet,
+    Sample,
+    Task,
+    as_list,
+    find_annotation,
+    letter_of,
+    read_table,
+    register_task,
+    require_columns,
+    resolve_video,
+)
 
 POST_PROMPT = "\nOnly give the best option.\nBest option: ("  # lmms-eval `default` profile since 2025-04-17
 TASK_TYPES = ("anomaly_reco", "count", "ego", "needle", "order", "plotQA", "topic_reasoning")

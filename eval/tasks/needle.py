@@ -211,8 +211,8 @@ def _everyday_options(label: str, words: tuple[str, ...], pool: list[str], n: in
     """(options, answer letter, the right option's words): one of the needle's everyday words, and
     distractors whose meaning does not cover the needle's class (WordNet: "a vehicle" is no distractor for a
     moped)."""
-    from videollm.backbones.mini.concepts import hierarchy
     from videollm.backbones.mini.bridge import imagenet_names
+    from videollm.backbones.mini.concepts import hierarchy
 
     names = imagenet_names()
     h = hierarchy()

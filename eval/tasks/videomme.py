@@ -14,7 +14,18 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .base import register_task, RuleSet, Sample, Task, as_list, find_annotation, letter_of, read_table, require_columns, resolve_video
+from .base import (
+    RuleSet,
+    Sample,
+    Task,
+    as_list,
+    find_annotation,
+    letter_of,
+    read_table,
+    register_task,
+    require_columns,
+    resolve_video,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -22,6 +22,7 @@ import torch
 from ..backbones.protocols import SupportsChoiceScoring, SupportsOptionSupport, VideoLanguageModel
 from ..errors import InvalidRequestError
 from ..registry import Registry
+from ..types import VisualTokens
 from .choice import ANSWER_FORMATS, LetterConstraint, check_answer_format, letter_token_ids
 from .generation import OVERTHINK_WORDS, GenerationConfig, GenerationResult, TokenPenalty, continue_generation, generate
 from .prompting import option_letters, option_texts, parse_choice
@@ -42,7 +43,6 @@ from .reasoning_format import (
     span_token_indices,
     split_r1,
 )
-from ..types import VisualTokens
 
 logger = logging.getLogger(__name__)
 

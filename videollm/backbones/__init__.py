@@ -54,8 +54,9 @@ for _qwen_type in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
 _CUSTOM_TYPES = {"tempo_qwen", "cambrian_qwen", "cambrian_llama"}
 
 
-def register_preset(name: str, model_id: str | None = None, *, max_context: int | None = None,
-                    lacks: dict[str, str] | None = None) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
+def register_preset(
+    name: str, model_id: str | None = None, *, max_context: int | None = None, lacks: dict[str, str] | None = None
+) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
     """Decorator: `@register_preset("tiny-random")` on a builder `(device=..., dtype=...) -> Backbone`, or
     `register_preset("llava-onevision-0.5b", "llava-hf/...")(Cls.from_pretrained)` for a hub checkpoint.
     `max_context` (the LLM's positions) and `lacks` ({capability: why not}) are checked before loading."""
@@ -152,4 +153,18 @@ def check_model_name(model: str) -> None:
                            "an existing local directory, nor a hub id of the form org/name")
 
 
-__all__ = ["Backbone", "CAPABILITIES", "FAMILIES", "Preset", "declared_max_context", "require_capability", "check_model_name", "register_preset", "ModelLoadError", "PRESETS", "PromptInputs", "list_models", "load_backbone"]
+__all__ = [
+    "Backbone",
+    "CAPABILITIES",
+    "FAMILIES",
+    "Preset",
+    "declared_max_context",
+    "require_capability",
+    "check_model_name",
+    "register_preset",
+    "ModelLoadError",
+    "PRESETS",
+    "PromptInputs",
+    "list_models",
+    "load_backbone",
+]

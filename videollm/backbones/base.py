@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from ..errors import InvalidRequestError
 from ..types import VisualTokens
 
-
 # Private-use markers the chat template is rendered around: user text is never part of the template's
 # own text, so it cannot add, remove or move special tokens (`<video>`, `<|im_end|>`) by containing them.
 _USER_MARK = "\ue000videollm:user\ue001"

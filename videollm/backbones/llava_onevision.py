@@ -81,7 +81,9 @@ class LlavaOneVisionBackbone(Backbone):
             mean, std = tuple(ip.image_mean), tuple(ip.image_std)
             template = getattr(processor, "chat_template", None)
         except (OSError, ValueError, AttributeError) as err:
-            logger.warning("no processor for %s (%s); using SigLIP defaults and the tokenizer's template", model_id, err)
+            logger.warning(
+                "no processor for %s (%s); using SigLIP defaults and the tokenizer's template", model_id, err
+            )
         return cls(model, tokenizer, name=model_id, image_mean=mean, image_std=std, chat_template=template)
 
     # -- sizes ----------------------------------------------------------------------------------------

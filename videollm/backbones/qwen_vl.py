@@ -27,7 +27,6 @@ What differs from LLaVA-OneVision, and how it passes the seam:
 from __future__ import annotations
 
 import logging
-import math
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +36,7 @@ import torch
 from .._compat import cache_kwargs, output_cache, require
 from ..answer.decode_step import forward_last
 from ..errors import InvalidRequestError, ModelLoadError
-from ..types import TEXT_PATCH_ID, VisualTokens
+from ..types import VisualTokens
 from . import register_preset
 from .base import Backbone, PromptInputs
 from .llava_onevision import resolve_device, resolve_dtype

@@ -8,7 +8,6 @@ place; our report and `io` read them through `layer_info`/`tensor_bytes`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -49,7 +48,9 @@ def quantize_torchao(module: nn.Module, config: WeightQuantConfig, names: list[s
     wanted = set(names)
     if config.scheme == "int8":
         ao_cfg = Int8WeightOnlyConfig(granularity=PerRow())
-        ok: Callable[[nn.Linear], bool] = lambda m: True
+
+        def ok(m: nn.Linear) -> bool:
+            return True
     else:
         if not config.group_size:
             raise InvalidRequestError("torchao's int4 needs a group size (32, 64, 128 or 256); one scale per row "
@@ -58,7 +59,9 @@ def quantize_torchao(module: nn.Module, config: WeightQuantConfig, names: list[s
         # tinygemm qparams: min/max scale + float zero point, value = (q - 8)·scale + zero, as our default int4
         ao_cfg = Int4WeightOnlyConfig(group_size=g, int4_packing_format="tile_packed_to_4d",
                                       int4_choose_qparams_algorithm="tinygemm")
-        ok = lambda m: m.in_features % g == 0 and m.weight.dtype == torch.bfloat16
+
+        def ok(m: nn.Linear) -> bool:
+            return m.in_features % g == 0 and m.weight.dtype == torch.bfloat16
     done = [n for n, m in module.named_modules() if n in wanted and isinstance(m, nn.Linear) and ok(m)]
     chosen = set(done)
     quantize_(module, ao_cfg, filter_fn=lambda m, fqn: fqn in chosen)

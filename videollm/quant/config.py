@@ -51,7 +51,9 @@ class WeightQuantConfig:
             raise InvalidRequestError(f"unknown quantization scheme {self.scheme!r}; choose from "
                                       f"{', '.join(QUANT_SCHEMES.names())}")
         if self.backend not in BACKENDS:
-            raise InvalidRequestError(f"unknown quantization backend {self.backend!r}; choose from {', '.join(BACKENDS)}")
+            raise InvalidRequestError(
+                f"unknown quantization backend {self.backend!r}; choose from {', '.join(BACKENDS)}"
+            )
         if self.group_size is not None and self.group_size < 0:
             raise InvalidRequestError(f"group size must be >= 0, got {self.group_size}")
         if self.scheme == "int8":

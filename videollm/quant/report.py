@@ -160,7 +160,9 @@ class QuantReport:
         return d
 
     def summary(self) -> str:
-        mb = lambda b: f"{b / 2**20:.2f} MiB"
+        def mb(b: float) -> str:
+            return f"{b / 2**20:.2f} MiB"
+
         lines = [(f"model: {self.model}  llm={self.llm_scheme} head={self.head_scheme} vision={self.vision_scheme} "
                   f"group={self.group_size} backend={self.backend}"),
                  f"LLM weights:    {mb(self.llm_bytes_before)} → {mb(self.llm_bytes_after)}"]
@@ -229,8 +231,9 @@ def quantize_backbone_with_report(backbone: Any, llm: str = "none", vision: str 
     rep.llm_bytes_after = module_bytes(llm_modules())
     rep.vision_bytes_after = module_bytes(vt)
     if ref is not None:
-        rep.mean_kl, rep.top1_agreement, rep.positions = compare_logprobs(ref, reference_logprobs(fn, backbone.tokenizer,
-                                                                                                  prompts))
+        rep.mean_kl, rep.top1_agreement, rep.positions = compare_logprobs(
+            ref, reference_logprobs(fn, backbone.tokenizer, prompts)
+        )
     if ref_v is not None:
         rep.vision_cosine = float(torch.nn.functional.cosine_similarity(ref_v, _vision_features(backbone), -1).mean())
     head_rows = layer_table(causal.get_output_embeddings(), "lm_head") if causal is not None else []

@@ -307,5 +307,7 @@ def load_video(
     if len(indices) == 0 or not _any_decodes(video):
         video.close()
         raise EmptyVideoError(f"{p}: zero decodable frames")
-    logger.debug("%s: %d frames @ %.2f fps via %s; sampling %d", p, info.num_frames, info.fps, info.backend, len(indices))
+    logger.debug(
+        "%s: %d frames @ %.2f fps via %s; sampling %d", p, info.num_frames, info.fps, info.backend, len(indices)
+    )
     return video

@@ -32,13 +32,13 @@ from ...answer.decode_step import forward_last
 from ...answer.prompting import MC_INSTRUCTION, option_letters, option_texts
 from ...types import VisualTokens
 from .. import register_preset
+from ..base import Backbone, PromptInputs, resize_normalize
+from ..llava_onevision import resolve_device, resolve_dtype
+from ..protocols import FirstStep
 from . import assets as mini_assets
+from . import bridge as mini_bridge
 from . import concepts as mini_concepts
 from . import evidence as mini_evidence
-from . import bridge as mini_bridge
-from ..base import Backbone, PromptInputs, resize_normalize
-from ..protocols import FirstStep
-from ..llava_onevision import resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
 #: an option line of the user turn ("B. a cat"): left out of the question that decides the evidence's shape
