@@ -20,7 +20,7 @@ import torch
 
 from ..errors import CorruptVideoError, EmptyVideoError, InvalidRequestError, NotAVideoError, VideoNotFoundError
 from ..types import FrameBatch
-from .decoders import FrameDecoder, HugeFrameError, StreamInfo, open_decoder, refuse_huge, scan_video
+from .decoders import FrameDecoder, InvalidHeaderError, StreamInfo, open_decoder, refuse_huge, scan_video
 from .sampling import SamplingConfig, plan_indices, scaled_size
 
 logger = logging.getLogger(__name__)
@@ -271,7 +271,7 @@ def load_video(
         scan = scan_video(p)
     except ImportError:
         scan = None
-    except HugeFrameError:
+    except InvalidHeaderError:
         raise
     except (CorruptVideoError, EmptyVideoError):
         scan = None  # decord may still read it; open_decoder re-diagnoses
