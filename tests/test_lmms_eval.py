@@ -119,6 +119,35 @@ def test_launcher_refuses_bad_model_args_before_lmms_eval_runs(capsys, model_arg
     assert len(err) == 1 and err[0].startswith(message)
 
 
+@needs_lmms_eval
+@pytest.mark.parametrize("model_args, extra, key", [
+    ("pretrained=tiny-random,batch_size=0", [], "batch_size"),
+    ("pretrained=tiny-random,max_batch_size=4", [], "max_batch_size"),
+    ("pretrained=tiny-random,device=cpu", ["--device", "cpu"], "device"),
+])
+def test_launcher_refuses_keys_lmms_eval_passes_itself(capsys, model_args, extra, key):
+    """lmms-eval adds its own batch_size/max_batch_size/device to the model's arguments: the same key in
+    --model_args was a duplicate-keyword TypeError traceback inside lmms-eval."""
+    from videollm.eval.lmms.__main__ import main
+
+    assert main(["--model", "videollm", "--model_args", model_args, "--tasks", "videomme", *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0] == f"error: --model_args: {key} is lmms-eval's own option; give it once, as --{key}"
+
+
+@needs_lmms_eval
+def test_launcher_names_a_filelock_lmms_eval_cannot_run_with(capsys, monkeypatch):
+    """filelock 4 removed the `filelock._api` lmms-eval 0.7.3 patches: one error line, not its traceback."""
+    import videollm.eval.lmms.__main__ as launcher
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "filelock._api" else real(name, *a))
+    assert launcher.main(["--model", "videollm", "--model_args", "pretrained=tiny-random", "--tasks", "videomme"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: lmms-eval 0.7.3 needs filelock<4")
+
+
 # --- parity with `videollm eval` --------------------------------------------------------------------------------
 OPTS = ["a dog", "a cat", "a red car", "two people"]
 QUESTIONS = [  # videoID, question_id, duration, task_type, question, answer

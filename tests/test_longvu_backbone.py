@@ -147,7 +147,7 @@ def test_tiny_preset_is_named_quiet_and_leaves_no_temporary_checkpoint():
             "import videollm.backbones.longvu_tiny as t\n"
             "b = load_backbone('tiny-random-longvu')\n"
             "print(b.name, t._TINY_DIR)\n")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=False)
     assert run.returncode == 0, run.stderr
     name, folder = run.stdout.split()[-2:]
     assert name == "tiny-random-longvu"
