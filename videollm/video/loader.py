@@ -227,6 +227,10 @@ def _any_decodes(video: Video) -> bool:
 
 def expand_path(path: str | os.PathLike[str]) -> Path:
     """`~` and `~user` expanded; an unknown user is a `VideoNotFoundError` (pathlib raises RuntimeError)."""
+    if not str(path).strip():  # Path("") is "." (the current directory)
+        raise VideoNotFoundError("no video given (the path is empty)")
+    if "://" in str(path):  # pathlib would fold "http://x/y.mp4" into "http:/x/y.mp4: no such file"
+        raise VideoNotFoundError(f"{path}: a URL; videollm reads local files: download the video first")
     p = Path(path)
     try:
         return p.expanduser()
