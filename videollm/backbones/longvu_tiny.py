@@ -122,7 +122,14 @@ def build_tiny_random_longvu(device: str | torch.device | None = "cpu", dtype: s
         _TINY_DIR = Path(tempfile.mkdtemp(prefix="videollm-tiny-longvu-"))
         # one directory per process, not one left in /tmp per run
         atexit.register(shutil.rmtree, str(_TINY_DIR), ignore_errors=True)
-        save_tiny_random_longvu(_TINY_DIR)
+        hf_logging = require("transformers").utils.logging
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # "Writing model shards" bars for a file the user never asked for
+        try:
+            save_tiny_random_longvu(_TINY_DIR)
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
     dev = "cpu" if device in (None, "auto") else device
     dt = "float32" if dtype in (None, "auto") else dtype
     backbone = load_longvu(str(_TINY_DIR), device=dev, dtype=dt, notice=NOTICE)
