@@ -314,10 +314,10 @@ def test_generate_until_answers_in_order_opening_each_video_once(tmp_path, short
     opened: list[str] = []
     load = lm.pipe.load
 
-    def counting_load(path, *args):
+    def counting_load(path, *args, **kwargs):  # kwargs: fps=/timestamps= for frames in memory
         if isinstance(path, (str, os.PathLike)):  # (the pipeline passes an opened Video back through load)
             opened.append(str(path))
-        return load(path, *args)
+        return load(path, *args, **kwargs)
 
     monkeypatch.setattr(lm.pipe, "load", counting_load)
     cache = default_cache()
