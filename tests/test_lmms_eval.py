@@ -60,6 +60,25 @@ def test_bad_model_args_are_one_clear_error(args, match):
         settings_from_model_args(args)
 
 
+@needs_lmms_eval
+@pytest.mark.parametrize("text, match", [
+    ("budget=-5", "budget must be at least 1, got -5$"),
+    ("frames=-0", "frames"),
+])
+def test_negative_whole_numbers_are_reported_as_typed(text, match):
+    """lmms-eval's parser turns "-5" into -5.0, which argparse's int refused as "invalid int value: '-5.0'"."""
+    from lmms_eval.utils import simple_parse_args_string
+
+    with pytest.raises(InvalidRequestError, match=match) as err:
+        settings_from_model_args({"pretrained": "tiny-random", **simple_parse_args_string(text)})
+    assert ".0'" not in str(err.value)
+
+
+def test_integral_floats_pass_as_whole_numbers():
+    argv = to_argv({"pretrained": "tiny-random", "budget": -5.0, "fps": 0.5, "max_new_tokens": 1000.0})
+    assert argv == ["--model", "tiny-random", "--budget", "-5", "--fps", "0.5", "--max-new-tokens", "1000"]
+
+
 # --- requests -------------------------------------------------------------------------------------------------
 def test_options_come_from_the_prompt_lines():
     vmme = "Select the best answer.\nHow many?\nA. one\nB. two\nC. three\nD. four\nAnswer with the letter."
