@@ -249,3 +249,35 @@ def test_per_row_groups_run_the_kernels_like_the_reference(scheme, k):
 def test_unknown_user_in_a_path(capfd, no_model):
     rc, _, err = run_cli(capfd, "ask", "~nosuchuser_videollm/clip.mp4", "what?", "--model", "tiny-random")
     one_error(rc, err, "no such user")
+
+
+@pytest.mark.parametrize("video, words", [
+    ("", ("no video given",)),
+    ("   ", ("no video given",)),
+    ("https://example.com/clip.mp4", ("https://example.com/clip.mp4", "a URL", "download")),
+    ("x" * 5000 + ".mp4", ("cannot be read", "File name too long", "…")),
+])
+def test_paths_that_name_no_readable_file(capfd, no_model, video, words):
+    """'' was the current directory ('.: is a directory'); a URL lost a slash ('http:/...: no such file'); a
+    name past the file system's limit was an `internal error` (OSError from Path.exists)."""
+    rc, _, err = run_cli(capfd, "ask", video, "what?", "--model", "tiny-random")
+    line = one_error(rc, err, *words)
+    assert len(line) < 400
+
+
+def test_a_file_used_as_a_folder_is_no_such_file(tmp_path, capfd, no_model):
+    (tmp_path / "clip.mp4").write_bytes(b"x")
+    rc, _, err = run_cli(capfd, "ask", str(tmp_path / "clip.mp4" / "more.mp4"), "what?", "--model", "tiny-random")
+    one_error(rc, err, "no such file")
+
+
+@pytest.mark.parametrize("video, words", [
+    ("", "no video given"), ("ftp://host/clip.mp4", "a URL"), ("y" * 5000, "cannot be read"),
+])
+def test_api_paths_that_name_no_readable_file(video, words):
+    from videollm.errors import VideoNotFoundError
+    from videollm.video import SamplingConfig
+    from videollm.video.sources import open_source
+
+    with pytest.raises(VideoNotFoundError, match=words):
+        open_source(video, SamplingConfig())

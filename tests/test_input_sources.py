@@ -155,3 +155,18 @@ def test_a_file_on_disk_is_opened_by_name_and_a_stream_is_copied(short_video, tm
     assert spooled != str(short_video) and len(video.read()) == 4
     video.close()
     assert not __import__("os").path.exists(spooled)
+
+
+def test_a_stream_read_to_its_end_says_so(short_video):
+    """A BytesIO the user already read (or wrote into and did not rewind) is not 'an empty video'."""
+    data = short_video.read_bytes()
+    written = io.BytesIO()
+    written.write(data)  # left at its end
+    with pytest.raises(InvalidRequestError, match=rf"nothing left to read at byte {len(data)}; call \.seek\(0\)"):
+        open_source(written, SamplingConfig(num_frames=4))
+    with pytest.raises(InvalidRequestError, match="no bytes"):
+        open_source(io.BytesIO(), SamplingConfig())
+    written.seek(0)
+    video = open_source(written, SamplingConfig(num_frames=4))
+    assert len(video.read()) == 4
+    video.close()

@@ -60,6 +60,25 @@ def test_bad_model_args_are_one_clear_error(args, match):
         settings_from_model_args(args)
 
 
+@needs_lmms_eval
+@pytest.mark.parametrize("text, match", [
+    ("budget=-5", "budget must be at least 1, got -5$"),
+    ("frames=-0", "frames"),
+])
+def test_negative_whole_numbers_are_reported_as_typed(text, match):
+    """lmms-eval's parser turns "-5" into -5.0, which argparse's int refused as "invalid int value: '-5.0'"."""
+    from lmms_eval.utils import simple_parse_args_string
+
+    with pytest.raises(InvalidRequestError, match=match) as err:
+        settings_from_model_args({"pretrained": "tiny-random", **simple_parse_args_string(text)})
+    assert ".0'" not in str(err.value)
+
+
+def test_integral_floats_pass_as_whole_numbers():
+    argv = to_argv({"pretrained": "tiny-random", "budget": -5.0, "fps": 0.5, "max_new_tokens": 1000.0})
+    assert argv == ["--model", "tiny-random", "--budget", "-5", "--fps", "0.5", "--max-new-tokens", "1000"]
+
+
 # --- requests -------------------------------------------------------------------------------------------------
 def test_options_come_from_the_prompt_lines():
     vmme = "Select the best answer.\nHow many?\nA. one\nB. two\nC. three\nD. four\nAnswer with the letter."
@@ -117,6 +136,35 @@ def test_launcher_refuses_bad_model_args_before_lmms_eval_runs(capsys, model_arg
     assert main(["--model", "videollm", "--model_args", model_args, "--tasks", "videomme"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(message)
+
+
+@needs_lmms_eval
+@pytest.mark.parametrize("model_args, extra, key", [
+    ("pretrained=tiny-random,batch_size=0", [], "batch_size"),
+    ("pretrained=tiny-random,max_batch_size=4", [], "max_batch_size"),
+    ("pretrained=tiny-random,device=cpu", ["--device", "cpu"], "device"),
+])
+def test_launcher_refuses_keys_lmms_eval_passes_itself(capsys, model_args, extra, key):
+    """lmms-eval adds its own batch_size/max_batch_size/device to the model's arguments: the same key in
+    --model_args was a duplicate-keyword TypeError traceback inside lmms-eval."""
+    from videollm.eval.lmms.__main__ import main
+
+    assert main(["--model", "videollm", "--model_args", model_args, "--tasks", "videomme", *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0] == f"error: --model_args: {key} is lmms-eval's own option; give it once, as --{key}"
+
+
+@needs_lmms_eval
+def test_launcher_names_a_filelock_lmms_eval_cannot_run_with(capsys, monkeypatch):
+    """filelock 4 removed the `filelock._api` lmms-eval 0.7.3 patches: one error line, not its traceback."""
+    import videollm.eval.lmms.__main__ as launcher
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "filelock._api" else real(name, *a))
+    assert launcher.main(["--model", "videollm", "--model_args", "pretrained=tiny-random", "--tasks", "videomme"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: lmms-eval 0.7.3 needs filelock<4")
 
 
 # --- parity with `videollm eval` --------------------------------------------------------------------------------
@@ -285,10 +333,10 @@ def test_generate_until_answers_in_order_opening_each_video_once(tmp_path, short
     opened: list[str] = []
     load = lm.pipe.load
 
-    def counting_load(path, *args):
+    def counting_load(path, *args, **kwargs):  # kwargs: fps=/timestamps= for frames in memory
         if isinstance(path, (str, os.PathLike)):  # (the pipeline passes an opened Video back through load)
             opened.append(str(path))
-        return load(path, *args)
+        return load(path, *args, **kwargs)
 
     monkeypatch.setattr(lm.pipe, "load", counting_load)
     cache = default_cache()

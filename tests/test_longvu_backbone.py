@@ -6,6 +6,7 @@ state-dict tensors (no module of ours): [R] = github.com/Vision-CAIR/LongVU@1b0b
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,6 +135,24 @@ def test_a_missing_tower_is_an_error_naming_it(ckpt, tmp_path):
 
     with pytest.raises(ModelLoadError, match="no_such_siglip"):
         load_longvu(str(ckpt), device="cpu", dtype="float32", siglip=str(tmp_path / "no_such_siglip"))
+
+
+def test_tiny_preset_is_named_quiet_and_leaves_no_temporary_checkpoint():
+    """The preset's name (not its temporary path) reaches summaries and cache keys; loading a cambrian_* config
+    warns about nothing; the checkpoint written for the process is removed when it exits."""
+    import subprocess
+    import sys
+
+    code = ("from videollm.backbones import load_backbone\n"
+            "import videollm.backbones.longvu_tiny as t\n"
+            "b = load_backbone('tiny-random-longvu')\n"
+            "print(b.name, t._TINY_DIR)\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=False)
+    assert run.returncode == 0, run.stderr
+    name, folder = run.stdout.split()[-2:]
+    assert name == "tiny-random-longvu"
+    assert "model of type" not in run.stderr and "cambrian" not in run.stderr and "Writing" not in run.stderr
+    assert not Path(folder).exists()
 
 
 def test_model_type_dispatch_and_presets():

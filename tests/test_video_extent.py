@@ -160,6 +160,30 @@ def test_y4m_claiming_huge_frames_is_refused_with_its_size(tmp_path):
     assert "busy" not in str(err.value).lower()
 
 
+@pytest.mark.parametrize("header, word", [
+    (b"YUV4MPEG2 W-5 H0 F30:1 C420", "frame size"),
+    (b"YUV4MPEG2 Wabc H48 F30:1 C420", "frame size"),
+    (b"YUV4MPEG2 H48 F30:1 C420", "frame size"),
+    (b"YUV4MPEG2 W64 H48 F0:0 C420", "frame rate '0:0'"),
+    (b"YUV4MPEG2 W64 H48 F30:-1 C420", "frame rate"),
+])
+def test_y4m_with_an_invalid_header_says_which_field(tmp_path, header, word):
+    """FFmpeg answers these with 'Device or resource busy'; the header is checked first and no decoder guesses."""
+    p = tmp_path / "bad.y4m"
+    p.write_bytes(header + b"\nFRAME\n" + bytes(4608))
+    with pytest.raises(decoders.InvalidHeaderError, match="YUV4MPEG2 header") as err:
+        load_video(p)
+    assert word in str(err.value) and "busy" not in str(err.value).lower()
+
+
+def test_ffmpeg_errors_carry_no_errno_number(tmp_path):
+    p = tmp_path / "noise.mp4"
+    p.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    with pytest.raises(CorruptVideoError) as err:
+        load_video(p)
+    assert "Errno" not in str(err.value) and str(err.value).count(str(p)) == 1
+
+
 def test_special_files_through_the_cli(tmp_path, capfd):
     from videollm.cli import main
 

@@ -290,15 +290,29 @@ def check_video_path(video: str) -> None:
 
     from .errors import NotAVideoError, VideoNotFoundError
 
+    if not video.strip():  # Path("") is "." (the current directory)
+        raise VideoNotFoundError("no video given (the path is empty)")
+    if "://" in video:  # pathlib would fold "http://x/y.mp4" into "http:/x/y.mp4: no such file"
+        raise VideoNotFoundError(f"{video}: a URL; videollm reads local files: download the video first")
     try:
         p = Path(video).expanduser()
     except RuntimeError as err:  # "~nosuchuser/clip.mp4" (same message as video.loader.expand_path; no torch here)
         raise VideoNotFoundError(f"{video}: no such file (cannot expand {video.split(os.sep)[0]!r}: "
                                  "no such user)") from err
-    if not p.exists():
-        raise VideoNotFoundError(f"{p}: no such file")
+    try:
+        p.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        raise VideoNotFoundError(f"{p}: no such file") from None
+    except (OSError, ValueError) as err:  # name too long, permission denied on a folder, NUL byte
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise VideoNotFoundError(f"{_short_path(p)}: cannot be read ({reason})") from None
     if p.is_dir():
         raise NotAVideoError(f"{p}: is a directory, not a video file")
+
+
+def _short_path(p: object, limit: int = 200) -> str:
+    text = str(p)
+    return text if len(text) <= limit else f"{text[:limit // 2]}…{text[-limit // 2:]}"
 
 
 def summary_line(ans: Any) -> str:

@@ -21,6 +21,7 @@ def check_model_args(argv: Sequence[str]) -> None:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--model", default=None)
     p.add_argument("--model_args", default="")
+    p.add_argument("--device", default=None)
     known, _ = p.parse_known_args(list(argv))
     if known.model != MODEL_ID:
         return
@@ -28,13 +29,32 @@ def check_model_args(argv: Sequence[str]) -> None:
 
     from videollm.errors import InvalidRequestError
 
-    from .settings import settings_from_model_args
+    from .settings import LMMS_EVAL_KEYS, settings_from_model_args
 
     try:
         args = simple_parse_args_string(known.model_args or "")
     except ValueError:
         raise InvalidRequestError(f"--model_args {known.model_args!r} is not key=value,key=value,...") from None
+    # lmms-eval passes its own --batch_size/--max_batch_size (and --device when given) next to --model_args:
+    # the same key in both is a duplicate keyword argument (a TypeError traceback) inside lmms-eval
+    own = [k for k in args if k in LMMS_EVAL_KEYS or (k == "device" and known.device is not None)]
+    if own:
+        raise InvalidRequestError(f"--model_args: {', '.join(own)} is lmms-eval's own option; give it once, as "
+                                  f"{', '.join('--' + k for k in own)}")
     settings_from_model_args(args)
+
+
+def _filelock_problem() -> str | None:
+    """Why lmms-eval cannot run with the installed filelock, or None. lmms-eval 0.7.3 patches `filelock._api`,
+    which filelock 4 removed; it would fail inside its evaluator with a traceback (and exit 0)."""
+    import importlib.util
+
+    if importlib.util.find_spec("filelock") is not None and importlib.util.find_spec("filelock._api") is None:
+        import filelock
+
+        return (f"lmms-eval 0.7.3 needs filelock<4 (it patches filelock._api), found filelock "
+                f"{getattr(filelock, '__version__', '?')}; install it with: pip install 'filelock<4'")
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,6 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_model_args(argv)
     except VideoLLMError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    problem = _filelock_problem()
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     register()
     from lmms_eval.cli.dispatch import main as lmms_eval_main

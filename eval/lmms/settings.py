@@ -52,6 +52,8 @@ def to_argv(model_args: Mapping[str, object]) -> list[str]:
         elif name == "compressor-option":
             for pair in str(value).split(";"):
                 argv += [f"--{name}", pair.strip()]
+        elif isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+            argv += [f"--{name}", str(int(value))]  # lmms-eval parses "-5" as -5.0: give back what was typed
         else:
             argv += [f"--{name}", str(value)]
     return argv

@@ -379,7 +379,9 @@ def load_longvu(model_id: str = QWEN_MODEL_ID, device: str | torch.device | None
     tied = bool(getattr(llm.config, "tie_word_embeddings", False))
     _load_strict("LLM", model_id, llm, llm_sd, optional=("lm_head.weight",) if tied else ())
     _load_strict("connector", model_id, connector, conn_sd)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(root))
+    # config=: AutoTokenizer would re-read config.json, whose cambrian_* model_type transformers does not know
+    # (a "model of type cambrian_qwen" warning on every load)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(root), config=llm.config)
     sc, dc = towers["siglip"].config, towers["dino"].config
     siglip_size = int(sc.image_size)
     # DINOv2 runs on SigLIP's patch grid (27 × 14 = 378 px, the release's `res`), not at its own 518

@@ -11,7 +11,9 @@ with 2×2 windows (12×12 with 2×2), low-res 2×2 (8×8).
 """
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -117,10 +119,22 @@ def build_tiny_random_longvu(device: str | torch.device | None = "cpu", dtype: s
     from .longvu import load_longvu
 
     if _TINY_DIR is None or not (_TINY_DIR / "config.json").is_file():
-        _TINY_DIR = save_tiny_random_longvu(Path(tempfile.mkdtemp(prefix="videollm-tiny-longvu-")))
+        _TINY_DIR = Path(tempfile.mkdtemp(prefix="videollm-tiny-longvu-"))
+        # one directory per process, not one left in /tmp per run
+        atexit.register(shutil.rmtree, str(_TINY_DIR), ignore_errors=True)
+        hf_logging = require("transformers").utils.logging
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # "Writing model shards" bars for a file the user never asked for
+        try:
+            save_tiny_random_longvu(_TINY_DIR)
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
     dev = "cpu" if device in (None, "auto") else device
     dt = "float32" if dtype in (None, "auto") else dtype
-    return load_longvu(str(_TINY_DIR), device=dev, dtype=dt, notice=NOTICE)
+    backbone = load_longvu(str(_TINY_DIR), device=dev, dtype=dt, notice=NOTICE)
+    backbone.name = "tiny-random-longvu"  # the preset, not the temporary path (summaries, JSON, cache keys)
+    return backbone
 
 
 __all__ = ["build_tokenizer", "build_tiny_random_longvu", "save_tiny_random_longvu"]

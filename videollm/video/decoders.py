@@ -149,15 +149,30 @@ def _y4m_size(path: Path) -> tuple[int, int] | None:
         return None
     if not head.startswith(b"YUV4MPEG2 "):
         return None
-    size = {tok[:1]: tok[1:] for tok in head.split(b"\n", 1)[0].split(b" ")[1:] if tok}
+    fields = {tok[:1]: tok[1:] for tok in head.split(b"\n", 1)[0].split(b" ")[1:] if tok}
     try:
-        return int(size.get(b"W", b"0")), int(size.get(b"H", b"0"))
+        width, height = int(fields.get(b"W", b"")), int(fields.get(b"H", b""))
     except ValueError:
-        return None
+        width = height = 0
+    if width <= 0 or height <= 0:
+        raise InvalidHeaderError(f"{path}: the YUV4MPEG2 header has no valid frame size (W and H must be positive "
+                                "whole numbers)")
+    rate = fields.get(b"F")
+    if rate is not None:
+        num, _, den = rate.partition(b":")
+        if not (num.isdigit() and den.isdigit() and int(num) > 0 and int(den) > 0):
+            raise InvalidHeaderError(f"{path}: the YUV4MPEG2 header has an invalid frame rate "
+                                    f"{rate.decode('ascii', 'replace')!r} (it must be two positive numbers, e.g. "
+                                    "F30:1)")
+    return width, height
 
 
-class HugeFrameError(CorruptVideoError):
-    """The header claims frames too large to decode: final, no other decoder is tried."""
+class InvalidHeaderError(CorruptVideoError):
+    """The header is unusable (a size or rate no decoder can honour): final, no other decoder is tried."""
+
+
+class HugeFrameError(InvalidHeaderError):
+    """The header claims frames too large to decode."""
 
 
 def refuse_huge(path: Path, width: int, height: int) -> None:
@@ -584,7 +599,9 @@ def _classify(path: Path, err: Exception) -> Exception:
 
 
 def _short(err: Exception) -> str:
-    text = str(err).strip().splitlines()
+    """FFmpeg's own words, without the errno number and the repeated path ('[Errno 1094995529] ...: 'x.mp4'')."""
+    strerror = getattr(err, "strerror", None)
+    text = (strerror if isinstance(strerror, str) and strerror else str(err)).strip().splitlines()
     return text[0][:160] if text else type(err).__name__
 
 
@@ -633,7 +650,7 @@ def open_decoder(path: Path, backend: str = "auto", out_size: tuple[int, int] | 
             scan = scan_video(path)
         except ImportError as err:
             errors.append(err)
-        except (NotAVideoError, HugeFrameError):
+        except (NotAVideoError, InvalidHeaderError):
             raise  # no video stream / cover art / absurd frame size: decord would only guess
         except (CorruptVideoError, EmptyVideoError) as err:
             scan_error = err

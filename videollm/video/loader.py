@@ -20,7 +20,7 @@ import torch
 
 from ..errors import CorruptVideoError, EmptyVideoError, InvalidRequestError, NotAVideoError, VideoNotFoundError
 from ..types import FrameBatch
-from .decoders import FrameDecoder, HugeFrameError, StreamInfo, open_decoder, refuse_huge, scan_video
+from .decoders import FrameDecoder, InvalidHeaderError, StreamInfo, open_decoder, refuse_huge, scan_video
 from .sampling import SamplingConfig, plan_indices, scaled_size
 
 logger = logging.getLogger(__name__)
@@ -227,6 +227,10 @@ def _any_decodes(video: Video) -> bool:
 
 def expand_path(path: str | os.PathLike[str]) -> Path:
     """`~` and `~user` expanded; an unknown user is a `VideoNotFoundError` (pathlib raises RuntimeError)."""
+    if not str(path).strip():  # Path("") is "." (the current directory)
+        raise VideoNotFoundError("no video given (the path is empty)")
+    if "://" in str(path):  # pathlib would fold "http://x/y.mp4" into "http:/x/y.mp4: no such file"
+        raise VideoNotFoundError(f"{path}: a URL; videollm reads local files: download the video first")
     p = Path(path)
     try:
         return p.expanduser()
@@ -271,7 +275,7 @@ def load_video(
         scan = scan_video(p)
     except ImportError:
         scan = None
-    except HugeFrameError:
+    except InvalidHeaderError:
         raise
     except (CorruptVideoError, EmptyVideoError):
         scan = None  # decord may still read it; open_decoder re-diagnoses

@@ -161,8 +161,18 @@ def _open_file_object(fh: object, sampling: SamplingConfig, backend: str, strict
         raise
     if total == 0:
         path.unlink(missing_ok=True)
+        where = _position(fh)
+        if where:  # read from where it stands: a stream already read to its end is not an empty video
+            raise InvalidRequestError(f"{label}: nothing left to read at byte {where}; call .seek(0) first")
         raise InvalidRequestError(f"{label}: no bytes (an empty video)")
     return _open_path(path, True, label, sampling, backend, strict)
+
+
+def _position(fh: object) -> int:
+    try:
+        return int(fh.tell()) if fh.seekable() else 0  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return 0
 
 
 def _at_start(fh: object) -> bool:
