@@ -254,7 +254,7 @@ def test_unknown_user_in_a_path(capfd, no_model):
 @pytest.mark.parametrize("video, words", [
     ("", ("no video given",)),
     ("   ", ("no video given",)),
-    ("https://example.com/clip.mp4", ("https://example.com/clip.mp4", "a URL", "download")),
+    ("ftp://example.com/clip.mp4", ("ftp://example.com/clip.mp4", "a URL", "download")),  # http(s) is fetched
     ("x" * 5000 + ".mp4", ("cannot be read", "File name too long", "…")),
 ])
 def test_paths_that_name_no_readable_file(capfd, no_model, video, words):

@@ -293,7 +293,8 @@ def check_video_path(video: str) -> None:
     if not video.strip():  # Path("") is "." (the current directory)
         raise VideoNotFoundError("no video given (the path is empty)")
     if "://" in video:  # pathlib would fold "http://x/y.mp4" into "http:/x/y.mp4: no such file"
-        raise VideoNotFoundError(f"{video}: a URL; videollm reads local files: download the video first")
+        raise VideoNotFoundError(f"{video}: a URL of a kind videollm does not fetch (it fetches http(s):// and "
+                                 "data:video/... URIs); download the video first")
     try:
         p = Path(video).expanduser()
     except RuntimeError as err:  # "~nosuchuser/clip.mp4" (same message as video.loader.expand_path; no torch here)
@@ -428,7 +429,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def check_cpu_level(verbose: int) -> None:
-    """A `VIDEOLLM_CPU_ISA` this CPU cannot run is refused before anything loads; -v names the kernels' level."""
+    """A `VIDEOLLM_CPU_ISA` this CPU cannot run is refused before anything loads; -v names the kernels' level.
+    Without either, nothing is imported: `videollm.quant` imports torch, and a usage error must not wait for it."""
+    if not verbose and not os.environ.get("VIDEOLLM_CPU_ISA"):
+        return
     from .quant import cpu_isa
 
     cpu_isa.requested_level()
