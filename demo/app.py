@@ -395,8 +395,8 @@ def _run_with_stages(args: tuple[Any, ...], device: str, area: UploadArea
     worker.start()
     while worker.is_alive():
         worker.join(POLL_S)
-        if worker.is_alive():
-            yield list(seen), time.perf_counter() - start
+        # at least once, after the last poll too: an answer faster than POLL_S still shows the stages it ran
+        yield list(seen), time.perf_counter() - start
     yield result[0] if result else error_view("the answer stopped unexpectedly; the server log may say why")
 
 
