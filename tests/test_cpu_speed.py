@@ -1,6 +1,7 @@
 """The CPU int8 option (`--cpu-int8`, `--fast-cpu`): checks before loading, the swap itself, its error, and the
 helpers of `bench/bench_vs_transformers.py` on tiny-random."""
 import importlib.util
+import os
 import re
 import sys
 from pathlib import Path
@@ -151,6 +152,8 @@ def test_pipeline_from_config_int8(short_video):
 def vs():
     bench = Path(__file__).parents[1] / "bench"
     sys.path.insert(0, str(bench))
+    # the bench turns the prefix and feature caches off for the process it runs in: keep that out of the suite
+    saved = {k: os.environ.get(k) for k in ("VIDEOLLM_PREFIX_CACHE", "VIDEOLLM_FEATURE_CACHE_MB")}
     try:
         spec = importlib.util.spec_from_file_location("bench_vs_transformers", bench / "bench_vs_transformers.py")
         mod = importlib.util.module_from_spec(spec)
@@ -158,6 +161,11 @@ def vs():
         spec.loader.exec_module(mod)
     finally:
         sys.path.remove(str(bench))
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return mod
 
 
