@@ -1,5 +1,5 @@
 """The decode step's cost beside the weights, against the context length: transformers' forward vs videollm's
-lean step (`videollm/answer/decode_step.py`), the latter with each attention path forced.
+lean step (`videollm/runtime/decode_step.py`), the latter with each attention path forced.
 
     python bench/bench_decode_step.py --contexts 64 1024 2048 4096 --threads 1
 
@@ -17,7 +17,7 @@ import torch
 from bench_quant import _decode_model, _zero_linears, lm_step, qwen2_05b_config, random_model
 
 from videollm._compat import require
-from videollm.answer import decode_ops
+from videollm.runtime import decode_ops
 
 #: name → (forward, LONG_CONTEXT while it runs)
 VARIANTS = {"transformers forward": ("transformers", None),

@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vision-frames", type=int, default=16, help="batch for the standalone vision-tower timing")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    from videollm.backbones.llava_onevision import resolve_dtype
+    from videollm.device import resolve_dtype
     from videollm.video import SamplingConfig, load_video
 
     dtype = resolve_dtype(args.dtype, torch.device(args.device))

@@ -78,7 +78,6 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    from videollm.answer.generation import GenerationConfig
     from videollm.backbones import load_backbone
     from videollm.config import PipelineConfig
     from videollm.eval.report import summarize_run
@@ -86,6 +85,7 @@ def main() -> None:
     from videollm.eval.tasks import get_task
     from videollm.eval.tasks.needle import NeedleSpec, build_needle_set, plot_heatmaps, to_sample
     from videollm.pipeline import VideoQAPipeline
+    from videollm.runtime.generation import GenerationConfig
     from videollm.video import SamplingConfig
 
     out = Path(args.out)

@@ -30,14 +30,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/needle_heldout"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from videollm.answer.generation import GenerationConfig
-    from videollm.answer.prompting import format_question, normalize_options
     from videollm.answer.reasoning import run_mode
     from videollm.backbones import load_backbone
     from videollm.compressors import create_compressor
     from videollm.config import PipelineConfig
     from videollm.eval.tasks.needle import QUESTION, NeedleSpec, build_needle_set, load_image
     from videollm.pipeline import VideoQAPipeline
+    from videollm.question import format_question, normalize_options
+    from videollm.runtime.generation import GenerationConfig
     from videollm.video import SamplingConfig
 
     spec = importlib.util.find_spec("gradio")

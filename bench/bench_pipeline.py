@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from common import cuda_peak_mib, environment, peak_rss_mib, table
 
-from videollm.answer.generation import GenerationConfig, generate
-from videollm.answer.prompting import format_question
 from videollm.backbones import load_backbone
 from videollm.compressors import create_compressor
+from videollm.question import format_question
+from videollm.runtime.generation import GenerationConfig, generate
 from videollm.synthetic import write_video
 from videollm.timing import StageTimer
 from videollm.video import SamplingConfig, load_video

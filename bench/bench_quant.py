@@ -32,9 +32,9 @@ from torch import nn
 from tqdm import tqdm
 
 from videollm._compat import cache_kwargs, output_cache, require
-from videollm.answer.decode_step import forward_last
 from videollm.quant import config_for, quantize_
 from videollm.quant.report import PROMPTS, causal_lm_logits_fn, compare_logprobs, module_bytes, reference_logprobs
+from videollm.runtime.decode_step import forward_last
 
 logger = logging.getLogger("bench_quant")
 MiB = 2**20

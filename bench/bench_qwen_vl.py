@@ -28,8 +28,8 @@ def _frames(n: int, h: int, w: int) -> torch.Tensor:
 
 
 def run_videollm(bb, frames: torch.Tensor, fps: float, new_tokens: int) -> dict:
-    from videollm.answer.generation import GenerationConfig, generate
     from videollm.compressors import create_compressor
+    from videollm.runtime.generation import GenerationConfig, generate
     from videollm.timing import StageTimer
     from videollm.video import Video
 

@@ -32,8 +32,8 @@ def main() -> None:
 
     import torch
 
-    from videollm.answer.generation import GenerationConfig, generate
     from videollm.backbones import load_backbone
+    from videollm.runtime.generation import GenerationConfig, generate
 
     def sync() -> None:
         if torch.cuda.is_available():

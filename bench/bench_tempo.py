@@ -88,9 +88,9 @@ def part_tiny(minutes: float) -> str:
 
 
 def part_mini() -> str:
-    from videollm.answer.prompting import format_question
     from videollm.backbones import load_backbone
     from videollm.compressors import create_compressor
+    from videollm.question import format_question
     from videollm.synthetic import footage_with_moment, shipped_photo
     from videollm.video import SamplingConfig, load_video
 

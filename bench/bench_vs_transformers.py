@@ -152,7 +152,7 @@ class TokenRecorder:
 
 
 def videollm_answer(pipe: Any, frames: np.ndarray, question: str, new_tokens: int) -> list[int]:
-    from videollm.answer.generation import GenerationConfig
+    from videollm.runtime.generation import GenerationConfig
     from videollm.video import Video
 
     vid = Video.from_frames(frames)  # in memory: the feature cache never serves it, every run encodes

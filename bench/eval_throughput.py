@@ -41,12 +41,12 @@ def main() -> None:
 
     from eval_bench import make_fixture
 
-    from videollm.answer.generation import GenerationConfig
-    from videollm.answer.prefix_cache import default_prefix_cache
     from videollm.eval.runner import RunOptions, run
     from videollm.eval.tasks import get_task, load_samples
     from videollm.feature_cache import default_cache
     from videollm.pipeline import VideoQAPipeline
+    from videollm.runtime.generation import GenerationConfig
+    from videollm.runtime.prefix_cache import default_prefix_cache
     from videollm.video import SamplingConfig
 
     t0 = time.perf_counter()

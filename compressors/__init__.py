@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from videollm.registry import Registry
 
 if TYPE_CHECKING:
-    from videollm.backbones.protocols import VideoLanguageModel
+    from videollm.protocols import VideoLanguageModel
 
     from .base import CompressorConfig, TokenCompressor
 

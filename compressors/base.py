@@ -23,9 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from videollm.backbones.protocols import VideoLanguageModel
 from videollm.errors import InvalidRequestError
 from videollm.feature_cache import cached_chunks, default_cache, video_key
+from videollm.options import build_dataclass
+from videollm.protocols import VideoLanguageModel
 from videollm.timing import stage
 from videollm.types import VisualTokens
 from videollm.video import Video
@@ -70,8 +71,6 @@ class TokenCompressor(ABC):
     @classmethod
     def make_config(cls, config: CompressorConfig | None = None, **overrides: Any) -> CompressorConfig:
         """`config` (or the defaults) with `overrides` applied, names and values checked."""
-        from videollm.config import build_dataclass
-
         base = asdict(config) if config is not None else {}
         cfg = build_dataclass(cls.config_class, {**base, **overrides}, what=f"{cls.name} option")
         cfg.validate()

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from videollm.backbones.protocols import SupportsDedupFeatures, SupportsLowResTokens, VideoLanguageModel
 from videollm.errors import InvalidRequestError
 from videollm.feature_cache import cached_chunks, default_cache, video_key
+from videollm.protocols import SupportsDedupFeatures, SupportsLowResTokens, VideoLanguageModel
 from videollm.timing import stage
 from videollm.types import VisualTokens
 from videollm.video import Video

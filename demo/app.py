@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from videollm.answer.generation import GenerationConfig
 from videollm.config import DEFAULT_MODEL, PipelineConfig
 from videollm.errors import InvalidRequestError, VideoLLMError
+from videollm.runtime.generation import GenerationConfig
 from videollm.types import Answer
 from videollm.video import SamplingConfig
 

@@ -26,8 +26,8 @@ def pytest_collection_modifyitems(config, items):
 def _fresh_feature_cache():
     """Each test starts with empty feature and prompt-prefix caches (session fixtures share backbones and
     videos)."""
-    from videollm.answer.prefix_cache import default_prefix_cache
     from videollm.feature_cache import default_cache
+    from videollm.runtime.prefix_cache import default_prefix_cache
 
     default_cache().clear()
     default_prefix_cache().clear()

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from videollm.answer.choice import LetterConstraint, check_answer_format, letter_token_ids
-from videollm.answer.generation import GenerationConfig
-from videollm.answer.prompting import format_question, normalize_options, option_letters
 from videollm.answer.reasoning import run_mode
 from videollm.backbones.mini import assets as mini_assets
 from videollm.errors import InvalidRequestError
+from videollm.question import format_question, normalize_options, option_letters
+from videollm.runtime.generation import GenerationConfig
 from videollm.video import Video
 
 HAVE_MINI = all(importlib.util.find_spec(m) for m in

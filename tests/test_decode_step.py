@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from videollm._compat import ensure_torchvision_importable
-from videollm.answer import decode_ops, decode_step
-from videollm.answer.decode_step import LeanStep, forward_last
 from videollm.quant import cpu_kernels
+from videollm.runtime import decode_ops, decode_step
+from videollm.runtime.decode_step import LeanStep, forward_last
 
 ensure_torchvision_importable()
 transformers = pytest.importorskip("transformers")

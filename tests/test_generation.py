@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from videollm.answer.generation import (
+from videollm.backbones.tiny import build_tokenizer
+from videollm.runtime.generation import (
     OVERTHINK_WORDS,
     GenerationConfig,
     TokenPenalty,
@@ -14,7 +15,6 @@ from videollm.answer.generation import (
     generate,
     word_token_ids,
 )
-from videollm.backbones.tiny import build_tokenizer
 
 
 class CountingModel:
@@ -153,7 +153,7 @@ def test_repetition_penalty_matches_transformers_processor():
     import torch
     from transformers import RepetitionPenaltyLogitsProcessor
 
-    from videollm.answer.generation import repetition_penalty
+    from videollm.runtime.generation import repetition_penalty
 
     scores = torch.tensor([2.0, -1.0, 0.5, -3.0, 1.0])
     ids = [0, 1, 1, 3]
@@ -166,7 +166,7 @@ def test_repetition_penalty_matches_transformers_processor():
 def test_repetition_penalty_changes_greedy_loop(tiny_backbone):
     import torch
 
-    from videollm.answer.generation import GenerationConfig, generate
+    from videollm.runtime.generation import GenerationConfig, generate
 
     x = tiny_backbone.embed_ids([[5, 9, 17]])
     plain = generate(tiny_backbone, x, GenerationConfig(max_new_tokens=24))
@@ -178,7 +178,7 @@ def test_repetition_penalty_changes_greedy_loop(tiny_backbone):
 def test_first_step_hook_rewrites_only_the_prefill_logits(tiny_backbone):
     import torch
 
-    from videollm.answer.generation import GenerationConfig, generate
+    from videollm.runtime.generation import GenerationConfig, generate
 
     calls = []
 

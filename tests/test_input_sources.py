@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from videollm.answer.generation import GenerationConfig
 from videollm.errors import InvalidRequestError, NotAVideoError, UnknownNameError, VideoLLMError, VideoNotFoundError
+from videollm.runtime.generation import GenerationConfig
 from videollm.synthetic import frame_with_index, read_index
 from videollm.video import SamplingConfig
 from videollm.video.sources import open_source

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from videollm.answer.generation import GenerationConfig
 from videollm.backbones.mini import assets as mini_assets
 from videollm.errors import InvalidRequestError
 from videollm.eval.lmms.requests import VideoRequest, by_video, generation_for, options_in, question_of, video_path
 from videollm.eval.lmms.settings import settings_from_model_args, to_argv
+from videollm.runtime.generation import GenerationConfig
 
 HAVE_LMMS_EVAL = importlib.util.find_spec("lmms_eval") is not None
 needs_lmms_eval = pytest.mark.skipif(not HAVE_LMMS_EVAL, reason="the lmms-eval extra is not installed "

@@ -441,9 +441,9 @@ def bb_int4(ckpt):
 @pytest.mark.parametrize("quant", ["none", "int4"])
 @pytest.mark.parametrize("compressor", COMPRESSORS)
 def test_every_compressor_and_mode_answers(bb, bb_int4, short_video, compressor, quant):
-    from videollm.answer.generation import GenerationConfig
     from videollm.config import PipelineConfig
     from videollm.pipeline import VideoQAPipeline
+    from videollm.runtime.generation import GenerationConfig
     from videollm.video import SamplingConfig
 
     backbone = bb if quant == "none" else bb_int4
@@ -457,7 +457,7 @@ def test_every_compressor_and_mode_answers(bb, bb_int4, short_video, compressor,
 
 
 def test_lean_decode_step_serves_the_longvu_llm(bb):
-    from videollm.answer.decode_step import _PLANS, forward_last
+    from videollm.runtime.decode_step import _PLANS, forward_last
 
     x = torch.randn(1, 5, 64)
     with torch.inference_mode():
@@ -470,11 +470,11 @@ def test_lean_decode_step_serves_the_longvu_llm(bb):
 
 
 def test_llama_checkpoint_loads_and_answers(tmp_path, short_video):
-    from videollm.answer.generation import GenerationConfig
     from videollm.backbones.longvu import load_longvu
     from videollm.backbones.longvu_tiny import save_tiny_random_longvu
     from videollm.config import PipelineConfig
     from videollm.pipeline import VideoQAPipeline
+    from videollm.runtime.generation import GenerationConfig
     from videollm.video import SamplingConfig
 
     root = save_tiny_random_longvu(tmp_path / "llama", family="cambrian_llama")

@@ -146,7 +146,7 @@ def test_option_support_is_decisive_only_for_a_single_shown_option():
 
 
 def test_no_repeat_ngram_bans_only_completions_of_seen_ngrams():
-    from videollm.answer.generation import banned_ngram_tokens, no_repeat_ngram
+    from videollm.runtime.generation import banned_ngram_tokens, no_repeat_ngram
 
     ids = [5, 6, 7, 5, 6]  # "5 6" was followed by 7: 7 would repeat the 3-gram
     assert banned_ngram_tokens(ids, 3) == {7}
@@ -185,9 +185,9 @@ def mini():
 
 @pytest.fixture(scope="module")
 def pipe(mini):
-    from videollm.answer.generation import GenerationConfig
     from videollm.config import PipelineConfig
     from videollm.pipeline import VideoQAPipeline
+    from videollm.runtime.generation import GenerationConfig
     from videollm.video import SamplingConfig
 
     cfg = PipelineConfig(model="videollm-mini", sampling=SamplingConfig(num_frames=FRAMES),
@@ -231,7 +231,7 @@ def test_cache_is_reused_without_converting_again(mini, monkeypatch):
 @needs_weights
 def test_converted_llm_knows_facts(mini):
     """Dequantization and the q/k un-permutation are right only if the LLM still completes plain text."""
-    from videollm.answer.generation import GenerationConfig, generate
+    from videollm.runtime.generation import GenerationConfig, generate
 
     ids = mini.tokenizer("The capital of France is", add_special_tokens=False)["input_ids"]
     out = generate(mini, mini.embed_ids(ids)[None], GenerationConfig(max_new_tokens=3))
@@ -271,9 +271,9 @@ def test_objects_answer_names_what_the_encoder_sees(pipe, mini, clips, clip):
 @needs_weights
 @pytest.mark.parametrize("clip", ["bigbuckbunny", "carphone"])
 def test_multiple_choice_top_class_is_chosen(mini, clips, clip):
-    from videollm.answer.generation import GenerationConfig
-    from videollm.answer.prompting import format_question, normalize_options
     from videollm.answer.reasoning import run_mode
+    from videollm.question import format_question, normalize_options
+    from videollm.runtime.generation import GenerationConfig
 
     ranked, seen, visual = clips[clip]
     right = mini.class_names[ranked[0]]
@@ -308,9 +308,9 @@ def test_budgets_and_pooling_change_what_the_llm_reads(mini, pipe):
 
 @needs_weights
 def test_runs_under_auto_reasoning(mini, clips):
-    from videollm.answer.generation import GenerationConfig
-    from videollm.answer.prompting import format_question, normalize_options
     from videollm.answer.reasoning import run_mode
+    from videollm.question import format_question, normalize_options
+    from videollm.runtime.generation import GenerationConfig
 
     options = ["a bow tie", "a helmet"]
     out = run_mode("auto", mini, format_question("What is the person wearing?", options), clips["carphone"][2],
@@ -336,7 +336,7 @@ def test_quantization_reaches_mini_llm_and_encoder(mini, clips):
     """`--quant` / `--vision-quant` go through `quantizable_modules()`, so videollm-mini quantizes too."""
     import copy
 
-    from videollm.backbones.protocols import SupportsQuantization
+    from videollm.protocols import SupportsQuantization
     from videollm.quant import QuantLinear, quantize_backbone
     from videollm.samples import sample_path
     from videollm.video import load_video
@@ -412,9 +412,9 @@ def _needle_visual(pipe, mini, root, item, compressor="uniform", budget=None):
 
 
 def _ask(mini, question, options, visual):
-    from videollm.answer.generation import GenerationConfig
-    from videollm.answer.prompting import format_question, normalize_options
     from videollm.answer.reasoning import run_mode
+    from videollm.question import format_question, normalize_options
+    from videollm.runtime.generation import GenerationConfig
 
     return run_mode("direct", mini, format_question(question, options), visual, normalize_options(options),
                     GenerationConfig(max_new_tokens=2))
@@ -556,10 +556,10 @@ def test_needle_variants_are_found_9_of_10(mini, needle_variant):
 @needs_weights
 def test_evidence_decides_in_every_mode_and_thought_is_what_was_seen(mini, needle_variant):
     """think and auto give the option the frames show, with a thought naming what was seen and when (no loop)."""
-    from videollm.answer.generation import GenerationConfig
-    from videollm.answer.prompting import format_question, normalize_options
     from videollm.answer.reasoning import run_mode
     from videollm.eval.tasks.needle import QUESTION
+    from videollm.question import format_question, normalize_options
+    from videollm.runtime.generation import GenerationConfig
 
     name, _, pairs = needle_variant
     if name != "wide_everyday":
@@ -577,9 +577,9 @@ def test_evidence_decides_in_every_mode_and_thought_is_what_was_seen(mini, needl
 @needs_weights
 def test_no_option_shown_is_a_warning_not_a_silent_guess(mini, clips, pipe):
     from videollm.answer.evidence import NONE_SEEN
-    from videollm.answer.generation import GenerationConfig
-    from videollm.answer.prompting import format_question, normalize_options
     from videollm.answer.reasoning import run_mode
+    from videollm.question import format_question, normalize_options
+    from videollm.runtime.generation import GenerationConfig
 
     options = ["a banana", "fish", "a volcano"]
     out = run_mode("direct", mini, format_question("Which of these appears?", options), clips["carphone"][2],
@@ -596,7 +596,7 @@ def test_no_option_shown_is_a_warning_not_a_silent_guess(mini, clips, pipe):
 def test_evidence_follows_the_compressor(mini, pipe, needle_set):
     """Through pooling: when the pooled tokens kept the needle's moment the frames decide; when a budget drops
     it, the needle is not evidence."""
-    from videollm.answer.prompting import normalize_options, option_texts
+    from videollm.question import normalize_options, option_texts
 
     root, items = needle_set
     it = next(i for i in items if i.length == 40.0 and i.depth == 0.5)

@@ -1,9 +1,9 @@
 """End to end through the Python API on tiny-random: video file → Answer."""
 import pytest
 
-from videollm.answer.generation import GenerationConfig
 from videollm.answer.prompting import parse_choice
 from videollm.errors import CorruptVideoError, InvalidRequestError, NotAVideoError, VideoNotFoundError
+from videollm.runtime.generation import GenerationConfig
 from videollm.video import SamplingConfig
 
 STAGES = {"decode", "vision", "prefill", "generate", "stages_total", "wall"}

@@ -9,11 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from videollm.answer import generation as gen_mod
-from videollm.answer.generation import GenerationConfig
-from videollm.answer.prefix_cache import ENV, clone_cache, default_prefix_cache
 from videollm.config import PipelineConfig
 from videollm.pipeline import VideoQAPipeline
+from videollm.runtime import generation as gen_mod
+from videollm.runtime.generation import GenerationConfig
+from videollm.runtime.prefix_cache import ENV, clone_cache, default_prefix_cache
 from videollm.types import Answer
 from videollm.video import SamplingConfig
 

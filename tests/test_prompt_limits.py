@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from videollm.answer.generation import GenerationConfig, generate
-from videollm.answer.prompting import format_question, normalize_options
 from videollm.errors import InvalidRequestError
+from videollm.question import format_question, normalize_options
+from videollm.runtime.generation import GenerationConfig, generate
 from videollm.types import VisualTokens
 
 NASTY = [
@@ -109,8 +109,8 @@ class _Endless:
 
 
 def test_max_new_tokens_is_capped_by_the_context_left():
-    from videollm.answer.generation import continue_generation
     from videollm.backbones.tiny import build_tokenizer
+    from videollm.runtime.generation import continue_generation
 
     m = _Endless(build_tokenizer())
     out = generate(m, torch.zeros(1, 30, 1), GenerationConfig(max_new_tokens=10**9))

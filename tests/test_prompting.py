@@ -1,7 +1,8 @@
 import pytest
 
-from videollm.answer.prompting import MC_INSTRUCTION, format_question, normalize_options, parse_choice
+from videollm.answer.prompting import parse_choice
 from videollm.errors import InvalidRequestError
+from videollm.question import MC_INSTRUCTION, format_question, normalize_options
 
 OPTS = ["A. a dog", "B. a cat", "C. a red car", "D. nothing"]
 

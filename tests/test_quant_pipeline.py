@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from videollm.backbones.llava_onevision import LlavaOneVisionBackbone
+from videollm.backbones.quantized import load_quantized, save_quantized
 from videollm.quant import QuantLinear, quantize_backbone
 from videollm.quant import io as qio
 from videollm.quant.report import backbone_logits_fn, module_bytes, quantize_backbone_with_report
@@ -22,9 +23,9 @@ def clone(backbone: LlavaOneVisionBackbone) -> LlavaOneVisionBackbone:
 
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_quantized_pipeline_answers_through_api(tiny_backbone, short_video, scheme):
-    from videollm.answer.generation import GenerationConfig
     from videollm.config import PipelineConfig
     from videollm.pipeline import VideoQAPipeline
+    from videollm.runtime.generation import GenerationConfig
     from videollm.video import SamplingConfig
 
     bb = clone(tiny_backbone)
@@ -68,8 +69,8 @@ def test_error_bounds_int8_and_int4(tiny_backbone, one_thread):
 def test_save_load_gives_identical_logits(tiny_backbone, tmp_path):
     bb = clone(tiny_backbone)
     quantize_backbone(bb, llm="int4", vision="ternary", group_size=32)
-    qio.save_quantized(bb, tmp_path / "q")
-    loaded = qio.load_quantized(tmp_path / "q")
+    save_quantized(bb, tmp_path / "q")
+    loaded = load_quantized(tmp_path / "q")
     assert isinstance(loaded.model.model.vision_tower.encoder.layers[0].mlp.fc1, QuantLinear)
     down = loaded.model.model.language_model.layers[0].mlp.down_proj
     assert down.zero is not None  # int4 defaults to asymmetric; zero points survive the file

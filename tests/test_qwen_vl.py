@@ -48,9 +48,9 @@ def test_uniform_all_frames_equals_transformers(checkpoint, num_frames, fps):
     """A directory videollm did not write loads with `--model DIR`; prompt ids (via embeddings), visual
     embeddings, 3-D positions and greedy answer ids equal transformers' processor + generate (odd frame
     counts: the last frame is repeated, as the reference processor pads)."""
-    from videollm.answer.generation import GenerationConfig, generate
     from videollm.backbones import load_backbone
     from videollm.compressors import create_compressor
+    from videollm.runtime.generation import GenerationConfig, generate
     from videollm.video import Video
 
     family, directory = checkpoint
@@ -119,8 +119,8 @@ def test_lean_decode_step_matches_transformers_with_rope_offset(family):
     and transformers' forward (with those positions) agree."""
     from transformers.cache_utils import DynamicCache
 
-    from videollm.answer import decode_step
     from videollm.backbones import load_backbone
+    from videollm.runtime import decode_step
 
     bb = load_backbone(PRESET[family])
     lm = bb.model.model.language_model
@@ -161,9 +161,9 @@ def test_every_compressor_holds_its_budget(family, compressor, short_video):
 def test_ask_many_and_prefix_reuse_give_the_same_answers(family, short_video, monkeypatch):
     """ask_many (features encoded once, the prompt prefix's KV reused with its rope offset) answers as
     separate calls with no prefix reuse do."""
-    from videollm.answer import prefix_cache
-    from videollm.answer.generation import GenerationConfig
     from videollm.pipeline import VideoQAPipeline
+    from videollm.runtime import prefix_cache
+    from videollm.runtime.generation import GenerationConfig
     from videollm.video import SamplingConfig
 
     pipe = VideoQAPipeline.from_pretrained(PRESET[family], device="cpu", dtype="float32",
@@ -210,11 +210,11 @@ def test_videoauto_r1_presets_pick_their_released_threshold(short_video, monkeyp
     """The VideoAuto-R1 presets carry the release's thresholds (0.97 Qwen2.5-VL, 0.98 Qwen3-VL); `--reasoning
     auto` uses the backbone's unless the user sets one; backbones without one keep the default."""
     import videollm.pipeline as pipeline_module
-    from videollm.answer.generation import GenerationConfig
     from videollm.backbones import PRESETS, list_models
     from videollm.backbones.qwen_vl import VIDEOAUTO_R1
     from videollm.backbones.qwen_vl_tiny import build_tiny_qwen25
     from videollm.config import PipelineConfig
+    from videollm.runtime.generation import GenerationConfig
     from videollm.video import SamplingConfig
 
     names = [n for n in list_models() if "videoauto-r1" in n]

@@ -12,12 +12,12 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from videollm.answer.generation import GenerationConfig
 from videollm.answer.reasoning import MODES, ReasoningOptions, run_mode, should_think
 from videollm.answer.reasoning_format import BOX_INSTRUCTION, R1_FORMAT_INSTRUCTIONS
 from videollm.backbones.base import PromptInputs
 from videollm.backbones.tiny import build_tokenizer
 from videollm.errors import InvalidRequestError
+from videollm.runtime.generation import GenerationConfig
 from videollm.types import VisualTokens
 
 EOS = "<|im_end|>"

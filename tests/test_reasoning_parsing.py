@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from videollm.answer.prompting import MC_INSTRUCTION, format_question, parse_choice
+from videollm.answer.prompting import parse_choice
 from videollm.answer.reasoning_format import (
     BOX_INSTRUCTION,
     Box,
@@ -23,6 +23,7 @@ from videollm.answer.reasoning_format import (
     span_token_indices,
     split_r1,
 )
+from videollm.question import MC_INSTRUCTION, format_question
 
 OPTS = ["A. a dog", "B. a cat", "C. a bird", "D. a fish"]
 

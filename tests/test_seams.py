@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from videollm.backbones.protocols import (
+from videollm.compressors import COMPRESSORS, create_compressor
+from videollm.compressors.base import CompressorConfig, WeightedCompressor, pack
+from videollm.errors import InvalidRequestError
+from videollm.protocols import (
     LanguageModel,
     PromptBuilder,
     SupportsChoiceScoring,
@@ -16,9 +19,6 @@ from videollm.backbones.protocols import (
     VisionTower,
     quant_role,
 )
-from videollm.compressors import COMPRESSORS, create_compressor
-from videollm.compressors.base import CompressorConfig, WeightedCompressor, pack
-from videollm.errors import InvalidRequestError
 from videollm.video import Video
 
 

@@ -67,9 +67,9 @@ class _Server:
 
 @pytest.fixture(scope="module")
 def pipe():
-    from videollm.answer.generation import GenerationConfig
     from videollm.config import PipelineConfig
     from videollm.pipeline import VideoQAPipeline
+    from videollm.runtime.generation import GenerationConfig
     from videollm.video import SamplingConfig
 
     cfg = PipelineConfig(model="videollm-mini", sampling=SamplingConfig(num_frames=6),
@@ -213,7 +213,7 @@ def test_private_url_refused_by_default(strict_server, file_server):
 
 
 def test_follow_up_turn_does_not_reencode_the_video(server, pipe, clip_uri):
-    from videollm.answer.prefix_cache import default_prefix_cache
+    from videollm.runtime.prefix_cache import default_prefix_cache
 
     c = server.client()
     first = c.chat.completions.create(model="videollm-mini", messages=_messages(clip_uri))
@@ -452,8 +452,8 @@ def test_next_video_is_prefetched_while_the_current_answer_generates(pipe, clip_
 def test_idle_drop_frees_caches_and_trims_the_heap(pipe, clip_uri, monkeypatch):
     """After `cache_idle_s` without requests the cached features and prefix KV go and the heap is trimmed."""
     import videollm.serve.engine as engine_mod
-    from videollm.answer.prefix_cache import default_prefix_cache
     from videollm.feature_cache import default_cache
+    from videollm.runtime.prefix_cache import default_prefix_cache
     from videollm.serve.engine import Engine, EngineLimits
 
     trims: list[float] = []

@@ -7,8 +7,8 @@ import time
 import pytest
 import torch
 
-from videollm.answer.generation import GenerationConfig, continue_generation, generate
 from videollm.errors import InvalidRequestError
+from videollm.runtime.generation import GenerationConfig, continue_generation, generate
 
 #: sampling makes a random model's tokens vary (greedy repeats one token), so a wrong position would show
 SAMPLED = dict(max_new_tokens=20, temperature=1.0, seed=5)
@@ -98,8 +98,8 @@ def test_static_decoder_is_made_once_and_does_not_keep_a_dropped_model_alive():
     import gc
     import weakref
 
-    from videollm.answer import static_decode
     from videollm.backbones.tiny import build_tiny_random
+    from videollm.runtime import static_decode
 
     bb = build_tiny_random(seed=0)
     dec = static_decode.for_backbone(bb, compile=False)

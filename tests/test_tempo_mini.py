@@ -40,10 +40,10 @@ def needle_video(tmp_path_factory):
 
 
 def test_tempo_keeps_the_moment_uniform_misses(mini, needle_video):
-    from videollm.answer.prompting import format_question
     from videollm.compressors import create_compressor
     from videollm.config import PipelineConfig
     from videollm.pipeline import VideoQAPipeline
+    from videollm.question import format_question
     from videollm.video import SamplingConfig, load_video
 
     video = load_video(needle_video, SamplingConfig(fps=2, max_frames=256))

@@ -14,7 +14,7 @@ _LAZY = {
     "VideoQAPipeline": "videollm.pipeline",
     "PipelineConfig": "videollm.config",
     "SamplingConfig": "videollm.video.sampling",
-    "GenerationConfig": "videollm.answer.generation",
+    "GenerationConfig": "videollm.runtime.generation",
     "load_video": "videollm.video.loader",
     "Video": "videollm.video.loader",
     "load_backbone": "videollm.backbones",
@@ -23,10 +23,10 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from .answer.generation import GenerationConfig
     from .backbones import load_backbone
     from .config import PipelineConfig
     from .pipeline import VideoQAPipeline
+    from .runtime.generation import GenerationConfig
     from .types import Answer, VisualTokens
     from .video import SamplingConfig, Video, load_video
 

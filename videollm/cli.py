@@ -133,8 +133,8 @@ def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
 
 def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     """The CLI's arguments as a checked `PipelineConfig` (every name and value; no model is loaded)."""
-    from .answer.generation import GenerationConfig
     from .config import PipelineConfig
+    from .runtime.generation import GenerationConfig
     from .video.sampling import SamplingConfig
 
     sampling = SamplingConfig(
@@ -240,8 +240,8 @@ def build_pipeline(args: argparse.Namespace, cfg: PipelineConfig | None = None) 
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    from .answer.prompting import format_question
     from .errors import InvalidRequestError
+    from .question import format_question
     from .samples import sample_path
 
     if args.sample and args.video:

@@ -9,17 +9,15 @@ costs milliseconds, never a model load. `fingerprint()` is what an eval run must
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, TypeVar
 
-from .answer.generation import GenerationConfig
+from .device import DTYPE_NAMES
 from .errors import InvalidRequestError, UnknownNameError
 from .hub import DEFAULT_MODEL  # noqa: F401 - re-exported: the default lives where it is resolved
+from .runtime.generation import GenerationConfig
 from .video.sampling import SamplingConfig
 
-DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 #: fields that do not change predictions (where and how fast a run goes), left out of the fingerprint
 RUNTIME_FIELDS = ("device", "video_backend")
 
@@ -100,8 +98,8 @@ class PipelineConfig:
         if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g < 0):
             raise InvalidRequestError(f"quant group size must be a whole number >= 0 (0 = one scale per row), got {g}")
         check_device(self.device)
-        if self.dtype not in DTYPES:
-            raise InvalidRequestError(f"unknown dtype {self.dtype!r}; choose from {', '.join(DTYPES)}")
+        if self.dtype not in DTYPE_NAMES:
+            raise InvalidRequestError(f"unknown dtype {self.dtype!r}; choose from {', '.join(DTYPE_NAMES)}")
         from .cpu_speed import check_cpu_int8
 
         check_cpu_int8(self.cpu_int8, self.device, self.dtype, self.quant, self.vision_quant)
@@ -216,62 +214,6 @@ def validate_generation(g: GenerationConfig) -> None:
         raise InvalidRequestError(f"temperature must be >= 0 and top_p in (0, 1], got {g.temperature}, {g.top_p}")
     if float(g.repetition_penalty) <= 0:
         raise InvalidRequestError(f"repetition penalty must be > 0, got {g.repetition_penalty}")
-
-
-def build_dataclass(cls: type[D], values: dict[str, Any], what: str = "option") -> D:
-    """`cls(**values)` with every name and value type checked against `cls`'s annotations, so
-    `tokens_per_frame="x"` or a misspelt name is one clear `InvalidRequestError`, never a TypeError."""
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls) if f.init}  # type: ignore[arg-type]
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise InvalidRequestError(
-            f"unknown {what}(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}"
-        )
-    out = {}
-    for k, v in values.items():
-        ok, coerced = _coerce(v, hints.get(k, Any))
-        if not ok:
-            raise InvalidRequestError(f"{what} {k}={v!r}: expected {_type_name(hints.get(k, Any))}")
-        out[k] = coerced
-    return cls(**out)
-
-
-def _coerce(v: Any, tp: Any) -> tuple[bool, Any]:
-    if tp is Any:
-        return True, v
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            ok, c = _coerce(v, arg)
-            if ok:
-                return True, c
-        return False, v
-    if tp is type(None):
-        return v is None, v
-    if tp is bool:
-        return isinstance(v, bool), v
-    if tp is int:
-        return isinstance(v, int) and not isinstance(v, bool), v
-    if tp is float:
-        return isinstance(v, (int, float)) and not isinstance(v, bool), float(v) if isinstance(v, (int, float)) else v
-    if tp is str:
-        return isinstance(v, str), v
-    if origin in (list, tuple) or tp in (list, tuple):
-        if not isinstance(v, (list, tuple)):
-            return False, v
-        return True, (tuple(v) if (origin or tp) is tuple else list(v))
-    if origin is dict or tp is dict:
-        return isinstance(v, dict), v
-    if dataclasses.is_dataclass(tp):
-        if isinstance(v, tp):
-            return True, v
-        return (True, build_dataclass(tp, v)) if isinstance(v, dict) else (False, v)
-    return True, v
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

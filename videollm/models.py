@@ -104,7 +104,7 @@ def _default_load(name: str, device: str, dtype: str, quant: str, **options: Any
     if llm != "none" or vision != "none":
         from torch import nn
 
-        from .backbones.protocols import SupportsQuantization
+        from .protocols import SupportsQuantization
         from .quant import config_for, quantize_, quantize_backbone
 
         if isinstance(model, SupportsQuantization):

@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .answer.choice import check_answer_format
-from .answer.generation import GenerationConfig
-from .answer.prompting import format_question, normalize_options
 from .answer.reasoning import DEFAULT_MAX_THINK_TOKENS, MAX_ANSWER_TOKENS, auto_notes, run_mode
 from .backbones import load_backbone
-from .backbones.protocols import SupportsQuantization, VideoLanguageModel
 from .budget import fit_budget, plan_context
 from .config import PipelineConfig
 from .errors import InvalidRequestError
+from .protocols import SupportsQuantization, VideoLanguageModel
+from .question import format_question, normalize_options
+from .runtime.generation import GenerationConfig
 from .timing import StageTimer, stage
 from .types import Answer
 from .video import SamplingConfig, Video

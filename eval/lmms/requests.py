@@ -8,8 +8,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from videollm.answer.generation import GenerationConfig
 from videollm.errors import InvalidRequestError
+from videollm.runtime.generation import GenerationConfig
 
 #: the option letters `videollm eval` passes when a task's text carries its own options (all three tasks)
 DEFAULT_CHOICES = ("A", "B", "C", "D")

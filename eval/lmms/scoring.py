@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
-from videollm.backbones.protocols import LanguageModel, VideoLanguageModel
 from videollm.budget import fit_budget, plan_context
 from videollm.config import PipelineConfig
+from videollm.protocols import LanguageModel, VideoLanguageModel
 from videollm.video import Video
 
 if TYPE_CHECKING:

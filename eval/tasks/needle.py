@@ -319,7 +319,7 @@ def read_spec(data_dir: Path) -> NeedleSpec:
 
 
 def prompt_for(question: str, options: list[str]) -> str:
-    from videollm.answer.prompting import format_question
+    from videollm.question import format_question
 
     return format_question(question, options)
 

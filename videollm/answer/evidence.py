@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from ..backbones.protocols import SupportsOptionSupport
-from .prompting import option_letters, option_texts
+from ..protocols import SupportsOptionSupport
+from ..question import option_letters, option_texts
 
 if TYPE_CHECKING:
     from ..types import VisualTokens

@@ -19,13 +19,21 @@ from typing import Any
 
 import torch
 
-from ..backbones.protocols import SupportsChoiceScoring, SupportsOptionSupport, VideoLanguageModel
 from ..errors import InvalidRequestError
+from ..protocols import SupportsChoiceScoring, SupportsOptionSupport, VideoLanguageModel
+from ..question import option_letters, option_texts
 from ..registry import Registry
+from ..runtime.generation import (
+    OVERTHINK_WORDS,
+    GenerationConfig,
+    GenerationResult,
+    TokenPenalty,
+    continue_generation,
+    generate,
+)
 from ..types import VisualTokens
 from .choice import ANSWER_FORMATS, LetterConstraint, check_answer_format, letter_token_ids
-from .generation import OVERTHINK_WORDS, GenerationConfig, GenerationResult, TokenPenalty, continue_generation, generate
-from .prompting import option_letters, option_texts, parse_choice
+from .prompting import parse_choice
 from .reasoning_format import (
     BOX_PREFIX,
     DEFER_TEXT,

@@ -12,7 +12,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .prompting import MC_INSTRUCTION, normalize_options, option_letters, parse_choice
+from ..question import MC_INSTRUCTION, normalize_options, option_letters
+from .prompting import parse_choice
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"

@@ -15,33 +15,14 @@ import torch
 import torch.nn.functional as F
 
 from .._compat import require
-from ..answer.decode_step import forward_last
-from . import register_preset
+from ..device import resolve_device, resolve_dtype
+from ..runtime.decode_step import forward_last
 from .base import Backbone, left_pad, resize_normalize
+from .presets import register_preset
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_ID = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype in (None, "auto"):
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
-    if dtype not in table:
-        from ..errors import InvalidRequestError
-
-        raise InvalidRequestError(f"unknown dtype {dtype!r}; choose from {', '.join(sorted(table))} or 'auto'")
-    return table[dtype]
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class LlavaOneVisionBackbone(Backbone):

@@ -28,12 +28,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._compat import require
-from ..answer.decode_step import forward_last
+from ..device import resolve_device, resolve_dtype
 from ..errors import ModelLoadError
-from . import register_preset
+from ..runtime.decode_step import forward_last
 from .base import Backbone, left_pad
-from .llava_onevision import resolve_device, resolve_dtype
 from .longvu_connector import LongVUConnector
+from .presets import register_preset
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from .._compat import require
-from . import register_preset
+from .presets import register_preset
 
 NOTICE = "tiny-random-longvu has random weights: its answers are meaningless (it exists to test the pipeline)."
 QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>"]

@@ -34,12 +34,12 @@ from typing import Any
 import torch
 
 from .._compat import cache_kwargs, output_cache, require
-from ..answer.decode_step import forward_last
+from ..device import resolve_device, resolve_dtype
 from ..errors import InvalidRequestError, ModelLoadError
+from ..runtime.decode_step import forward_last
 from ..types import VisualTokens
-from . import register_preset
 from .base import Backbone, PromptInputs
-from .llava_onevision import resolve_device, resolve_dtype
+from .presets import register_preset
 
 logger = logging.getLogger(__name__)
 

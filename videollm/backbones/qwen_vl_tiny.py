@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from .._compat import require
-from . import register_preset
-from .llava_onevision import resolve_device, resolve_dtype
+from ..device import resolve_device, resolve_dtype
+from .presets import register_preset
 from .qwen_vl import QwenVLBackbone
 from .tiny import _CORPUS, train_byte_bpe
 

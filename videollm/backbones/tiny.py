@@ -10,8 +10,9 @@ from typing import Any
 import torch
 
 from .._compat import require
-from . import register_preset
-from .llava_onevision import LlavaOneVisionBackbone, resolve_device, resolve_dtype
+from ..device import resolve_device, resolve_dtype
+from .llava_onevision import LlavaOneVisionBackbone
+from .presets import register_preset
 
 NOTICE = "tiny-random has random weights: its answers are meaningless (it exists to test the pipeline offline)."
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..backbones.protocols import LanguageModel
+from ..protocols import LanguageModel
 
 logger = logging.getLogger(__name__)
 #: fraction of probe prompts whose next token must match the float model's

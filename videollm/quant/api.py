@@ -9,8 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..backbones.protocols import SupportsQuantization, quant_role
+from ..device import DTYPES
 from ..errors import InvalidRequestError
+from ..protocols import SupportsQuantization, quant_role
 from . import backends
 from .config import HEAD_AUTO, HEAD_CHOICES, SCHEME_NAMES, WeightQuantConfig, config_for
 from .embedding import QuantEmbedding
@@ -18,7 +19,11 @@ from .linear import QuantLinear
 
 logger = logging.getLogger(__name__)
 
-_DTYPES = {"auto": torch.bfloat16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+
+def _compute_dtype(name: str) -> torch.dtype:
+    """A library backend's compute dtype: 'auto' is bfloat16, the dtype those kernels are written for."""
+    return getattr(torch, DTYPES.get(name, "bfloat16"))
+
 
 
 def _linear_names(module: nn.Module, filter_fn: Callable[[nn.Module, str], bool] | None) -> list[str]:
@@ -55,7 +60,7 @@ def quantize_(module: nn.Module, config: WeightQuantConfig,
     if backend == "quanto":
         return backends.quantize_quanto(module, config, names)
     kernel = "dequant" if backend == "reference" else "auto"
-    cdt = _DTYPES.get(config.compute_dtype, torch.bfloat16)
+    cdt = _compute_dtype(config.compute_dtype)
     for name in names:
         lin = module.get_submodule(name)
         _set_child(module, name, QuantLinear.from_linear(lin, config.scheme, config.group_size, kernel=kernel,
@@ -133,7 +138,7 @@ def quantize_head(model: nn.Module, scheme: str, group_size: int | None = 128, b
     tied = head.weight.data_ptr() == emb.weight.data_ptr()
     kernel = "dequant" if cfg.backend == "reference" else "auto"
     qhead = QuantLinear.from_linear(head, cfg.scheme, cfg.group_size, kernel=kernel, zero_point=cfg.zero_point,
-                                    compute_dtype=_DTYPES.get(cfg.compute_dtype, torch.bfloat16))
+                                    compute_dtype=_compute_dtype(cfg.compute_dtype))
     head_name = next(n for n, m in model.named_modules() if m is head)
     emb_name = next(n for n, m in model.named_modules() if m is emb)
     qemb = (QuantEmbedding(qhead, tied=True, dtype=emb.weight.dtype, padding_idx=emb.padding_idx) if tied

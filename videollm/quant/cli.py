@@ -50,7 +50,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     symmetric = True if args.int4_symmetric else None
     if args.gguf:
         from .._compat import require
-        from ..backbones.llava_onevision import resolve_dtype
+        from ..device import resolve_dtype
 
         transformers = require("transformers")
         require("gguf", "mini", "reading GGUF files")
@@ -70,7 +70,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         report = quantize_backbone_with_report(backbone, args.quant, args.vision_quant, group, args.backend, prompts,
                                                symmetric=symmetric, head=args.quant_head)
         if args.output:
-            io.save_quantized(backbone, args.output)
+            from ..backbones.quantized import save_quantized
+
+            save_quantized(backbone, args.output)
     if args.json:
         print(json.dumps({**report.to_dict(layers=args.layers), "output": args.output}))
     else:
@@ -80,6 +82,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                 print(f"  {row['name']:60s} {row['scheme']:8s} {row['engine']:22s} {row['shape']!s:14s} "
                       f"{row['bytes']}")
         if args.output:
-            print(f"saved to {args.output} (load with videollm.quant.io.load_quantized"
-                  f"{'_causal_lm' if args.gguf else ''})")
+            where = ("videollm.quant.io.load_quantized_causal_lm" if args.gguf
+                     else "videollm.backbones.quantized.load_quantized")
+            print(f"saved to {args.output} (load with {where})")
     return 0

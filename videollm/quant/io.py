@@ -135,49 +135,12 @@ def load_into(module: nn.Module, path: str | Path) -> nn.Module:
     return module
 
 
-def _empty_model(build: Any, config: Any) -> nn.Module:
+def empty_model(build: Any, config: Any) -> nn.Module:
     """Build a transformers model without spending time on random initialisation (weights are loaded next)."""
     from transformers.initialization import no_init_weights
 
     with no_init_weights():
         return build(config)
-
-
-# ---- backbones ---------------------------------------------------------------------------------------------
-
-def save_quantized(backbone: Any, path: str | Path) -> Path:
-    """Save a quantized LLaVA-OneVision backbone (weights, manifest, config, tokenizer) to a directory."""
-    path = Path(path)
-    q = getattr(backbone, "quantization", None)
-    extra = {"kind": "llava_onevision", "name": backbone.name, "image_mean": list(backbone.image_mean),
-             "image_std": list(backbone.image_std), "chat_template": backbone.chat_template,
-             "notice": backbone.notice, "quantization": q.to_dict() if q is not None else None,
-             "dtype": str(backbone.dtype).replace("torch.", "")}
-    save_module(backbone.model, path, extra)
-    backbone.model.config.save_pretrained(path)
-    backbone.tokenizer.save_pretrained(path)
-    return path
-
-
-def load_quantized(path: str | Path, device: str = "cpu") -> Any:
-    """Load a backbone saved by `save_quantized`. Quantized layers stay packed; kernels are set up for `device`."""
-    transformers = require("transformers", purpose="loading quantized checkpoints")
-    from ..backbones.llava_onevision import LlavaOneVisionBackbone, resolve_device
-
-    path = Path(path)
-    manifest = read_manifest(path)
-    dtype = getattr(torch, manifest.get("dtype", "float32"))
-    try:
-        config = transformers.AutoConfig.from_pretrained(path)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        raise ModelLoadError(str(path), err) from err
-    model = _empty_model(transformers.LlavaOnevisionForConditionalGeneration, config)
-    model.to(resolve_device(device), dtype)
-    load_into(model, path)
-    return LlavaOneVisionBackbone(model.eval(), tokenizer, name=manifest.get("name", str(path)),
-                                  image_mean=tuple(manifest["image_mean"]), image_std=tuple(manifest["image_std"]),
-                                  chat_template=manifest.get("chat_template"), notice=manifest.get("notice"))
 
 
 def save_quantized_causal_lm(model: nn.Module, tokenizer: Any, path: str | Path) -> Path:
@@ -193,7 +156,7 @@ def load_quantized_causal_lm(path: str | Path) -> tuple[nn.Module, Any]:
     path = Path(path)
     manifest = read_manifest(path)
     config = transformers.AutoConfig.from_pretrained(path)
-    model = _empty_model(transformers.AutoModelForCausalLM.from_config, config)
+    model = empty_model(transformers.AutoModelForCausalLM.from_config, config)
     model.to(getattr(torch, manifest.get("dtype", "float32")))
     load_into(model, path)
     return model.eval(), transformers.AutoTokenizer.from_pretrained(path)

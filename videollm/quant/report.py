@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..backbones.protocols import HasCausalLM, LanguageModel, SupportsStaticDecode
 from ..errors import InvalidRequestError
+from ..protocols import HasCausalLM, LanguageModel, SupportsStaticDecode
 from .backends import library_scheme, tensor_bytes
 from .linear import QuantLinear
 

@@ -241,7 +241,7 @@ class Engine:
             self._count("cancelled")
             job.post(Event("error", error=_stopped_error(job)))
             return
-        from ..answer.generation import token_listener
+        from ..runtime.generation import token_listener
 
         streamer = _Streamer(batch.pipe, req, job)
         try:
@@ -326,8 +326,8 @@ class Engine:
     def _maybe_drop_caches(self) -> None:
         if not self._dirty or time.monotonic() - self._last_active < self.limits.cache_idle_s or self._waiting:
             return
-        from ..answer.prefix_cache import default_prefix_cache
         from ..feature_cache import default_cache
+        from ..runtime.prefix_cache import default_prefix_cache
 
         default_cache().clear()
         default_prefix_cache().clear()
@@ -393,7 +393,7 @@ def trim_stops(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
 
 def prompt_tokens(pipe: VideoQAPipeline, req: ChatRequest, ans: Answer) -> int:
     """Prompt tokens as the LLM saw them: the rendered chat text plus the visual tokens."""
-    from ..answer.prompting import format_question
+    from ..question import format_question
 
     rendered = pipe.backbone.render_prompt(format_question(req.question, req.options), system=req.config.system_prompt)
     return len(pipe.backbone.tokenizer(rendered, add_special_tokens=False)["input_ids"]) + ans.visual_tokens

@@ -12,10 +12,10 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..answer.generation import GenerationConfig
-from ..answer.prompting import format_question
 from ..config import PipelineConfig
 from ..errors import InvalidRequestError
+from ..question import format_question
+from ..runtime.generation import GenerationConfig
 from ..video.sampling import SamplingConfig
 
 

@@ -28,13 +28,13 @@ from typing import Any
 import torch
 
 from ..._compat import cache_kwargs, require
-from ...answer.decode_step import forward_last
-from ...answer.prompting import MC_INSTRUCTION, option_letters, option_texts
+from ...device import resolve_device, resolve_dtype
+from ...protocols import FirstStep
+from ...question import MC_INSTRUCTION, option_letters, option_texts
+from ...runtime.decode_step import forward_last
 from ...types import VisualTokens
-from .. import register_preset
 from ..base import Backbone, PromptInputs, resize_normalize
-from ..llava_onevision import resolve_device, resolve_dtype
-from ..protocols import FirstStep
+from ..presets import register_preset
 from . import assets as mini_assets
 from . import bridge as mini_bridge
 from . import concepts as mini_concepts

@@ -1,5 +1,5 @@
 """The small ops of the lean decode step (RMSNorm, RoPE + KV write, one query's attention, SwiGLU's product):
-one C call each in float32 on CPU (`quant/csrc/decode_ops.c`, built like the low-bit kernel), PyTorch ops
+one C call each in float32 on CPU (`runtime/csrc/decode_ops.c`, built like the low-bit kernel), PyTorch ops
 otherwise.
 
 At batch 1 their cost is dispatch: PyTorch's RMSNorm is ~20-40 µs a call and its CPU SDPA ~26 µs for one
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-SOURCE = Path(__file__).parents[1] / "quant" / "csrc" / "decode_ops.c"
+SOURCE = Path(__file__).with_name("csrc") / "decode_ops.c"
 
 
 def _library() -> ctypes.CDLL | None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..backbones.protocols import FirstStep, LanguageModel
+from ..protocols import FirstStep, LanguageModel
 from ..timing import stage
 from . import prefix_cache
 
@@ -174,7 +174,7 @@ def _static_decoder(backbone: LanguageModel, config: GenerationConfig, cache: An
     """The backbone's static-cache decoder when the fast loop applies here, else None (the eager loop)."""
     if not (config.static_decode and allow_static and cache is None and first_step is None):
         return None
-    from ..backbones.protocols import SupportsStaticDecode
+    from ..protocols import SupportsStaticDecode
 
     if not isinstance(backbone, SupportsStaticDecode):
         logger.debug("static_decode: %s offers no text_decoder(); eager loop", type(backbone).__name__)

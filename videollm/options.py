@@ -1,0 +1,71 @@
+"""Dataclasses built from user-given values (CLI flags, JSON, YAML), every name and type checked once.
+
+On the base floor so each config's owner (compressors, quantization, the pipeline) builds its own.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import fields
+from typing import Any, TypeVar
+
+from .errors import InvalidRequestError
+
+D = TypeVar("D")
+
+
+def build_dataclass(cls: type[D], values: dict[str, Any], what: str = "option") -> D:
+    """`cls(**values)` with every name and value type checked against `cls`'s annotations, so
+    `tokens_per_frame="x"` or a misspelt name is one clear `InvalidRequestError`, never a TypeError."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls) if f.init}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InvalidRequestError(
+            f"unknown {what}(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}"
+        )
+    out = {}
+    for k, v in values.items():
+        ok, coerced = _coerce(v, hints.get(k, Any))
+        if not ok:
+            raise InvalidRequestError(f"{what} {k}={v!r}: expected {_type_name(hints.get(k, Any))}")
+        out[k] = coerced
+    return cls(**out)
+
+
+def _coerce(v: Any, tp: Any) -> tuple[bool, Any]:
+    if tp is Any:
+        return True, v
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            ok, c = _coerce(v, arg)
+            if ok:
+                return True, c
+        return False, v
+    if tp is type(None):
+        return v is None, v
+    if tp is bool:
+        return isinstance(v, bool), v
+    if tp is int:
+        return isinstance(v, int) and not isinstance(v, bool), v
+    if tp is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool), float(v) if isinstance(v, (int, float)) else v
+    if tp is str:
+        return isinstance(v, str), v
+    if origin in (list, tuple) or tp in (list, tuple):
+        if not isinstance(v, (list, tuple)):
+            return False, v
+        return True, (tuple(v) if (origin or tp) is tuple else list(v))
+    if origin is dict or tp is dict:
+        return isinstance(v, dict), v
+    if dataclasses.is_dataclass(tp):
+        if isinstance(v, tp):
+            return True, v
+        return (True, build_dataclass(tp, v)) if isinstance(v, dict) else (False, v)
+    return True, v
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
