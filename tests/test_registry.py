@@ -100,8 +100,28 @@ def test_built_in_registries_refuse_a_clash():
     from videollm.compressors import COMPRESSORS
     from videollm.quant.config import QUANT_SCHEMES
 
+    assert "uniform" in COMPRESSORS  # the built-ins are registered on first lookup
     with pytest.raises(NameClashError, match="compressor 'uniform'"):
         COMPRESSORS.register("uniform", Second)
     with pytest.raises(NameClashError, match="quantization scheme 'int8'"):
         QUANT_SCHEMES.register("int8", Second)
     assert COMPRESSORS.get("uniform").__name__ == "UniformCompressor"
+
+
+def test_a_name_taken_before_the_built_ins_load_is_refused_when_they_do(tmp_path, monkeypatch):
+    """A plugin that takes a built-in's name before the first lookup: the built-in's registration says so."""
+    pkg = tmp_path / "reg_late_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from videollm.registry import Registry\n"
+                                     "REG = Registry('thing', modules=('reg_late_pkg.builtin',))\n")
+    (pkg / "builtin.py").write_text("from . import REG\n\n@REG.register('a')\nclass A:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        reg = importlib.import_module("reg_late_pkg").REG
+        reg.register("a", Second)
+        with pytest.raises(NameClashError, match="thing 'a' is already registered to .*Second; refusing "
+                                                 "reg_late_pkg.builtin:A"):
+            reg.names()
+    finally:
+        for name in [m for m in sys.modules if m.startswith("reg_late_pkg")]:
+            del sys.modules[name]
