@@ -81,9 +81,10 @@ def build_processor(backbone: Any) -> Any:
 
 def int8_variant(backbone: Any, choice: str) -> Any:
     """A second backbone sharing every float module with `backbone` except the parts `choice` quantizes,
-    which are deep copies quantized by `apply_cpu_int8` (so one set of random weights serves all variants)."""
+    which are deep copies quantized by the model cache's path (`prepare_model`, so one set of random weights
+    serves all variants)."""
     from videollm.backbones.llava_onevision import LlavaOneVisionBackbone
-    from videollm.cpu_speed import apply_cpu_int8
+    from videollm.models import prepare_model
 
     model = backbone.model
     m2 = copy.copy(model)
@@ -98,7 +99,7 @@ def int8_variant(backbone: Any, choice: str) -> Any:
     bb = LlavaOneVisionBackbone(m2, backbone.tokenizer, name=f"{backbone.name}+int8-{choice}",
                                 image_mean=backbone.image_mean, image_std=backbone.image_std,
                                 chat_template=backbone.chat_template)
-    apply_cpu_int8(bb, choice)
+    prepare_model(bb, cpu_int8=choice)
     return bb
 
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from videollm.errors import InvalidRequestError
 from videollm.feature_cache import cached_chunks, default_cache, video_key
+from videollm.models import load_report
 from videollm.options import build_dataclass
 from videollm.protocols import VideoLanguageModel
 from videollm.timing import stage
@@ -132,11 +133,13 @@ class TokenCompressor(ABC):
                 start += n
 
         # encode once, ask many: the features depend on the frames and the model, never on the question; the
-        # decode size, dtype and quantization are in the key because they change the output of the same instance
+        # decode size, dtype and what loading did (quantization, CPU int8; the model cache's report) are in the
+        # key because they change the output of one model
         bb = self.backbone
+        report = load_report(bb)
+        loaded = report.feature_tag() if report is not None else (repr(None), "none")
         key = video_key(video, bb, kind, extra=(video.info.height, video.info.width, str(getattr(bb, "dtype", "")),
-                                                repr(getattr(bb, "quantization", None)),
-                                                getattr(bb, "cpu_int8", "none")))
+                                                *loaded))
         cache = default_cache()
         if key is None or not cache.has_any(key, pos_all.tolist()):  # first pass: one stream, decode prefetched
             for pos, out in compute(pos_all):

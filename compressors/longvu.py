@@ -430,15 +430,13 @@ class LongVUCompressor(TokenCompressor):
     def dino(self) -> Any:
         """The DINOv2 encoder, from the process-wide model cache (one instance per settings, shared)."""
         if self._dino is None:
-            from videollm.encoders import DinoV2Encoder
             from videollm.models import get_model
 
             c = self.config
-            dev, dt = self.backbone.device, self.backbone.dtype
-            opts = dict(pretrained=c.dino_pretrained, image_size=c.dino_image_size,
-                        pad_to_square=c.dino_pad_to_square, **c.dino_kwargs)
-            self._dino = get_model(f"dinov2:{c.dino_model}", device=str(dev), dtype=str(dt),
-                                   loader=lambda: DinoV2Encoder(c.dino_model, device=dev, dtype=dt, **opts), **opts)
+            dtype = str(self.backbone.dtype).replace("torch.", "")
+            self._dino = get_model(f"dinov2:{c.dino_model}", device=str(self.backbone.device), dtype=dtype,
+                                   pretrained=c.dino_pretrained, image_size=c.dino_image_size,
+                                   pad_to_square=c.dino_pad_to_square, **c.dino_kwargs)  # `encoders.load_dinov2`
         return self._dino
 
     def _dino_unavailable(self) -> str | None:

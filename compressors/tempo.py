@@ -23,7 +23,6 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from videollm.errors import InvalidRequestError
+from videollm.models import get_model_like
 from videollm.timing import stage
 from videollm.types import TEXT_PATCH_ID, VisualTokens
 from videollm.video import Video
@@ -185,13 +185,6 @@ def _fix_counts(per: np.ndarray, k: int, cap: int) -> np.ndarray:
     return per
 
 
-@lru_cache(maxsize=4)
-def _load_svlm(name: str, device: str, dtype: str) -> Any:
-    from videollm.backbones import load_backbone
-
-    return load_backbone(name, device=device, dtype=dtype)
-
-
 @COMPRESSORS.register("tempo")
 class TempoCompressor(TokenCompressor):
     """Query-aware segment relevance → strict Adaptive Token Allocation → per-segment compression."""
@@ -205,14 +198,12 @@ class TempoCompressor(TokenCompressor):
 
     # -- the SVLM ---------------------------------------------------------------------------------------
     def _svlm(self) -> Any:
-        """The model that judges relevance: the pipeline's own backbone, or another one by name (cached).
-
-        TODO(seams): once the process-wide `get_model` cache lands, load through it (shared, quantized
-        like the backbone) instead of this module's small cache.
-        """
+        """The model that judges relevance: the pipeline's own backbone, or another one by name from the
+        process-wide model cache, loaded as the backbone was (device, dtype, `--quant` for its LLM and
+        `--vision-quant` for its tower, CPU int8): one instance shared by every pipeline, the demo and eval."""
         if self.config.svlm is None:
             return self.backbone
-        return _load_svlm(self.config.svlm, str(self.backbone.device), str(self.backbone.dtype).replace("torch.", ""))
+        return get_model_like(self.config.svlm, self.backbone)
 
     # -- sampling ---------------------------------------------------------------------------------------
     def densify(self, video: Video) -> Video:

@@ -100,12 +100,13 @@ def test_int8_tower_close_to_fp32():
     ref = load_backbone("tiny-random", device="cpu", dtype="float32")
     bb = load_backbone("tiny-random", device="cpu", dtype="float32")
     n_vision = _float_linears(bb.model.model.vision_tower)
-    names = apply_cpu_int8(bb, "vision")
+    done = apply_cpu_int8(bb, "vision")
+    names = done.layers
     assert len(names) == n_vision and all(n.startswith("vision.") for n in names)
     assert _float_linears(bb.model.model.vision_tower) == 0
     assert _int8_linears(bb.model.model.vision_tower) == n_vision
     assert _int8_linears(bb.model.model.language_model) == 0  # the LLM is untouched
-    assert bb.cpu_int8 == "vision"
+    assert done.applied == "vision" and not hasattr(bb, "cpu_int8")  # the result is returned, not written
     frames = torch.randint(0, 256, (3, 96, 128, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     a = ref.project(ref.encode_frames(frames)).flatten(0, 2)
     b = bb.project(bb.encode_frames(frames)).flatten(0, 2)
@@ -125,7 +126,7 @@ def test_int8_all_and_non_cpu(caplog):
     class OnGpu:
         device = torch.device("meta")
 
-    assert apply_cpu_int8(OnGpu(), "vision") == []  # `auto` resolved to an accelerator: ignored, said so
+    assert apply_cpu_int8(OnGpu(), "vision").layers == []  # `auto` resolved to an accelerator: ignored, said so
     assert "ignored" in caplog.text
     assert describe_cpu()["capability"]
 
@@ -138,8 +139,8 @@ def test_pipeline_from_config_int8(short_video):
     fast = VideoQAPipeline.from_config(PipelineConfig(model="tiny-random", device="cpu", cpu_int8="vision"))
     try:
         assert fast.backbone is not float_pipe.backbone  # separate model-cache entries
-        assert getattr(float_pipe.backbone, "cpu_int8", "none") == "none"
-        assert fast.backbone.cpu_int8 == "vision"
+        assert float_pipe.load_report.cpu_int8_applied == "none"
+        assert fast.load_report.cpu_int8_applied == "vision" and fast.load_report.cpu_int8_layers
         ans = fast(short_video, "What is shown?")
         assert ans.visual_tokens > 0 and ans.generated_tokens > 0
     finally:
@@ -215,8 +216,10 @@ def test_convolutional_part_is_skipped():
             return {"vision": self.vision, "llm": self.llm}
 
     bb = ConvBackbone()
-    assert apply_cpu_int8(bb, "vision") == []
-    assert "left the vision part of conv-fake in float" in bb.setup_warnings[0]
-    assert type(bb.vision[2]) is torch.nn.Linear and not hasattr(bb, "cpu_int8")
-    assert apply_cpu_int8(bb, "all") == ["llm.0"]
-    assert type(bb.llm[0]) is not torch.nn.Linear and bb.cpu_int8 == "all"
+    skipped = apply_cpu_int8(bb, "vision")
+    assert skipped.layers == [] and skipped.applied == "none"
+    assert "left the vision part of conv-fake in float" in skipped.warnings[0]
+    assert type(bb.vision[2]) is torch.nn.Linear
+    done = apply_cpu_int8(bb, "all")
+    assert done.layers == ["llm.0"] and len(done.warnings) == 1
+    assert type(bb.llm[0]) is not torch.nn.Linear and done.applied == "all"

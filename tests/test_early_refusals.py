@@ -16,13 +16,11 @@ from videollm.cli import main
 def no_model(monkeypatch):
     """Any model load fails the test: these requests must be refused first."""
     import videollm.backbones as backbones
-    import videollm.pipeline as pipeline
 
     def refuse(*a, **k):
         raise AssertionError("a model was loaded for a request that should have been refused")
 
-    monkeypatch.setattr(pipeline, "load_backbone", refuse)
-    monkeypatch.setattr(backbones, "load_backbone", refuse)
+    monkeypatch.setattr(backbones, "load_backbone", refuse)  # the model cache's loader loads through it
 
 
 def run_cli(capfd, *argv: str) -> tuple[int, str, str]:
@@ -153,7 +151,7 @@ def test_quantize_report_through_the_language_model_capability(tiny_backbone):
 def test_quant_group_size_zero_is_one_scale_per_row(short_video, capfd, monkeypatch, tiny_backbone):
     import copy
 
-    import videollm.pipeline as pipeline
+    import videollm.backbones as backbones
     from videollm.models import clear_models
     from videollm.quant.linear import QuantLinear
 
@@ -163,7 +161,7 @@ def test_quant_group_size_zero_is_one_scale_per_row(short_video, capfd, monkeypa
         loaded.append(copy.deepcopy(tiny_backbone))
         return loaded[-1]
 
-    monkeypatch.setattr(pipeline, "load_backbone", fresh)
+    monkeypatch.setattr(backbones, "load_backbone", fresh)
     clear_models()
     try:
         rc, out, err = run_cli(capfd, "ask", str(short_video), "what?", "--model", "tiny-random", "--frames", "2",

@@ -632,7 +632,8 @@ def test_int4_on_mini_warns_in_one_line_and_int8_does_not(mini):
     lines = {}
     for scheme in ("int8", "int4"):
         bb = copy.deepcopy(mini)
-        lines[scheme] = quantize_checked(bb, scheme)
-        assert list(getattr(bb, "setup_warnings", [])) == ([lines[scheme]] if lines[scheme] else [])
+        checked = quantize_checked(bb, scheme)
+        lines[scheme] = checked.warning
+        assert checked.quantization.llm == scheme and not hasattr(bb, "setup_warnings")  # returned, not written
     assert lines["int8"] is None
     assert lines["int4"] is not None and "of 8 probe prompts" in lines["int4"] and "\n" not in lines["int4"]

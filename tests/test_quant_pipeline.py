@@ -68,8 +68,10 @@ def test_error_bounds_int8_and_int4(tiny_backbone, one_thread):
 
 def test_save_load_gives_identical_logits(tiny_backbone, tmp_path):
     bb = clone(tiny_backbone)
-    quantize_backbone(bb, llm="int4", vision="ternary", group_size=32)
-    save_quantized(bb, tmp_path / "q")
+    done = quantize_backbone(bb, llm="int4", vision="ternary", group_size=32)
+    assert not hasattr(bb, "quantization")  # the record is returned, not written onto the model
+    save_quantized(bb, tmp_path / "q", done)
+    assert qio.read_manifest(tmp_path / "q")["quantization"]["vision"] == "ternary"
     loaded = load_quantized(tmp_path / "q")
     assert isinstance(loaded.model.model.vision_tower.encoder.layers[0].mlp.fc1, QuantLinear)
     down = loaded.model.model.language_model.layers[0].mlp.down_proj

@@ -290,9 +290,9 @@ def corpus(tmp_path_factory):
 @pytest.fixture()
 def fast_model(monkeypatch, tiny_backbone):
     """The CLI, with the tiny random model built once per session instead of per call."""
-    import videollm.pipeline as pipeline
+    import videollm.backbones as backbones
 
-    monkeypatch.setattr(pipeline, "load_backbone", lambda *a, **k: tiny_backbone)
+    monkeypatch.setattr(backbones, "load_backbone", lambda *a, **k: tiny_backbone)
 
 
 def ask(capfd, video: Path | str, *extra: str, question: str = "What happens?") -> tuple[int, str, str]:
@@ -337,20 +337,20 @@ def test_corpus_case_through_the_cli(corpus, fast_model, capfd, name):
 
 @pytest.mark.parametrize("name", list(ERROR_FLAGS))
 def test_nonsense_flags_are_refused_before_the_model_loads(corpus, capfd, monkeypatch, name):
-    import videollm.pipeline as pipeline
+    import videollm.backbones as backbones
 
     def no_model(*a, **k):
         raise AssertionError("a model was loaded for a request that should have been refused")
 
-    monkeypatch.setattr(pipeline, "load_backbone", no_model)
+    monkeypatch.setattr(backbones, "load_backbone", no_model)
     rc, out, err = ask(capfd, corpus["mp4-h264"], *ERROR_FLAGS[name])
     assert_clean_error(rc, out, err)
 
 
 def test_bad_files_are_refused_before_the_model_loads(corpus, capfd, monkeypatch):
-    import videollm.pipeline as pipeline
+    import videollm.backbones as backbones
 
-    monkeypatch.setattr(pipeline, "load_backbone", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
+    monkeypatch.setattr(backbones, "load_backbone", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
     for name in ("empty-file", "audio-flac-with-cover-art", "truncated-mp4-moov-lost", "huge-dimensions-y4m"):
         assert_clean_error(*ask(capfd, corpus[name]))
 

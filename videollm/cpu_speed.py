@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import InvalidRequestError
-
-if TYPE_CHECKING:
-    pass
 
 logger = logging.getLogger(__name__)
 
@@ -49,21 +47,36 @@ def check_cpu_int8(choice: str, device: str = "auto", dtype: str = "auto", quant
                                   "choose one")
 
 
-def apply_cpu_int8(backbone: Any, choice: str) -> list[str]:
-    """Quantize, in place, the `nn.Linear` layers of the parts `choice` names; return their module names.
+@dataclass
+class CpuInt8:
+    """What `apply_cpu_int8` did: the layers now int8 (module names), and why a part was left float."""
+
+    choice: str = "none"
+    layers: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def applied(self) -> str:
+        """The choice in effect ("none" when no layer changed): part of the feature-cache key."""
+        return self.choice if self.layers else "none"
+
+
+def apply_cpu_int8(backbone: Any, choice: str) -> CpuInt8:
+    """Quantize, in place, the `nn.Linear` layers of the parts `choice` names; say which (`CpuInt8.layers`).
 
     The parts come from `backbone.quantizable_modules()` ("vision", "llm"); the LM head, the projector,
     embeddings and norms stay float. A backbone on a non-CPU device is left as it is, with a warning (the
     `auto` device resolved to a GPU); an explicit GPU device is refused earlier by `check_cpu_int8`.
     """
+    result = CpuInt8(choice)
     if choice == "none":
-        return []
+        return result
     import torch
 
     device = getattr(backbone, "device", torch.device("cpu"))
     if torch.device(device).type != "cpu":
         logger.warning("--cpu-int8 ignored: the model runs on %s (it applies to CPU runs only)", device)
-        return []
+        return result
     mods_fn = getattr(backbone, "quantizable_modules", None)
     if not callable(mods_fn):
         raise InvalidRequestError(f"model {getattr(backbone, 'name', backbone)!r} offers no layers for --cpu-int8")
@@ -74,7 +87,7 @@ def apply_cpu_int8(backbone: Any, choice: str) -> list[str]:
         raise InvalidRequestError(f"model {getattr(backbone, 'name', backbone)!r} has no {'/'.join(missing)} part "
                                   f"for --cpu-int8 {choice}")
     _set_engine()
-    done: list[str] = []
+    done = result.layers
     for part in wanted:
         module = mods[part]
         before = {n for n, m in module.named_modules() if type(m) is torch.nn.Linear}
@@ -85,7 +98,7 @@ def apply_cpu_int8(backbone: Any, choice: str) -> list[str]:
                    f"{100 * share:.0f}% of its linear + convolution weights, so int8 would change its outputs "
                    "without making it faster")
             logger.info(msg)  # the user sees it once, as an Answer warning (CLI: one `warning:` line)
-            backbone.setup_warnings = [*getattr(backbone, "setup_warnings", ()), msg]
+            result.warnings.append(msg)
             continue
         if any(p.dtype != torch.float32 for p in module.parameters()):
             raise InvalidRequestError(f"--cpu-int8 needs float32 {part} weights (load with --dtype float32)")
@@ -94,10 +107,8 @@ def apply_cpu_int8(backbone: Any, choice: str) -> list[str]:
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.ao.quantization.quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
         done += [f"{part}.{n}" for n in sorted(before)]
-    if done:
-        backbone.cpu_int8 = choice  # part of the feature-cache key: same instance, different outputs
     logger.info("cpu int8: %d linear layers of %s use int8 dynamic quantization", len(done), choice)
-    return done
+    return result
 
 
 #: a part is int8-quantized only where nn.Linear holds at least this share of its weights (a transformer: ~1.0)

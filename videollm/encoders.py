@@ -77,6 +77,16 @@ class DinoV2Encoder:
         return tokens.reshape(tokens.shape[0], h, w, tokens.shape[-1])
 
 
+def load_dinov2(model_name: str = DEFAULT_DINOV2, device: str = "auto", dtype: str = "auto",
+                **options: Any) -> DinoV2Encoder:
+    """The model cache's loader for "dinov2:NAME" (`videollm.models.get_model`): device and dtype by name, the
+    rest are `DinoV2Encoder`'s options. Loaded once per settings and shared by every LongVU compressor."""
+    from .device import resolve_device, resolve_dtype
+
+    dev = resolve_device(device)
+    return DinoV2Encoder(model_name, device=dev, dtype=resolve_dtype(dtype, dev), **options)
+
+
 _UNLOADABLE: dict[str, str] = {}  # model name → why its weights cannot be had (asked once per process)
 
 
@@ -137,4 +147,5 @@ def hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
         return False
 
 
-__all__ = ["DEFAULT_DINOV2", "DinoV2Encoder", "EncoderLoadError", "find_pretrained", "hub_reachable", "pad_square"]
+__all__ = ["DEFAULT_DINOV2", "DinoV2Encoder", "EncoderLoadError", "find_pretrained", "hub_reachable", "load_dinov2",
+           "pad_square"]

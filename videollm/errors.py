@@ -43,6 +43,10 @@ class ModelUnavailableError(VideoLLMError):
     """A hub model that is neither cached nor downloadable right now (offline)."""
 
 
+class NameClashError(VideoLLMError, ValueError):
+    """A registry name that already holds a different implementation (two plugins, or a typo)."""
+
+
 class UnknownNameError(InvalidRequestError, KeyError):
     """A compressor, model, mode or task name that is not registered."""
 

@@ -15,10 +15,10 @@ import torch
 
 from .answer.choice import check_answer_format
 from .answer.reasoning import DEFAULT_MAX_THINK_TOKENS, MAX_ANSWER_TOKENS, auto_notes, run_mode
-from .backbones import load_backbone
 from .budget import fit_budget, plan_context
 from .config import PipelineConfig
 from .errors import InvalidRequestError
+from .models import LoadReport, get_model, join_quant, load_report, prepare_model
 from .protocols import SupportsQuantization, VideoLanguageModel
 from .question import format_question, normalize_options
 from .runtime.generation import GenerationConfig
@@ -47,9 +47,9 @@ class VideoQAPipeline:
             compressor = create_compressor(cfg.compressor, backbone, config=cfg.compressor_options if typed else None,
                                            weights=weights, **options)
             if isinstance(compressor, SupportsQuantization) and (cfg.quant != "none" or cfg.vision_quant != "none"):
-                from .quant import quantize_backbone  # modules the compressor owns, through the same seam
-
-                quantize_backbone(compressor, llm=cfg.quant, vision=cfg.vision_quant, group_size=cfg.quant_group_size)
+                # modules the compressor owns are quantized by the model cache's loader path, report kept there
+                prepare_model(compressor, compressor.name, join_quant(cfg.quant, cfg.vision_quant),
+                              cfg.quant_group_size)
         self.compressor = compressor
         if backbone.notice:  # also in every Answer.warnings; the CLI shows it once
             logger.info(backbone.notice)
@@ -68,29 +68,28 @@ class VideoQAPipeline:
     @classmethod
     def from_config(cls, cfg: PipelineConfig) -> "VideoQAPipeline":
         """Check `cfg` (no model needed), then get the backbone it names from the process-wide model cache
-        (loaded and quantized once, shared with the demo, eval and compressors), and attach the compressor."""
-        from .models import get_model
-
+        (loaded and quantized once, by the cache's loader, shared with the demo, eval and compressors), and
+        attach the compressor."""
         cfg.validate()
+        return cls(get_model(cfg.model, **cls.model_settings(cfg)), cfg)
 
-        def load() -> VideoLanguageModel:
-            backbone = load_backbone(cfg.model, device=cfg.device, dtype=cfg.dtype)
-            if cfg.quant != "none" or cfg.vision_quant != "none":
-                from .quant.agreement import quantize_checked  # small LLMs: one warning if answers change
+    @staticmethod
+    def model_settings(cfg: PipelineConfig) -> dict[str, Any]:
+        """The model cache's settings for `cfg`'s backbone: one entry per device, dtype, quantization and CPU
+        int8 (an int8 copy is another entry than the float one)."""
+        quant = join_quant(cfg.quant, cfg.vision_quant)
+        settings: dict[str, Any] = {"device": cfg.device, "dtype": cfg.dtype, "quant": quant}
+        if quant != "none":
+            settings["group_size"] = cfg.quant_group_size
+        if cfg.cpu_int8 != "none":
+            settings["cpu_int8"] = cfg.cpu_int8
+        return settings
 
-                quantize_checked(backbone, cfg.quant, cfg.vision_quant, cfg.quant_group_size)
-            if cfg.cpu_int8 != "none":
-                from .cpu_speed import apply_cpu_int8
-
-                apply_cpu_int8(backbone, cfg.cpu_int8)
-            return backbone
-
-        quant = "none" if cfg.quant == cfg.vision_quant == "none" else f"{cfg.quant}+{cfg.vision_quant}"
-        options: dict[str, Any] = {"group_size": cfg.quant_group_size} if quant != "none" else {}
-        if cfg.cpu_int8 != "none":  # an int8 copy is another cache entry than the float one
-            options["cpu_int8"] = cfg.cpu_int8
-        backbone = get_model(cfg.model, device=cfg.device, dtype=cfg.dtype, quant=quant, loader=load, **options)
-        return cls(backbone, cfg)
+    @property
+    def load_report(self) -> LoadReport:
+        """What loading did to the backbone (quantization, CPU int8, warnings), as the model cache keeps it; an
+        empty report for a backbone built by hand."""
+        return load_report(self.backbone) or LoadReport(name=self.backbone.name)
 
     def load(self, video: VideoInput, sampling: SamplingConfig | None = None, *, fps: float | None = None,
              timestamps: Sequence[float] | None = None) -> Video:
@@ -145,7 +144,7 @@ class VideoQAPipeline:
                 if not isinstance(video, Video):
                     vid.close()
             warnings = [self.backbone.notice] if self.backbone.notice else []
-            warnings += list(getattr(self.backbone, "setup_warnings", ()))  # what loading could not do as asked
+            warnings += self.load_report.warnings  # what loading could not do as asked
             warnings += [str(w) for w in visual.stats.get("warnings", [])]  # what the compressor had to do instead
             short = vid.shortfall()
             if short is not None:  # answer from what decoded, and say so

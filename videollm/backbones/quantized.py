@@ -6,6 +6,7 @@ directory rebuilds, so `quant` never imports a model family.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -15,11 +16,18 @@ from ..errors import ModelLoadError
 from ..quant.io import empty_model, load_into, read_manifest, save_module
 from .llava_onevision import LlavaOneVisionBackbone
 
+if TYPE_CHECKING:
+    from ..quant.api import BackboneQuantization
 
-def save_quantized(backbone: LlavaOneVisionBackbone, path: str | Path) -> Path:
-    """Save a quantized LLaVA-OneVision backbone (weights, manifest, config, tokenizer) to a directory."""
+
+def save_quantized(backbone: LlavaOneVisionBackbone, path: str | Path,
+                   quantization: BackboneQuantization | None = None) -> Path:
+    """Save a quantized LLaVA-OneVision backbone (weights, manifest, config, tokenizer) to a directory.
+
+    `quantization` is what `quantize_backbone` returned (the manifest records it); the packed layers are saved
+    whether or not it is given."""
     path = Path(path)
-    q = getattr(backbone, "quantization", None)
+    q = quantization
     extra = {"kind": "llava_onevision", "name": backbone.name, "image_mean": list(backbone.image_mean),
              "image_std": list(backbone.image_std), "chat_template": backbone.chat_template,
              "notice": backbone.notice, "quantization": q.to_dict() if q is not None else None,

@@ -3,18 +3,22 @@
 Small LLMs (videollm-mini's 135M SmolLM2) have little slack: int4 can flip the next token on many prompts,
 and the user sees a garbled answer with no word of why. Before quantizing, the float model's next token
 is taken on a few fixed prompts (`report.PROMPTS`, ~1 s on a 135M model); after, the same prompts are
-run again. When agreement falls below `MIN_AGREEMENT`, the backbone carries a one-line warning
-(`setup_warnings`, shown with every answer) naming the agreement and a safer scheme.
+run again. When agreement falls below `MIN_AGREEMENT`, a one-line warning names the agreement and a safer
+scheme; the model cache keeps it in the model's load report, and every answer carries it.
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..protocols import LanguageModel
+
+if TYPE_CHECKING:
+    from .api import BackboneQuantization
 
 logger = logging.getLogger(__name__)
 #: fraction of probe prompts whose next token must match the float model's
@@ -64,21 +68,29 @@ def is_small(backbone: object) -> bool:
     return sum(p.numel() for p in params()) <= SMALL_MODEL_PARAMS
 
 
+@dataclass
+class Checked:
+    """What `quantize_checked` did: the quantization record, and the warning line (None when the quantized
+    model agrees with the float one, or was not checked)."""
+
+    quantization: BackboneQuantization
+    warning: str | None = None
+
+
 def quantize_checked(backbone: LanguageModel, llm: str, vision: str = "none", group_size: int | None = 128
-                     ) -> str | None:
-    """`quantize_backbone`, and for a small LLM the one-line warning when its answers change (also appended
-    to `backbone.setup_warnings`, which every answer carries); None when it agrees or was not checked."""
+                     ) -> Checked:
+    """`quantize_backbone`, and for a small LLM the one-line warning when its answers change (the model
+    cache's loader puts it in the load report, which every answer's warnings carry)."""
     from .api import quantize_backbone
     from .report import PROMPTS
 
     check = llm != "none" and is_small(backbone)
     ref = next_tokens(backbone, PROMPTS) if check else []
-    quantize_backbone(backbone, llm=llm, vision=vision, group_size=group_size)
+    done = quantize_backbone(backbone, llm=llm, vision=vision, group_size=group_size)  # type: ignore[arg-type]
     if not check:
-        return None
+        return Checked(done)
     found = agreement(ref, next_tokens(backbone, PROMPTS))
     line = warning_line(str(getattr(backbone, "name", "the model")), llm, found)
     if line:
         logger.warning(line)
-        backbone.setup_warnings = [*getattr(backbone, "setup_warnings", ()), line]  # type: ignore[attr-defined]
-    return line
+    return Checked(done, line)

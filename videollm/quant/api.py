@@ -72,7 +72,8 @@ def quantize_(module: nn.Module, config: WeightQuantConfig,
 
 @dataclass
 class BackboneQuantization:
-    """What `quantize_backbone` did; kept on the backbone as `backbone.quantization`."""
+    """What `quantize_backbone` did. Returned, never written onto the model: the model cache keeps it in the
+    model's `LoadReport` (`videollm.models.load_report(model).quantization`)."""
 
     llm: str = "none"
     vision: str = "none"
@@ -152,7 +153,7 @@ def quantize_head(model: nn.Module, scheme: str, group_size: int | None = 128, b
 
 def quantize_backbone(backbone: SupportsQuantization, llm: str = "none", vision: str = "none",
                       group_size: int | None = 128, backend: str = "auto", symmetric: bool | None = None,
-                      head: str = "auto") -> BackboneQuantization:
+                      head: str = "auto", previous: BackboneQuantization | None = None) -> BackboneQuantization:
     """Quantize the linear layers of every module `backbone.quantizable_modules()` offers, in place: keys
     with the "llm" role take `llm`, the others `vision` (see `quant_role`). Works the same on a compressor
     that owns models (STORM's encoder, Tempo's small VLM) and on any backbone. Where the backbone offers its
@@ -162,7 +163,8 @@ def quantize_backbone(backbone: SupportsQuantization, llm: str = "none", vision:
     `head`: "auto" (default) quantizes the LM head and embeddings whenever the LLM is quantized (int8 → int8,
     int4 and below → int4, see `HEAD_AUTO`), "none" keeps them float, or a scheme name. In Qwen2-0.5B the
     tied head is a quarter of the weights and, in float, took more decode time than all other layers.
-    The projector, the patch embedding and norms stay in float.
+    The projector, the patch embedding and norms stay in float. `previous`, the record of an earlier call on
+    the same model (quantizing the LLM and the tower in two calls), is merged into the one returned.
     """
     check_scheme_names(llm, vision)
     head = resolve_head(head, llm)
@@ -182,12 +184,11 @@ def quantize_backbone(backbone: SupportsQuantization, llm: str = "none", vision:
     if head != "none" and configs["llm"] is not None and callable(causal_lm):
         if quantize_head(causal_lm(), head, group_size, backend, symmetric):
             done.head = head
-    prev = getattr(backbone, "quantization", None)
-    if isinstance(prev, BackboneQuantization):  # quantizing in two calls keeps both records
+    prev = previous
+    if prev is not None:  # quantizing in two calls keeps both records
         done.llm = llm if llm != "none" else prev.llm
         done.vision = vision if vision != "none" else prev.vision
         done.head = done.head if done.head != "none" else prev.head
         done.llm_layers = done.llm_layers or prev.llm_layers
         done.vision_layers = done.vision_layers or prev.vision_layers
-    backbone.quantization = done  # type: ignore[attr-defined]
     return done

@@ -72,7 +72,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         if args.output:
             from ..backbones.quantized import save_quantized
 
-            save_quantized(backbone, args.output)
+            save_quantized(backbone, args.output, report.quantization)
     if args.json:
         print(json.dumps({**report.to_dict(layers=args.layers), "output": args.output}))
     else:

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import chain
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -19,6 +19,9 @@ from ..errors import InvalidRequestError
 from ..protocols import HasCausalLM, LanguageModel, SupportsStaticDecode
 from .backends import library_scheme, tensor_bytes
 from .linear import QuantLinear
+
+if TYPE_CHECKING:
+    from .api import BackboneQuantization
 
 logger = logging.getLogger(__name__)
 
@@ -152,9 +155,12 @@ class QuantReport:
     positions: int = 0
     vision_cosine: float | None = None  # mean cosine similarity of vision features vs float
     layers: list[dict[str, Any]] = field(default_factory=list)
+    #: what `quantize_backbone` did (saved in a quantized checkpoint's manifest); not part of the printed report
+    quantization: BackboneQuantization | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self, layers: bool = True) -> dict[str, Any]:
         d = asdict(self)
+        d.pop("quantization")
         if not layers:
             d.pop("layers")
         return d
@@ -238,6 +244,7 @@ def quantize_backbone_with_report(backbone: Any, llm: str = "none", vision: str 
         rep.vision_cosine = float(torch.nn.functional.cosine_similarity(ref_v, _vision_features(backbone), -1).mean())
     head_rows = layer_table(causal.get_output_embeddings(), "lm_head") if causal is not None else []
     rep.layers = layer_table(lm, "language_model.") + head_rows + layer_table(vt, "vision_tower.")
+    rep.quantization = done
     return rep
 
 
