@@ -15,9 +15,9 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from videollm.video import SamplingConfig
 
 from . import render
 from .uploads import DEFAULT_MAX_UPLOAD, OWNER_FILE, UploadArea, UploadConfig, human_size, user_message
+
+if TYPE_CHECKING:
+    from videollm.pipeline import VideoQAPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -60,28 +63,40 @@ def error_view(message: str) -> View:
     return View(render.error_card(message), "", "", [], {})
 
 
-#: loaded pipelines, newest last: one backbone per (model, quantization, device); switching compressor or budget
-#: reuses it. Two at most, so comparing models does not hold every model ever chosen in memory.
-_PIPES: OrderedDict[tuple[str, str, str, str], Any] = OrderedDict()
-_PIPES_LOCK = threading.Lock()
+#: models the demo keeps loaded, newest last: (model, quant, vision quant, device). Every request builds its own
+#: pipeline around the model cache's backbone (nothing shared is mutated, so two requests with different
+#: compressors never see each other's); two models at most, so comparing models does not hold every model.
+_LOADED: OrderedDict[tuple[str, str, str, str], None] = OrderedDict()
+_LOADED_LOCK = threading.Lock()
 MAX_LOADED = 2
 
 
-def _pipeline(model: str, quant: str, vision_quant: str, device: str) -> Any:
+def _config(model: str, quant: str, vision_quant: str, device: str, compressor: str = "uniform") -> PipelineConfig:
+    return PipelineConfig(model=model, quant=quant, vision_quant=vision_quant, device=device, compressor=compressor)
+
+
+def _pipeline(model: str, quant: str, vision_quant: str, device: str, compressor: str) -> VideoQAPipeline:
+    """This request's pipeline: the cached backbone (loaded on first use) with its own compressor."""
+    from videollm.models import release_model
     from videollm.pipeline import VideoQAPipeline
 
+    pipe = VideoQAPipeline.from_config(_config(model, quant, vision_quant, device, compressor))
     key = (model, quant, vision_quant, device)
-    with _PIPES_LOCK:
-        if key in _PIPES:
-            _PIPES.move_to_end(key)
-            return _PIPES[key]
-    pipe = VideoQAPipeline.from_config(PipelineConfig(model=model, quant=quant, vision_quant=vision_quant,
-                                                      device=device))
-    with _PIPES_LOCK:
-        _PIPES[key] = pipe
-        while len(_PIPES) > MAX_LOADED:
-            _PIPES.popitem(last=False)
+    with _LOADED_LOCK:
+        _LOADED[key] = None
+        _LOADED.move_to_end(key)
+        while len(_LOADED) > MAX_LOADED:
+            old = _config(*_LOADED.popitem(last=False)[0])
+            release_model(old.model, **VideoQAPipeline.model_settings(old))  # requests holding it keep it
     return pipe
+
+
+def _is_loaded(model: str, quant: str, vision_quant: str, device: str) -> bool:
+    from videollm.models import is_cached
+    from videollm.pipeline import VideoQAPipeline
+
+    cfg = _config(model, quant, vision_quant, device)
+    return is_cached(cfg.model, **VideoQAPipeline.model_settings(cfg))
 
 
 def parse_budget(value: str | float | int | None) -> int | None:
@@ -124,13 +139,8 @@ def answer(video: str | None, question: str, options_text: str, model: str, comp
 
 def _answer(video: str, question: str, options_text: str, model: str, compressor: str, budget: int | None,
             frames: float, reasoning: str, quant: str, vision_quant: str, max_new_tokens: float, device: str) -> View:
-    from videollm.compressors import create_compressor
-
     options = [line.strip() for line in (options_text or "").splitlines() if line.strip()] or None
-    pipe = _pipeline(model, quant, vision_quant, device)
-    if pipe.config.compressor != compressor:
-        pipe.config = replace(pipe.config, compressor=compressor)
-        pipe.compressor = create_compressor(compressor, pipe.backbone)
+    pipe = _pipeline(model, quant, vision_quant, device, compressor)
     sampling = SamplingConfig(num_frames=int(frames))
     ans = pipe(video, question, options, budget=budget, reasoning=reasoning,
                sampling=sampling, generation=GenerationConfig(max_new_tokens=int(max_new_tokens)))
@@ -144,7 +154,7 @@ def answer_with_stages(on_stage: Callable[[str], None], *args: Any, **kwargs: An
     from videollm.timing import stage_listener
 
     model, quant, vision_quant = args[3], args[8], args[9]
-    if (model, quant, vision_quant, kwargs.get("device", "auto")) not in _PIPES:
+    if not _is_loaded(model, quant, vision_quant, kwargs.get("device", "auto")):
         on_stage("load")
     with stage_listener(on_stage):
         return answer(*args, **kwargs)

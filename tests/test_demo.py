@@ -135,3 +135,24 @@ def test_refused_upload_is_named_in_full():
     msg = not_a_video_message("quarterly report for the board, final v2.txt")
     assert msg.startswith("quarterly report for the board, final v2.txt is not a video file")
     assert "upload a video first" not in msg and "#vl-rejected" in REJECT_JS
+
+
+def test_each_request_gets_its_own_pipeline_around_one_cached_backbone(monkeypatch):
+    """Two requests with different compressors share the backbone but never a compressor; a third model
+    evicts the oldest from the model cache (requests holding it keep their copy)."""
+    from collections import OrderedDict
+
+    from videollm.demo import app
+    from videollm.models import is_cached
+
+    monkeypatch.setattr(app, "_LOADED", OrderedDict())
+    a = app._pipeline("tiny-random", "none", "none", "cpu", "pool")
+    b = app._pipeline("tiny-random", "none", "none", "cpu", "uniform")
+    assert a.backbone is b.backbone and a.compressor is not b.compressor
+    assert type(a.compressor).__name__ != type(b.compressor).__name__ and a.config.compressor == "pool"
+    assert app._is_loaded("tiny-random", "none", "none", "cpu")
+    app._pipeline("tiny-random", "int8", "none", "cpu", "uniform")
+    app._pipeline("tiny-random", "int4", "none", "cpu", "uniform")
+    assert list(app._LOADED) == [("tiny-random", "int8", "none", "cpu"), ("tiny-random", "int4", "none", "cpu")]
+    assert not is_cached("tiny-random", device="cpu") and not app._is_loaded("tiny-random", "none", "none", "cpu")
+    assert a.backbone is not None  # the evicted model lives on in the pipelines that hold it

@@ -73,7 +73,7 @@ def demo_app(monkeypatch):
 
     from videollm.demo import app
 
-    monkeypatch.setattr(app, "_PIPES", OrderedDict())  # this test's pipelines only
+    monkeypatch.setattr(app, "_LOADED", OrderedDict())  # this test's models only
     return app
 
 
@@ -100,7 +100,8 @@ def test_demo_answer_handler_and_model_cache(family, demo_app, short_video):
     assert sum(view.answer.tokens_per_frame.values()) == view.details["visual_tokens"]
 
     # the model cache: the demo, a pipeline built elsewhere and a compressor asking by name share one instance
-    backbone = demo_app._PIPES[(preset, "none", "none", "cpu")].backbone
+    assert list(demo_app._LOADED) == [(preset, "none", "none", "cpu")]
+    backbone = demo_app._pipeline(preset, "none", "none", "cpu", "uniform").backbone
     assert VideoQAPipeline.from_config(PipelineConfig(model=preset, device="cpu")).backbone is backbone
     assert get_model(preset, device="cpu") is backbone
     assert load_count(preset, device="cpu", dtype="auto") == 1

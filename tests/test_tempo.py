@@ -192,3 +192,29 @@ def test_svlm_by_name_is_a_second_model_with_the_same_scores(tiny_backbone, long
     b = [s["relevance"] for s in other.stats["segments"]]
     assert np.allclose(a, b, atol=1e-4)
     assert other.stats["svlm"] == "tiny-random"
+
+
+def test_svlm_by_name_comes_from_the_model_cache_quantized_like_the_backbone(long_video):
+    """`--quant int4 --compressor tempo --compressor-option svlm=NAME`: the SVLM is the cache's instance,
+    quantized by the cache's loader with the backbone's schemes, and shared with a pipeline asking for it."""
+    from videollm.config import PipelineConfig
+    from videollm.models import clear_models, load_report
+    from videollm.pipeline import VideoQAPipeline
+
+    clear_models("tiny-random")
+    cfg = PipelineConfig(model="tiny-random", device="cpu", quant="int4", vision_quant="int8", compressor="tempo",
+                         compressor_options={"svlm": "tiny-random"})
+    pipe = VideoQAPipeline.from_config(cfg)
+    video = load_video(long_video, SamplingConfig(num_frames=4))
+    ans = pipe(video, "What moves?", budget=300)
+    svlm = pipe.compressor._svlm()
+    report = load_report(svlm)
+    assert report is not None and report.quantization is not None
+    assert (report.quant, report.group_size) == ("int4+int8", 128)
+    assert svlm is pipe.backbone  # the same name and settings: the cache's one instance
+    # a float backbone asking for the same SVLM gets a float one, another cache entry
+    float_pipe = VideoQAPipeline.from_config(PipelineConfig(model="tiny-random", device="cpu", compressor="tempo",
+                                                            compressor_options={"svlm": "tiny-random"}))
+    assert load_report(float_pipe.compressor._svlm()).quantization is None
+    assert float_pipe.compressor._svlm() is not svlm and ans.compressor_stats["svlm"] == "tiny-random"
+    clear_models("tiny-random")
