@@ -334,3 +334,24 @@ def test_modes_registered_and_decision_rule():
     assert should_think("auto", None, 0.0)
     assert not should_think("auto", 0.97, 0.97) and should_think("auto", 0.969, 0.97)
     assert should_think("think", 1.0, 0.5)
+
+
+def test_videoauto_r1_checkpoint_scores_its_first_box_as_the_release_does():
+    """On a backbone trained in the format (its preset says "videoauto-r1") the confidence follows the
+    release's rule: "B, a cat" is not one of its letter shapes, so it scores the whole content's tokens (and
+    thinks at 0.97); videollm's own rule, kept for prompted backbones, scores the letter alone."""
+    probs = {"\\boxed{": 0.99, "\\boxed{B": 0.8, "\\boxed{B,": 0.7, "\\boxed{B, a": 0.6}
+    script = r1_script("\\boxed{B, a cat}", THOUGHT, "\\boxed{B}")
+    prompted = run(ScriptedBackbone(script, probs), "auto")
+    trained_model = ScriptedBackbone(script, probs)
+    trained_model.reasoning_preset = {"format": "videoauto-r1", "confidence_threshold": 0.97}
+    trained = run(trained_model, "auto")
+    assert prompted.initial_choice == trained.initial_choice == "B"
+    assert prompted.confidence == pytest.approx(0.99, abs=1e-6) and not prompted.thinking_fired
+    want = math.exp((math.log(0.99) + math.log(0.8) + math.log(0.7) + math.log(0.6)) / 4)
+    assert trained.confidence == pytest.approx(want, rel=1e-5) and trained.thinking_fired
+    assert trained.extra["confidence_rule"] == "videoauto-r1" and prompted.extra["confidence_rule"] == "videollm"
+    # the common shape gives the same value under both rules
+    same = ScriptedBackbone(r1_script("\\boxed{A}", THOUGHT, "\\boxed{A}"), {"\\boxed{": 0.9})
+    same.reasoning_preset = {"format": "videoauto-r1"}
+    assert run(same, "auto").confidence == pytest.approx(0.9, abs=1e-6)

@@ -18,7 +18,11 @@ from videollm.answer.reasoning_format import (
     last_box,
     letter_probability,
     parse_box_answer,
+    r1_confidence,
+    r1_first_box,
+    r1_normalize,
     r1_system_prompt,
+    r1_token_span,
     r1_user_text,
     span_token_indices,
     split_r1,
@@ -173,3 +177,53 @@ def test_parse_choice_real_world_shapes(text, letter):
 def test_box_dataclass_span():
     b = Box("A", 7, 8, True)
     assert "\\boxed{A}"[b.start:b.end] == "A"
+
+
+# ---- VideoAuto-R1's own confidence rule (lmms_eval/models/simple/early_exit.py in the release) -------------
+_VOCAB = ["\\boxed", "{A", "{", "}", "A", " A", "<think>", "B", ",", " a", " cat", "x"]
+
+
+def _encode(text: str) -> list[int]:
+    """Greedy longest match over `_VOCAB`: a tokenizer in which "{A" is one token, as BPE merges can make it."""
+    out, i = [], 0
+    while i < len(text):
+        best = max((t for t in _VOCAB if text.startswith(t, i)), key=len, default=None)
+        out.append(_VOCAB.index(best) if best else 1000 + ord(text[i]))  # any other character: its own token
+        i += len(best) if best else 1
+    return out
+
+
+@pytest.mark.parametrize("content, piece", [("A", "A"), (" (b) a cat", "b"), ("C. a bird", "C"), ("D)", "D"),
+                                             ("[E]", "E"), ("a cat", "a cat"), ("B, a cat", "B, a cat"),
+                                             ("Option B", "Option B"), ("\\text{B}", "\\text{B}")])
+def test_r1_normalize_takes_a_leading_letter_only_in_the_release_shapes(content, piece):
+    assert r1_normalize(content) == piece
+
+
+def test_r1_first_box_needs_two_boxes_and_reads_two_nested_levels():
+    assert r1_first_box("\\boxed{A}") is None
+    assert r1_first_box("\\boxed{A}<think>\n</think>\\boxed{}") == "A"
+    assert r1_first_box("\\boxed{\\frac{1}{\\sqrt{x}}} and \\boxed{B}") == "\\frac{1}{\\sqrt{x}}"
+
+
+def test_r1_token_span_searches_tokens_then_falls_back_to_re_encoding():
+    gen = _encode("\\boxed{B, a cat}<think>")
+    assert r1_token_span(gen, "B, a cat", _encode, "") == (2, 6)
+    # "{A" is one token: neither "A" nor " A" occurs in the ids, so the release re-encodes the text before the
+    # letter ("\\boxed{" → 2 tokens) and scores token 2, which is "}"
+    gen = _encode("\\boxed{A}<think>")
+    assert [_VOCAB[i] for i in gen] == ["\\boxed", "{A", "}", "<think>"]
+    assert r1_token_span(gen, "A", _encode, "\\boxed{A}<think>\n</think>\\boxed{}") == (2, 3)
+    assert r1_token_span(gen, "zz", _encode, "\\boxed{A}") is None
+
+
+def test_r1_confidence_is_the_release_value():
+    lps = [math.log(p) for p in (0.5, 0.9, 0.8, 0.99)]
+    gen = _encode("\\boxed{A}<think>")
+    assert r1_confidence(gen, lps, "\\boxed{A}<think>", _encode) == pytest.approx(0.8)  # the "}" token
+    gen = _encode("\\boxed{B, a cat}<think>")
+    lps = [math.log(p) for p in (0.5, 0.5, 0.9, 0.8, 0.7, 0.6, 0.99, 0.99)]
+    want = math.exp((math.log(0.9) + math.log(0.8) + math.log(0.7) + math.log(0.6)) / 4)
+    assert r1_confidence(gen, lps, "\\boxed{B, a cat}<think>", _encode) == pytest.approx(want)
+    assert r1_confidence(gen, lps, "no box at all", _encode) is None  # the release's -1: think
+    assert r1_confidence(gen, lps, "\\boxed{ Let's analyze the problem step by step.}", _encode) is None

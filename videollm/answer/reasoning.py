@@ -46,6 +46,7 @@ from .reasoning_format import (
     is_deferral,
     letter_probability,
     parse_box_answer,
+    r1_confidence,
     r1_system_prompt,
     r1_user_text,
     span_token_indices,
@@ -300,6 +301,12 @@ def answer_auto(backbone: VideoLanguageModel, user_text: str, visual: VisualToke
     return _answer_then_think(backbone, user_text, visual, options, generation, system, opts, "auto")
 
 
+def _trained_format(backbone: object) -> bool:
+    """Whether the backbone is a checkpoint trained in VideoAuto-R1's format (its preset says so)."""
+    preset = getattr(backbone, "reasoning_preset", None)
+    return isinstance(preset, dict) and preset.get("format") == "videoauto-r1"
+
+
 def should_think(mode: str, confidence: float | None, threshold: float) -> bool:
     """The decision, as the paper has it: no confidence (a deferral, or no box) always thinks."""
     if mode == "think":
@@ -360,6 +367,14 @@ def _answer_then_think(backbone: VideoLanguageModel, user_text: str, visual: Vis
         # malformed: no box at all. Keep what the text says as the initial answer, with no confidence
         choice = parse_choice(initial_text, options) if options else None
         initial = ParsedAnswer(choice or initial_text.strip(), choice, (0, 0))
+    trained = _trained_format(backbone) and letters is None and not prefix
+    if trained and initial is not None and box is not None and not deferred:
+        # a VideoAuto-R1 checkpoint: its confidence exactly as the release computes it (`r1_confidence`)
+        def encode(text: str) -> list[int]:
+            return list(tok(text, add_special_tokens=False)["input_ids"])
+
+        box_conf = r1_confidence(s1.token_ids, s1.logprobs, tok.decode(s1.token_ids, skip_special_tokens=True),
+                                 encode)
     if letters is not None and s1.token_ids:  # the constrained token is the answer, whatever follows it
         letter = letters.token_letter[s1.token_ids[0]]
         if initial is None or initial.choice != letter:
@@ -370,6 +385,7 @@ def _answer_then_think(backbone: VideoLanguageModel, user_text: str, visual: Vis
     if opts.confidence == "letter" and letter_conf is not None:
         confidence, method = letter_conf, "letter"
     extra: dict[str, Any] = {"confidence_method": method, "box_confidence": box_conf,
+                             "confidence_rule": "videoauto-r1" if trained else "videollm",
                              "letter_confidence": letter_conf, "deferred": deferred, "threshold": opts.threshold,
                              "tokens": {"answer": len(s1.token_ids)}, "forced": []}
     if confidence is None:

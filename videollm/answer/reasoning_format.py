@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..question import MC_INSTRUCTION, normalize_options, option_letters
@@ -354,3 +354,69 @@ def letter_probability(letter_logprobs: dict[str, float], chosen: str) -> float 
         return None
     z = sum(math.exp(v - m) for v in letter_logprobs.values())
     return float(math.exp(letter_logprobs[chosen] - m) / z)
+
+
+# ---- VideoAuto-R1's own confidence rule (IVUL-KAUST/VideoAuto-R1, lmms_eval/models/simple/early_exit.py) ------
+# A box as the release's pattern reads it: content with up to two levels of nested braces, closed.
+_R1_BOX = re.compile(r"\\boxed\{((?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*)\}")
+# the release's letter normalisation: "(A)…", "A." / "A)" / "A:" / "A-"…, or a lone letter → "A"
+_R1_LETTER = (re.compile(r"^\s*[\(\[\{]\s*([A-Za-z])\s*[\)\]\}]"), re.compile(r"^\s*([A-Za-z])\s*[.)/:;\-]"),
+              re.compile(r"^\s*([A-Za-z])\s*\.?\s*$"))
+#: what the released demo appends to the first stage's text before scoring it, so the two-box test passes
+R1_STAGE1_SUFFIX = "<think>\n</think>\\boxed{}"
+
+
+def r1_first_box(text: str) -> str | None:
+    """The release's first box: its content when `text` holds at least two boxes, else None."""
+    found = _R1_BOX.findall(text)
+    return found[0] if len(found) >= 2 else None
+
+
+def r1_normalize(content: str) -> str:
+    """The piece the release looks up: an option letter where the content starts with one, else the content."""
+    for pattern in _R1_LETTER:
+        m = pattern.match(content)
+        if m:
+            return m.group(1)
+    return content
+
+
+def r1_token_span(gen_ids: Sequence[int], piece: str, encode: Callable[[str], list[int]],
+                  decoded: str) -> tuple[int, int] | None:
+    """The generated tokens the release scores for `piece`: the first place the piece's own tokens occur in
+    `gen_ids` (as is, stripped, left-stripped, or after a space); failing that, the span its characters in
+    `decoded` would have if the text before them and the piece were tokenized apart."""
+    variants = [piece, piece.strip(), piece.lstrip(), piece if piece.startswith(" ") else " " + piece]
+    ids = list(gen_ids)
+    for v in variants:
+        needle = encode(v)
+        n = len(needle)
+        if not n:
+            continue
+        for i in range(len(ids) - n + 1):
+            if ids[i:i + n] == needle:
+                return i, i + n
+    for v in variants:
+        pos = decoded.find(v) if v else -1
+        if pos != -1:
+            start = len(encode(decoded[:pos]))
+            end = start + len(encode(v))
+            return (start, end) if end <= len(ids) else None
+    return None
+
+
+def r1_confidence(gen_ids: Sequence[int], logprobs: Sequence[float], stage1_text: str,
+                  encode: Callable[[str], list[int]]) -> float | None:
+    """VideoAuto-R1's confidence of a first stage that stopped at `<think>` (the released demo's early exit):
+    exp(mean log p) over the tokens `r1_token_span` finds for the first box's normalised content; None (the
+    release's -1, "think") with no box or a box starting "Let's analyze". `stage1_text` is the stage's
+    decoded text without special tokens; `logprobs[i]` is that of `gen_ids[i]`."""
+    answer = stage1_text.split(THINK_OPEN)[0].strip() + R1_STAGE1_SUFFIX
+    content = r1_first_box(answer)
+    if content is None or content.lstrip().startswith("Let's analyze"):
+        return None
+    span = r1_token_span(gen_ids, r1_normalize(content), encode, answer)
+    if span is None or not logprobs:
+        return None
+    s, e = (max(0, min(v, len(logprobs))) for v in span)
+    return geometric_mean_prob(list(logprobs[s:e])) if e > s else None
