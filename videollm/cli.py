@@ -223,8 +223,6 @@ def validate_reasoning_args(args: argparse.Namespace) -> None:
     g = getattr(args, "quant_group_size", 128)
     if g is not None and g < 0:
         bad("--quant-group-size", g, "at least 0 (0 = one scale per row)")
-    if getattr(args, "budget", None) is not None and args.budget < 1:
-        bad("--budget", args.budget, "at least 1")
 
 
 def reasoning_options(args: argparse.Namespace) -> dict[str, Any]:

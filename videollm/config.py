@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from .budget import check_budget
 from .device import DTYPE_NAMES
 from .errors import InvalidRequestError, UnknownNameError
 from .hub import DEFAULT_MODEL  # noqa: F401 - re-exported: the default lives where it is resolved
+from .options import non_defaults
 from .runtime.generation import GenerationConfig
 from .video.sampling import SamplingConfig
+
+if TYPE_CHECKING:
+    from videollm.compressors.base import CompressorConfig
+
+    from .answer.reasoning import ReasoningConfig
 
 #: fields that do not change predictions (where and how fast a run goes), left out of the fingerprint
 RUNTIME_FIELDS = ("device", "video_backend")
@@ -28,14 +35,15 @@ D = TypeVar("D")
 class PipelineConfig:
     model: str = DEFAULT_MODEL  # preset name, hub id or local path
     compressor: str = "uniform"
-    #: the compressor's options: its `config_class` instance, or a dict of that dataclass's fields
-    compressor_options: Any = field(default_factory=dict)
+    #: the compressor's options: its `config_class` instance, or a dict of that dataclass's fields (`validate()`
+    #: replaces a dict with the built instance)
+    compressor_options: CompressorConfig | dict[str, Any] = field(default_factory=dict)
     budget: int | None = None  # max visual tokens handed to the LLM
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     reasoning: str = "direct"
-    #: the mode's options: a `ReasoningConfig`, or a dict of its fields
-    reasoning_options: Any = field(default_factory=dict)
+    #: the mode's options: a `ReasoningConfig`, or a dict of its fields (`validate()` builds the config)
+    reasoning_options: ReasoningConfig | dict[str, Any] = field(default_factory=dict)
     answer_format: str = "free"  # "free" (generate, lmms-eval parity) | "choice" (always an option letter)
     quant: str = "none"  # LLM weights: none | int8 | int4 | int2 | ternary
     vision_quant: str = "none"  # vision encoder weights, same choices
@@ -55,27 +63,33 @@ class PipelineConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    # ---- typed views of the per-component options ---------------------------------------------------
-    def compressor_config(self) -> Any:
-        """The compressor's own config dataclass, option names and values checked."""
+    # ---- the per-component options, typed --------------------------------------------------------------
+    def compressor_config(self) -> CompressorConfig:
+        """The compressor's own config dataclass, built and checked once (`TokenCompressor.build_config`):
+        after `validate()` it is the object `compressor_options` holds."""
         from videollm.compressors import COMPRESSORS
 
         cls = COMPRESSORS.get(self.compressor)
-        if dataclasses.is_dataclass(self.compressor_options):
-            if not isinstance(self.compressor_options, cls.config_class):
-                raise InvalidRequestError(f"compressor {self.compressor!r} takes a {cls.config_class.__name__}, "
-                                          f"not a {type(self.compressor_options).__name__}")
-            return cls.make_config(self.compressor_options)
-        return cls.make_config(None, **self.compressor_options)
+        opts = self.compressor_options
+        if dataclasses.is_dataclass(opts) and not isinstance(opts, cls.config_class):
+            raise InvalidRequestError(f"compressor {self.compressor!r} takes a {cls.config_class.__name__}, "
+                                      f"not a {type(opts).__name__}")
+        return cls.build_config(opts)
 
-    def reasoning_config(self) -> Any:
-        from .answer.reasoning import ReasoningOptions
+    def reasoning_config(self) -> ReasoningConfig:
+        """The reasoning modes' `ReasoningConfig`, built and checked once (`ReasoningConfig.build`): after
+        `validate()` it is the object `reasoning_options` holds."""
+        from .answer.reasoning import ReasoningConfig
 
+        return ReasoningConfig.build(self.reasoning_options)
+
+    def answer_format_for(self, requested: str | None = None) -> str:
+        """The answer format a call uses: the call's, else the reasoning options' "choice", else the config's."""
+        if requested:
+            return requested
         opts = self.reasoning_options
-        if isinstance(opts, ReasoningOptions):
-            opts.validate()
-            return opts
-        return ReasoningOptions.from_kwargs(**opts)
+        given = opts.get("answer_format") if isinstance(opts, dict) else getattr(opts, "answer_format", "free")
+        return given if given and given != "free" else self.answer_format
 
     # ---- validation ---------------------------------------------------------------------------------
     def validate(self) -> "PipelineConfig":
@@ -107,16 +121,18 @@ class PipelineConfig:
             from .video.decoders import DECODERS
 
             DECODERS.get(self.video_backend)
-        check_budget(self.budget)
         from .backbones import declared_max_context
 
-        ctx = declared_max_context(self.model)
-        if self.budget is not None and ctx is not None and self.budget >= ctx:
-            raise InvalidRequestError(f"a budget of {self.budget} visual tokens cannot fit {self.model}'s context "
-                                      f"of {ctx} tokens; lower --budget")
+        check_budget(self.budget, declared_max_context(self.model))
         self.sampling.validate()
         validate_generation(self.generation)
-        self.reasoning_config()
+        self._build_options()
+        return self
+
+    def _build_options(self) -> None:
+        """Build the typed compressor and reasoning configs from what the user gave (dicts from the CLI, JSON
+        or YAML, or config objects), check each once, and keep them in place of the dicts: what runs after
+        reads typed objects only."""
         if self.compressor_weights is not None:
             from videollm.compressors.base import WeightedCompressor
 
@@ -124,8 +140,8 @@ class PipelineConfig:
             if name != self.compressor:
                 raise InvalidRequestError(f"{self.compressor_weights} holds a {name!r} compressor, "
                                           f"not {self.compressor!r}")
-        self.compressor_config()
-        return self
+        self.reasoning_options = self.reasoning_config()
+        self.compressor_options = self.compressor_config()
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that change predictions (all but `RUNTIME_FIELDS`), JSON-ready: a resumed eval
@@ -166,12 +182,6 @@ def fingerprint_keys() -> tuple[str, ...]:
     return (*(f.name for f in fields(PipelineConfig) if f.name not in RUNTIME_FIELDS), "max_new_tokens")
 
 
-def non_defaults(cfg: Any) -> dict[str, Any]:
-    """The fields of dataclass `cfg` that differ from their defaults: `{}` and an explicit default agree."""
-    default = type(cfg)()
-    return {f.name: getattr(cfg, f.name) for f in fields(cfg) if getattr(cfg, f.name) != getattr(default, f.name)}
-
-
 def check_device(device: str) -> None:
     """`auto`, `cpu`, `cuda[:N]` or `mps`, and only one this machine has: found here, not by a failing load."""
     import torch
@@ -196,15 +206,6 @@ def check_device(device: str) -> None:
                                       "device(s)")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise InvalidRequestError(f"device {device!r}: MPS is not available on this machine; use --device cpu")
-
-
-def check_budget(budget: int | None) -> None:
-    from videollm.compressors.base import MAX_BUDGET
-
-    if budget is None:
-        return
-    if isinstance(budget, bool) or not isinstance(budget, int) or not 1 <= budget <= MAX_BUDGET:
-        raise InvalidRequestError(f"budget must be an integer between 1 and {MAX_BUDGET} visual tokens, got {budget}")
 
 
 def validate_generation(g: GenerationConfig) -> None:
