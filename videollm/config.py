@@ -110,7 +110,8 @@ class PipelineConfig:
         check_scheme_names(self.quant, self.vision_quant)
         g = self.quant_group_size
         if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g < 0):
-            raise InvalidRequestError(f"quant group size must be a whole number >= 0 (0 = one scale per row), got {g}")
+            raise InvalidRequestError(f"quant group size (--quant-group-size) must be a whole number >= 0 "
+                                      f"(0 = one scale per row), got {g}")
         check_device(self.device)
         if self.dtype not in DTYPE_NAMES:
             raise InvalidRequestError(f"unknown dtype {self.dtype!r}; choose from {', '.join(DTYPE_NAMES)}")
@@ -125,7 +126,7 @@ class PipelineConfig:
 
         check_budget(self.budget, declared_max_context(self.model))
         self.sampling.validate()
-        validate_generation(self.generation)
+        self.generation.validate()
         self._build_options()
         return self
 
@@ -206,15 +207,6 @@ def check_device(device: str) -> None:
                                       "device(s)")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise InvalidRequestError(f"device {device!r}: MPS is not available on this machine; use --device cpu")
-
-
-def validate_generation(g: GenerationConfig) -> None:
-    if int(g.max_new_tokens) < 1:
-        raise InvalidRequestError(f"max new tokens must be >= 1, got {g.max_new_tokens}")
-    if float(g.temperature) < 0 or not 0 < float(g.top_p) <= 1:
-        raise InvalidRequestError(f"temperature must be >= 0 and top_p in (0, 1], got {g.temperature}, {g.top_p}")
-    if float(g.repetition_penalty) <= 0:
-        raise InvalidRequestError(f"repetition penalty must be > 0, got {g.repetition_penalty}")
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

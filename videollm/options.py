@@ -39,13 +39,20 @@ _CHECKED = "_videollm_checked"
 
 def mark_checked(obj: D) -> D:
     """Record that `obj` (a config dataclass) passed its one validator, so code it is handed to trusts it
-    instead of checking it again. `dataclasses.replace` makes an unmarked copy, which is checked anew."""
-    obj.__dict__[_CHECKED] = True
+    instead of checking it again. The record holds the values checked: a field set afterwards
+    (`cfg.threshold = 2.0`) or a `dataclasses.replace` copy is checked anew."""
+    obj.__dict__[_CHECKED] = _values(obj)
     return obj
 
 
 def is_checked(obj: object) -> bool:
-    return bool(getattr(obj, "__dict__", {}).get(_CHECKED))
+    """Whether `obj` passed its validator with the values it holds now (`mark_checked`)."""
+    seen = getattr(obj, "__dict__", {}).get(_CHECKED)
+    return seen is not None and seen == _values(obj)
+
+
+def _values(obj: Any) -> tuple[Any, ...]:
+    return tuple(getattr(obj, f.name) for f in fields(obj) if f.init)
 
 
 def check_fields(obj: Any, what: str = "option") -> None:

@@ -130,15 +130,16 @@ class VideoQAPipeline:
         cfg = self.config
         fmt = cfg.answer_format_for(answer_format)
         check_answer_format(fmt, q.options)
-        if budget is not None:  # a per-call budget is a new request value; the config's was checked by validate()
-            budget = check_budget(budget, self.backbone.max_context)
+        # the one budget check (`check_budget`), against this backbone's context: the config's budget was checked
+        # against the model's declared context, which a hub id or a backbone built in code may not have
+        budget = check_budget(cfg.budget if budget is None else budget, self.backbone.max_context)
         mode = reasoning or cfg.reasoning
         if reasoning is not None:
             MODES.get(mode)  # an unknown name is refused here, not after the video is encoded
         rcfg = cfg.reasoning_config()
         if rcfg.answer_format != fmt:
             rcfg = ReasoningConfig.build(replace(rcfg, answer_format=fmt))
-        return Request(question=q, budget=cfg.budget if budget is None else budget, mode=mode, generation=gen,
+        return Request(question=q, budget=budget, mode=mode, generation=gen,
                        reasoning=rcfg)
 
     def encode(self, req: Request, video: VideoInput, sampling: SamplingConfig | None = None, *,

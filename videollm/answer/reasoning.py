@@ -138,17 +138,22 @@ class ReasoningConfig:
         return cls.build(kwargs)
 
     def validate(self) -> None:
-        """The one validator: every field's type, then every value. Raises `InvalidRequestError`."""
+        """The one validator (CLI, Python API, server JSON, eval, lmms-eval): every field's type, then every
+        value, each refusal naming the option and its CLI flag. Raises `InvalidRequestError`."""
         check_fields(self, "reasoning option")
         t = self.threshold
-        if t is not None and not 0.0 <= float(t) <= 1.0:
-            raise InvalidRequestError(f"confidence threshold must be in [0, 1], got {t}")
+        if t is not None and not 0.0 <= float(t) <= 1.0:  # NaN fails the comparison too
+            raise InvalidRequestError(f"confidence threshold (--confidence-threshold) must be a number in [0, 1], "
+                                      f"got {t}")
         if self.max_think_tokens < 1:
-            raise InvalidRequestError(f"max think tokens must be >= 1, got {self.max_think_tokens}")
+            raise InvalidRequestError(f"max think tokens (--max-think-tokens) must be at least 1, "
+                                      f"got {self.max_think_tokens}")
         if math.isnan(float(self.overthink_penalty)) or float(self.overthink_penalty) < 0:
-            raise InvalidRequestError(f"overthink penalty must be >= 0, got {self.overthink_penalty}")
+            raise InvalidRequestError(f"overthink penalty (--overthink-penalty) must be a number >= 0 (inf bans the "
+                                      f"words), got {self.overthink_penalty}")
         if self.confidence not in CONFIDENCE_METHODS:
-            raise InvalidRequestError(f"confidence method must be one of {CONFIDENCE_METHODS}, got {self.confidence!r}")
+            raise InvalidRequestError(f"confidence method (--confidence-method) must be one of "
+                                      f"{', '.join(CONFIDENCE_METHODS)}, got {self.confidence!r}")
         if self.answer_tokens is not None and self.answer_tokens < 1:
             raise InvalidRequestError(f"answer tokens must be >= 1, got {self.answer_tokens}")
         if self.answer_format not in ANSWER_FORMATS:
@@ -198,7 +203,7 @@ def run_mode(name: str, backbone: VideoLanguageModel, question: Question, visual
 
     if not isinstance(question, Question):
         raise InvalidRequestError("run_mode takes a Question (videollm.question.make_question)")
-    config = ReasoningConfig() if config is None else config
+    config = ReasoningConfig.build(config)  # a config built and checked upstream passes as it is
     fn = MODES.get(name)
     if name in ("think", "auto") and not getattr(backbone, "reasons", True):
         outcome = _evidence_thought(name, backbone, question, visual, generation, config, system)
