@@ -8,7 +8,9 @@ costs milliseconds, never a model load. `fingerprint()` is what an eval run must
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -35,14 +37,14 @@ D = TypeVar("D")
 class PipelineConfig:
     model: str = DEFAULT_MODEL  # preset name, hub id or local path
     compressor: str = "uniform"
-    #: the compressor's options: its `config_class` instance, or a dict of that dataclass's fields (`validate()`
-    #: replaces a dict with the built instance)
+    #: the compressor's options: its `config_class` instance, or a dict of that dataclass's fields (typed once by
+    #: `compressor_config()`)
     compressor_options: CompressorConfig | dict[str, Any] = field(default_factory=dict)
     budget: int | None = None  # max visual tokens handed to the LLM
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     reasoning: str = "direct"
-    #: the mode's options: a `ReasoningConfig`, or a dict of its fields (`validate()` builds the config)
+    #: the mode's options: a `ReasoningConfig`, or a dict of its fields (typed once by `reasoning_config()`)
     reasoning_options: ReasoningConfig | dict[str, Any] = field(default_factory=dict)
     answer_format: str = "free"  # "free" (generate, lmms-eval parity) | "choice" (always an option letter)
     quant: str = "none"  # LLM weights: none | int8 | int4 | int2 | ternary
@@ -64,9 +66,11 @@ class PipelineConfig:
         return asdict(self)
 
     # ---- the per-component options, typed --------------------------------------------------------------
+    # What the user gave stays in `compressor_options` / `reasoning_options` (a dict from the CLI, JSON or YAML,
+    # or a config object), so `replace(compressor=...)` and `to_dict()` mean what they did; the typed config is
+    # built and checked once from it and kept beside it until those fields change.
     def compressor_config(self) -> CompressorConfig:
-        """The compressor's own config dataclass, built and checked once (`TokenCompressor.build_config`):
-        after `validate()` it is the object `compressor_options` holds."""
+        """The compressor's own config dataclass, built and checked once (`TokenCompressor.build_config`)."""
         from videollm.compressors import COMPRESSORS
 
         cls = COMPRESSORS.get(self.compressor)
@@ -74,22 +78,34 @@ class PipelineConfig:
         if dataclasses.is_dataclass(opts) and not isinstance(opts, cls.config_class):
             raise InvalidRequestError(f"compressor {self.compressor!r} takes a {cls.config_class.__name__}, "
                                       f"not a {type(opts).__name__}")
-        return cls.build_config(opts)
+        return self._built("compressor", opts, lambda: cls.build_config(opts))
 
     def reasoning_config(self) -> ReasoningConfig:
-        """The reasoning modes' `ReasoningConfig`, built and checked once (`ReasoningConfig.build`): after
-        `validate()` it is the object `reasoning_options` holds."""
+        """The reasoning modes' `ReasoningConfig`, built and checked once (`ReasoningConfig.build`)."""
         from .answer.reasoning import ReasoningConfig
 
-        return ReasoningConfig.build(self.reasoning_options)
+        opts = self.reasoning_options
+        return self._built("reasoning", opts, lambda: ReasoningConfig.build(opts))
+
+    def _built(self, name: str, given: object, build: Callable[[], D]) -> D:
+        """`build()`'s config, kept until `given` (the user's options) or the compressor changes: a dict is not
+        turned into a config again on every call."""
+        key = (self.compressor, copy.deepcopy(given)) if isinstance(given, dict) else None
+        slot = f"_built_{name}"
+        cached = self.__dict__.get(slot)
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1]
+        built = build()  # a config object already checked with its current values passes through as it is
+        if key is not None:
+            self.__dict__[slot] = (key, built)
+        return built
 
     def answer_format_for(self, requested: str | None = None) -> str:
         """The answer format a call uses: the call's, else the reasoning options' "choice", else the config's."""
         if requested:
             return requested
-        opts = self.reasoning_options
-        given = opts.get("answer_format") if isinstance(opts, dict) else getattr(opts, "answer_format", "free")
-        return given if given and given != "free" else self.answer_format
+        given = self.reasoning_config().answer_format
+        return given if given != "free" else self.answer_format
 
     # ---- validation ---------------------------------------------------------------------------------
     def validate(self) -> "PipelineConfig":
@@ -132,8 +148,8 @@ class PipelineConfig:
 
     def _build_options(self) -> None:
         """Build the typed compressor and reasoning configs from what the user gave (dicts from the CLI, JSON
-        or YAML, or config objects), check each once, and keep them in place of the dicts: what runs after
-        reads typed objects only."""
+        or YAML, or config objects) and check each once; what runs after reads those typed objects only
+        (`compressor_config()`, `reasoning_config()`)."""
         if self.compressor_weights is not None:
             from videollm.compressors.base import WeightedCompressor
 
@@ -141,8 +157,8 @@ class PipelineConfig:
             if name != self.compressor:
                 raise InvalidRequestError(f"{self.compressor_weights} holds a {name!r} compressor, "
                                           f"not {self.compressor!r}")
-        self.reasoning_options = self.reasoning_config()
-        self.compressor_options = self.compressor_config()
+        self.reasoning_config()
+        self.compressor_config()
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that change predictions (all but `RUNTIME_FIELDS`), JSON-ready: a resumed eval

@@ -36,9 +36,10 @@ def check_text(text: str, what: str) -> None:
 class Question:
     """One multiple-choice or open question, as every stage after the request reads it.
 
-    `text` is the question as asked (what a compressor reads as its query), `options` the options' texts without letters (in letter order, empty for
-    an open question), `user_text` the user turn the LLM reads (`format_question`'s, or a benchmark's own
-    wording passed as `prompt=`). Built by `make_question`, which checks everything once.
+    `text` is the question as asked (what a compressor reads as its query, and what decides mini's evidence
+    shape), `options` the options' texts without letters (in letter order, empty for an open question),
+    `user_text` the user turn the LLM reads (`format_question`'s, or a benchmark's own wording passed as
+    `prompt=`). Built by `make_question`, which checks everything once.
     """
 
     text: str
