@@ -40,11 +40,7 @@ def create_compressor(name: str, backbone: VideoLanguageModel | None, config: Co
         from videollm.errors import InvalidRequestError
 
         raise InvalidRequestError(f"compressor {name!r} has no weights to load")
-    if config is not None:
-        from dataclasses import asdict
-
-        options = {**asdict(config), **options}
-    return cls.from_pretrained(weights, backbone, **options)
+    return cls.from_pretrained(weights, backbone, config=config, **options)
 
 
 def list_compressors() -> list[str]:

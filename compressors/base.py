@@ -14,8 +14,8 @@ import os
 import queue
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -23,10 +23,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from videollm.budget import MAX_BUDGET, check_budget
 from videollm.errors import InvalidRequestError
 from videollm.feature_cache import cached_chunks, default_cache, video_key
 from videollm.models import load_report
-from videollm.options import build_dataclass
+from videollm.options import build_dataclass, check_fields, is_checked, mark_checked, non_defaults
 from videollm.protocols import VideoLanguageModel
 from videollm.timing import stage
 from videollm.types import VisualTokens
@@ -35,7 +36,6 @@ from videollm.video.sampling import uniform_indices
 
 logger = logging.getLogger(__name__)
 
-MAX_BUDGET = 1_000_000
 T = TypeVar("T")
 PROGRESS_MIN_FRAMES = 128  # show a progress bar from this many frames on
 
@@ -70,21 +70,44 @@ class TokenCompressor(ABC):
         self.config = self.make_config(config, **overrides)
 
     @classmethod
-    def make_config(cls, config: CompressorConfig | None = None, **overrides: Any) -> CompressorConfig:
-        """`config` (or the defaults) with `overrides` applied, names and values checked."""
-        base = asdict(config) if config is not None else {}
-        cfg = build_dataclass(cls.config_class, {**base, **overrides}, what=f"{cls.name} option")
+    def build_config(cls, values: CompressorConfig | Mapping[str, Any] | None = None) -> CompressorConfig:
+        """The one way options become this compressor's config: a dict's names and types checked
+        (`build_dataclass`), a config object's types (`check_fields`), then its `validate()`. A config that
+        passed this already is trusted as it is (`videollm.options.mark_checked`)."""
+        what = f"{cls.name} option"
+        if isinstance(values, cls.config_class) and is_checked(values):
+            return values
+        if values is None:
+            cfg = cls.config_class()
+        elif isinstance(values, cls.config_class):
+            check_fields(values, what)
+            cfg = values
+        elif isinstance(values, Mapping):
+            cfg = build_dataclass(cls.config_class, dict(values), what=what)
+        else:
+            raise InvalidRequestError(f"compressor {cls.name!r} takes a {cls.config_class.__name__} or an object of "
+                                      f"option names and values, not a {type(values).__name__}")
         cfg.validate()
-        return cfg
+        return mark_checked(cfg)
+
+    @classmethod
+    def make_config(cls, config: CompressorConfig | None = None, **overrides: Any) -> CompressorConfig:
+        """`config` (or the defaults) with keyword `overrides` (`create_compressor("pool", bb, tokens_per_frame=16)`),
+        through `build_config`."""
+        if not overrides:
+            return cls.build_config(config)
+        if config is not None and not isinstance(config, cls.config_class):
+            return cls.build_config(config)  # refused there, with the config class named
+        base = {f.name: getattr(config, f.name) for f in fields(config) if f.init} if config is not None else {}
+        return cls.build_config({**base, **overrides})
 
     def __call__(self, video: Video, query: str | None = None, budget: int | None = None) -> VisualTokens:
-        if budget is not None and not 1 <= int(budget) <= MAX_BUDGET:
-            raise InvalidRequestError(f"budget must be between 1 and {MAX_BUDGET} visual tokens, got {budget}")
+        budget = check_budget(budget)  # the pipeline checked it already; a direct call gets the same message
         if len(video) == 0:
             raise InvalidRequestError("the video has no sampled frames")
         prepare_video(self.backbone, video)
         with torch.inference_mode():  # frames' features are inference tensors; trained modules run as in eval
-            out = self.compress(video, query=query, budget=None if budget is None else int(budget))
+            out = self.compress(video, query=query, budget=budget)
         if budget is not None and out.num_tokens > budget:
             logger.warning("%s returned %d tokens for a budget of %d; trimming", self.name, out.num_tokens, budget)
             out = trim_to_budget(out, budget)
@@ -234,15 +257,18 @@ class WeightedCompressor(TokenCompressor, torch.nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike[str], backbone: VideoLanguageModel,
-                        **overrides: Any) -> "WeightedCompressor":
+                        config: CompressorConfig | None = None, **overrides: Any) -> "WeightedCompressor":
         """Rebuild from `save_pretrained` output; `overrides` change config fields (not the weights' shapes).
-        Weights land on the backbone's device, in the dtype they were saved in."""
+        `config`'s fields that differ from the defaults override the saved config like `overrides`. Weights
+        land on the backbone's device, in the dtype they were saved in."""
         from safetensors.torch import load_file
 
         name, cfg = cls.read_pretrained_config(directory)
         if name != cls.name:
             raise InvalidRequestError(f"{directory} holds a {name!r} compressor, not {cls.name!r}")
-        comp = cls(backbone, cls.make_config(None, **{**cfg, **overrides}))
+        given = {**(non_defaults(config) if config is not None else {}), **overrides}  # what the user chose
+        built = cls.build_config({**cfg, **given})
+        comp = cls(backbone, built)
         state = load_file(str(Path(directory) / WEIGHTS_FILE))
         dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
         if len(dtypes) == 1:
@@ -404,6 +430,7 @@ def ceil_div(a: int, b: int) -> int:
 
 
 __all__ = [
+    "MAX_BUDGET",  # re-exported: the limit lives with the one budget check (videollm.budget)
     "CompressorConfig",
     "TokenCompressor",
     "WeightedCompressor",

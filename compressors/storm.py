@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from videollm.errors import InvalidRequestError
+from videollm.options import non_defaults
 from videollm.timing import stage
 from videollm.types import VisualTokens
 from videollm.video import Video
@@ -332,6 +333,8 @@ class StormCompressor(WeightedCompressor):
                  **overrides: Any):
         weights = overrides.get("weights") or (config.weights if config is not None else None)
         if weights:  # the checkpoint fixes the architecture; the user's options override the rest
+            if config is not None:  # a config's own choices (its fields off the defaults) are the user's options
+                overrides = {**non_defaults(config), **overrides, "weights": weights}
             saved = read_config(weights)
             for k, v in overrides.items():
                 if k in ARCH_FIELDS and v != getattr(saved, k):
@@ -465,9 +468,10 @@ class StormCompressor(WeightedCompressor):
             self.config.weights = weights
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, backbone: Any, **overrides: Any) -> "StormCompressor":
+    def from_pretrained(cls, directory: str | Path, backbone: Any, config: StormConfig | None = None,
+                        **overrides: Any) -> "StormCompressor":
         overrides.pop("weights", None)
-        return cls(backbone, weights=str(directory), **overrides)
+        return cls(backbone, config, weights=str(directory), **overrides)
 
     def load_weights(self, directory: str | Path) -> None:
         from safetensors.torch import load_file

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from videollm.budget import check_budget
 from videollm.config import DEFAULT_MODEL, PipelineConfig
 from videollm.errors import InvalidRequestError, VideoLLMError
 from videollm.runtime.generation import GenerationConfig
@@ -103,14 +104,13 @@ def parse_budget(value: str | float | int | None) -> int | None:
     """The budget box: empty means fit the model's context; otherwise a whole number of visual tokens >= 1."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
+    text = str(value).strip().replace(",", "").replace("_", "")
     try:
-        number = float(str(value).strip().replace(",", "").replace("_", ""))
+        number = float(text)
     except ValueError:
         number = float("nan")
-    if not number.is_integer() or number < 1:
-        raise InvalidRequestError(f"the visual token budget must be a whole number >= 1, or empty to fit the "
-                                  f"model's context; got {str(value).strip()[:40]!r}")
-    return int(number)
+    # a whole number goes to the one budget check as an int; anything else as the text typed, same message
+    return check_budget(int(number) if number.is_integer() else str(value).strip()[:40])
 
 
 def answer(video: str | None, question: str, options_text: str, model: str, compressor: str,

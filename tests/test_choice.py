@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from videollm.answer.choice import LetterConstraint, check_answer_format, letter_token_ids
-from videollm.answer.reasoning import run_mode
+from videollm.answer.reasoning import ReasoningConfig, run_mode
 from videollm.backbones.mini import assets as mini_assets
 from videollm.errors import InvalidRequestError
-from videollm.question import format_question, normalize_options, option_letters
+from videollm.question import make_question, option_letters
 from videollm.runtime.generation import GenerationConfig
 from videollm.video import Video
 
@@ -51,12 +51,11 @@ def test_direct_choice_is_always_the_argmax_letter(backbones):
         for n_opt in range(2, 7):
             options = OPTION_POOL[:n_opt]
             letters = option_letters(options)
-            user_text = format_question(f"What is shown in clip {n_opt}?", options)
+            question = make_question(f"What is shown in clip {n_opt}?", options)
+            user_text = question.user_text
             visual = comp(clip(10 * b + n_opt), query="what", budget=None)
-            free = run_mode("direct", bb, user_text, visual, normalize_options(options),
-                            GenerationConfig(max_new_tokens=3))
-            out = run_mode("direct", bb, user_text, visual, normalize_options(options), GenerationConfig(),
-                           answer_format="choice")
+            free = run_mode("direct", bb, question, visual, GenerationConfig(max_new_tokens=3))
+            out = run_mode("direct", bb, question, visual, GenerationConfig(), ReasoningConfig(answer_format="choice"))
             assert out.choice in letters and out.text == out.choice and out.generated_tokens == 1
             assert out.choice == letter_argmax(bb, user_text, visual, letters)
             assert out.confidence is not None and 0 < out.confidence <= 1
@@ -86,8 +85,8 @@ def test_think_choice_boxes_both_answers(tiny_backbone):
 
     options = OPTION_POOL[:3]
     visual = create_compressor("uniform", tiny_backbone)(clip(5), query="q", budget=None)
-    out = run_mode("think", tiny_backbone, format_question("q?", options), visual, normalize_options(options),
-                   GenerationConfig(max_new_tokens=4), answer_format="choice", max_think_tokens=3)
+    out = run_mode("think", tiny_backbone, make_question("q?", options), visual, GenerationConfig(max_new_tokens=4),
+                   ReasoningConfig.build({"answer_format": "choice", "max_think_tokens": 3}))
     raw = out.extra["raw"]
     assert raw.startswith("\\boxed{") and "</think>\\boxed{" in raw or "\\boxed{" in raw.split("<think>")[-1]
     assert out.choice in {"A", "B", "C"} and out.initial_choice in {"A", "B", "C"}
@@ -114,7 +113,8 @@ def test_user_errors_come_before_any_decoding(tiny_pipeline, tmp_path):
     with pytest.raises(InvalidRequestError):
         check_answer_format("choice", None)
     with pytest.raises(InvalidRequestError, match="unknown reasoning option|answer format"):
-        run_mode("direct", None, "q", None, ["A. x"], GenerationConfig(), answer_format="nope")
+        run_mode("direct", None, make_question("q", ["x"]), None, GenerationConfig(),
+                 ReasoningConfig.build({"answer_format": "nope"}))
 
 
 def test_letter_constraint_masks_everything_else_even_nan(tiny_backbone):
@@ -152,19 +152,17 @@ def test_mini_keeps_its_option_scorer_and_yields_a_letter():
     mini = load_backbone("videollm-mini", device="cpu")
     visual = create_compressor("uniform", mini)(clip(3, n=2), query="q", budget=None)
     for options in (OPTION_POOL[:2], OPTION_POOL[:5]):
-        user_text = format_question("Which object is shown?", options)
-        free = run_mode("direct", mini, user_text, visual, normalize_options(options),
-                        GenerationConfig(max_new_tokens=2))
-        out = run_mode("direct", mini, user_text, visual, normalize_options(options), GenerationConfig(),
-                       answer_format="choice")
+        question = make_question("Which object is shown?", options)
+        free = run_mode("direct", mini, question, visual, GenerationConfig(max_new_tokens=2))
+        out = run_mode("direct", mini, question, visual, GenerationConfig(), ReasoningConfig(answer_format="choice"))
         letters = option_letters(options)
         assert out.choice in letters
         # the scorer already answers with a letter: the constraint agrees with it
         if free.choice is not None:
             assert out.choice == free.choice
     # a prompt the scorer does not recognise (no lettered options): the plain letter mask still answers
-    bare = run_mode("direct", mini, "Which object is shown? dog or cat", visual, ["A. dog", "B. cat"],
-                    GenerationConfig(), answer_format="choice")
+    bare = run_mode("direct", mini, make_question("", ["dog", "cat"], prompt="Which object is shown? dog or cat"),
+                    visual, GenerationConfig(), ReasoningConfig(answer_format="choice"))
     assert bare.choice in ("A", "B") and bare.text == bare.choice
     assert math.isfinite(bare.confidence)
 

@@ -76,7 +76,7 @@ def test_budget_box_empty_means_fit_the_context_and_bad_values_are_messages(shor
     assert parse_budget("") is None and parse_budget("  ") is None and parse_budget(None) is None
     assert parse_budget("512") == 512 and parse_budget(" 1,024 ") == 1024 and parse_budget(64.0) == 64
     for bad in ("0", "-3", "1.5", "lots", "nan", "inf"):
-        with pytest.raises(InvalidRequestError, match="whole number >= 1, or empty"):
+        with pytest.raises(InvalidRequestError, match="budget must be a whole number of visual tokens from 1 to"):
             parse_budget(bad)
     view = answer(str(short_video), "q", "", "tiny-random", "uniform", "abc", 4, "direct", "none", "none",
                   max_new_tokens=2, device="cpu")

@@ -62,7 +62,7 @@ def test_bad_model_args_are_one_clear_error(args, match):
 
 @needs_lmms_eval
 @pytest.mark.parametrize("text, match", [
-    ("budget=-5", "budget must be at least 1, got -5$"),
+    ("budget=-5", "budget must be a whole number of visual tokens from 1 to .*, got -5$"),
     ("frames=-0", "frames"),
 ])
 def test_negative_whole_numbers_are_reported_as_typed(text, match):

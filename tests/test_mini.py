@@ -272,7 +272,7 @@ def test_objects_answer_names_what_the_encoder_sees(pipe, mini, clips, clip):
 @pytest.mark.parametrize("clip", ["bigbuckbunny", "carphone"])
 def test_multiple_choice_top_class_is_chosen(mini, clips, clip):
     from videollm.answer.reasoning import run_mode
-    from videollm.question import format_question, normalize_options
+    from videollm.question import make_question
     from videollm.runtime.generation import GenerationConfig
 
     ranked, seen, visual = clips[clip]
@@ -282,8 +282,7 @@ def test_multiple_choice_top_class_is_chosen(mini, clips, clip):
         options = [right, *wrong]
         random.Random(seed).shuffle(options)
         question = "Which of these objects appears in the video?"
-        out = run_mode("direct", mini, format_question(question, options), visual, normalize_options(options),
-                       GenerationConfig(max_new_tokens=2))
+        out = run_mode("direct", mini, make_question(question, options), visual, GenerationConfig(max_new_tokens=2))
         assert out.choice == "ABCD"[options.index(right)], (out.text, options)
         assert out.confidence is None or out.confidence > 0.5
 
@@ -308,13 +307,13 @@ def test_budgets_and_pooling_change_what_the_llm_reads(mini, pipe):
 
 @needs_weights
 def test_runs_under_auto_reasoning(mini, clips):
-    from videollm.answer.reasoning import run_mode
-    from videollm.question import format_question, normalize_options
+    from videollm.answer.reasoning import ReasoningConfig, run_mode
+    from videollm.question import make_question
     from videollm.runtime.generation import GenerationConfig
 
     options = ["a bow tie", "a helmet"]
-    out = run_mode("auto", mini, format_question("What is the person wearing?", options), clips["carphone"][2],
-                   normalize_options(options), GenerationConfig(max_new_tokens=4), max_think_tokens=4, threshold=0.99)
+    out = run_mode("auto", mini, make_question("What is the person wearing?", options), clips["carphone"][2],
+                   GenerationConfig(max_new_tokens=4), ReasoningConfig(max_think_tokens=4, threshold=0.99))
     assert out.mode == "auto" and out.generated_tokens > 0
 
 
@@ -413,11 +412,10 @@ def _needle_visual(pipe, mini, root, item, compressor="uniform", budget=None):
 
 def _ask(mini, question, options, visual):
     from videollm.answer.reasoning import run_mode
-    from videollm.question import format_question, normalize_options
+    from videollm.question import make_question
     from videollm.runtime.generation import GenerationConfig
 
-    return run_mode("direct", mini, format_question(question, options), visual, normalize_options(options),
-                    GenerationConfig(max_new_tokens=2))
+    return run_mode("direct", mini, make_question(question, options), visual, GenerationConfig(max_new_tokens=2))
 
 
 def _kept(visual, item) -> bool:
@@ -556,9 +554,9 @@ def test_needle_variants_are_found_9_of_10(mini, needle_variant):
 @needs_weights
 def test_evidence_decides_in_every_mode_and_thought_is_what_was_seen(mini, needle_variant):
     """think and auto give the option the frames show, with a thought naming what was seen and when (no loop)."""
-    from videollm.answer.reasoning import run_mode
+    from videollm.answer.reasoning import ReasoningConfig, run_mode
     from videollm.eval.tasks.needle import QUESTION
-    from videollm.question import format_question, normalize_options
+    from videollm.question import make_question
     from videollm.runtime.generation import GenerationConfig
 
     name, _, pairs = needle_variant
@@ -566,8 +564,8 @@ def test_evidence_decides_in_every_mode_and_thought_is_what_was_seen(mini, needl
         pytest.skip("one variant is enough for the modes")
     for it, visual in pairs[:2]:
         for mode in ("think", "auto"):
-            out = run_mode(mode, mini, format_question(QUESTION, it.options), visual, normalize_options(it.options),
-                           GenerationConfig(max_new_tokens=8), threshold=1.0)
+            out = run_mode(mode, mini, make_question(QUESTION, it.options), visual, GenerationConfig(max_new_tokens=8),
+                           ReasoningConfig(threshold=1.0))
             assert out.choice == it.answer, (mode, it.options, out.extra.get("option_support"))
             if mode == "think" or out.thinking_fired:
                 assert out.thought and "1.1.1" not in out.thought
@@ -578,12 +576,12 @@ def test_evidence_decides_in_every_mode_and_thought_is_what_was_seen(mini, needl
 def test_no_option_shown_is_a_warning_not_a_silent_guess(mini, clips, pipe):
     from videollm.answer.evidence import NONE_SEEN
     from videollm.answer.reasoning import run_mode
-    from videollm.question import format_question, normalize_options
+    from videollm.question import make_question
     from videollm.runtime.generation import GenerationConfig
 
     options = ["a banana", "fish", "a volcano"]
-    out = run_mode("direct", mini, format_question("Which of these appears?", options), clips["carphone"][2],
-                   normalize_options(options), GenerationConfig(max_new_tokens=2))
+    out = run_mode("direct", mini, make_question("Which of these appears?", options), clips["carphone"][2],
+                   GenerationConfig(max_new_tokens=2))
     assert any(w.startswith(NONE_SEEN.split("{")[0]) for w in out.extra["warnings"])
     assert "bow tie" in out.extra["warnings"][0] or "suit" in out.extra["warnings"][0]
     from videollm.samples import sample_path

@@ -224,9 +224,9 @@ def test_videoauto_r1_presets_pick_their_released_threshold(short_video, monkeyp
     seen: list[object] = []
     real = pipeline_module.run_mode
 
-    def spy(mode, *args, **kwargs):
-        seen.append(kwargs.get("threshold"))
-        return real(mode, *args, **kwargs)
+    def spy(mode, backbone, question, visual, generation, config, **kwargs):
+        seen.append(config.threshold_for(backbone))  # the typed config, resolved against the backbone
+        return real(mode, backbone, question, visual, generation, config, **kwargs)
 
     monkeypatch.setattr(pipeline_module, "run_mode", spy)
     bb = build_tiny_qwen25()
@@ -238,7 +238,7 @@ def test_videoauto_r1_presets_pick_their_released_threshold(short_video, monkeyp
     cfg = PipelineConfig(model="x", sampling=SamplingConfig(num_frames=4), reasoning="auto",
                          reasoning_options={"threshold": 0.5})
     pipeline_module.VideoQAPipeline(bb, cfg)(short_video, "What?", generation=gen)
-    assert seen == [None, 0.98, 0.5]
+    assert seen == [0.97, 0.98, 0.5]
 
 
 @pytest.mark.parametrize("family", FAMILIES)

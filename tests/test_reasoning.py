@@ -12,11 +12,12 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from videollm.answer.reasoning import MODES, ReasoningOptions, run_mode, should_think
+from videollm.answer.reasoning import MODES, ReasoningConfig, ReasoningOptions, run_mode, should_think
 from videollm.answer.reasoning_format import BOX_INSTRUCTION, R1_FORMAT_INSTRUCTIONS
 from videollm.backbones.base import PromptInputs
 from videollm.backbones.tiny import build_tokenizer
 from videollm.errors import InvalidRequestError
+from videollm.question import Question, option_texts
 from videollm.runtime.generation import GenerationConfig
 from videollm.types import VisualTokens
 
@@ -122,7 +123,9 @@ def visual(n: int = 6) -> VisualTokens:
 
 
 def run(model: ScriptedBackbone, mode: str, options=OPTIONS, max_new_tokens: int = 32, **kw):
-    return run_mode(mode, model, USER, visual(), options, GenerationConfig(max_new_tokens=max_new_tokens), **kw)
+    question = Question(USER, tuple(option_texts(options)), USER)
+    return run_mode(mode, model, question, visual(), GenerationConfig(max_new_tokens=max_new_tokens),
+                    ReasoningConfig.build(kw))
 
 
 def count_tokens(model: ScriptedBackbone, text: str) -> int:
@@ -326,7 +329,12 @@ def test_options_are_validated():
             run(model, "auto", **bad)
     with pytest.raises(InvalidRequestError, match="unknown reasoning mode"):
         run(model, "ponder")
-    assert ReasoningOptions.from_kwargs(threshold=None).threshold == 0.97
+    # unset (or None) means the backbone's calibrated threshold, else the paper's 0.97
+    assert ReasoningOptions.from_kwargs(threshold=None).threshold is None
+    assert ReasoningConfig.build({}).threshold_for(model) == 0.97
+    model.reasoning_preset = {"confidence_threshold": 0.5}
+    assert ReasoningConfig.build({}).threshold_for(model) == 0.5
+    assert ReasoningConfig.build({"threshold": 0.9}).threshold_for(model) == 0.9
 
 
 def test_modes_registered_and_decision_rule():

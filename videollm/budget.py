@@ -7,10 +7,35 @@ visual budget, and every compressor reduces to it.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Protocol
 
 from .errors import InvalidRequestError
+
+#: the most visual tokens any request may ask for (a model's context is the tighter limit when known)
+MAX_BUDGET = 1_000_000
+
+
+def budget_limit(max_context: int | None = None) -> int:
+    """The largest budget a request may give: `MAX_BUDGET`, or less than the model's context when known."""
+    return MAX_BUDGET if max_context is None else max(1, min(MAX_BUDGET, int(max_context) - 1))
+
+
+def check_budget(budget: object, max_context: int | None = None) -> int | None:
+    """The one check of a requested visual budget (CLI, Python API, server JSON, eval, demo), with one message.
+
+    Called where a request is formed, before any model loads; what comes after trusts the value. `None` asks
+    for all that fits the context (`fit_budget`). `max_context` is the model's context when it is known.
+    """
+    if budget is None:
+        return None
+    limit = budget_limit(max_context)
+    if isinstance(budget, bool) or not isinstance(budget, numbers.Integral) or not 1 <= budget <= limit:
+        context = "" if max_context is None else f", less than the model's context of {int(max_context)} tokens"
+        raise InvalidRequestError(f"budget must be a whole number of visual tokens from 1 to {limit}{context}, "
+                                  f"got {budget!r}")
+    return int(budget)
 
 
 class _Tokenizer(Protocol):

@@ -133,6 +133,7 @@ def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
 
 def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     """The CLI's arguments as a checked `PipelineConfig` (every name and value; no model is loaded)."""
+    from .answer.reasoning import ReasoningConfig
     from .config import PipelineConfig
     from .runtime.generation import GenerationConfig
     from .video.sampling import SamplingConfig
@@ -143,11 +144,10 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     sampling.validate()
     generation = GenerationConfig(max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty)
     generation.validate()
-    validate_reasoning_args(args)
     cfg = PipelineConfig(model=resolve_model(args), compressor=args.compressor,
                           compressor_options=parse_options(args.compressor_option), budget=args.budget,
                           sampling=sampling, generation=generation, strict_video=getattr(args, "strict_video", False),
-                          reasoning=args.reasoning, reasoning_options=reasoning_options(args),
+                          reasoning=args.reasoning, reasoning_options=ReasoningConfig.build(reasoning_options(args)),
                           answer_format=getattr(args, "answer_format", "free"),
                           device=args.device, dtype=args.dtype, video_backend=args.video_backend,
                           quant=args.quant, vision_quant=args.vision_quant, quant_group_size=args.quant_group_size,
@@ -202,32 +202,8 @@ def flush_notes(args: argparse.Namespace) -> None:
             print(f"note: {message}", file=sys.stderr)
 
 
-def validate_reasoning_args(args: argparse.Namespace) -> None:
-    """Nonsense numbers are refused here, before a model loads (argparse lets "nan" through as a float)."""
-    import math
-
-    from .errors import InvalidRequestError
-
-    def bad(flag: str, value: Any, what: str) -> None:
-        raise InvalidRequestError(f"{flag} must be {what}, got {value}")
-
-    t = getattr(args, "confidence_threshold", None)
-    if t is not None and not (math.isfinite(t) and 0 <= t <= 1):
-        bad("--confidence-threshold", t, "a number in [0, 1]")
-    m = getattr(args, "max_think_tokens", None)
-    if m is not None and m < 1:
-        bad("--max-think-tokens", m, "at least 1")
-    o = getattr(args, "overthink_penalty", None)
-    if o is not None and (math.isnan(o) or o < 0):
-        bad("--overthink-penalty", o, "a number >= 0 (inf bans the words)")
-    g = getattr(args, "quant_group_size", 128)
-    if g is not None and g < 0:
-        bad("--quant-group-size", g, "at least 0 (0 = one scale per row)")
-    if getattr(args, "budget", None) is not None and args.budget < 1:
-        bad("--budget", args.budget, "at least 1")
-
-
 def reasoning_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The reasoning flags given, by `ReasoningConfig` field name: `ReasoningConfig.build` checks them once."""
     names = {"confidence_threshold": "threshold", "max_think_tokens": "max_think_tokens",
              "overthink_penalty": "overthink_penalty", "confidence_method": "confidence", "prefill_box": "prefill_box"}
     return {key: getattr(args, attr) for attr, key in names.items() if getattr(args, attr, None) is not None}

@@ -8,15 +8,24 @@ costs milliseconds, never a model load. `fingerprint()` is what an eval run must
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from .budget import check_budget
 from .device import DTYPE_NAMES
 from .errors import InvalidRequestError, UnknownNameError
 from .hub import DEFAULT_MODEL  # noqa: F401 - re-exported: the default lives where it is resolved
+from .options import non_defaults
 from .runtime.generation import GenerationConfig
 from .video.sampling import SamplingConfig
+
+if TYPE_CHECKING:
+    from videollm.compressors.base import CompressorConfig
+
+    from .answer.reasoning import ReasoningConfig
 
 #: fields that do not change predictions (where and how fast a run goes), left out of the fingerprint
 RUNTIME_FIELDS = ("device", "video_backend")
@@ -28,14 +37,15 @@ D = TypeVar("D")
 class PipelineConfig:
     model: str = DEFAULT_MODEL  # preset name, hub id or local path
     compressor: str = "uniform"
-    #: the compressor's options: its `config_class` instance, or a dict of that dataclass's fields
-    compressor_options: Any = field(default_factory=dict)
+    #: the compressor's options: its `config_class` instance, or a dict of that dataclass's fields (typed once by
+    #: `compressor_config()`)
+    compressor_options: CompressorConfig | dict[str, Any] = field(default_factory=dict)
     budget: int | None = None  # max visual tokens handed to the LLM
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     reasoning: str = "direct"
-    #: the mode's options: a `ReasoningConfig`, or a dict of its fields
-    reasoning_options: Any = field(default_factory=dict)
+    #: the mode's options: a `ReasoningConfig`, or a dict of its fields (typed once by `reasoning_config()`)
+    reasoning_options: ReasoningConfig | dict[str, Any] = field(default_factory=dict)
     answer_format: str = "free"  # "free" (generate, lmms-eval parity) | "choice" (always an option letter)
     quant: str = "none"  # LLM weights: none | int8 | int4 | int2 | ternary
     vision_quant: str = "none"  # vision encoder weights, same choices
@@ -55,27 +65,47 @@ class PipelineConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    # ---- typed views of the per-component options ---------------------------------------------------
-    def compressor_config(self) -> Any:
-        """The compressor's own config dataclass, option names and values checked."""
+    # ---- the per-component options, typed --------------------------------------------------------------
+    # What the user gave stays in `compressor_options` / `reasoning_options` (a dict from the CLI, JSON or YAML,
+    # or a config object), so `replace(compressor=...)` and `to_dict()` mean what they did; the typed config is
+    # built and checked once from it and kept beside it until those fields change.
+    def compressor_config(self) -> CompressorConfig:
+        """The compressor's own config dataclass, built and checked once (`TokenCompressor.build_config`)."""
         from videollm.compressors import COMPRESSORS
 
         cls = COMPRESSORS.get(self.compressor)
-        if dataclasses.is_dataclass(self.compressor_options):
-            if not isinstance(self.compressor_options, cls.config_class):
-                raise InvalidRequestError(f"compressor {self.compressor!r} takes a {cls.config_class.__name__}, "
-                                          f"not a {type(self.compressor_options).__name__}")
-            return cls.make_config(self.compressor_options)
-        return cls.make_config(None, **self.compressor_options)
+        opts = self.compressor_options
+        if dataclasses.is_dataclass(opts) and not isinstance(opts, cls.config_class):
+            raise InvalidRequestError(f"compressor {self.compressor!r} takes a {cls.config_class.__name__}, "
+                                      f"not a {type(opts).__name__}")
+        return self._built("compressor", opts, lambda: cls.build_config(opts))
 
-    def reasoning_config(self) -> Any:
-        from .answer.reasoning import ReasoningOptions
+    def reasoning_config(self) -> ReasoningConfig:
+        """The reasoning modes' `ReasoningConfig`, built and checked once (`ReasoningConfig.build`)."""
+        from .answer.reasoning import ReasoningConfig
 
         opts = self.reasoning_options
-        if isinstance(opts, ReasoningOptions):
-            opts.validate()
-            return opts
-        return ReasoningOptions.from_kwargs(**opts)
+        return self._built("reasoning", opts, lambda: ReasoningConfig.build(opts))
+
+    def _built(self, name: str, given: object, build: Callable[[], D]) -> D:
+        """`build()`'s config, kept until `given` (the user's options) or the compressor changes: a dict is not
+        turned into a config again on every call."""
+        key = (self.compressor, copy.deepcopy(given)) if isinstance(given, dict) else None
+        slot = f"_built_{name}"
+        cached = self.__dict__.get(slot)
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1]
+        built = build()  # a config object already checked with its current values passes through as it is
+        if key is not None:
+            self.__dict__[slot] = (key, built)
+        return built
+
+    def answer_format_for(self, requested: str | None = None) -> str:
+        """The answer format a call uses: the call's, else the reasoning options' "choice", else the config's."""
+        if requested:
+            return requested
+        given = self.reasoning_config().answer_format
+        return given if given != "free" else self.answer_format
 
     # ---- validation ---------------------------------------------------------------------------------
     def validate(self) -> "PipelineConfig":
@@ -96,7 +126,8 @@ class PipelineConfig:
         check_scheme_names(self.quant, self.vision_quant)
         g = self.quant_group_size
         if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g < 0):
-            raise InvalidRequestError(f"quant group size must be a whole number >= 0 (0 = one scale per row), got {g}")
+            raise InvalidRequestError(f"quant group size (--quant-group-size) must be a whole number >= 0 "
+                                      f"(0 = one scale per row), got {g}")
         check_device(self.device)
         if self.dtype not in DTYPE_NAMES:
             raise InvalidRequestError(f"unknown dtype {self.dtype!r}; choose from {', '.join(DTYPE_NAMES)}")
@@ -107,16 +138,18 @@ class PipelineConfig:
             from .video.decoders import DECODERS
 
             DECODERS.get(self.video_backend)
-        check_budget(self.budget)
         from .backbones import declared_max_context
 
-        ctx = declared_max_context(self.model)
-        if self.budget is not None and ctx is not None and self.budget >= ctx:
-            raise InvalidRequestError(f"a budget of {self.budget} visual tokens cannot fit {self.model}'s context "
-                                      f"of {ctx} tokens; lower --budget")
+        check_budget(self.budget, declared_max_context(self.model))
         self.sampling.validate()
-        validate_generation(self.generation)
-        self.reasoning_config()
+        self.generation.validate()
+        self._build_options()
+        return self
+
+    def _build_options(self) -> None:
+        """Build the typed compressor and reasoning configs from what the user gave (dicts from the CLI, JSON
+        or YAML, or config objects) and check each once; what runs after reads those typed objects only
+        (`compressor_config()`, `reasoning_config()`)."""
         if self.compressor_weights is not None:
             from videollm.compressors.base import WeightedCompressor
 
@@ -124,8 +157,8 @@ class PipelineConfig:
             if name != self.compressor:
                 raise InvalidRequestError(f"{self.compressor_weights} holds a {name!r} compressor, "
                                           f"not {self.compressor!r}")
+        self.reasoning_config()
         self.compressor_config()
-        return self
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that change predictions (all but `RUNTIME_FIELDS`), JSON-ready: a resumed eval
@@ -166,12 +199,6 @@ def fingerprint_keys() -> tuple[str, ...]:
     return (*(f.name for f in fields(PipelineConfig) if f.name not in RUNTIME_FIELDS), "max_new_tokens")
 
 
-def non_defaults(cfg: Any) -> dict[str, Any]:
-    """The fields of dataclass `cfg` that differ from their defaults: `{}` and an explicit default agree."""
-    default = type(cfg)()
-    return {f.name: getattr(cfg, f.name) for f in fields(cfg) if getattr(cfg, f.name) != getattr(default, f.name)}
-
-
 def check_device(device: str) -> None:
     """`auto`, `cpu`, `cuda[:N]` or `mps`, and only one this machine has: found here, not by a failing load."""
     import torch
@@ -196,24 +223,6 @@ def check_device(device: str) -> None:
                                       "device(s)")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise InvalidRequestError(f"device {device!r}: MPS is not available on this machine; use --device cpu")
-
-
-def check_budget(budget: int | None) -> None:
-    from videollm.compressors.base import MAX_BUDGET
-
-    if budget is None:
-        return
-    if isinstance(budget, bool) or not isinstance(budget, int) or not 1 <= budget <= MAX_BUDGET:
-        raise InvalidRequestError(f"budget must be an integer between 1 and {MAX_BUDGET} visual tokens, got {budget}")
-
-
-def validate_generation(g: GenerationConfig) -> None:
-    if int(g.max_new_tokens) < 1:
-        raise InvalidRequestError(f"max new tokens must be >= 1, got {g.max_new_tokens}")
-    if float(g.temperature) < 0 or not 0 < float(g.top_p) <= 1:
-        raise InvalidRequestError(f"temperature must be >= 0 and top_p in (0, 1], got {g.temperature}, {g.top_p}")
-    if float(g.repetition_penalty) <= 0:
-        raise InvalidRequestError(f"repetition penalty must be > 0, got {g.repetition_penalty}")
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

@@ -34,6 +34,46 @@ def build_dataclass(cls: type[D], values: dict[str, Any], what: str = "option") 
     return cls(**out)
 
 
+_CHECKED = "_videollm_checked"
+
+
+def mark_checked(obj: D) -> D:
+    """Record that `obj` (a config dataclass) passed its one validator, so code it is handed to trusts it
+    instead of checking it again. The record holds the values checked: a field set afterwards
+    (`cfg.threshold = 2.0`) or a `dataclasses.replace` copy is checked anew."""
+    obj.__dict__[_CHECKED] = _values(obj)
+    return obj
+
+
+def is_checked(obj: object) -> bool:
+    """Whether `obj` passed its validator with the values it holds now (`mark_checked`)."""
+    seen = getattr(obj, "__dict__", {}).get(_CHECKED)
+    return seen is not None and seen == _values(obj)
+
+
+def _values(obj: Any) -> tuple[Any, ...]:
+    return tuple(getattr(obj, f.name) for f in fields(obj) if f.init)
+
+
+def check_fields(obj: Any, what: str = "option") -> None:
+    """Refuse a dataclass instance built in code with a value of the wrong type (`Config(threshold="x")`):
+    the same check and message `build_dataclass` gives a user-given dict."""
+    hints = typing.get_type_hints(type(obj))
+    for f in fields(obj):
+        if f.init:
+            v = getattr(obj, f.name)
+            if not _coerce(v, hints.get(f.name, Any))[0]:
+                raise InvalidRequestError(f"{what} {f.name}={v!r}: expected {_type_name(hints.get(f.name, Any))}")
+
+
+def non_defaults(cfg: Any) -> dict[str, Any]:
+    """The fields of dataclass `cfg` that differ from their defaults: `{}` and an explicit default agree
+    (what a resumed run's fingerprint compares, and what a config given beside saved weights overrides)."""
+    default = type(cfg)()
+    return {f.name: getattr(cfg, f.name) for f in fields(cfg)
+            if f.init and getattr(cfg, f.name) != getattr(default, f.name)}
+
+
 def _coerce(v: Any, tp: Any) -> tuple[bool, Any]:
     if tp is Any:
         return True, v

@@ -4,26 +4,25 @@ The CLI, demo and evaluator all go through this class and nothing else.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .answer.choice import check_answer_format
-from .answer.reasoning import DEFAULT_MAX_THINK_TOKENS, MAX_ANSWER_TOKENS, auto_notes, run_mode
-from .budget import fit_budget, plan_context
+from .answer.reasoning import MAX_ANSWER_TOKENS, MODES, ReasoningConfig, ReasoningOutcome, auto_notes, run_mode
+from .budget import check_budget, fit_budget, plan_context
 from .config import PipelineConfig
 from .errors import InvalidRequestError
 from .models import LoadReport, get_model, join_quant, load_report, prepare_model
 from .protocols import SupportsQuantization, VideoLanguageModel
-from .question import format_question, normalize_options
+from .question import Question, make_question
 from .runtime.generation import GenerationConfig
 from .timing import StageTimer, stage
-from .types import Answer
+from .types import Answer, VisualTokens
 from .video import SamplingConfig, Video
 from .video.sources import VideoInput, open_source
 
@@ -40,12 +39,9 @@ class VideoQAPipeline:
 
         self.backbone = backbone
         self.config = cfg = config or PipelineConfig(model=backbone.name)
-        if compressor is None:
-            typed = dataclasses.is_dataclass(cfg.compressor_options)
-            options = {} if typed else dict(cfg.compressor_options)
-            weights = cfg.compressor_weights or options.pop("weights", None)  # `--compressor-option weights=DIR`
-            compressor = create_compressor(cfg.compressor, backbone, config=cfg.compressor_options if typed else None,
-                                           weights=weights, **options)
+        if compressor is None:  # the typed config `validate()` built (`weights=DIR` is a STORM option)
+            compressor = create_compressor(cfg.compressor, backbone, config=cfg.compressor_config(),
+                                           weights=cfg.compressor_weights)
             if isinstance(compressor, SupportsQuantization) and (cfg.quant != "none" or cfg.vision_quant != "none"):
                 # modules the compressor owns are quantized by the model cache's loader path, report kept there
                 prepare_model(compressor, compressor.name, join_quant(cfg.quant, cfg.vision_quant),
@@ -99,7 +95,7 @@ class VideoQAPipeline:
                            strict=self.config.strict_video, fps=fps, timestamps=timestamps)
 
     @torch.inference_mode()
-    def __call__(self, video: VideoInput, question: str, options: list[str] | None = None, *,
+    def __call__(self, video: VideoInput, question: str | Question, options: list[str] | None = None, *,
                  budget: int | None = None, reasoning: str | None = None, sampling: SamplingConfig | None = None,
                  generation: GenerationConfig | None = None, prompt: str | None = None,
                  answer_format: str | None = None, fps: float | None = None,
@@ -108,60 +104,86 @@ class VideoQAPipeline:
         ((T, H, W, 3) uint8 array or tensor, or a list of PIL images, timed by `fps=` or `timestamps=`), or a
         `Video`. `prompt`, when given, is the exact user turn (a benchmark's own wording, options included);
         `options` then only tell which letters are valid answers. `answer_format="choice"` makes a
-        multiple-choice answer always one of the option letters."""
+        multiple-choice answer always one of the option letters. `question` may be a built `Question`.
+
+        Four stages: `prepare` (every check, before any decoding), `encode` (frames → visual tokens),
+        `answer` (the reasoning mode) and `assemble` (the `Answer`)."""
         started = time.perf_counter()
-        if prompt is not None:
-            if not prompt.strip():
-                raise InvalidRequestError("the prompt is empty")
-            user_text = prompt
-        else:
-            user_text = format_question(question, options)  # validate before any decoding
-        opts = normalize_options(options)
+        req = self.prepare(question, options, budget=budget, reasoning=reasoning, generation=generation,
+                           prompt=prompt, answer_format=answer_format)
+        timer = StageTimer()
+        with timer.activate():
+            encoded = self.encode(req, video, sampling, fps=fps, timestamps=timestamps)
+            outcome = self.answer(req, encoded.visual)
+        return self.assemble(req, encoded, outcome, timer.as_dict(wall=time.perf_counter() - started))
+
+    # ---- the stages of a call --------------------------------------------------------------------------
+    def prepare(self, question: str | Question, options: list[str] | None = None, *, budget: int | None = None,
+                reasoning: str | None = None, generation: GenerationConfig | None = None,
+                prompt: str | None = None, answer_format: str | None = None) -> Request:
+        """Stage 1: the call's request, every part built and checked once, before any decoding: the `Question`,
+        the budget (`check_budget`), the generation settings, the mode and its `ReasoningConfig`."""
+        q = make_question(question, options, prompt)
         gen = generation or self.config.generation
         gen.validate()
-        fmt = answer_format or _fields(self.config.reasoning_options).get("answer_format") or self.config.answer_format
-        check_answer_format(fmt, opts)
-        timer = StageTimer()
-        budget = self.config.budget if budget is None else budget
-        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
-            raise InvalidRequestError(f"budget must be a whole number >= 1, got {budget!r}")
-        mode = reasoning or self.config.reasoning
-        if budget is not None and budget >= self.backbone.max_context:
-            raise InvalidRequestError(f"a budget of {budget} visual tokens cannot fit the model's context of "
-                                      f"{self.backbone.max_context} tokens; lower --budget")
-        notes: list[str] = []
-        with timer.activate():
-            with stage("decode"):
-                vid = self.load(video, sampling, fps=fps, timestamps=timestamps)
-            try:
-                from videollm.compressors.base import prepare_video
+        cfg = self.config
+        fmt = cfg.answer_format_for(answer_format)
+        check_answer_format(fmt, q.options)
+        # the one budget check (`check_budget`), against this backbone's context: the config's budget was checked
+        # against the model's declared context, which a hub id or a backbone built in code may not have
+        budget = check_budget(cfg.budget if budget is None else budget, self.backbone.max_context)
+        mode = reasoning or cfg.reasoning
+        if reasoning is not None:
+            MODES.get(mode)  # an unknown name is refused here, not after the video is encoded
+        rcfg = cfg.reasoning_config()
+        if rcfg.answer_format != fmt:
+            rcfg = ReasoningConfig.build(replace(rcfg, answer_format=fmt))
+        return Request(question=q, budget=budget, mode=mode, generation=gen,
+                       reasoning=rcfg)
 
-                prepare_video(self.backbone, vid)  # backbones whose grid depends on the frame size (Qwen-VL)
-                budget = self._fit_budget(budget, vid, user_text, mode, gen, notes)
-                query = user_text if getattr(self.compressor, "wants_options", False) else question
-                visual = self.compressor(vid, query=query, budget=budget)
-            finally:
-                if not isinstance(video, Video):
-                    vid.close()
-            warnings = [self.backbone.notice] if self.backbone.notice else []
-            warnings += self.load_report.warnings  # what loading could not do as asked
-            warnings += [str(w) for w in visual.stats.get("warnings", [])]  # what the compressor had to do instead
-            short = vid.shortfall()
-            if short is not None:  # answer from what decoded, and say so
-                warnings.append(short.message())
-                logger.info(short.message(vid.source))
-                visual.stats["decode"] = {"planned_frames": short.planned, "decoded_frames": short.decoded,
-                                          "video_ends_at": round(short.ends_at, 3)}
-            reasoning_opts = {**_fields(self.config.reasoning_options), "answer_format": fmt}
-            trained = getattr(self.backbone, "reasoning_preset", None) or {}  # VideoAuto-R1 checkpoints
-            if "threshold" not in reasoning_opts and "confidence_threshold" in trained:
-                reasoning_opts["threshold"] = float(trained["confidence_threshold"])
-            outcome = run_mode(mode, self.backbone, user_text, visual, opts, gen,
-                               system=self.config.system_prompt, **reasoning_opts)
+    def encode(self, req: Request, video: VideoInput, sampling: SamplingConfig | None = None, *,
+               fps: float | None = None, timestamps: Sequence[float] | None = None) -> Encoded:
+        """Stage 2: decode the frames, fit the budget to the context, compress to visual tokens; with the
+        warnings the user should see (a backbone's notice, what loading or the compressor could not do as asked,
+        a video that ended early)."""
+        notes: list[str] = []
+        with stage("decode"):
+            vid = self.load(video, sampling, fps=fps, timestamps=timestamps)
+        try:
+            from videollm.compressors.base import prepare_video
+
+            prepare_video(self.backbone, vid)  # backbones whose grid depends on the frame size (Qwen-VL)
+            budget = self._fit_budget(req.budget, vid, req.question.user_text, req.mode, req.generation,
+                                      req.reasoning, notes)
+            visual = self.compressor(vid, query=self._query(req.question), budget=budget)
+        finally:
+            if not isinstance(video, Video):
+                vid.close()
+        warnings = [self.backbone.notice] if self.backbone.notice else []
+        warnings += self.load_report.warnings  # what loading could not do as asked
+        warnings += [str(w) for w in visual.stats.get("warnings", [])]  # what the compressor had to do instead
+        short = vid.shortfall()
+        if short is not None:  # answer from what decoded, and say so
+            warnings.append(short.message())
+            logger.info(short.message(vid.source))
+            visual.stats["decode"] = {"planned_frames": short.planned, "decoded_frames": short.decoded,
+                                      "video_ends_at": round(short.ends_at, 3)}
+        return Encoded(visual=visual, warnings=warnings + notes)
+
+    def answer(self, req: Request, visual: VisualTokens) -> ReasoningOutcome:
+        """Stage 3: the reasoning mode on the visual tokens."""
+        return run_mode(req.mode, self.backbone, req.question, visual, req.generation, req.reasoning,
+                        system=self.config.system_prompt)
+
+    def assemble(self, req: Request, encoded: Encoded, outcome: ReasoningOutcome, timings: dict[str, float]
+                 ) -> Answer:
+        """Stage 4: the `Answer`, with the kept frames' times and every warning."""
+        visual = encoded.visual
         ts = visual.timestamps
         kept = visual.kept_frames
+        q = req.question
         return Answer(
-            text=outcome.text, choice=outcome.choice, question=question, options=opts,
+            text=outcome.text, choice=outcome.choice, question=q.text, options=q.lettered,
             kept_frames=kept, kept_timestamps=[round(float(ts[i]), 3) for i in kept],
             visual_tokens=visual.num_tokens, sampled_frames=visual.num_sampled_frames,
             tokens_per_frame=visual.tokens_per_frame, generated_tokens=outcome.generated_tokens,
@@ -169,9 +191,13 @@ class VideoQAPipeline:
             initial_choice=outcome.initial_choice,
             confidence=outcome.confidence, thinking_fired=outcome.thinking_fired,
             finish_reason=outcome.finish_reason, compressor_stats=_jsonable(visual.stats),
-            timings=timer.as_dict(wall=time.perf_counter() - started), model=self.backbone.name,
-            warnings=warnings + notes + auto_notes(outcome) + [str(w) for w in outcome.extra.get("warnings", [])],
+            timings=timings, model=self.backbone.name,
+            warnings=encoded.warnings + auto_notes(outcome) + [str(w) for w in outcome.extra.get("warnings", [])],
         )
+
+    def _query(self, question: Question) -> str:
+        """What the compressor reads: the question, or the whole user turn for one that reads the options too."""
+        return question.user_text if getattr(self.compressor, "wants_options", False) else question.text
 
     def ask_many(self, video: VideoInput,
                  questions: Sequence[str | tuple[str, Sequence[str] | None]], **kwargs: Any) -> list[Answer]:
@@ -188,12 +214,11 @@ class VideoQAPipeline:
                 items.append((q[0], None if q[1] is None else list(q[1])))
             else:
                 raise InvalidRequestError(f"each question must be a string or a (question, options) pair, got {q!r}")
-        for q, opts in items:  # every question is checked before the video is touched
-            format_question(q, opts)
+        built = [make_question(q, opts) for q, opts in items]  # every question is checked before the video
         vid = self.load(video, kwargs.pop("sampling", None), fps=kwargs.pop("fps", None),
                         timestamps=kwargs.pop("timestamps", None))
         try:
-            return [self(vid, q, opts, **kwargs) for q, opts in items]
+            return [self(vid, q, **kwargs) for q in built]
         finally:
             if not isinstance(video, Video):
                 vid.close()
@@ -204,20 +229,17 @@ class VideoQAPipeline:
         """Decode `video` and run the vision tower for this question ahead of time, so the call with the same
         arguments that follows finds its per-frame tokens in the feature cache (the server runs this for the next
         request while the current one generates). Nothing is returned; errors are the call's own."""
-        user_text = format_question(question, options)
-        gen = generation or self.config.generation
-        budget = self.config.budget if budget is None else budget
-        budget = self._fit_budget(budget, video, user_text, reasoning or self.config.reasoning, gen, [])
-        query = user_text if getattr(self.compressor, "wants_options", False) else question
-        self.compressor(video, query=query, budget=budget)
+        req = self.prepare(question, options, budget=budget, reasoning=reasoning, generation=generation)
+        budget = self._fit_budget(req.budget, video, req.question.user_text, req.mode, req.generation,
+                                  req.reasoning, [])
+        self.compressor(video, query=self._query(req.question), budget=budget)
 
     def _fit_budget(self, budget: int | None, video: Video, user_text: str, mode: str, generation: GenerationConfig,
-                    notes: list[str]) -> int | None:
+                    reasoning: ReasoningConfig, notes: list[str]) -> int | None:
         """Check a requested budget against the context, or choose one when none was given (before decoding)."""
         allowance = generation.max_new_tokens
         if mode != "direct":
-            think = _fields(self.config.reasoning_options).get("max_think_tokens") or DEFAULT_MAX_THINK_TOKENS
-            allowance += int(think) + min(generation.max_new_tokens, MAX_ANSWER_TOKENS)
+            allowance += reasoning.think_allowance() + min(generation.max_new_tokens, MAX_ANSWER_TOKENS)
         plan = plan_context(self.backbone, user_text, self.config.system_prompt, len(video), allowance,
                             getattr(self.backbone, "text_tokens_per_frame", 0))
         fitted = fit_budget(plan, budget)
@@ -228,9 +250,23 @@ class VideoQAPipeline:
         return fitted
 
 
-def _fields(options: Any) -> dict[str, Any]:
-    """A config dataclass or a dict of its fields, as keyword arguments."""
-    return dataclasses.asdict(options) if dataclasses.is_dataclass(options) else dict(options)
+@dataclass(frozen=True)
+class Request:
+    """One call's request as `VideoQAPipeline.prepare` built and checked it: what the later stages trust."""
+
+    question: Question
+    budget: int | None
+    mode: str
+    generation: GenerationConfig
+    reasoning: ReasoningConfig
+
+
+@dataclass
+class Encoded:
+    """What `encode` hands on: the visual tokens and the warnings gathered so far."""
+
+    visual: VisualTokens
+    warnings: list[str] = field(default_factory=list)
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

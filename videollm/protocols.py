@@ -16,8 +16,9 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from ..types import OptionSupport, VisualTokens
-    from .base import PromptInputs
+    from .backbones.base import PromptInputs
+    from .question import Question
+    from .types import OptionSupport, VisualTokens
 
 #: rewrites the prefill's last-position logits (1, V) with the prompt's KV cache at hand
 FirstStep = Callable[["torch.Tensor", Any], "torch.Tensor"]
@@ -103,10 +104,9 @@ class VideoLanguageModel(LanguageModel, VisionTower, PromptBuilder, Protocol):
 @runtime_checkable
 class SupportsChoiceScoring(Protocol):
     """Optional: the backbone scores multiple-choice options itself (for LLMs too small to map an option
-    to its letter). `options` are the options' texts without letters, in letter order."""
+    to its letter). The options come as data in `question.options` (texts without letters, in letter order)."""
 
-    def choice_scorer(self, inputs: PromptInputs, options: list[str], visual: VisualTokens,
-                      question: str = "") -> FirstStep | None: ...
+    def choice_scorer(self, inputs: PromptInputs, question: Question, visual: VisualTokens) -> FirstStep | None: ...
 
 
 @runtime_checkable
@@ -117,7 +117,7 @@ class SupportsOptionSupport(Protocol):
 
     def option_support(self, options: list[str], visual: VisualTokens) -> OptionSupport: ...
 
-    def evidence_thought(self, question: str, options: list[str] | None, visual: VisualTokens) -> str: ...
+    def evidence_thought(self, question: Question, visual: VisualTokens) -> str: ...
 
 
 @runtime_checkable

@@ -1,9 +1,16 @@
-"""A question and its options → the user turn: pure functions on the base floor, so every part (backbones
-included) shapes a question the same way. Parsing an answer back is `answer.prompting`'s job."""
+"""A question and its options → the user turn: built once, on the base floor, so every part (backbones
+included) reads the same `Question`. Parsing an answer back is `answer.prompting`'s job.
+
+`Question` holds the question, the options' texts as data (no letters), their letters and the rendered user
+turn; scorers read the options from it and never parse the rendered text back (an option may hold a newline
+or "B." and still be one option).
+"""
 from __future__ import annotations
 
 import re
 import string
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from .errors import InvalidRequestError
 
@@ -25,12 +32,60 @@ def check_text(text: str, what: str) -> None:
             raise InvalidRequestError(f"{what} is not valid text: {why} at character {i + 1} (use UTF-8)")
 
 
-def normalize_options(options: list[str] | None) -> list[str] | None:
-    """Give every option a letter label ("A. text"), keeping labels the user already wrote."""
+@dataclass(frozen=True)
+class Question:
+    """One multiple-choice or open question, as every stage after the request reads it.
+
+    `text` is the question as asked (what a compressor reads as its query, and what decides mini's evidence
+    shape), `options` the options' texts without letters (in letter order, empty for an open question),
+    `user_text` the user turn the LLM reads (`format_question`'s, or a benchmark's own wording passed as
+    `prompt=`). Built by `make_question`, which checks everything once.
+    """
+
+    text: str
+    options: tuple[str, ...] = ()
+    user_text: str = ""
+
+    @property
+    def letters(self) -> tuple[str, ...]:
+        return tuple(string.ascii_uppercase[: len(self.options)])
+
+    @property
+    def lettered(self) -> list[str] | None:
+        """The options as shown to the model ("A. a cat"), None for an open question."""
+        return [f"{letter}. {body}" for letter, body in zip(self.letters, self.options)] or None
+
+    @property
+    def is_choice(self) -> bool:
+        return bool(self.options)
+
+
+def make_question(question: str | Question, options: list[str] | None = None, prompt: str | None = None
+                  ) -> Question:
+    """The one place a question is checked and shaped: text, options (labels the user wrote are kept as the
+    letter, as `normalize_options`), and the user turn. `prompt`, when given, is the exact user turn (options
+    then only say which letters are valid). A `Question` passes through unchanged."""
+    if isinstance(question, Question):
+        if options is not None or prompt is not None:
+            raise InvalidRequestError("a Question already holds its options and user turn; give them there")
+        return question
+    bodies = _option_bodies(options)
+    if prompt is not None:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InvalidRequestError("the prompt is empty")
+        check_text(prompt, "the prompt")
+        user_text = prompt
+    else:
+        user_text = format_question(question, options)
+    return Question(text=question if isinstance(question, str) else "", options=tuple(bodies), user_text=user_text)
+
+
+def _option_bodies(options: list[str] | None) -> list[str]:
+    """Each option's text without the letter label the user may have written for its own position."""
     if isinstance(options, (str, bytes)):
         raise InvalidRequestError("options must be a list of strings (one per option), not one string")
     if not options:
-        return None
+        return []
     if not isinstance(options, (list, tuple)):
         raise InvalidRequestError(f"options must be a list of strings, got {type(options).__name__}")
     if len(options) > MAX_OPTIONS:
@@ -45,14 +100,26 @@ def normalize_options(options: list[str] | None) -> list[str] | None:
             raise InvalidRequestError(f"option {i + 1} is empty")
         letter = string.ascii_uppercase[i]
         m = _LEAD.match(text)
-        body = text[m.end():] if m and m.group(1).upper() == letter else text
-        out.append(f"{letter}. {body}")
+        out.append(text[m.end():] if m and m.group(1).upper() == letter else text)
     return out
 
 
+def choices_of(options: Question | Sequence[str] | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(letters, option texts) of a `Question` as built, or of user-given options (eval's dataset options)."""
+    if isinstance(options, Question):
+        return options.letters, options.options
+    bodies = tuple(_option_bodies(list(options) if options else None))
+    return tuple(string.ascii_uppercase[: len(bodies)]), bodies
+
+
+def normalize_options(options: list[str] | None) -> list[str] | None:
+    """Give every option a letter label ("A. text"), keeping labels the user already wrote."""
+    return [f"{string.ascii_uppercase[i]}. {body}" for i, body in enumerate(_option_bodies(options))] or None
+
+
 def option_texts(options: list[str] | None) -> list[str]:
-    """The options' texts without their letters, in letter order (what choice scoring receives)."""
-    return [_LEAD.sub("", o, count=1).strip() for o in normalize_options(options) or []]
+    """The options' texts without their letters, in letter order (`Question.options` for a built question)."""
+    return _option_bodies(options)
 
 
 def option_letters(options: list[str] | None) -> list[str]:

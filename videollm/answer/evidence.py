@@ -11,7 +11,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from ..protocols import SupportsOptionSupport
-from ..question import option_letters, option_texts
+from ..question import Question
 
 if TYPE_CHECKING:
     from ..types import VisualTokens
@@ -22,14 +22,14 @@ NONE_SEEN = ("none of the options was recognised in the kept frames, so the answ
              "showed: {seen})")
 
 
-def apply_option_support(backbone: object, outcome: ReasoningOutcome, options: list[str] | None,
+def apply_option_support(backbone: object, outcome: ReasoningOutcome, question: Question,
                          visual: VisualTokens) -> ReasoningOutcome:
     """The outcome, with its letter decided by the evidence when exactly one option is shown, and a warning
-    (in `extra["warnings"]`) when none is. `options` are lettered ("A. a cat")."""
-    if not options or not isinstance(backbone, SupportsOptionSupport):
+    (in `extra["warnings"]`) when none is. The options are `question.options`, as data."""
+    if not question.is_choice or not isinstance(backbone, SupportsOptionSupport):
         return outcome
-    texts, letters = option_texts(options), option_letters(options)
-    found = backbone.option_support(texts, visual)
+    letters = question.letters
+    found = backbone.option_support(list(question.options), visual)
     outcome.extra["option_support"] = {letter: {"shown": s, "when": w, "seen_as": n}
                                        for letter, s, w, n in zip(letters, found.supported, found.when,
                                                                   found.seen_as)}

@@ -3,8 +3,9 @@ shapes; the question side is `videollm.question`."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
-from ..question import option_letters, option_texts
+from ..question import Question, choices_of
 
 _ANSWER_PHRASES = re.compile(
     r"(?:final answer|correct answer|best answer|the answer|answer|option|choice|best option)\s*(?:is|:|would be|=)?\s*"
@@ -13,14 +14,16 @@ _ANSWER_PHRASES = re.compile(
 _BOXED = re.compile(r"\\boxed\{\s*\(?([A-Za-z])\)?\s*(?:[\.:\)]\s*[^{}]*)?\}")
 
 
-def parse_choice(text: str, options: list[str] | None) -> str | None:
-    """The option letter a generation commits to, or None.
+def parse_choice(text: str, options: Question | Sequence[str] | None) -> str | None:
+    """The option letter a generation commits to, or None. `options`: the `Question`, or lettered options.
 
     Order of trust: a \\boxed{X} (last one), an explicit answer phrase ("The answer is (B)"), a leading
     letter ("B", "(B)", "B. cat"), the full text of exactly one option, then a lone letter anywhere.
     """
-    letters = option_letters(options)
-    if not letters or not text:
+    if not text:
+        return None
+    letters, texts = choices_of(options)
+    if not letters:
         return None
     valid = set(letters)
     t = text.strip()
@@ -32,7 +35,7 @@ def parse_choice(text: str, options: list[str] | None) -> str | None:
                and not (m.group(1).islower() and re.match(r"\s+[A-Za-z]", t[m.end():]))]  # "is a dog"
     if phrases:
         return phrases[-1]
-    bodies = [b.lower() for b in option_texts(options)]
+    bodies = [b.lower() for b in texts]
     exact = [letters[i] for i, b in enumerate(bodies) if b and b == t.lower().rstrip(".").strip()]
     if len(exact) == 1:  # "A dog" is option B's text, not option A
         return exact[0]

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ..question import MC_INSTRUCTION, normalize_options, option_letters
+from ..question import MC_INSTRUCTION, Question, choices_of
 from .prompting import parse_choice
 
 THINK_OPEN = "<think>"
@@ -124,7 +124,7 @@ def clean_content(content: str) -> str:
     return c.replace("**", "").replace("$", "").strip()
 
 
-def parse_box_answer(box: Box, source: str, options: Sequence[str] | None) -> ParsedAnswer:
+def parse_box_answer(box: Box, source: str, options: Question | Sequence[str] | None) -> ParsedAnswer:
     """A box's answer, with the span of its key characters in `source` (the letter alone for MC).
 
     The released code normalises `(A)`, `A.`, `A)`, `A:` to `A` before locating the tokens it scores, so
@@ -133,9 +133,9 @@ def parse_box_answer(box: Box, source: str, options: Sequence[str] | None) -> Pa
     raw = source[box.start: box.end]
     lead = len(raw) - len(raw.lstrip())
     stripped = (box.start + lead, box.start + len(raw.rstrip()))
-    if not options:
+    letters, _ = choices_of(options)
+    if not letters:
         return ParsedAnswer(clean_content(raw), None, stripped if stripped[1] > stripped[0] else (box.start, box.end))
-    letters = option_letters(list(options))
     choice = choice_from_content(raw, options)
     if choice is None:
         return ParsedAnswer(clean_content(raw), None, stripped)
@@ -146,17 +146,16 @@ def parse_box_answer(box: Box, source: str, options: Sequence[str] | None) -> Pa
     return ParsedAnswer(choice, choice, stripped)  # the option's text was written instead of its letter
 
 
-def choice_from_content(content: str, options: Sequence[str] | None) -> str | None:
+def choice_from_content(content: str, options: Question | Sequence[str] | None) -> str | None:
     """The option letter a box's content names: `B`, `(b)`, `B. a dog`, `\\text{B}`, `a dog`, `Option B`."""
-    if not options:
+    letters, texts = choices_of(options)
+    if not letters:
         return None
-    letters = option_letters(list(options))
     c = clean_content(content)
     m = _LETTER_ONLY.match(c)
     if m and m.group(1).upper() in letters:
         return m.group(1).upper()
-    bodies = [re.sub(r"^\s*\(?[A-Za-z][\.\):]\s*", "", o, count=1).strip().lower() for o in normalize_options(
-        list(options)) or []]
+    bodies = [t.lower() for t in texts]
     low = c.lower().rstrip(".").strip()
     exact = [letters[i] for i, b in enumerate(bodies) if b and b == low]
     if len(exact) == 1:
@@ -165,7 +164,7 @@ def choice_from_content(content: str, options: Sequence[str] | None) -> str | No
     if m and m.group(1).upper() in letters and (m.group(1).isupper() or re.match(r"^\s*[\(\[]", c)
                                                  or re.match(r"^\s*option\s", c, re.IGNORECASE)):
         return m.group(1).upper()
-    return parse_choice(c, list(options))
+    return parse_choice(c, options)
 
 
 # ---- the whole output --------------------------------------------------------------------------------
@@ -306,9 +305,11 @@ def answer_candidates(output: str, tags: Sequence[tuple[str, str]] = REASONING_T
     return cands
 
 
-def final_answer(output: str, options: Sequence[str] | None) -> tuple[ParsedAnswer | None, str]:
+def final_answer(output: str, options: Question | Sequence[str] | None) -> tuple[ParsedAnswer | None, str]:
     """The reviewed answer of a whole output and the candidate it came from (`answer_candidates`); with
     options, the first candidate that names one; (None, "none") when nothing does."""
+    if isinstance(options, Question):
+        options = options if options.is_choice else None
     for cand in answer_candidates(output):
         if cand.box is not None:
             parsed = parse_box_answer(cand.box, output, options)
@@ -316,7 +317,7 @@ def final_answer(output: str, options: Sequence[str] | None) -> tuple[ParsedAnsw
                 continue
             return parsed, cand.source
         if options:
-            choice = parse_choice(cand.text, list(options))
+            choice = parse_choice(cand.text, options)
             if choice is not None:
                 return ParsedAnswer(choice, choice, (cand.start, cand.end)), cand.source
             continue

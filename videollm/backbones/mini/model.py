@@ -30,7 +30,7 @@ import torch
 from ..._compat import cache_kwargs, require
 from ...device import resolve_device, resolve_dtype
 from ...protocols import FirstStep
-from ...question import MC_INSTRUCTION, option_letters, option_texts
+from ...question import Question
 from ...runtime.decode_step import forward_last
 from ...types import VisualTokens
 from ..base import Backbone, PromptInputs, resize_normalize
@@ -41,8 +41,6 @@ from . import concepts as mini_concepts
 from . import evidence as mini_evidence
 
 logger = logging.getLogger(__name__)
-#: an option line of the user turn ("B. a cat"): left out of the question that decides the evidence's shape
-_OPTION_LINE = re.compile(r"^([A-Z])\.\s+(.+)$")
 
 NAME = "videollm-mini"
 NOTICE = ("videollm-mini is a tiny offline model: it only knows which of 1000 ImageNet object classes a "
@@ -342,29 +340,27 @@ class MiniBackbone(Backbone):
         return PromptInputs(embeds, n_text, visual.num_tokens, before + shown + after, prefix_len=shared)
 
     # ---- multiple choice by option likelihood ------------------------------------------------------
-    def choice_scorer(self, inputs: PromptInputs, options: list[str], visual: VisualTokens,
-                      question: str = "") -> FirstStep | None:
+    def choice_scorer(self, inputs: PromptInputs, question: Question, visual: VisualTokens) -> FirstStep | None:
         """Multiple choice (`SupportsChoiceScoring`): the first token's logits become option scores (the
         option text's likelihood after the prompt plus its visual evidence), so the letter chosen is the
-        best-supported option and its softmax is the letter confidence. `options` are the options' texts in
-        letter order; `question` (the user turn) decides whether the strongest moment or coverage counts.
-        None (plain generation) when scoring is off or a letter is not one token."""
+        best-supported option and its softmax is the letter confidence. The options are `question.options`
+        (texts in letter order, as data); the question's own text decides whether the strongest moment or the
+        coverage counts. None (plain generation) when scoring is off or a letter is not one token."""
+        options = list(question.options)
         if not self.config.score_options or len(options) < 2:
             return None
         visual = visual.without_text()
-        letters = option_letters(options)
+        letters = question.letters
         letter_ids = [self.tokenizer(letter, add_special_tokens=False)["input_ids"] for letter in letters]
         if any(len(ids) != 1 for ids in letter_ids):
             return None
         option_ids = [self.tokenizer(" " + body.strip(), add_special_tokens=False)["input_ids"] for body in options]
-        question = "\n".join(line for line in question.splitlines()
-                             if not _OPTION_LINE.match(line.strip()) and MC_INSTRUCTION not in line)
-        found = self.option_evidence(list(options), visual, question)
+        found = self.option_evidence(options, visual, question.text)
         logger.debug("mini evidence (%s question): moment %s at %s s, coverage %s", found.shape,
                      [round(float(x), 3) for x in found.moment], found.when,
                      [round(float(x), 3) for x in found.coverage])
         evidence = EVIDENCE_WEIGHT * found.combined
-        decisive = self.option_support(list(options), visual).decisive
+        decisive = self.option_support(options, visual).decisive
         if decisive is not None:  # exactly one option is shown in the kept frames: the frames decide
             evidence[decisive] += DECISIVE_BONUS
         first_ids = [ids[0] for ids in letter_ids]
@@ -477,7 +473,7 @@ class MiniBackbone(Backbone):
         frames = self.read_frames(visual.without_text())
         return ", ".join(self.common_label(c) for c in self.summary(frames)[:n]) or "nothing recognised"
 
-    def evidence_thought(self, question: str, options: list[str] | None, visual: VisualTokens) -> str:
+    def evidence_thought(self, question: Question, visual: VisualTokens) -> str:
         """The thought think/auto show for mini (its 135M LLM cannot reason; `reasons = False`): what the
         classifier recognised in the kept frames, with when, and which options that supports."""
         visual = visual.without_text()
@@ -485,8 +481,8 @@ class MiniBackbone(Backbone):
         found = mini_evidence.sightings([(t, classes) for t, classes, _ in frames])[:8]
         seen = "; ".join(f"{self.common_label(s.cls)} at {mini_evidence.format_ranges(s.ranges, 2)}" for s in found)
         lines = [f"The classifier recognised in the kept frames: {seen or 'nothing'}."]
-        if options:
-            texts, letters = option_texts(options), option_letters(options)
+        if question.is_choice:
+            texts, letters = list(question.options), question.letters
             sup = self.option_support(texts, visual)
             shown = [f"{letters[i]} ({texts[i]}) matches {', '.join(sup.seen_as[i]) or 'what was seen'} at "
                      f"{sup.when[i]:.1f}s" for i in range(len(texts)) if sup.supported[i]]
