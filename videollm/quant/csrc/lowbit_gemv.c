@@ -493,6 +493,36 @@ static inline __attribute__((always_inline)) __m256i dot_group(const int bits, c
     return acc;
 }
 
+/* dot_group with a constant NV whose activation vectors are already in registers (xv[v * P + p]; for 8-bit
+ * weights xv[2v] and the fine plane xv[2v + 1]): one load of them per group serves all R rows */
+static inline __attribute__((always_inline)) __m256i dot_group_x(const int bits, const uint8_t *src, const int NV,
+                                                                 const __m256i *xv, long pf) {
+    const int P = 8 / bits;
+    __m256i acc = _mm256_setzero_si256();
+#if SIGNED8
+    if (bits != 8) {  /* NV * 32 bytes stay below CAP16 vectors wherever this is called */
+        const __m256i mask = _mm256_set1_epi8((char)((1 << bits) - 1));
+        __m256i s16 = _mm256_setzero_si256();
+        for (int v = 0; v < NV; v++) {
+            if (PF_AHEAD && !(v & 1)) __builtin_prefetch(src + 32 * v + pf);
+            const __m256i w = _mm256_loadu_si256((const __m256i *)(src + 32 * v));
+            for (int p = 0; p < P; p++)
+                s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(
+                                                _mm256_and_si256(p ? _mm256_srli_epi16(w, p * bits) : w, mask),
+                                                xv[v * P + p]));
+        }
+        return _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
+    }
+#endif
+    for (int v = 0; v < NV; v++) {
+        if (PF_AHEAD && !(v & 1)) __builtin_prefetch(src + 32 * v + pf);
+        const __m256i w = _mm256_loadu_si256((const __m256i *)(src + 32 * v));
+        acc = _mm256_add_epi32(acc, bits == 8 ? dot_vec(8, w, xv + 2 * v, xv[2 * v + 1]) : dot_vec(bits, w, xv + v * P,
+                                                                                               xv[0]));
+    }
+    return acc;
+}
+
 /* Whether every 32-byte vector of a row lies in one group (gb a multiple of 32: int4 from group 64, int2 and
  * ternary from 128, int8 from 32), so a group's products are summed as integers and scaled once per row and
  * group; 8-bit weights' int32 lanes (at most ~1.7e7 a vector) bound the group to 64 vectors. */
@@ -513,6 +543,27 @@ static inline __attribute__((always_inline)) void group_rows(const int bits, con
     for (int r = 0; r < R; r++)
         for (int g = 0; g < G; g += 8)
             _mm256_store_ps(ws[r] + g, _mm256_mul_ps(bf16x8(S + (long)r * G + g), _mm256_loadu_ps(a->sx + g)));
+    const int P = 8 / bits, XV = NV * (bits == 8 ? 2 : P);
+    if (NV && XV <= 8 && (bits == 8 || NV <= CAP16(bits))) {  /* activations loaded once per group */
+        for (int g = 0; g < G; g++) {
+            const long off = (long)g * gb;
+            __m256i xv[8];
+            for (int v = 0; v < NV; v++) {
+                if (bits == 8) {
+                    xv[2 * v] = _mm256_loadu_si256((const __m256i *)(a->xq + off + 32 * v));
+                    xv[2 * v + 1] = _mm256_loadu_si256((const __m256i *)(a->xq2 + off + 32 * v));
+                } else {
+                    for (int p = 0; p < P; p++)
+                        xv[v * P + p] = _mm256_loadu_si256((const __m256i *)(a->xq + off + p * rb_pad + 32 * v));
+                }
+            }
+            for (int r = 0; r < R; r++) {
+                const __m256i acc = dot_group_x(bits, W + r * ldw + off, NV, xv, pf);
+                tot[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm256_broadcast_ss(ws[r] + g), tot[r]);
+            }
+        }
+        return;
+    }
     for (int g = 0; g < G; g++) {
         const long off = (long)g * gb;
         for (int r = 0; r < R; r++) {
