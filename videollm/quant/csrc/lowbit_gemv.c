@@ -22,7 +22,9 @@
  *    < 16; NEON's sdot) into 32-bit lanes of 4 bytes of one group each; a lane's float scale comes from the
  *    row's bfloat16 scales by one permute (vpermt2w, vpermps, tbl). 8-bit codes are used as signed
  *    (code - 128) on AVX2 and NEON, where the u8 x s8 pair sum would saturate. About 4x fewer instructions
- *    per weight than the float path, and the reason 2-bit beats int4.
+ *    per weight than the float path, and the reason 2-bit beats int4. On the 256-bit levels, where each
+ *    32-byte vector of a row lies in one group, a group is summed as integers (AVX2: int16 over a few vectors,
+ *    one vpmaddwd) and scaled once per row and group (group_rows) instead of per vector.
  * The result differs from the reference by float summation order (float path) or, in the int8 path, is
  * exactly the reference applied to the int8-rounded activations (again up to summation order).
  */
