@@ -22,8 +22,9 @@ from videollm.quant import QuantLinear, cpu_isa, cpu_kernels, packing
 
 needs_kernel = pytest.mark.skipif(not cpu_kernels.available(), reason="no C compiler for the low-bit kernel")
 SCHEMES = ["int8", "int4", "int3", "int2", "ternary", "int1"]
-# (out, in, group): row blocks with a tail, per-row groups, a partial last vector, a model-sized row
-SHAPES = [(37, 130, None), (96, 200, 64), (70, 896, 32), (9, 4864, 128)]
+# (out, in, group): row blocks with a tail, per-row groups, a partial last vector, a model-sized row, wide groups
+# (256-bit builds sum a whole group's vectors in int16 before widening: several widenings a group at 512)
+SHAPES = [(37, 130, None), (96, 200, 64), (70, 896, 32), (9, 4864, 128), (10, 2560, 512)]
 DRIVER = Path(__file__).parent / "csrc" / "lowbit_main.c"
 
 
@@ -89,6 +90,32 @@ def test_levels_agree_with_each_other(scheme):
         assert torch.equal(group(x), torch.cat([kern(x), twin(x)], dim=-1))
     for out in outs[1:]:
         assert _close(out, outs[0])
+
+
+@needs_kernel
+@pytest.mark.parametrize("level", [lv for lv in cpu_kernels.runnable_levels() if lv != "scalar"])
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_largest_products_do_not_overflow(level, scheme):
+    """Every code at its extreme and every activation at ±127 (whole groups of one sign, wide groups): the
+    int16 sums that AVX2 keeps over several vectors of a group before widening, and 8-bit weights' int32
+    lanes, reach their bounds without saturating or wrapping."""
+    k, group = 2560, 512
+    width = {"int8": 8, "int4": 4, "int3": 3, "int2": 2, "ternary": 2, "int1": 1}[scheme]
+    top = {"int8": 255, "int4": 15, "int3": 7, "int2": 3, "ternary": 2, "int1": 1}[scheme]
+    offset = {"int8": 128.0, "int4": 8.0, "int3": 4.0, "int2": 1.5, "ternary": 1.0, "int1": 0.5}[scheme]
+    codes = torch.full((6, k), top, dtype=torch.uint8)
+    codes[1::2] = 0  # 8-bit weights: code 0 is -128, the largest magnitude
+    x = torch.full((1, k), 3.0)
+    x[:, group:2 * group] = -3.0  # one group all negative
+    if scheme == "int8":
+        kern = cpu_kernels.LowBitGemv(8, codes, torch.ones(6, k // 128), None, k, 128, offset, level=level)
+    else:
+        kern = cpu_kernels.LowBitGemv(width, packing.pack(codes, width), torch.ones(6, k // group), None, k, group,
+                                      offset, level=level)
+    assert kern.int8_activations
+    want = F.linear(kern.reference_input(x), codes.float() - offset)
+    assert torch.equal(kern.reference_input(x), x)  # ±3 rounds to ±127 exactly
+    assert _close(kern(x), want)
 
 
 def test_runnable_levels_follow_the_cpu_flags(monkeypatch):

@@ -22,7 +22,9 @@
  *    < 16; NEON's sdot) into 32-bit lanes of 4 bytes of one group each; a lane's float scale comes from the
  *    row's bfloat16 scales by one permute (vpermt2w, vpermps, tbl). 8-bit codes are used as signed
  *    (code - 128) on AVX2 and NEON, where the u8 x s8 pair sum would saturate. About 4x fewer instructions
- *    per weight than the float path, and the reason 2-bit beats int4.
+ *    per weight than the float path, and the reason 2-bit beats int4. On the 256-bit levels, where each
+ *    32-byte vector of a row lies in one group, a group is summed as integers (AVX2: int16 over a few vectors,
+ *    one vpmaddwd) and scaled once per row and group (group_rows) instead of per vector.
  * The result differs from the reference by float summation order (float path) or, in the int8 path, is
  * exactly the reference applied to the int8-rounded activations (again up to summation order).
  */
@@ -230,6 +232,7 @@ typedef struct {
     const float *xl, *xl2;   /* per chunk, each lane's activation scale; xl2 unused */
     const float *zx;         /* per group sx·(sum of its int8 activations), zero-padded to a multiple of 16 */
     const int32_t *map, *map2; /* 256-bit and NEON builds: per vector, its first group and lane offsets */
+    const float *sx;         /* per group its activation scale (the lanes' scale), zero-padded to a multiple of 16 */
 } act_t;
 #endif
 
@@ -451,6 +454,127 @@ static inline __attribute__((always_inline)) __m256i dot_vec3(const __m256i w0, 
 #endif
 }
 
+/* vpmaddubsw pair sums (int16) one group may add before they widen: a pair is at most 2 * (2^bits - 1) * 127,
+ * a 32-byte vector adds 8 / bits of them, and the sum stays below 32767 */
+#define CAP16(bits) ((bits) == 4 ? 4 : (bits) == 2 ? 10 : 16)
+
+/* int32 lanes: one row's products over one group's nv 32-byte vectors at src (bits 1, 2, 4 or 8), activations
+ * at xq (plane p at p * rb_pad) and, for 8-bit weights, the fine plane at xfine */
+static inline __attribute__((always_inline)) __m256i dot_group(const int bits, const uint8_t *src, int nv,
+                                                               const int8_t *xq, const int8_t *xfine, long rb_pad,
+                                                               long pf) {
+    const int P = 8 / bits;
+    __m256i acc = _mm256_setzero_si256();
+#if SIGNED8
+    if (bits != 8) {  /* int16 sums across planes and vectors, widened once per CAP16 vectors */
+        const __m256i mask = _mm256_set1_epi8((char)((1 << bits) - 1)), ones = _mm256_set1_epi16(1);
+        for (int v0 = 0; v0 < nv; v0 += CAP16(bits)) {
+            const int v1 = v0 + CAP16(bits) < nv ? v0 + CAP16(bits) : nv;
+            __m256i s16 = _mm256_setzero_si256();
+            for (int v = v0; v < v1; v++) {
+                if (PF_AHEAD && !(v & 1)) __builtin_prefetch(src + 32 * v + pf);
+                const __m256i w = _mm256_loadu_si256((const __m256i *)(src + 32 * v));
+                for (int p = 0; p < P; p++) {
+                    const __m256i c = _mm256_and_si256(p ? _mm256_srli_epi16(w, p * bits) : w, mask);
+                    const __m256i x = _mm256_loadu_si256((const __m256i *)(xq + p * rb_pad + 32 * v));
+                    s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(c, x));
+                }
+            }
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(s16, ones));
+        }
+        return acc;
+    }
+#endif
+    for (int v = 0; v < nv; v++) {
+        if (PF_AHEAD && !(v & 1)) __builtin_prefetch(src + 32 * v + pf);
+        __m256i xv[8];
+        for (int p = 0; p < P; p++) xv[p] = _mm256_loadu_si256((const __m256i *)(xq + p * rb_pad + 32 * v));
+        const __m256i xf = bits == 8 ? _mm256_loadu_si256((const __m256i *)(xfine + 32 * v)) : _mm256_setzero_si256();
+        acc = _mm256_add_epi32(acc, dot_vec(bits, _mm256_loadu_si256((const __m256i *)(src + 32 * v)), xv, xf));
+    }
+    return acc;
+}
+
+/* dot_group with a constant NV whose activation vectors are already in registers (xv[v * P + p]; for 8-bit
+ * weights xv[2v] and the fine plane xv[2v + 1]): one load of them per group serves all R rows */
+static inline __attribute__((always_inline)) __m256i dot_group_x(const int bits, const uint8_t *src, const int NV,
+                                                                 const __m256i *xv, long pf) {
+    const int P = 8 / bits;
+    __m256i acc = _mm256_setzero_si256();
+#if SIGNED8
+    if (bits != 8) {  /* NV * 32 bytes stay below CAP16 vectors wherever this is called */
+        const __m256i mask = _mm256_set1_epi8((char)((1 << bits) - 1));
+        __m256i s16 = _mm256_setzero_si256();
+        for (int v = 0; v < NV; v++) {
+            if (PF_AHEAD && !(v & 1)) __builtin_prefetch(src + 32 * v + pf);
+            const __m256i w = _mm256_loadu_si256((const __m256i *)(src + 32 * v));
+            for (int p = 0; p < P; p++)
+                s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(
+                                                _mm256_and_si256(p ? _mm256_srli_epi16(w, p * bits) : w, mask),
+                                                xv[v * P + p]));
+        }
+        return _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
+    }
+#endif
+    for (int v = 0; v < NV; v++) {
+        if (PF_AHEAD && !(v & 1)) __builtin_prefetch(src + 32 * v + pf);
+        const __m256i w = _mm256_loadu_si256((const __m256i *)(src + 32 * v));
+        acc = _mm256_add_epi32(acc, bits == 8 ? dot_vec(8, w, xv + 2 * v, xv[2 * v + 1]) : dot_vec(bits, w, xv + v * P,
+                                                                                               xv[0]));
+    }
+    return acc;
+}
+
+/* Whether every 32-byte vector of a row lies in one group (gb a multiple of 32: int4 from group 64, int2 and
+ * ternary from 128, int8 from 32), so a group's products are summed as integers and scaled once per row and
+ * group; 8-bit weights' int32 lanes (at most ~1.7e7 a vector) bound the group to 64 vectors. */
+static inline int whole_vectors(int bits, int gb) { return bits != 3 && gb % 32 == 0 && (bits != 8 || gb <= 2048); }
+
+/* tot[r] += one float lane-sum per group: sum_g scale[r, g] * sx[g] * (int32 lanes of the group) */
+static inline __attribute__((always_inline)) void group_rows(const int bits, const int R, const int NV,
+                                                             const uint8_t *W, long ldw, int G, int gb,
+                                                             const act_t *a, long rb_pad, const uint16_t *S,
+                                                             __m256 *tot) {
+    const int nv = NV ? NV : gb / 32;  /* NV: the common sizes as constants, unrolled */
+#ifdef PF_BLOCKS
+    const long pf = PF_BLOCKS * R_BLOCK * ldw;
+#else
+    const long pf = PF_AHEAD;
+#endif
+    float ws[R_BLOCK][64] __attribute__((aligned(32)));  /* G <= 63: scales times activation scales */
+    for (int r = 0; r < R; r++)
+        for (int g = 0; g < G; g += 8)
+            _mm256_store_ps(ws[r] + g, _mm256_mul_ps(bf16x8(S + (long)r * G + g), _mm256_loadu_ps(a->sx + g)));
+    const int P = 8 / bits, XV = NV * (bits == 8 ? 2 : P);
+    if (NV && XV <= 8 && (bits == 8 || NV <= CAP16(bits))) {  /* activations loaded once per group */
+        for (int g = 0; g < G; g++) {
+            const long off = (long)g * gb;
+            __m256i xv[8];
+            for (int v = 0; v < NV; v++) {
+                if (bits == 8) {
+                    xv[2 * v] = _mm256_loadu_si256((const __m256i *)(a->xq + off + 32 * v));
+                    xv[2 * v + 1] = _mm256_loadu_si256((const __m256i *)(a->xq2 + off + 32 * v));
+                } else {
+                    for (int p = 0; p < P; p++)
+                        xv[v * P + p] = _mm256_loadu_si256((const __m256i *)(a->xq + off + p * rb_pad + 32 * v));
+                }
+            }
+            for (int r = 0; r < R; r++) {
+                const __m256i acc = dot_group_x(bits, W + r * ldw + off, NV, xv, pf);
+                tot[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm256_broadcast_ss(ws[r] + g), tot[r]);
+            }
+        }
+        return;
+    }
+    for (int g = 0; g < G; g++) {
+        const long off = (long)g * gb;
+        for (int r = 0; r < R; r++) {
+            const __m256i acc = dot_group(bits, W + r * ldw + off, nv, a->xq + off, a->xq2 + off, rb_pad, pf);
+            tot[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm256_broadcast_ss(ws[r] + g), tot[r]);
+        }
+    }
+}
+
 static inline __attribute__((always_inline)) void plane_rows(const int bits, const int R, const uint8_t *W, long ldw,
                                                              int nbytes, const int8_t *xq, const int8_t *xfine,
                                                              long rb_pad, const int32_t *map, const float *xl,
@@ -511,7 +635,15 @@ static inline __attribute__((always_inline)) void block_rows(const int bits, con
     const uint8_t *W = L->W + (long)n0 * L->ldw;
     const uint16_t *S = L->scale + (long)n0 * G;
     const uint8_t *wend = L->W + (long)L->N * L->ldw;
-    plane_rows(bits, R, W, L->ldw, G * L->gb, a->xq, a->xq2, L->rb_pad, a->map, a->xl, S, G, wend, tot);
+    if (whole_vectors(bits, L->gb)) {
+        switch (L->gb) {
+            case 32: group_rows(bits, R, 1, W, L->ldw, G, L->gb, a, L->rb_pad, S, tot); break;
+            case 64: group_rows(bits, R, 2, W, L->ldw, G, L->gb, a, L->rb_pad, S, tot); break;
+            case 128: group_rows(bits, R, 4, W, L->ldw, G, L->gb, a, L->rb_pad, S, tot); break;
+            default: group_rows(bits, R, 0, W, L->ldw, G, L->gb, a, L->rb_pad, S, tot); break;
+        }
+    } else
+        plane_rows(bits, R, W, L->ldw, G * L->gb, a->xq, a->xq2, L->rb_pad, a->map, a->xl, S, G, wend, tot);
     const float offset = L->offset - ((SIGNED8 && bits == 8) ? 128.f : 0.f);
     const __m256 off = _mm256_set1_ps(-offset);
     for (int r = 0; r < R; r++) {
@@ -757,7 +889,7 @@ static void prepare_act(const lowbit_layer *L, const float *x, int nch, int8_t *
         sx[g] = two ? s2 : s;
         zx[g] = sx[g] * (float)tot;
     }
-    for (int g = G; g < Gp; g++) zx[g] = 0.f;
+    for (int g = G; g < Gp; g++) zx[g] = sx[g] = 0.f;
     qx[K] = 0;
     for (long i = 0; i < P * L->rb_pad; i++) xq[i] = qx[L->col[i]];
     if (two) {
@@ -795,7 +927,7 @@ static int gemv_int8(const lowbit_layer *L, const float *x, float *y, int M, int
         float *sx = (float *)b, *zx = sx + Gp, *xl = zx + Gp, *xl2 = xl + 16 * nch;
         int8_t *xq = (int8_t *)(xl2 + 16 * nch2), *xq2 = xq + sa;
         prepare_act(L, x + (long)m * L->K, nch, qx, qx2, xq, xq2, sx, zx, xl);
-        acts[m] = (act_t){xq, xq2, xl, xl2, zx, map, map2};
+        acts[m] = (act_t){xq, xq2, xl, xl2, zx, map, map2, sx};
     }
     const int N = L->N;
     if (nthreads > 1) {
