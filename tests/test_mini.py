@@ -173,6 +173,32 @@ def test_quantization_warning_names_agreement_and_a_safer_scheme():
     assert "5 of 8" in line and "--quant int8" in line and "\n" not in line
 
 
+def test_empty_free_form_answer_says_what_the_frames_showed():
+    """An answer the LLM ended before its first word is no answer: the frames' classes stand in, with a
+    warning; a written answer, or a backbone that cannot say what it saw, is left alone."""
+    from videollm.answer.evidence import EMPTY_ANSWER, apply_option_support
+    from videollm.answer.reasoning import ReasoningOutcome
+
+    class Seer:
+        def option_support(self, options, visual):
+            raise AssertionError("free-form: no options to support")
+
+        def evidence_thought(self, question, options, visual):
+            return ""
+
+        def seen_summary(self, visual):
+            return "seabird (albatross), hay"
+
+    def outcome(text):
+        return ReasoningOutcome(text=text, choice=None, generated_tokens=1, finish_reason="eos", mode="direct")
+
+    filled = apply_option_support(Seer(), outcome("  "), None, None)
+    assert filled.text == "The frames show: seabird (albatross), hay." and filled.extra["warnings"] == [EMPTY_ANSWER]
+    kept = apply_option_support(Seer(), outcome("A bicycle."), None, None)
+    assert kept.text == "A bicycle." and "warnings" not in kept.extra
+    assert apply_option_support(object(), outcome(""), None, None).text == ""
+
+
 # ---- the real model ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def mini():
@@ -608,7 +634,7 @@ def test_evidence_follows_the_compressor(mini, pipe, needle_set):
 
 @needs_weights
 def test_free_form_answer_is_one_sentence_in_common_words(pipe, mini):
-    """No loop to the token cap; the LLM reads the classes in common words ("motorcycle (moped)")."""
+    """No loop to the token cap; what users read (thoughts, warnings) names classes in common words."""
     from videollm.samples import sample_path
 
     answer = pipe(sample_path("carphone"), "What objects appear in this video?")
@@ -619,6 +645,48 @@ def test_free_form_answer_is_one_sentence_in_common_words(pipe, mini):
     assert mini.common_label(idx["moped"]) == "motorcycle (moped)"
     assert mini.common_label(idx["tripod"]) == "tripod"  # not "rack": too vague to say what was seen
     assert mini.common_label(idx["daisy"]) == "flower (daisy)"
+
+
+def _prompt_names(prompt: str) -> tuple[set[str], list[str]]:
+    """(class names of the per-run lines, names of the "Objects in the video:" line) of a mini prompt."""
+    runs, summary = set(), []
+    for line in prompt.splitlines():
+        if line.startswith("- ") and "visual tokens]" in line:
+            runs.update(n.strip() for n in line.split("visual tokens]", 1)[1].split(","))
+        elif line.startswith("Objects in the video: "):
+            summary = [n.strip() for n in line[len("Objects in the video: "):].rstrip(".").split(",")]
+    return runs, summary
+
+
+@needs_weights
+@pytest.mark.parametrize("clip", ["bigbuckbunny", "carphone"])
+def test_summary_line_names_only_classes_the_frames_read(mini, clips, clip):
+    """The rule: the LLM's summary line uses the classifier's own names, as the per-run lines do. A hypernym
+    label ("barrier (bannister)", "tram (streetcar)") adds a word no frame showed, which the 135M LLM answers
+    from (it made `--sample bikes` answer "a motorcycle")."""
+    visual = clips[clip][2]
+    prompt = mini.build_inputs("What objects appear in this video?", visual).prompt_text
+    runs, summary = _prompt_names(prompt)
+    assert summary and runs, prompt
+    assert set(summary) <= runs, (summary, runs)
+    assert all("(" not in n for n in summary)
+
+
+@needs_weights
+def test_readme_first_command_names_the_bicycle(mini):
+    """README's first command (`videollm ask --sample bikes "What objects appear in this video?" --model
+    videollm-mini`, 32 frames): 0.1.0 answered "a bicycle"; 0.2.0's summary in hypernym words made it "a
+    motorcycle" although no frame reads as one for long (a parked scooter in 2 of 32)."""
+    from videollm.config import PipelineConfig
+    from videollm.pipeline import VideoQAPipeline
+    from videollm.samples import sample_path
+    from videollm.video import SamplingConfig
+
+    readme = VideoQAPipeline(mini, PipelineConfig(model="videollm-mini", sampling=SamplingConfig(num_frames=32)))
+    answer = readme(sample_path("bikes"), "What objects appear in this video?")
+    text = answer.text.lower()
+    assert "bicycle" in text or "bike" in text.replace("motorbike", ""), answer.text
+    assert "motorcycle" not in text and "motorbike" not in text, answer.text
 
 
 @needs_weights

@@ -20,14 +20,19 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 NONE_SEEN = ("none of the options was recognised in the kept frames, so the answer is a guess (the frames "
              "showed: {seen})")
+#: a free-form answer the LLM ended before its first word (SmolLM2-135M sometimes writes only end-of-turn)
+EMPTY_ANSWER = "the model wrote no answer; the text says what the kept frames showed instead"
 
 
 def apply_option_support(backbone: object, outcome: ReasoningOutcome, question: Question,
                          visual: VisualTokens) -> ReasoningOutcome:
     """The outcome, with its letter decided by the evidence when exactly one option is shown, and a warning
-    (in `extra["warnings"]`) when none is. The options are `question.options`, as data."""
-    if not question.is_choice or not isinstance(backbone, SupportsOptionSupport):
+    (in `extra["warnings"]`) when none is. The options are `question.options`, as data. A free-form answer left
+    empty says what the frames showed instead (`fill_empty_answer`)."""
+    if not isinstance(backbone, SupportsOptionSupport):
         return outcome
+    if not question.is_choice:
+        return fill_empty_answer(backbone, outcome, visual)
     letters = question.letters
     found = backbone.option_support(list(question.options), visual)
     outcome.extra["option_support"] = {letter: {"shown": s, "when": w, "seen_as": n}
@@ -45,4 +50,15 @@ def apply_option_support(backbone: object, outcome: ReasoningOutcome, question: 
         seen = getattr(backbone, "seen_summary", None)
         outcome.extra.setdefault("warnings", []).append(
             NONE_SEEN.format(seen=seen(visual) if callable(seen) else "see the prompt"))
+    return outcome
+
+
+def fill_empty_answer(backbone: object, outcome: ReasoningOutcome, visual: VisualTokens) -> ReasoningOutcome:
+    """A free-form answer with no text becomes what the kept frames showed ("The frames show: …"), with a
+    warning: an empty line is no answer, and the frames' classes are what a tiny LLM would have named."""
+    seen = getattr(backbone, "seen_summary", None)
+    if outcome.text.strip() or not callable(seen):
+        return outcome
+    outcome.text = f"The frames show: {seen(visual)}."
+    outcome.extra.setdefault("warnings", []).append(EMPTY_ANSWER)
     return outcome

@@ -268,7 +268,10 @@ class MiniBackbone(Backbone):
         budget = max(64, min(self.config.text_budget,
                              self.max_context - visual.num_tokens - self.config.reserve_tokens))
         top = self.summary(frames)
-        summary = ("Objects in the video: " + ", ".join(self.common_label(c) for c in top) + ".\n") if top else ""
+        # The classifier's own names, as in the per-run lines: a hypernym label ("barrier (bannister)", "tram
+        # (streetcar)") adds words the frames never showed, which the 135M LLM reads as further objects and
+        # answers from (docs/mini.md, "The summary line"). Everyday words stay for what users read.
+        summary = ("Objects in the video: " + ", ".join(self.class_names[c] for c in top) + ".\n") if top else ""
         run_lines = []
         for run in runs:
             t0, t1 = run[0][0], run[-1][0]
