@@ -142,6 +142,7 @@ def main() -> None:
     processor = build_processor("qwen2_5_vl", bb.tokenizer, 16, 768)
     bb.video_processor = processor.video_processor  # the same processor config on both sides
     rows, details = [], []
+    first_logits: dict[int, torch.Tensor] = {}  # frames → videollm's step-0 logits in the first dtype
     for k, dtype in enumerate(args.dtype):
         if k:  # the same weights, cast: a fresh backbone so nothing built for the last dtype is reused
             bb.model.to(resolve_dtype(dtype, bb.device))
@@ -153,12 +154,20 @@ def main() -> None:
             ours = run_videollm(bb, frames, 2.0, args.new_tokens)
             ref = run_transformers(bb.model, processor, frames, 2.0, args.new_tokens)
             c = compare(ours, ref)
+            step0 = ours["logits"][0]
+            noise = ""
+            if n in first_logits:  # how far this dtype moves the same stack's logits: the rounding noise scale
+                noise = (f"; videollm step-0 max |Δlogit| vs {args.dtype[0]} "
+                         f"{float((step0 - first_logits[n]).abs().max()):.3g}")
+            else:
+                first_logits[n] = step0
             details.append(f"{dtype}, {n} frames: videollm {ours['ids']} / transformers {ref['ids']}; step-0 "
-                           f"max |Δlogit| {c['step0_max_abs']:.3g}")
+                           f"max |Δlogit| {c['step0_max_abs']:.3g}, top-2 margin {_margin(step0):.3g} (videollm) / "
+                           f"{_margin(ref['logits'][0]):.3g} (transformers){noise}")
             for who, r in (("videollm", ours), ("transformers", ref)):
                 rows.append([n, ours["visual_tokens"], dtype, who, r["tower"], r["prefill"],
                              r["decode_per_token"] * 1000, _note(c)])
-            logger.info("%s | %s", rows[-2], details[-1])
+            logger.info("%s | %s | %s", rows[-2], rows[-1], details[-1])
     print(f"{environment()}; {args.model}; frames {args.size[0]}×{args.size[1]}; peak RSS {peak_rss_mib():.0f} MiB")
     print(table(["frames", "visual tokens", "dtype", "stack", "tower s", "prefill s", "decode ms/token",
                  "same answer ids"], rows))

@@ -43,7 +43,7 @@ def _reference(directory, frames: torch.Tensor, fps: float, max_new_tokens: int)
     return model, enc, out[0, enc["input_ids"].shape[1]:].tolist()
 
 
-@pytest.mark.parametrize("num_frames, fps", [(6, 2.0), (5, 2.0), (6, 0.1)])
+@pytest.mark.parametrize("num_frames, fps", [(6, 2.0), (5, 2.0), (6, 0.1), (32, 2.0)])
 def test_uniform_all_frames_equals_transformers(checkpoint, num_frames, fps):
     """A directory videollm did not write loads with `--model DIR`; prompt ids (via embeddings), visual
     embeddings, 3-D positions and greedy answer ids equal transformers' processor + generate (odd frame
@@ -56,7 +56,9 @@ def test_uniform_all_frames_equals_transformers(checkpoint, num_frames, fps):
     family, directory = checkpoint
     backbone = load_backbone(str(directory), device="cpu", dtype="float32")
     assert type(backbone).__name__ == "QwenVLBackbone" and backbone.model_type == family
-    frames = _frames(num_frames)  # fps 0.1: temporal positions run past the text's (rope_deltas > 0)
+    # fps 0.1, and 32 frames (16 groups, the tower in two chunks of 16 frames): temporal positions run past
+    # the text's, so transformers' rope_deltas is not the decode offset
+    frames = _frames(num_frames)
     video = Video.from_frames(frames, fps=fps)
     visual = create_compressor("uniform", backbone)(video, query=QUESTION, budget=None)
     inputs = backbone.build_inputs(QUESTION, visual)
@@ -78,7 +80,9 @@ def test_uniform_all_frames_equals_transformers(checkpoint, num_frames, fps):
     # decoding goes on from the last prompt position + 1 (what `generate` does); the same as rope_deltas
     # unless the temporal positions run past the text's (fps 0.1)
     assert plan.delta == int(positions[:, 0, -1].max()) + 1 - ids.shape[1]
-    assert (plan.delta == int(delta)) == (fps == 2.0 or family == "qwen3_vl")  # Qwen3-VL: time is in text
+    past_text = int(positions.max()) > int(positions[:, 0, -1].max())  # Qwen3-VL: never, time is in text
+    assert past_text == (family == "qwen2_5_vl" and (fps < 1 or num_frames > 8))
+    assert (plan.delta == int(delta)) != past_text
     assert len(set(ref)) > 1, "a degenerate reference would prove nothing"
     assert ours == ref
 
