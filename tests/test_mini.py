@@ -178,12 +178,15 @@ def test_empty_free_form_answer_says_what_the_frames_showed():
     warning; a written answer, or a backbone that cannot say what it saw, is left alone."""
     from videollm.answer.evidence import EMPTY_ANSWER, apply_option_support
     from videollm.answer.reasoning import ReasoningOutcome
+    from videollm.question import make_question
+
+    free = make_question("What is shown?", None)
 
     class Seer:
         def option_support(self, options, visual):
             raise AssertionError("free-form: no options to support")
 
-        def evidence_thought(self, question, options, visual):
+        def evidence_thought(self, question, visual):
             return ""
 
         def seen_summary(self, visual):
@@ -192,11 +195,11 @@ def test_empty_free_form_answer_says_what_the_frames_showed():
     def outcome(text):
         return ReasoningOutcome(text=text, choice=None, generated_tokens=1, finish_reason="eos", mode="direct")
 
-    filled = apply_option_support(Seer(), outcome("  "), None, None)
+    filled = apply_option_support(Seer(), outcome("  "), free, None)
     assert filled.text == "The frames show: seabird (albatross), hay." and filled.extra["warnings"] == [EMPTY_ANSWER]
-    kept = apply_option_support(Seer(), outcome("A bicycle."), None, None)
+    kept = apply_option_support(Seer(), outcome("A bicycle."), free, None)
     assert kept.text == "A bicycle." and "warnings" not in kept.extra
-    assert apply_option_support(object(), outcome(""), None, None).text == ""
+    assert apply_option_support(object(), outcome(""), free, None).text == ""
 
 
 # ---- the real model ---------------------------------------------------------------------------------------
