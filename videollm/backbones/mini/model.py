@@ -268,10 +268,10 @@ class MiniBackbone(Backbone):
         budget = max(64, min(self.config.text_budget,
                              self.max_context - visual.num_tokens - self.config.reserve_tokens))
         top = self.summary(frames)
-        # The classifier's own names, as in the per-run lines: a hypernym label ("barrier (bannister)", "tram
-        # (streetcar)") adds words the frames never showed, which the 135M LLM reads as further objects and
-        # answers from (docs/mini.md, "The summary line"). Everyday words stay for what users read.
-        summary = ("Objects in the video: " + ", ".join(self.class_names[c] for c in top) + ".\n") if top else ""
+        # The classifier's own names first, as in the per-run lines, the everyday word only as a gloss
+        # ("bannister (barrier)"): led by the hypernym ("barrier (bannister)") the 135M LLM reads a further
+        # object and answers from it (docs/mini.md, "The summary line").
+        summary = ("Objects in the video: " + ", ".join(self.summary_label(c) for c in top) + ".\n") if top else ""
         run_lines = []
         for run in runs:
             t0, t1 = run[0][0], run[-1][0]
@@ -495,6 +495,12 @@ class MiniBackbone(Backbone):
             if unseen:
                 lines.append(f"Not seen in any kept frame: {', '.join(unseen)}.")
         return " ".join(lines)
+
+    def summary_label(self, cls: int) -> str:
+        """A class as the summary line names it: its ImageNet name, then its everyday word when that differs
+        ("jinrikisha (cart)", "moped (motorcycle)", "tripod")."""
+        name, label = self.class_names[cls], self.common_label(cls)
+        return name if label == name else f"{name} ({label.split(' (')[0]})"
 
     def common_label(self, cls: int) -> str:
         """A class in common words with its ImageNet name: "motorcycle (moped)", or the name alone when it is
