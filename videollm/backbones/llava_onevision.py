@@ -149,6 +149,10 @@ class LlavaOneVisionBackbone(Backbone):
     def visual_suffix(self) -> torch.Tensor | None:
         return self.model.model.image_newline.detach()[None, :]
 
+    def projector_slot(self) -> tuple[torch.nn.Module, str]:
+        """Where `project` finds its projector (`SupportsProjectorSwap`: STORM's trained copy goes there)."""
+        return self.model.model, "multi_modal_projector"
+
     # -- language -------------------------------------------------------------------------------------
     def input_embeddings(self) -> torch.nn.Embedding:
         return self.model.get_input_embeddings()
