@@ -17,7 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from videollm.video import SamplingConfig
 
 from . import render
 from .uploads import DEFAULT_MAX_UPLOAD, OWNER_FILE, UploadArea, UploadConfig, human_size, user_message
+
+if TYPE_CHECKING:
+    from videollm.pipeline import VideoQAPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +153,7 @@ def answer_with_stages(on_stage: Callable[[str], None], *args: Any, **kwargs: An
         return answer(*args, **kwargs)
 
 
-def _kept_frames(pipe: Any, video: str, sampling: SamplingConfig, ans: Answer, limit: int = 32
+def _kept_frames(pipe: VideoQAPipeline, video: str, sampling: SamplingConfig, ans: Answer, limit: int = 32
                  ) -> tuple[list[tuple[np.ndarray, str]], list[float]]:
     """Decode the kept frames again (few and small) so the page shows what the LLM saw; also every sampled
     frame's time, for the timeline."""

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import InvalidRequestError
 
 if TYPE_CHECKING:
-    pass
+    from .protocols import VideoLanguageModel
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def check_cpu_int8(choice: str, device: str = "auto", dtype: str = "auto", quant
                                   "choose one")
 
 
-def apply_cpu_int8(backbone: Any, choice: str) -> list[str]:
+def apply_cpu_int8(backbone: VideoLanguageModel, choice: str) -> list[str]:
     """Quantize, in place, the `nn.Linear` layers of the parts `choice` names; return their module names.
 
     The parts come from `backbone.quantizable_modules()` ("vision", "llm"); the LM head, the projector,

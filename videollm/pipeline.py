@@ -19,7 +19,7 @@ from .backbones import load_backbone
 from .budget import fit_budget, plan_context
 from .config import PipelineConfig
 from .errors import InvalidRequestError
-from .protocols import SupportsQuantization, VideoLanguageModel
+from .protocols import SupportsQuantization, VideoLanguageModel, reasoning_preset
 from .question import format_question, normalize_options
 from .runtime.generation import GenerationConfig
 from .timing import StageTimer, stage
@@ -154,7 +154,7 @@ class VideoQAPipeline:
                 visual.stats["decode"] = {"planned_frames": short.planned, "decoded_frames": short.decoded,
                                           "video_ends_at": round(short.ends_at, 3)}
             reasoning_opts = {**_fields(self.config.reasoning_options), "answer_format": fmt}
-            trained = getattr(self.backbone, "reasoning_preset", None) or {}  # VideoAuto-R1 checkpoints
+            trained = reasoning_preset(self.backbone)  # VideoAuto-R1 checkpoints
             if "threshold" not in reasoning_opts and "confidence_threshold" in trained:
                 reasoning_opts["threshold"] = float(trained["confidence_threshold"])
             outcome = run_mode(mode, self.backbone, user_text, visual, opts, gen,
@@ -220,7 +220,7 @@ class VideoQAPipeline:
             think = _fields(self.config.reasoning_options).get("max_think_tokens") or DEFAULT_MAX_THINK_TOKENS
             allowance += int(think) + min(generation.max_new_tokens, MAX_ANSWER_TOKENS)
         plan = plan_context(self.backbone, user_text, self.config.system_prompt, len(video), allowance,
-                            getattr(self.backbone, "text_tokens_per_frame", 0))
+                            self.backbone.text_tokens_per_frame)
         fitted = fit_budget(plan, budget)
         if budget is not None or len(video) * self.backbone.tokens_per_frame <= fitted:
             return budget

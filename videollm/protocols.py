@@ -13,6 +13,7 @@ importing this module loads no model.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from .errors import InvalidRequestError
@@ -34,6 +35,7 @@ class Tokenizer(Protocol):
 
     eos_token_id: int | None
     unk_token_id: int | None
+    all_special_ids: list[int]
 
     def __call__(self, text: str, add_special_tokens: bool = ..., **kwargs: Any) -> Any: ...
 
@@ -173,11 +175,35 @@ class SupportsOptionSupport(Protocol):
 
     def evidence_thought(self, question: str, options: list[str] | None, visual: VisualTokens) -> str: ...
 
+    def seen_summary(self, visual: VisualTokens) -> str:
+        """What the kept frames showed, in a few words (the warning when no option is shown names it)."""
+        ...
+
+
+@runtime_checkable
+class AnswerStyle(Protocol):
+    """How the answering modes should take this backbone's answers. `Backbone`'s defaults suit any LLM that
+    can reason; a tiny one (videollm-mini's 135M) says its thoughts loop (`reasons = False`: think/auto show
+    the evidence instead), that it repeats itself (`repetition_guard`: no n-gram twice), and that its first
+    sentence is the answer (`one_sentence_answers`)."""
+
+    reasons: bool
+    repetition_guard: int
+    one_sentence_answers: bool
+
+
+@runtime_checkable
+class SupportsReasoningPreset(Protocol):
+    """Optional: reasoning settings the checkpoint was trained with (VideoAuto-R1's confidence threshold and
+    answer format), used where the user set none."""
+
+    reasoning_preset: dict[str, Any]
+
 
 @runtime_checkable
 class SupportsStaticDecode(Protocol):
     """Optional: the transformers decoder (taking `inputs_embeds`, `position_ids` and a cache) and the LM head,
-    for the static-cache compiled decode loop (`answer.static_decode`)."""
+    for the static-cache compiled decode loop (`runtime.static_decode`)."""
 
     def text_decoder(self) -> tuple[nn.Module, nn.Module]: ...
 
@@ -292,6 +318,26 @@ class RelevancePrior(Protocol):
     def relevance_prior(self, query: str, visual: VisualTokens) -> float: ...
 
 
+@dataclass(frozen=True)
+class _DefaultAnswerStyle:
+    reasons: bool = True
+    repetition_guard: int = 0
+    one_sentence_answers: bool = False
+
+
+DEFAULT_ANSWER_STYLE: AnswerStyle = _DefaultAnswerStyle()
+
+
+def answer_style(backbone: object) -> AnswerStyle:
+    """The backbone's `AnswerStyle`, or the defaults for one that states none (a stand-in model)."""
+    return backbone if isinstance(backbone, AnswerStyle) else DEFAULT_ANSWER_STYLE
+
+
+def reasoning_preset(backbone: object) -> dict[str, Any]:
+    """The checkpoint's trained reasoning settings (`SupportsReasoningPreset`), else none."""
+    return dict(backbone.reasoning_preset or {}) if isinstance(backbone, SupportsReasoningPreset) else {}
+
+
 def temporal_patch(backbone: object) -> int:
     """Frames per token set: `SupportsTemporalPatch.temporal_patch`, else 1."""
     return max(1, int(backbone.temporal_patch)) if isinstance(backbone, SupportsTemporalPatch) else 1
@@ -310,9 +356,10 @@ def quant_role(key: str) -> str:
     return "llm" if key == "llm" or key.endswith(".llm") else "vision"
 
 
-__all__ = ["FirstStep", "HasCausalLM", "LanguageModel", "PromptBuilder", "RelevancePrior", "SegmentMemoryEncoder",
-           "SupportsBatchLogits", "SupportsChoiceScoring", "SupportsDedupFeatures", "SupportsLowResTokens",
-           "SupportsOptionSupport", "SupportsProjectorSwap", "SupportsQuantization", "SupportsSequenceLogits",
-           "SupportsStaticDecode", "SupportsTemporalPatch", "SupportsVideoGeometry", "Tokenizer",
-           "TrainableVideoLanguageModel", "VideoLanguageModel", "VisionTower", "quant_role", "require",
+__all__ = ["AnswerStyle", "DEFAULT_ANSWER_STYLE", "FirstStep", "HasCausalLM", "LanguageModel", "PromptBuilder",
+           "RelevancePrior", "SegmentMemoryEncoder", "SupportsBatchLogits", "SupportsChoiceScoring",
+           "SupportsDedupFeatures", "SupportsLowResTokens", "SupportsOptionSupport", "SupportsProjectorSwap",
+           "SupportsQuantization", "SupportsReasoningPreset", "SupportsSequenceLogits", "SupportsStaticDecode",
+           "SupportsTemporalPatch", "SupportsVideoGeometry", "Tokenizer", "TrainableVideoLanguageModel",
+           "VideoLanguageModel", "VisionTower", "answer_style", "quant_role", "reasoning_preset", "require",
            "temporal_patch"]

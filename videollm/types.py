@@ -45,7 +45,7 @@ class PromptInputs:
     num_visual_tokens: int
     prompt_text: str
     #: leading embeddings that do not depend on the question (system and user-turn start, visual tokens):
-    #: their KV can be shared by every question about the same video (`answer.prefix_cache`); 0 = none known
+    #: their KV can be shared by every question about the same video (`runtime.prefix_cache`); 0 = none known
     prefix_len: int = 0
 
 

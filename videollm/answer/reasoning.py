@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..errors import InvalidRequestError
-from ..protocols import SupportsChoiceScoring, SupportsOptionSupport, VideoLanguageModel
+from ..protocols import SupportsChoiceScoring, SupportsOptionSupport, Tokenizer, VideoLanguageModel, answer_style
 from ..question import option_letters, option_texts
 from ..registry import Registry
 from ..runtime.generation import (
@@ -68,7 +68,7 @@ _SENTENCE = re.compile(r"^(.+?[.!?])(?=\s|$)", re.DOTALL)
 def sentence_stops(backbone: object, options: Sequence[str] | None) -> tuple[str, ...]:
     """Stop strings that end a free-form answer after its first sentence (backbones with
     `one_sentence_answers`); a streaming caller must cut at the same places as the decode loop."""
-    return SENTENCE_ENDS if not options and bool(getattr(backbone, "one_sentence_answers", False)) else ()
+    return SENTENCE_ENDS if not options and answer_style(backbone).one_sentence_answers else ()
 
 
 def first_sentence(text: str) -> str:
@@ -156,7 +156,7 @@ def run_mode(name: str, backbone: VideoLanguageModel, user_text: str, visual: Vi
     from .evidence import apply_option_support
 
     fn = MODES.get(name)
-    if name in ("think", "auto") and not getattr(backbone, "reasons", True):
+    if name in ("think", "auto") and not answer_style(backbone).reasons:
         outcome = _evidence_thought(name, backbone, user_text, visual, options, generation, *args, **kwargs)
     else:
         outcome = fn(backbone, user_text, visual, options, generation, *args, **kwargs)
@@ -184,7 +184,7 @@ def _evidence_thought(name: str, backbone: VideoLanguageModel, user_text: str, v
 class LetterProbe:
     """Records, at every step, the log-probabilities of the option letters' tokens (`A`, ` A`, ...)."""
 
-    def __init__(self, tokenizer: Any, letters: Sequence[str]):
+    def __init__(self, tokenizer: Tokenizer, letters: Sequence[str]):
         self.token_letter: dict[int, str] = letter_token_ids(tokenizer, letters)
         self._ids = torch.tensor(sorted(self.token_letter), dtype=torch.long)
         self.rows: list[torch.Tensor] = []
@@ -249,7 +249,7 @@ def answer_direct(backbone: VideoLanguageModel, user_text: str, visual: VisualTo
     inputs = backbone.build_inputs(user_text, visual, system=system)
     probe = LetterProbe(backbone.tokenizer, option_letters(options)) if options else None
     cfg = replace(generation, stop_strings=tuple(generation.stop_strings) + (THINK_OPEN,))
-    guard = int(getattr(backbone, "repetition_guard", 0) or 0)  # small LLMs loop: a default n-gram guard
+    guard = answer_style(backbone).repetition_guard  # small LLMs loop: a default n-gram guard
     if guard and not cfg.no_repeat_ngram:
         cfg = replace(cfg, no_repeat_ngram=guard)
     one_sentence = bool(sentence_stops(backbone, options))

@@ -40,6 +40,10 @@ class Backbone(ABC):
     notice: str | None = None
     #: text tokens the backbone adds per frame around the visual ones (timestamps, labels), for budgeting
     text_tokens_per_frame: int = 0
+    #: `AnswerStyle`: an LLM that can reason, needs no repetition guard, and answers in full
+    reasons: bool = True
+    repetition_guard: int = 0
+    one_sentence_answers: bool = False
 
     # ---- sizes -------------------------------------------------------------------------------------
     @property
