@@ -205,7 +205,7 @@ class LetterProbe:
         return letter_probability(per_letter, letter)
 
 
-def _char_ends(tokenizer: Any, ids: Sequence[int], upto: int) -> list[int]:
+def _char_ends(tokenizer: Tokenizer, ids: Sequence[int], upto: int) -> list[int]:
     """Where each token's text ends in the decoded string (decoding prefixes, so byte pieces are right)."""
     ends: list[int] = []
     for i in range(len(ids)):
