@@ -134,7 +134,7 @@ class TokenCompressor(ABC):
         # encode once, ask many: the features depend on the frames and the model, never on the question; the
         # decode size, dtype and quantization are in the key because they change the output of the same instance
         bb = self.backbone
-        key = video_key(video, bb, kind, extra=(video.info.height, video.info.width, str(getattr(bb, "dtype", "")),
+        key = video_key(video, bb, kind, extra=(video.info.height, video.info.width, str(bb.dtype),
                                                 repr(getattr(bb, "quantization", None)),
                                                 getattr(bb, "cpu_int8", "none")))
         cache = default_cache()
