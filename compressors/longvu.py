@@ -438,7 +438,7 @@ class LongVUCompressor(TokenCompressor):
     def __init__(self, backbone: VideoLanguageModel, config: LongVUConfig | None = None, **overrides: Any):
         super().__init__(backbone, config, **overrides)
         self.params = resolve_params(self.config)
-        self._dino: Any = None
+        self._dino: Callable[[torch.Tensor], torch.Tensor] | None = None  # DINOv2 (a DinoV2Encoder), loaded lazily
         self._dino_error: str | None = None
 
     # -- sizes ------------------------------------------------------------------------------------------
@@ -487,7 +487,7 @@ class LongVUCompressor(TokenCompressor):
         return max(1, int(limit))
 
     # -- encoders ---------------------------------------------------------------------------------------
-    def dino(self) -> Any:
+    def dino(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """The DINOv2 encoder, from the process-wide model cache (one instance per settings, shared)."""
         if self._dino is None:
             from videollm.encoders import DinoV2Encoder
