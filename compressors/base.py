@@ -28,7 +28,7 @@ from videollm.errors import InvalidRequestError
 from videollm.feature_cache import cached_chunks, default_cache, video_key
 from videollm.models import load_report
 from videollm.options import build_dataclass, check_fields, is_checked, mark_checked, non_defaults
-from videollm.protocols import VideoLanguageModel
+from videollm.protocols import SupportsVideoGeometry, VideoLanguageModel, VisionTower, temporal_patch
 from videollm.timing import stage
 from videollm.types import VisualTokens
 from videollm.video import Video
@@ -136,7 +136,7 @@ class TokenCompressor(ABC):
                      kind: str) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         pos_all = np.arange(len(video)) if positions is None else np.asarray(positions, dtype=np.int64)
         size = self.config.chunk_size
-        tp = int(getattr(self.backbone, "temporal_patch", 1) or 1)
+        tp = temporal_patch(self.backbone)
         if tp > 1:  # frames go through the tower in fixed groups (Qwen-VL): one token set per group
             pos_all = np.unique(pos_all // tp) * tp
             size = ceil_div(size, tp) * tp
@@ -161,7 +161,7 @@ class TokenCompressor(ABC):
         bb = self.backbone
         report = load_report(bb)
         loaded = report.feature_tag() if report is not None else (repr(None), "none")
-        key = video_key(video, bb, kind, extra=(video.info.height, video.info.width, str(getattr(bb, "dtype", "")),
+        key = video_key(video, bb, kind, extra=(video.info.height, video.info.width, str(bb.dtype),
                                                 *loaded))
         cache = default_cache()
         if key is None or not cache.has_any(key, pos_all.tolist()):  # first pass: one stream, decode prefetched
@@ -170,14 +170,13 @@ class TokenCompressor(ABC):
                     cache.put(key, pos.tolist(), out)
                 yield pos, out
             return
-        yield from cached_chunks(cache, key, pos_all, size, compute, device=getattr(bb, "device", None))
+        yield from cached_chunks(cache, key, pos_all, size, compute, device=bb.device)
 
 
-def prepare_video(backbone: Any, video: Video) -> None:
+def prepare_video(backbone: VisionTower, video: Video) -> None:
     """Tell a backbone whose token grid depends on the video (Qwen-VL's resize) which video comes next."""
-    prepare = getattr(backbone, "prepare_video", None)
-    if callable(prepare):
-        prepare(len(video), video.info.height, video.info.width)
+    if isinstance(backbone, SupportsVideoGeometry):
+        backbone.prepare_video(len(video), video.info.height, video.info.width)
 
 
 def _group_compute(video: Video, groups: np.ndarray, tp: int, size: int, fn: Callable[[torch.Tensor], torch.Tensor]
@@ -277,7 +276,7 @@ class WeightedCompressor(TokenCompressor, torch.nn.Module):
         if missing or unexpected:
             raise InvalidRequestError(f"{directory}: weights do not match {cls.name} (missing {list(missing)[:5]}, "
                                       f"unexpected {list(unexpected)[:5]})")
-        return comp.to(device=getattr(backbone, "device", None) or "cpu").eval()
+        return comp.to(device=backbone.device).eval()
 
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"

@@ -371,6 +371,60 @@ def resolve_params(cfg: LongVUConfig) -> LongVUParams:
 
 
 # =====================================================================================================
+# What the stages hand each other
+# =====================================================================================================
+@dataclass(frozen=True)
+class LongVUSizes:
+    """Per-frame token counts and visual-token limits of one call (see `LongVUCompressor.max_visual_tokens`)."""
+
+    full_grid: tuple[int, int]
+    reduced_grid: tuple[int, int]
+    t_full: int  # tokens of a full-resolution frame
+    t_red: int  # tokens of a reduced frame
+    max_visual: int  # the limit the mix count and the final cut use
+    gate_visual: int  # the limit the gates use (the released code counts the `<image>` placeholder)
+    g_full: int  # per-frame counts the gates divide by (the released model: newline tokens not counted)
+    g_red: int
+
+
+@dataclass(frozen=True)
+class SurvivorTokens:
+    """The frames that survived temporal reduction, in LLM space."""
+
+    positions: list[int]  # each row's position among the sampled frames
+    full: torch.Tensor  # (M, rows, cols, D)
+    full_flat: torch.Tensor  # (M, rows·cols, D)
+    own_low: torch.Tensor | None  # (M, r·c, D): the backbone's own low-res copy (SupportsLowResTokens), or None
+
+    @property
+    def count(self) -> int:
+        return int(self.full.shape[0])
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Stage 2's outcome: which frames keep full tokens, the reduced copies, and the tokens that leaves."""
+
+    plan: ResolutionPlan
+    is_full: torch.Tensor  # (M,) bool
+    reduced: torch.Tensor | None  # (M, r·c, D), None when no frame needs a reduced copy
+    tokens: int
+
+
+@dataclass
+class KeptTokens:
+    """Stage 3's outcome, per kept frame: its tokens, its position, and each token's patch (-1: reduced)."""
+
+    tokens: list[torch.Tensor]
+    frames: list[int]
+    patches: list[torch.Tensor]
+
+    @property
+    def num_tokens(self) -> int:
+        return int(sum(t.shape[0] for t in self.tokens))
+
+
+# =====================================================================================================
 # The compressor
 # =====================================================================================================
 @COMPRESSORS.register("longvu")
@@ -384,7 +438,7 @@ class LongVUCompressor(TokenCompressor):
     def __init__(self, backbone: VideoLanguageModel, config: LongVUConfig | None = None, **overrides: Any):
         super().__init__(backbone, config, **overrides)
         self.params = resolve_params(self.config)
-        self._dino: Any = None
+        self._dino: Callable[[torch.Tensor], torch.Tensor] | None = None  # DINOv2 (a DinoV2Encoder), loaded lazily
         self._dino_error: str | None = None
 
     # -- sizes ------------------------------------------------------------------------------------------
@@ -396,12 +450,18 @@ class LongVUCompressor(TokenCompressor):
     @property
     def own_lowres(self) -> bool:
         """The backbone makes its own low-res copy (the released LongVU model): used instead of resizing."""
-        return self.params.query and isinstance(self.backbone, SupportsLowResTokens)
+        return self._lowres_backbone() is not None
+
+    def _lowres_backbone(self) -> SupportsLowResTokens | None:
+        """The backbone as `SupportsLowResTokens` when the query stage uses its own low-res copy, else None."""
+        b = self.backbone
+        return b if self.params.query and isinstance(b, SupportsLowResTokens) else None
 
     @property
     def reduced_grid(self) -> tuple[int, int]:
-        if self.own_lowres:
-            r, c = self.backbone.reduced_frame_grid  # type: ignore[attr-defined]
+        lowres = self._lowres_backbone()
+        if lowres is not None:
+            r, c = lowres.reduced_frame_grid
             return int(r), int(c)
         if self.config.reduced_grid is not None:
             r, c = self.config.reduced_grid
@@ -427,7 +487,7 @@ class LongVUCompressor(TokenCompressor):
         return max(1, int(limit))
 
     # -- encoders ---------------------------------------------------------------------------------------
-    def dino(self) -> Any:
+    def dino(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """The DINOv2 encoder, from the process-wide model cache (one instance per settings, shared)."""
         if self._dino is None:
             from videollm.models import get_model
@@ -514,133 +574,177 @@ class LongVUCompressor(TokenCompressor):
 
     @torch.inference_mode()
     def compress(self, video: Video, query: str | None, budget: int | None) -> VisualTokens:
-        p = self.params
+        """The paper's three stages in order; each returns what the next needs and its `stats["stages"]` entry."""
         video = self.densify(video)
+        sizes = self.sizes(query, budget)
         n = len(video)
-        t_full = self.full_grid[0] * self.full_grid[1]
-        red = self.reduced_grid
-        t_red = red[0] * red[1]
-        max_visual = self.max_visual_tokens(query, budget)
-        code_gates = p.gates == "code"
-        gate_visual = self.max_visual_tokens(query, budget, count_placeholder=True) if code_gates else max_visual
-        stages: dict[str, dict[str, Any]] = {"sampling": {"frames": n, "tokens": n * t_full}}
-        lowres = self.own_lowres
-        # the counts the released gates divide by (the released model: newline tokens not counted)
-        g_full, g_red = self.backbone.gate_tokens_per_frame if lowres else (t_full, t_red)  # type: ignore[attr-defined]
+        stages: dict[str, dict[str, Any]] = {"sampling": {"frames": n, "tokens": n * sizes.t_full}}
+        positions, stages["dedup"] = self.temporal_reduction(video, sizes)
+        encoded = self._encode_survivors(video, positions)
+        with stage("compress"):
+            frames = self._survivor_tokens(encoded, sizes)
+            resolution, stages["query"] = self.selective_feature_reduction(frames, query, sizes)
+            kept, reduced_stages = self.spatial_token_reduction(frames, resolution, sizes)
+            stages.update(reduced_stages)
+        return self._result(video, kept, stages, sizes)
 
-        # 1. temporal reduction: DINOv2 on every sampled frame, the vision tower only on the survivors
+    def sizes(self, query: str | None, budget: int | None) -> LongVUSizes:
+        """Per-frame token counts and the visual-token limits for this question and budget."""
+        full, red = self.full_grid, self.reduced_grid
+        t_full, t_red = full[0] * full[1], red[0] * red[1]
+        max_visual = self.max_visual_tokens(query, budget)
+        code_gates = self.params.gates == "code"
+        gate_visual = self.max_visual_tokens(query, budget, count_placeholder=True) if code_gates else max_visual
+        # the counts the released gates divide by (the released model: newline tokens not counted)
+        lowres = self._lowres_backbone()
+        g_full, g_red = lowres.gate_tokens_per_frame if lowres is not None else (t_full, t_red)
+        return LongVUSizes(full, red, t_full, t_red, max_visual, gate_visual, g_full, g_red)
+
+    # -- 1. temporal reduction --------------------------------------------------------------------------
+    def temporal_reduction(self, video: Video, sizes: LongVUSizes) -> tuple[np.ndarray, dict[str, Any]]:
+        """Stage 1: DINOv2 on every sampled frame, window by window; the vision tower later sees only the
+        survivors (their positions in `video`, after the code's frame cap)."""
+        p = self.params
+        n = len(video)
         positions = np.arange(n)
-        ran = p.dedup and dedup_gate(n, gate_visual, g_red if p.query else g_full, p.dedup_when)
+        ran = p.dedup and dedup_gate(n, sizes.gate_visual, sizes.g_red if p.query else sizes.g_full, p.dedup_when)
         capped = 0
-        own_dino = isinstance(self.backbone, SupportsDedupFeatures)  # the model's own DINOv2 (released LongVU)
-        unavailable = self._dino_unavailable() if ran and not own_dino else None
-        features = "backbone_vision" if unavailable else ("model_dinov2" if own_dino else "dinov2")
+        own = self.backbone if isinstance(self.backbone, SupportsDedupFeatures) else None  # released LongVU's DINOv2
+        unavailable = self._dino_unavailable() if ran and own is None else None
+        features = "backbone_vision" if unavailable else ("model_dinov2" if own is not None else "dinov2")
         if ran:  # without DINOv2 weights, the backbone's own pre-projector features still catch frozen frames
             enc = (self.backbone.encode_frames if unavailable
-                   else self.backbone.dedup_features if own_dino else None)  # type: ignore[attr-defined]
+                   else own.dedup_features if own is not None else None)
             mask = self.dedup_mask(video, enc)
             positions = np.flatnonzero(mask)
             before_cap = len(positions)
             positions = cap_frames(positions, p.max_frames_after_dedup)
             capped = before_cap - len(positions)
-        stages["dedup"] = {"enabled": p.dedup, "ran": bool(ran), "frames_removed": n - len(positions) - capped,
-                           "frames_capped": capped, "frames": len(positions), "tokens": len(positions) * t_full,
-                           "tokens_removed": (n - len(positions)) * t_full}
+        info: dict[str, Any] = {"enabled": p.dedup, "ran": bool(ran), "frames_removed": n - len(positions) - capped,
+                                "frames_capped": capped, "frames": len(positions),
+                                "tokens": len(positions) * sizes.t_full,
+                                "tokens_removed": (n - len(positions)) * sizes.t_full}
         if ran:
-            stages["dedup"]["features"] = features
+            info["features"] = features
         if unavailable:
-            stages["dedup"]["dino_unavailable"] = unavailable
+            info["dino_unavailable"] = unavailable
+        return positions, info
 
-        pos_list: list[int] = []
-        chunks: list[torch.Tensor] = []
-        frames_iter = (self._iter_frames(video, positions, self.backbone.frame_tokens_multires,  # type: ignore
-                                         "tokens+lowres") if lowres else self.iter_frame_tokens(video, positions))
-        for pos, tok in frames_iter:
-            pos_list.extend(int(x) for x in pos)
-            chunks.append(tok)
+    def _encode_survivors(self, video: Video, positions: np.ndarray) -> list[tuple[list[int], torch.Tensor]]:
+        """The survivors through the vision tower and projector, with the backbone's own low-res copy riding
+        along when it makes one: [(positions, tokens)] per chunk."""
+        lowres = self._lowres_backbone()
+        frames_iter = (self._iter_frames(video, positions, lowres.frame_tokens_multires, "tokens+lowres")
+                       if lowres is not None else self.iter_frame_tokens(video, positions))
+        chunks = [([int(x) for x in pos], tok) for pos, tok in frames_iter]
         if not chunks:
             raise InvalidRequestError(f"{video.source}: no frame could be decoded")
-        with stage("compress"):
-            own_low = None
-            if lowres:  # (M, full + low-res tokens, D): the backbone's own low-res copy rides along
-                flat = torch.cat(chunks)
-                full = flat[:, :t_full].reshape(flat.shape[0], *self.full_grid, flat.shape[-1])
-                own_low = flat[:, t_full:]
-            else:
-                full = torch.cat(chunks)  # (M, rows, cols, D) in LLM space
-            m = full.shape[0]
-            full_flat = full.flatten(1, 2)
+        return chunks
 
-            # 2. selective feature reduction by cross-modal query
-            if p.query and code_gates:
-                plan = plan_resolution_code(m, gate_visual, max_visual, t_full, t_red, g_full, g_red)
-            elif p.query:
-                plan = plan_resolution(m, max_visual, t_full, t_red)
-            else:  # no reduced copy (the code without `highres`): STC runs once the tokens overflow
-                plan = ResolutionPlan("full" if m * t_full <= max_visual else "overflow", m)
-            is_full = torch.ones(m, dtype=torch.bool)
-            reduced_flat = None
-            scored = False
-            if plan.mode == "mix" or (p.stc and p.stc_when == "always" and p.query and t_red < t_full):
-                reduced_flat = (own_low if own_low is not None
-                                else reduce_tokens(full, red, p.reduce_mode).flatten(1, 2))
-            if plan.mode == "mix":
-                assert reduced_flat is not None
-                text = self.backbone.embed_text(query) if query and query.strip() else None
-                scores = query_scores(reduced_flat, text) if text is not None and text.shape[0] > 0 else None
-                scored = scores is not None
-                chosen = select_full_frames(scores, plan.num_full, m)
-                is_full = torch.zeros(m, dtype=torch.bool)
-                is_full[chosen] = True
-            full_idx = torch.nonzero(is_full).flatten()
-            counts = torch.where(is_full, t_full, t_red)
-            stages["query"] = {"enabled": p.query, "ran": plan.mode == "mix", "mode": plan.mode,
-                               "scored_by_query": scored, "full_frames": len(full_idx),
-                               "reduced_frames": m - len(full_idx), "frames": m, "tokens": int(counts.sum()),
-                               "tokens_removed": m * t_full - int(counts.sum()),
-                               "full_frame_ids": [pos_list[i] for i in full_idx.tolist()]}
+    def _survivor_tokens(self, chunks: list[tuple[list[int], torch.Tensor]], sizes: LongVUSizes) -> SurvivorTokens:
+        positions = [x for pos, _ in chunks for x in pos]
+        if self._lowres_backbone() is not None:  # (M, full + low-res tokens, D)
+            flat = torch.cat([tok for _, tok in chunks])
+            full = flat[:, :sizes.t_full].reshape(flat.shape[0], *sizes.full_grid, flat.shape[-1])
+            return SurvivorTokens(positions, full, full.flatten(1, 2), flat[:, sizes.t_full:])
+        full = torch.cat([tok for _, tok in chunks])  # (M, rows, cols, D) in LLM space
+        return SurvivorTokens(positions, full, full.flatten(1, 2), None)
 
-            # 3. spatial token compression
-            keep_full = torch.ones(m, t_full, dtype=torch.bool)
-            keep_red = torch.ones(m, t_red, dtype=torch.bool)
-            # the released model's gates divide by 64 while a low-res frame holds 72 tokens: when no frame could be
-            # upgraded and the low-res copies still overflow, the release runs STC on them
-            low_overflow = plan.mode == "mix" and plan.num_full == 0 and m * t_red > max_visual
-            run_stc = p.stc and (plan.mode == "overflow" or p.stc_when == "always" or low_overflow)
-            if run_stc:
-                keep_full = stc_keep_mask(full_flat, p.stc_window, p.stc_threshold)
-                if reduced_flat is not None:
-                    keep_red = stc_keep_mask(reduced_flat, p.stc_window, p.stc_threshold)
-            per_frame = [keep_full[i] if is_full[i] else keep_red[i] for i in range(m)]
-            after_stc = int(sum(int(k.sum()) for k in per_frame))
-            stages["stc"] = {"enabled": p.stc, "ran": bool(run_stc), "tokens": after_stc,
-                             "tokens_removed": int(counts.sum()) - after_stc}
+    # -- 2. selective feature reduction -----------------------------------------------------------------
+    def selective_feature_reduction(self, frames: SurvivorTokens, query: str | None, sizes: LongVUSizes
+                                    ) -> tuple[Resolution, dict[str, Any]]:
+        """Stage 2: when full-resolution tokens overflow but reduced ones fit, every frame gets the reduced grid
+        and those whose tokens best match the question's LLM embeddings are upgraded back to full."""
+        p = self.params
+        m = frames.count
+        t_full, t_red, max_visual = sizes.t_full, sizes.t_red, sizes.max_visual
+        if p.query and p.gates == "code":
+            plan = plan_resolution_code(m, sizes.gate_visual, max_visual, t_full, t_red, sizes.g_full, sizes.g_red)
+        elif p.query:
+            plan = plan_resolution(m, max_visual, t_full, t_red)
+        else:  # no reduced copy (the code without `highres`): STC runs once the tokens overflow
+            plan = ResolutionPlan("full" if m * t_full <= max_visual else "overflow", m)
+        is_full = torch.ones(m, dtype=torch.bool)
+        reduced = None
+        scored = False
+        if plan.mode == "mix" or (p.stc and p.stc_when == "always" and p.query and t_red < t_full):
+            reduced = (frames.own_low if frames.own_low is not None
+                       else reduce_tokens(frames.full, sizes.reduced_grid, p.reduce_mode).flatten(1, 2))
+        if plan.mode == "mix" and reduced is not None:
+            text = self.backbone.embed_text(query) if query and query.strip() else None
+            scores = query_scores(reduced, text) if text is not None and text.shape[0] > 0 else None
+            scored = scores is not None
+            chosen = select_full_frames(scores, plan.num_full, m)
+            is_full = torch.zeros(m, dtype=torch.bool)
+            is_full[chosen] = True
+        full_idx = torch.nonzero(is_full).flatten()
+        counts = torch.where(is_full, t_full, t_red)
+        info = {"enabled": p.query, "ran": plan.mode == "mix", "mode": plan.mode, "scored_by_query": scored,
+                "full_frames": len(full_idx), "reduced_frames": m - len(full_idx), "frames": m,
+                "tokens": int(counts.sum()), "tokens_removed": m * t_full - int(counts.sum()),
+                "full_frame_ids": [frames.positions[i] for i in full_idx.tolist()]}
+        return Resolution(plan, is_full, reduced, int(counts.sum())), info
 
-            # leftover overflow: cut from the end of every window (OVERFLOW_CUTS)
-            win = p.stc_window
-            wcounts = [sum(int(per_frame[i].sum()) for i in range(a, min(a + win, m))) for a in range(0, m, win)]
-            cut = trim_counts_code if p.overflow_cut == "code" else trim_counts
-            allowed = cut(wcounts, max_visual)
-            tokens, frames, patches = [], [], []
-            for w, a in enumerate(range(0, m, win)):
-                quota = int(allowed[w])
-                for i in range(a, min(a + win, m)):
-                    idx = torch.nonzero(per_frame[i]).flatten()[:quota]
-                    quota -= len(idx)
-                    if len(idx) == 0:
-                        continue
-                    src = full_flat[i] if is_full[i] else reduced_flat[i]  # type: ignore[index]
-                    tokens.append(src[idx.to(src.device)])
-                    frames.append(pos_list[i])
-                    patches.append(idx if is_full[i] else torch.full((len(idx),), -1, dtype=torch.long))
-            final = int(sum(t.shape[0] for t in tokens))
-            stages["budget"] = {"max_visual_tokens": max_visual, "tokens": final, "tokens_removed": after_stc - final,
-                                "frames": len(frames)}
+    # -- 3. spatial token reduction ---------------------------------------------------------------------
+    def spatial_token_reduction(self, frames: SurvivorTokens, res: Resolution, sizes: LongVUSizes
+                                ) -> tuple[KeptTokens, dict[str, dict[str, Any]]]:
+        """Stage 3: inside windows of consecutive frames, drop the tokens that match the window's first frame
+        at the same position (STC); then cut any leftover overflow (`overflow_cut`). Returns the kept tokens and
+        the "stc" and "budget" stage entries."""
+        p = self.params
+        m = frames.count
+        keep_full = torch.ones(m, sizes.t_full, dtype=torch.bool)
+        keep_red = torch.ones(m, sizes.t_red, dtype=torch.bool)
+        # the released model's gates divide by 64 while a low-res frame holds 72 tokens: when no frame could be
+        # upgraded and the low-res copies still overflow, the release runs STC on them
+        plan = res.plan
+        low_overflow = plan.mode == "mix" and plan.num_full == 0 and m * sizes.t_red > sizes.max_visual
+        run_stc = p.stc and (plan.mode == "overflow" or p.stc_when == "always" or low_overflow)
+        if run_stc:
+            keep_full = stc_keep_mask(frames.full_flat, p.stc_window, p.stc_threshold)
+            if res.reduced is not None:
+                keep_red = stc_keep_mask(res.reduced, p.stc_window, p.stc_threshold)
+        per_frame = [keep_full[i] if res.is_full[i] else keep_red[i] for i in range(m)]
+        after_stc = int(sum(int(k.sum()) for k in per_frame))
+        kept = self._cut_overflow(frames, res, per_frame, sizes.max_visual)
+        return kept, {"stc": {"enabled": p.stc, "ran": bool(run_stc), "tokens": after_stc,
+                              "tokens_removed": res.tokens - after_stc},
+                      "budget": {"max_visual_tokens": sizes.max_visual, "tokens": kept.num_tokens,
+                                 "tokens_removed": after_stc - kept.num_tokens, "frames": len(kept.frames)}}
 
-        stats = {"preset": p.preset, "stages": stages, "sampled_frames": n, "surviving_frames": frames,
-                 "full_res_frames": stages["query"]["full_frame_ids"], "tokens_per_frame_full": t_full,
-                 "tokens_per_frame_reduced": t_red, "grid_full": list(self.full_grid), "grid_reduced": list(red),
-                 "reduced_by": "backbone" if lowres else p.reduce_mode,
+    def _cut_overflow(self, frames: SurvivorTokens, res: Resolution, per_frame: list[torch.Tensor],
+                      max_visual: int) -> KeptTokens:
+        """Whatever still overflows is cut from the end of every window (OVERFLOW_CUTS)."""
+        p = self.params
+        m, win = frames.count, p.stc_window
+        wcounts = [sum(int(per_frame[i].sum()) for i in range(a, min(a + win, m))) for a in range(0, m, win)]
+        cut = trim_counts_code if p.overflow_cut == "code" else trim_counts
+        allowed = cut(wcounts, max_visual)
+        reduced = res.reduced if res.reduced is not None else frames.full_flat  # None: every frame is full
+        kept = KeptTokens([], [], [])
+        for w, a in enumerate(range(0, m, win)):
+            quota = int(allowed[w])
+            for i in range(a, min(a + win, m)):
+                idx = torch.nonzero(per_frame[i]).flatten()[:quota]
+                quota -= len(idx)
+                if len(idx) == 0:
+                    continue
+                src = frames.full_flat[i] if res.is_full[i] else reduced[i]
+                kept.tokens.append(src[idx.to(src.device)])
+                kept.frames.append(frames.positions[i])
+                kept.patches.append(idx if res.is_full[i] else torch.full((len(idx),), -1, dtype=torch.long))
+        return kept
+
+    def _result(self, video: Video, kept: KeptTokens, stages: dict[str, dict[str, Any]], sizes: LongVUSizes
+                ) -> VisualTokens:
+        p = self.params
+        n = stages["sampling"]["frames"]
+        final = kept.num_tokens
+        stats = {"preset": p.preset, "stages": stages, "sampled_frames": n, "surviving_frames": kept.frames,
+                 "full_res_frames": stages["query"]["full_frame_ids"], "tokens_per_frame_full": sizes.t_full,
+                 "tokens_per_frame_reduced": sizes.t_red, "grid_full": list(sizes.full_grid),
+                 "grid_reduced": list(sizes.reduced_grid),
+                 "reduced_by": "backbone" if self._lowres_backbone() is not None else p.reduce_mode,
                  "tokens_after": {k: v["tokens"] for k, v in stages.items()},
                  "frames_after": {k: v["frames"] for k, v in stages.items() if "frames" in v}}
         warnings = []
@@ -650,11 +754,12 @@ class LongVUCompressor(TokenCompressor):
         if not any(stages[k]["ran"] for k in ("dedup", "query", "stc")) and stages["budget"]["tokens_removed"] == 0:
             stats["all_stages_skipped"] = True
             warnings.append(f"longvu: every stage skipped: the {n} sampled frames' {final} tokens already fit the "
-                            f"{max_visual} visual tokens allowed, so the model saw every frame at full resolution, "
-                            "as with --compressor uniform; sample more frames or lower --budget for LongVU to act")
+                            f"{sizes.max_visual} visual tokens allowed, so the model saw every frame at full "
+                            "resolution, as with --compressor uniform; sample more frames or lower --budget for "
+                            "LongVU to act")
         if warnings:
             stats["warnings"] = warnings
-        return pack(tokens, frames, video.timestamps, n, patches, stats)
+        return pack(kept.tokens, kept.frames, video.timestamps, n, kept.patches, stats)
 
 
 def reduce_tokens(tokens: torch.Tensor, grid: tuple[int, int], mode: str) -> torch.Tensor:
@@ -671,7 +776,8 @@ def reduce_tokens(tokens: torch.Tensor, grid: tuple[int, int], mode: str) -> tor
     return y.to(tokens.dtype).permute(0, 2, 3, 1).contiguous()
 
 
-__all__ = ["LongVUCompressor", "LongVUConfig", "LongVUParams", "PRESETS", "ResolutionPlan", "cap_frames",
+__all__ = ["KeptTokens", "LongVUCompressor", "LongVUConfig", "LongVUParams", "LongVUSizes", "PRESETS", "Resolution",
+           "ResolutionPlan", "SurvivorTokens", "cap_frames",
            "dedup_gate", "dedup_keep", "dedup_window_keep", "normalize_descriptors", "plan_resolution",
            "plan_resolution_code", "query_scores", "reduce_tokens", "reduced_grid", "resolve_params",
            "select_full_frames", "stc_keep_mask", "trim_counts", "trim_counts_code"]

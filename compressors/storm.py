@@ -35,6 +35,7 @@ from torch import nn
 
 from videollm.errors import InvalidRequestError
 from videollm.options import non_defaults
+from videollm.protocols import SupportsProjectorSwap, VideoLanguageModel, VisionTower, require, temporal_patch
 from videollm.timing import stage
 from videollm.types import VisualTokens
 from videollm.video import Video
@@ -329,7 +330,7 @@ class StormCompressor(WeightedCompressor):
     config_class = StormConfig
     config: StormConfig
 
-    def __init__(self, backbone: Any, config: StormConfig | None = None, untrained_ok: bool = False,
+    def __init__(self, backbone: VideoLanguageModel, config: StormConfig | None = None, untrained_ok: bool = False,
                  **overrides: Any):
         weights = overrides.get("weights") or (config.weights if config is not None else None)
         if weights:  # the checkpoint fixes the architecture; the user's options override the rest
@@ -359,8 +360,7 @@ class StormCompressor(WeightedCompressor):
         if c.train_projector:
             parent, attr = projector_slot(backbone)
             self.projector = copy.deepcopy(getattr(parent, attr)).float().requires_grad_(True)
-        device = getattr(backbone, "device", torch.device("cpu"))
-        self.to(device)
+        self.to(backbone.device)
         if weights:
             self.load_weights(weights)
             self.config.weights = str(weights)
@@ -434,7 +434,7 @@ class StormCompressor(WeightedCompressor):
 
     def compress(self, video: Video, query: str | None, budget: int | None) -> VisualTokens:
         T = len(video)
-        tp = int(getattr(self.backbone, "temporal_patch", 1) or 1)  # Qwen-VL: one token set per 2 frames
+        tp = temporal_patch(self.backbone)  # Qwen-VL: one token set per 2 frames
         plan = self.plan(math.ceil(T / tp), budget)
         tokens = self.frozen_inputs(video)
         with stage("compress"), torch.no_grad():
@@ -442,7 +442,7 @@ class StormCompressor(WeightedCompressor):
         starts = [s * tp for s in range(0, math.ceil(T / tp), plan.temporal_pool)][::plan.sample_stride]
         native = tuple(plan.grid) == tuple(self.token_grid())
         per = plan.grid[0] * plan.grid[1]
-        flat = out.flatten(1, 2).to(getattr(self.backbone, "dtype", out.dtype))
+        flat = out.flatten(1, 2).to(self.backbone.dtype)
         patches = [torch.arange(per) if native else torch.full((per,), -1) for _ in starts]
         stats = {"temporal_pool": plan.temporal_pool, "sample_stride": plan.sample_stride,
                  "grid": list(plan.grid), "tokens_per_frame": per, "pooled_frames": plan.groups,
@@ -468,7 +468,7 @@ class StormCompressor(WeightedCompressor):
             self.config.weights = weights
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, backbone: Any, config: StormConfig | None = None,
+    def from_pretrained(cls, directory: str | Path, backbone: VideoLanguageModel, config: StormConfig | None = None,
                         **overrides: Any) -> "StormCompressor":
         overrides.pop("weights", None)
         return cls(backbone, config, weights=str(directory), **overrides)
@@ -498,23 +498,12 @@ def apply_plan(encoded: torch.Tensor, plan: ReductionPlan) -> torch.Tensor:
     return x[::plan.sample_stride]
 
 
-#: where backbones keep their projector module (parent attribute path, attribute)
-PROJECTOR_SLOTS = (("model.model", "multi_modal_projector"), ("", "projector"))
-
-
-def projector_slot(backbone: Any) -> tuple[nn.Module, str]:
+def projector_slot(backbone: VideoLanguageModel) -> tuple[nn.Module, str]:
     """(parent module, attribute name) of the backbone's projector, for `train_projector`."""
-    for path, attr in PROJECTOR_SLOTS:
-        parent = backbone
-        for part in filter(None, path.split(".")):
-            parent = getattr(parent, part, None)
-        if isinstance(parent, nn.Module) and isinstance(getattr(parent, attr, None), nn.Module):
-            return parent, attr
-    raise InvalidRequestError(f"storm train_projector needs a backbone whose projector is a torch module; "
-                              f"{getattr(backbone, 'name', type(backbone).__name__)} has none")
+    return require(backbone, SupportsProjectorSwap, "storm train_projector").projector_slot()
 
 
-def project_with_grad(backbone: Any, features: torch.Tensor) -> torch.Tensor:
+def project_with_grad(backbone: VisionTower, features: torch.Tensor) -> torch.Tensor:
     """`backbone.project` without the `torch.inference_mode` its class may wrap it in (training needs autograd
     through the projector copy; the arithmetic is the backbone's own)."""
     fn = type(backbone).project
@@ -522,7 +511,7 @@ def project_with_grad(backbone: Any, features: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def swapped_projector(backbone: Any, module: nn.Module) -> Iterator[None]:
+def swapped_projector(backbone: VideoLanguageModel, module: nn.Module) -> Iterator[None]:
     """Run `backbone.project` with `module` in place of its projector (so the backbone's own pooling and
     layout still apply), then put the original back."""
     parent, attr = projector_slot(backbone)

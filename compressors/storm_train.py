@@ -31,6 +31,12 @@ import torch
 import torch.nn.functional as F
 
 from videollm.errors import InvalidRequestError
+from videollm.protocols import (
+    SupportsSequenceLogits,
+    TrainableVideoLanguageModel,
+    VideoLanguageModel,
+    require,
+)
 from videollm.video import Video
 
 from .storm import StormCompressor, StormConfig, apply_plan
@@ -153,7 +159,7 @@ class ConversationIds:
         return sum(len(ids) for ids, target in self.rest if target)
 
 
-def _render(backbone: Any, messages: list[dict[str, Any]], generation: bool) -> str:
+def _render(backbone: VideoLanguageModel, messages: list[dict[str, Any]], generation: bool) -> str:
     return backbone.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation,
                                                   chat_template=backbone.chat_template)
 
@@ -163,7 +169,8 @@ def _msg(role: str, text: str, video: bool = False) -> dict[str, Any]:
     return {"role": role, "content": parts + [{"type": "text", "text": text}]}
 
 
-def conversation_ids(backbone: Any, turns: Sequence[tuple[str, str]], eos_loss: bool = True) -> ConversationIds:
+def conversation_ids(backbone: VideoLanguageModel, turns: Sequence[tuple[str, str]], eos_loss: bool = True
+                     ) -> ConversationIds:
     """Tokenize a multi-turn conversation with the backbone's chat template, marking every answer's tokens
     (and its end-of-turn token when `eos_loss`) as targets; prompts, template text and the video are not.
     Template text is tokenized with special tokens, user text with them split into plain text."""
@@ -193,7 +200,7 @@ def conversation_ids(backbone: Any, turns: Sequence[tuple[str, str]], eos_loss: 
     return ConversationIds(list(prompt.before), list(prompt.after), rest)
 
 
-def conversation_inputs(backbone: Any, ids: ConversationIds, visual: torch.Tensor
+def conversation_inputs(backbone: VideoLanguageModel, ids: ConversationIds, visual: torch.Tensor
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """(embeds (L, D), labels (L,)): the video's tokens spliced in as at inference; labels are the token ids
     of target positions and -100 elsewhere."""
@@ -215,8 +222,8 @@ def conversation_inputs(backbone: Any, ids: ConversationIds, visual: torch.Tenso
     return embeds, torch.tensor(labels, device=embeds.device)
 
 
-def conversation_loss(backbone: Any, visuals: Sequence[torch.Tensor], ids: Sequence[ConversationIds]
-                      ) -> tuple[torch.Tensor, int]:
+def conversation_loss(backbone: TrainableVideoLanguageModel, visuals: Sequence[torch.Tensor],
+                      ids: Sequence[ConversationIds]) -> tuple[torch.Tensor, int]:
     """Next-token cross-entropy over the target tokens of a batch of conversations, as one right-padded
     forward (causal attention: padding after a sequence cannot change its logits). (mean loss, targets)."""
     seqs = [conversation_inputs(backbone, i, v) for v, i in zip(visuals, ids)]
@@ -229,8 +236,8 @@ def conversation_loss(backbone: Any, visuals: Sequence[torch.Tensor], ids: Seque
     return loss, n
 
 
-def answer_loss(backbone: Any, visual: torch.Tensor, question: str, answer: str, eos_loss: bool = True
-                ) -> torch.Tensor:
+def answer_loss(backbone: TrainableVideoLanguageModel, visual: torch.Tensor, question: str, answer: str,
+                eos_loss: bool = True) -> torch.Tensor:
     """Cross-entropy of one answer's tokens (and its end-of-turn token) given the prompt with `visual` (N, D)."""
     return conversation_loss(backbone, [visual], [conversation_ids(backbone, [(question, answer)], eos_loss)])[0]
 
@@ -271,17 +278,13 @@ def encode_pooled(compressor: StormCompressor, module: Callable[[torch.Tensor], 
 
 # -- the loop -------------------------------------------------------------------------------------------
 
-def freeze_backbone(backbone: Any) -> None:
-    for module in backbone_modules(backbone):
+def freeze_backbone(backbone: TrainableVideoLanguageModel) -> None:
+    """No gradients for any of the backbone's own modules: only the compressor's trainable part learns."""
+    for module in backbone.torch_modules():
         module.requires_grad_(False)
 
 
-def backbone_modules(backbone: Any) -> list[torch.nn.Module]:
-    return [m for m in (getattr(backbone, "model", None), getattr(backbone, "llm", None),
-                        getattr(backbone, "encoder", None)) if isinstance(m, torch.nn.Module)]
-
-
-def train_storm(backbone: Any, examples: Sequence[TrainExample], cfg: StormTrainConfig,
+def train_storm(backbone: TrainableVideoLanguageModel, examples: Sequence[TrainExample], cfg: StormTrainConfig,
                 compressor: StormCompressor | None = None) -> StormCompressor:
     """Train (or continue training) a STORM encoder (and optionally its own projector) on `examples`;
     saves to cfg.output and returns it."""
@@ -293,6 +296,7 @@ def train_storm(backbone: Any, examples: Sequence[TrainExample], cfg: StormTrain
         raise InvalidRequestError("no training examples")
     if not cfg.train_encoder and not cfg.storm.train_projector:
         raise InvalidRequestError("nothing to train: train_encoder is off and train_projector is not set")
+    require(backbone, SupportsSequenceLogits, "STORM training")  # all-position logits with autograd
     out = Path(cfg.output)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
     set_seed(cfg.seed)
@@ -449,7 +453,7 @@ __all__ = ["ConversationIds", "StormTrainConfig", "StormTrainable", "TrainExampl
 
 
 @torch.no_grad()
-def choice_accuracy(backbone: Any, compressor: StormCompressor, examples: Sequence[TrainExample],
+def choice_accuracy(backbone: VideoLanguageModel, compressor: StormCompressor, examples: Sequence[TrainExample],
                     letters: Sequence[str] = ("A", "B"), budget: int | None = None) -> float:
     """Share of examples whose answer letter has the highest next-token logit after the prompt (MC scoring)."""
     tok = backbone.tokenizer

@@ -23,7 +23,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from videollm.errors import InvalidRequestError
 from videollm.models import get_model_like
+from videollm.protocols import RelevancePrior, SegmentMemoryEncoder, VideoLanguageModel, VisionTower, temporal_patch
 from videollm.timing import stage
 from videollm.types import TEXT_PATCH_ID, VisualTokens
 from videollm.video import Video
@@ -81,24 +82,6 @@ class TempoConfig(CompressorConfig):
             problems.append("relevance_tokens_per_frame must be >= 1 (or null for native)")
         if problems:
             raise InvalidRequestError("tempo: " + "; ".join(problems))
-
-
-@runtime_checkable
-class SegmentMemoryEncoder(Protocol):
-    """A backbone with Tempo's trained SVLM: memory tokens and relevance for segments, in one pass."""
-
-    def encode_segments(self, segments: list[torch.Tensor], query: str, times: list[list[float]] | None = None
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 segments [(T_i, H, W, 3)] (+ each frame's time) → (memory tokens in the LLM space (S, K, D),
-        relevance (S,))."""
-        ...
-
-
-@runtime_checkable
-class RelevancePrior(Protocol):
-    """Optional SVLM capability: a logit added to its Yes-vs-No on a segment (videollm-mini's object match)."""
-
-    def relevance_prior(self, query: str, visual: VisualTokens) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -197,7 +180,7 @@ class TempoCompressor(TokenCompressor):
 
 
     # -- the SVLM ---------------------------------------------------------------------------------------
-    def _svlm(self) -> Any:
+    def _svlm(self) -> VideoLanguageModel:
         """The model that judges relevance: the pipeline's own backbone, or another one by name from the
         process-wide model cache, loaded as the backbone was (device, dtype, `--quant` for its LLM and
         `--vision-quant` for its tower, CPU int8): one instance shared by every pipeline, the demo and eval."""
@@ -218,7 +201,7 @@ class TempoCompressor(TokenCompressor):
         return video.resampled(target)  # same decoder, same decode log
 
     # -- relevance --------------------------------------------------------------------------------------
-    def yes_no_ids(self, svlm: Any) -> tuple[int, int]:
+    def yes_no_ids(self, svlm: VideoLanguageModel) -> tuple[int, int]:
         """The first token of "Yes" and of "No" in the SVLM's tokenizer (asked, never hard-coded)."""
         tok = svlm.tokenizer
         yes = tok("Yes", add_special_tokens=False)["input_ids"]
@@ -228,7 +211,7 @@ class TempoCompressor(TokenCompressor):
         return int(yes[0]), int(no[0])
 
     @torch.inference_mode()
-    def yes_no_relevance(self, svlm: Any, segments: list[VisualTokens], query: str) -> torch.Tensor:
+    def yes_no_relevance(self, svlm: VideoLanguageModel, segments: list[VisualTokens], query: str) -> torch.Tensor:
         """p(Yes) / (p(Yes) + p(No)) at the first answer position, for each segment's prompt.
 
         Prompts are built with the SVLM's own `build_inputs` (its chat template, its visual splice) and run
@@ -424,9 +407,9 @@ __all__ = ["RELEVANCE_SYSTEM", "RELEVANCE_USER", "RelevancePrior", "Segment", "S
            "stamp_text"]
 
 
-def tokens_per_sampled_frame(backbone: Any, frames: torch.Tensor) -> torch.Tensor:
+def tokens_per_sampled_frame(backbone: VisionTower, frames: torch.Tensor) -> torch.Tensor:
     """One token grid per frame: a backbone encoding frames in temporal groups (Qwen-VL: pairs) gives each
     frame its group's tokens (both frames of a pair then share positions; the budget counts what is kept)."""
     tok = backbone.frame_tokens(frames)
-    tp = int(getattr(backbone, "temporal_patch", 1) or 1)
+    tp = temporal_patch(backbone)
     return tok if tp == 1 else tok.repeat_interleave(tp, dim=0)[: frames.shape[0]]

@@ -160,7 +160,7 @@ def answer_with_stages(on_stage: Callable[[str], None], *args: Any, **kwargs: An
         return answer(*args, **kwargs)
 
 
-def _kept_frames(pipe: Any, video: str, sampling: SamplingConfig, ans: Answer, limit: int = 32
+def _kept_frames(pipe: VideoQAPipeline, video: str, sampling: SamplingConfig, ans: Answer, limit: int = 32
                  ) -> tuple[list[tuple[np.ndarray, str]], list[float]]:
     """Decode the kept frames again (few and small) so the page shows what the LLM saw; also every sampled
     frame's time, for the timeline."""

@@ -6,7 +6,11 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .sharding import Shard
+    from .tasks import Sample, Task
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +94,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return _eval_locked(args, task, samples, shard, settings)
 
 
-def _eval_locked(args: argparse.Namespace, task: Any, samples: list[Any], shard: Any, settings: dict[str, Any]) -> int:
+def _eval_locked(args: argparse.Namespace, task: Task, samples: list[Sample], shard: Shard, settings: dict[str, Any]
+                 ) -> int:
     from videollm.cli import build_pipeline
 
     from .report import write_run_report

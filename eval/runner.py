@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from videollm.config import fingerprint_keys
 from videollm.errors import VideoError, VideoLLMError
@@ -26,6 +26,10 @@ from .lock import writer_lock
 from .sharding import Shard, assign, barrier, collect, merge, output_path
 from .store import JsonlWriter, write_atomic
 from .tasks import Sample, Task
+
+if TYPE_CHECKING:
+    from videollm.types import Answer
+    from videollm.video import Video
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +92,8 @@ def _norm(v: Any) -> str:
     return json.dumps(v, sort_keys=True, default=str)
 
 
-def record_for(sample: Sample, answer: Any, extractor: str, choices: Sequence[str] = DEFAULT_CHOICES) -> dict[str, Any]:
+def record_for(sample: Sample, answer: Answer, extractor: str, choices: Sequence[str] = DEFAULT_CHOICES
+               ) -> dict[str, Any]:
     text = answer.text or ""
     choice = extract_choice(text, extractor, choices)
     tpf = answer.tokens_per_frame or {}
@@ -148,12 +153,21 @@ def _groups(samples: Sequence[Sample]) -> list[list[Sample]]:
     return out
 
 
-def run(task: Task, samples: Sequence[Sample], pipe: Any, run_dir: str | Path, shard: Shard | None = None,
+class Answerer(Protocol):
+    """What the runner asks of a pipeline (`VideoQAPipeline` is one): open a video once, answer each of its
+    questions with the benchmark's own prompt."""
+
+    def load(self, video: str) -> Video: ...
+
+    def __call__(self, video: Video, question: str, options: list[str] | None = None, *,
+                 prompt: str | None = None) -> Answer: ...
+
+
+def run(task: Task, samples: Sequence[Sample], pipe: Answerer, run_dir: str | Path, shard: Shard | None = None,
         options: RunOptions | None = None, on_record: Callable[[dict[str, Any]], None] | None = None) -> RunResult:
     """Answer this rank's share of `samples` not answered yet, appending each record durably; then merge.
 
-    `pipe` is a `VideoQAPipeline` or anything with `load(path) -> Video` and
-    `__call__(video, prompt, options) -> Answer`.
+    `pipe` is a `VideoQAPipeline` or any other `Answerer`.
     """
     opts = options or RunOptions()
     shard = shard or Shard()
@@ -162,7 +176,7 @@ def run(task: Task, samples: Sequence[Sample], pipe: Any, run_dir: str | Path, s
         return _run_locked(task, samples, pipe, run_dir, shard, opts, on_record)
 
 
-def _run_locked(task: Task, samples: Sequence[Sample], pipe: Any, run_dir: Path, shard: Shard, opts: RunOptions,
+def _run_locked(task: Task, samples: Sequence[Sample], pipe: Answerer, run_dir: Path, shard: Shard, opts: RunOptions,
                 on_record: Callable[[dict[str, Any]], None] | None) -> RunResult:
     extractor = opts.extractor or task.ruleset(opts.rules).extractor
     if shard.is_main:
@@ -203,7 +217,7 @@ def _run_locked(task: Task, samples: Sequence[Sample], pipe: Any, run_dir: Path,
     return RunResult(run_dir, n_done, skipped, n_err, records, redone=len(redo))
 
 
-def _answer_all(task: Task, todo: Sequence[Sample], pipe: Any, out: Path, extractor: str, opts: RunOptions,
+def _answer_all(task: Task, todo: Sequence[Sample], pipe: Answerer, out: Path, extractor: str, opts: RunOptions,
                 redo: set[str], on_record: Callable[[dict[str, Any]], None] | None, bar: Any) -> tuple[int, int]:
     """Answer `todo` in video groups, appending each record durably; returns (records written, errors)."""
     n_done = n_err = consecutive = 0

@@ -274,3 +274,103 @@ def test_config_tree_nests_typed_compressor_and_reasoning_configs(tiny_backbone,
         typed.replace(compressor_options=LongVUConfig()).validate()
     with pytest.raises(InvalidRequestError, match="tokens_per_frame must be >= 1"):
         typed.replace(compressor_options=PoolConfig(tokens_per_frame=0)).validate()
+
+
+# ---- the Protocols are the only backbone contract (#28) ----------------------------------------------------
+def test_backbone_base_class_is_defaults_implementing_the_protocols(tiny_backbone):
+    from videollm.protocols import (
+        AnswerStyle,
+        HasCausalLM,
+        SupportsBatchLogits,
+        SupportsProjectorSwap,
+        SupportsSequenceLogits,
+        SupportsStaticDecode,
+        TrainableVideoLanguageModel,
+        answer_style,
+        reasoning_preset,
+    )
+
+    for cap in (SupportsBatchLogits, AnswerStyle, SupportsSequenceLogits, SupportsProjectorSwap, HasCausalLM,
+                SupportsStaticDecode, TrainableVideoLanguageModel):
+        assert isinstance(tiny_backbone, cap), cap
+    style = answer_style(tiny_backbone)
+    assert style.reasons and style.repetition_guard == 0 and not style.one_sentence_answers
+    assert reasoning_preset(tiny_backbone) == {}
+    # the batched relevance pass (one left-padded forward) equals one `lm_forward` per prompt
+    prompts = [tiny_backbone.embed_ids(list(range(5, 5 + n))) for n in (3, 7, 1)]
+    batched = tiny_backbone.batch_last_logits(prompts)
+    single = torch.cat([tiny_backbone.lm_forward(p[None])[0] for p in prompts])
+    assert batched.shape == single.shape and torch.allclose(batched, single, atol=1e-4)
+    # the training hook: every position's logits, the last one equal to lm_forward's
+    with torch.enable_grad():
+        seq = tiny_backbone.sequence_logits(prompts[1][None])
+    assert seq.shape[:2] == (1, 7) and torch.allclose(seq[:, -1], single[1:2], atol=1e-4)
+    parent, attr = tiny_backbone.projector_slot()
+    assert isinstance(getattr(parent, attr), torch.nn.Module)
+
+
+def test_a_stand_in_without_optional_capabilities_gets_defaults_or_a_one_line_refusal():
+    from videollm.protocols import (
+        DEFAULT_ANSWER_STYLE,
+        SupportsSequenceLogits,
+        answer_style,
+        reasoning_preset,
+        require,
+        temporal_patch,
+    )
+
+    class StandIn:
+        name = "stand-in"
+
+    assert answer_style(StandIn()) is DEFAULT_ANSWER_STYLE and reasoning_preset(StandIn()) == {}
+    assert temporal_patch(StandIn()) == 1
+    with pytest.raises(InvalidRequestError, match="STORM training needs a backbone with SupportsSequenceLogits"):
+        require(StandIn(), SupportsSequenceLogits, "STORM training")
+
+
+#: attributes loading writes onto backbones today; the model cache's load report replaces them (#28 part 4)
+_LOAD_STATE = {"quantization", "setup_warnings", "cpu_int8"}
+
+
+def test_compressor_and_answer_code_check_capabilities_with_isinstance_not_getattr():
+    """Compressors and the answering modes discover what a backbone offers through the runtime-checkable
+    Protocols; a `getattr(backbone, "x", default)` would be a second, unwritten contract."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    files = sorted((root / "compressors").glob("*.py")) + sorted((root / "videollm" / "answer").glob("*.py"))
+    found = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and node.func.id in ("getattr", "hasattr") and len(node.args) >= 2):
+                continue
+            target = ast.unparse(node.args[0])
+            attr = node.args[1].value if isinstance(node.args[1], ast.Constant) else None
+            if any(w in target for w in ("backbone", "svlm")) or target == "bb":
+                if attr not in _LOAD_STATE:
+                    found.append(f"{path.relative_to(root)}:{node.lineno}: {ast.unparse(node)}")
+    assert not found, "\n".join(found)
+
+
+def test_no_backbone_or_pipeline_parameter_is_typed_any():
+    """No `backbone: Any` / `pipe: Any` / `model: Any` at a seam: a Protocol or a concrete type instead."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    skip = {"videollm/models.py"}  # the model cache takes any loaded object; its rework (#28 part 4) types it
+    found = []
+    for folder in ("videollm", "compressors", "eval", "demo"):
+        for path in sorted((root / folder).rglob("*.py")):
+            rel = str(path.relative_to(root))
+            if rel in skip:
+                continue
+            for node in ast.walk(ast.parse(path.read_text(), rel)):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    for arg in node.args.args + node.args.kwonlyargs:
+                        if (arg.arg in ("backbone", "pipe", "model", "svlm") and arg.annotation is not None
+                                and ast.unparse(arg.annotation) == "Any"):
+                            found.append(f"{rel}:{node.lineno}: {node.name}({arg.arg}: Any)")
+    assert not found, "\n".join(found)

@@ -17,6 +17,7 @@ from .samples import SAMPLES
 if TYPE_CHECKING:
     from .config import PipelineConfig
     from .pipeline import VideoQAPipeline
+    from .types import Answer
 
 logger = logging.getLogger("videollm")
 
@@ -292,7 +293,7 @@ def _short_path(p: object, limit: int = 200) -> str:
     return text if len(text) <= limit else f"{text[:limit // 2]}…{text[-limit // 2:]}"
 
 
-def summary_line(ans: Any) -> str:
+def summary_line(ans: Answer) -> str:
     """One line: which model, how many visual tokens from which frames, how long the answer took."""
     frames = ", ".join(f"{t:.1f}s" for t in ans.kept_timestamps[:8])
     more = " …" if len(ans.kept_timestamps) > 8 else ""

@@ -15,9 +15,12 @@ import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    from .protocols import VideoLanguageModel
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +64,7 @@ class CpuInt8:
         return self.choice if self.layers else "none"
 
 
-def apply_cpu_int8(backbone: Any, choice: str) -> CpuInt8:
+def apply_cpu_int8(backbone: VideoLanguageModel, choice: str) -> CpuInt8:
     """Quantize, in place, the `nn.Linear` layers of the parts `choice` names; say which (`CpuInt8.layers`).
 
     The parts come from `backbone.quantizable_modules()` ("vision", "llm"); the LM head, the projector,

@@ -197,7 +197,7 @@ class VideoQAPipeline:
 
     def _query(self, question: Question) -> str:
         """What the compressor reads: the question, or the whole user turn for one that reads the options too."""
-        return question.user_text if getattr(self.compressor, "wants_options", False) else question.text
+        return question.user_text if self.compressor.wants_options else question.text
 
     def ask_many(self, video: VideoInput,
                  questions: Sequence[str | tuple[str, Sequence[str] | None]], **kwargs: Any) -> list[Answer]:
@@ -241,7 +241,7 @@ class VideoQAPipeline:
         if mode != "direct":
             allowance += reasoning.think_allowance() + min(generation.max_new_tokens, MAX_ANSWER_TOKENS)
         plan = plan_context(self.backbone, user_text, self.config.system_prompt, len(video), allowance,
-                            getattr(self.backbone, "text_tokens_per_frame", 0))
+                            self.backbone.text_tokens_per_frame)
         fitted = fit_budget(plan, budget)
         if budget is not None or len(video) * self.backbone.tokens_per_frame <= fitted:
             return budget

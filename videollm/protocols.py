@@ -1,43 +1,57 @@
-"""What each part of the pipeline may ask of a backbone, as small typed capabilities (vLLM's style).
+"""The backbone contract: what each part of the pipeline may ask of a backbone, as small typed capabilities
+(vLLM's style). These Protocols are the only definition of a backbone; `backbones.base.Backbone` is a set of
+defaults that implements them.
 
 A caller names the capability it uses instead of taking `Any` and reaching into `backbone.model...`:
 compressors need a `VisionTower` (plus `PromptBuilder`/`LanguageModel` for query-aware ones), the decode
-loop needs a `LanguageModel`, the answering modes a `VideoLanguageModel` (all three), quantization a
+loop needs a `LanguageModel`, the answering modes a `VideoLanguageModel` (all of the core ones), quantization a
 `SupportsQuantization`, and multiple-choice answering may use `SupportsChoiceScoring` when offered.
 Everything is `runtime_checkable`, so `isinstance(backbone, SupportsChoiceScoring)` is how an optional
-capability is discovered. Protocols only: importing this module loads no model.
+capability is discovered (`temporal_patch(backbone)` and `require` wrap the common cases). Protocols only:
+importing this module loads no model.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+
+from .errors import InvalidRequestError
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from .backbones.base import PromptInputs
     from .question import Question
-    from .types import OptionSupport, VisualTokens
+    from .types import OptionSupport, PromptIds, PromptInputs, VisualTokens
 
 #: rewrites the prefill's last-position logits (1, V) with the prompt's KV cache at hand
 FirstStep = Callable[["torch.Tensor", Any], "torch.Tensor"]
+C = TypeVar("C")
 
 
 @runtime_checkable
 class Tokenizer(Protocol):
-    """The slice of a Hugging Face tokenizer the library uses."""
+    """The slice of a Hugging Face tokenizer the library uses (calling it returns a mapping with "input_ids")."""
 
-    def __call__(self, text: str, add_special_tokens: bool = ...) -> Any: ...
+    eos_token_id: int | None
+    unk_token_id: int | None
+    all_special_ids: list[int]
+
+    def __call__(self, text: str, add_special_tokens: bool = ..., **kwargs: Any) -> Any: ...
 
     def decode(self, ids: Any, skip_special_tokens: bool = ...) -> str: ...
+
+    def convert_tokens_to_ids(self, tokens: str) -> int | None: ...
+
+    def apply_chat_template(self, conversation: list[dict[str, Any]], **kwargs: Any) -> Any: ...
 
 
 @runtime_checkable
 class LanguageModel(Protocol):
     """A causal LLM driven on embeddings: what `generation.generate` needs."""
 
-    tokenizer: Any
+    tokenizer: Tokenizer
     device: torch.device
     dtype: torch.dtype
 
@@ -49,10 +63,22 @@ class LanguageModel(Protocol):
 
     def embed_ids(self, ids: torch.Tensor | list[int] | list[list[int]]) -> torch.Tensor: ...
 
-    def embed_text(self, text: str) -> torch.Tensor: ...
+    def embed_text(self, text: str) -> torch.Tensor:
+        """Token embeddings (L, D) of plain text, in the LLM's input space (LongVU's query, Tempo's stamps)."""
+        ...
 
     def lm_forward(self, inputs_embeds: torch.Tensor, cache: Any = None) -> tuple[torch.Tensor, Any]:
         """(1, L, D) embeddings after `cache` → last-position logits (1, V) and the updated cache."""
+        ...
+
+
+@runtime_checkable
+class SupportsBatchLogits(Protocol):
+    """Last-position logits of several prompts at once (Tempo's relevance pass scores many segment prompts).
+    `Backbone` runs `lm_forward` per prompt; backbones override it with one left-padded batched forward."""
+
+    def batch_last_logits(self, prompts: list[torch.Tensor]) -> torch.Tensor:
+        """[(L_i, D) embeddings] → last-position logits (B, V), without a cache."""
         ...
 
 
@@ -80,22 +106,52 @@ class VisionTower(Protocol):
         """features (n, h, w, Dv) → tokens (n, rows, cols, D) in the LLM's input space."""
         ...
 
-    def frame_tokens(self, frames: torch.Tensor) -> torch.Tensor: ...
+    def frame_tokens(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 (n, H, W, 3) → tokens (n, rows, cols, D): `project(encode_frames(frames))`."""
+        ...
 
 
 @runtime_checkable
 class PromptBuilder(Protocol):
-    """Chat templating and placeholder expansion: the visual tokens are spliced in here."""
+    """Chat templating and placeholder expansion: the visual tokens are spliced in here.
+
+    `prompt_ids`, `text_ids` and `visual_suffix` are the pieces `build_inputs` is made of; a trainer (STORM's)
+    assembles multi-turn conversations from them with the same template and the same splice."""
+
+    #: chat template used when the tokenizer's own cannot render a video entry (None: the tokenizer's)
+    chat_template: str | None
+
+    @property
+    def video_token(self) -> str:
+        """The placeholder the rendered prompt holds exactly once, where the visual tokens go."""
+        ...
+
+    @property
+    def text_tokens_per_frame(self) -> int:
+        """Text tokens the backbone adds per frame around the visual ones (timestamps, labels), for budgeting."""
+        ...
 
     def render_prompt(self, user_text: str, system: str | None = None) -> str: ...
+
+    def text_ids(self, text: str, user: bool = False) -> list[int]:
+        """Token ids of `text`; `user=True`: special tokens in it stay plain text."""
+        ...
+
+    def prompt_ids(self, user_text: str, system: str | None = None, assistant_prefix: str = "") -> PromptIds:
+        """The rendered prompt's ids split at the video placeholder."""
+        ...
+
+    def visual_suffix(self) -> torch.Tensor | None:
+        """Learned (k, D) tokens that close the visual block (LLaVA-OV's image_newline), or None."""
+        ...
 
     def build_inputs(self, user_text: str, visual: VisualTokens, system: str | None = None,
                      assistant_prefix: str = "") -> PromptInputs: ...
 
 
 @runtime_checkable
-class VideoLanguageModel(LanguageModel, VisionTower, PromptBuilder, Protocol):
-    """A whole backbone: what the pipeline and the answering modes hold."""
+class VideoLanguageModel(LanguageModel, SupportsBatchLogits, VisionTower, PromptBuilder, Protocol):
+    """A whole backbone: what the pipeline, the compressors and the answering modes hold."""
 
     name: str
     notice: str | None
@@ -119,11 +175,35 @@ class SupportsOptionSupport(Protocol):
 
     def evidence_thought(self, question: Question, visual: VisualTokens) -> str: ...
 
+    def seen_summary(self, visual: VisualTokens) -> str:
+        """What the kept frames showed, in a few words (the warning when no option is shown names it)."""
+        ...
+
+
+@runtime_checkable
+class AnswerStyle(Protocol):
+    """How the answering modes should take this backbone's answers. `Backbone`'s defaults suit any LLM that
+    can reason; a tiny one (videollm-mini's 135M) says its thoughts loop (`reasons = False`: think/auto show
+    the evidence instead), that it repeats itself (`repetition_guard`: no n-gram twice), and that its first
+    sentence is the answer (`one_sentence_answers`)."""
+
+    reasons: bool
+    repetition_guard: int
+    one_sentence_answers: bool
+
+
+@runtime_checkable
+class SupportsReasoningPreset(Protocol):
+    """Optional: reasoning settings the checkpoint was trained with (VideoAuto-R1's confidence threshold and
+    answer format), used where the user set none."""
+
+    reasoning_preset: dict[str, Any]
+
 
 @runtime_checkable
 class SupportsStaticDecode(Protocol):
     """Optional: the transformers decoder (taking `inputs_embeds`, `position_ids` and a cache) and the LM head,
-    for the static-cache compiled decode loop (`answer.static_decode`)."""
+    for the static-cache compiled decode loop (`runtime.static_decode`)."""
 
     def text_decoder(self) -> tuple[nn.Module, nn.Module]: ...
 
@@ -176,11 +256,110 @@ class SupportsLowResTokens(Protocol):
         ...
 
 
+@runtime_checkable
+class SupportsSequenceLogits(Protocol):
+    """Optional training hook (STORM's trainer): logits at every position, differentiable w.r.t. the inputs.
+
+    `lm_forward` returns only the last position under inference mode; a trainer needs the loss over all answer
+    tokens and gradients into the visual tokens. `torch_modules` are what it freezes first."""
+
+    def sequence_logits(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """(1, L, D) embeddings → logits (1, L, V), no cache, autograd on."""
+        ...
+
+    def torch_modules(self) -> list[nn.Module]: ...
+
+
+@runtime_checkable
+class TrainableVideoLanguageModel(VideoLanguageModel, SupportsSequenceLogits, Protocol):
+    """What a trainer (STORM's) holds: a whole backbone with the training hooks."""
+
+
+@runtime_checkable
+class SupportsProjectorSwap(Protocol):
+    """Optional: where the projector `project` runs lives, so a trainer (STORM's `train_projector`) can run the
+    backbone's own `project` with a trained copy in its place."""
+
+    def projector_slot(self) -> tuple[nn.Module, str]:
+        """(parent module, attribute name) of the projector module."""
+        ...
+
+
+@runtime_checkable
+class SupportsTemporalPatch(Protocol):
+    """Optional: the tower encodes frames in fixed temporal groups (Qwen-VL: pairs), one token set per group."""
+
+    temporal_patch: int
+
+
+@runtime_checkable
+class SupportsVideoGeometry(Protocol):
+    """Optional: the token grid depends on the video (Qwen-VL resizes by the frame count and size), so the
+    backbone is told which video comes next before its frames are encoded."""
+
+    def prepare_video(self, num_frames: int, height: int, width: int) -> None: ...
+
+
+@runtime_checkable
+class SegmentMemoryEncoder(Protocol):
+    """Optional: a backbone with Tempo's trained SVLM: memory tokens and relevance for segments, in one pass."""
+
+    def encode_segments(self, segments: list[torch.Tensor], query: str, times: list[list[float]] | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 segments [(T_i, H, W, 3)] (+ each frame's time) → (memory tokens in the LLM space (S, K, D),
+        relevance (S,))."""
+        ...
+
+
+@runtime_checkable
+class RelevancePrior(Protocol):
+    """Optional SVLM capability: a logit added to its Yes-vs-No on a segment (videollm-mini's object match)."""
+
+    def relevance_prior(self, query: str, visual: VisualTokens) -> float: ...
+
+
+@dataclass(frozen=True)
+class _DefaultAnswerStyle:
+    reasons: bool = True
+    repetition_guard: int = 0
+    one_sentence_answers: bool = False
+
+
+DEFAULT_ANSWER_STYLE: AnswerStyle = _DefaultAnswerStyle()
+
+
+def answer_style(backbone: object) -> AnswerStyle:
+    """The backbone's `AnswerStyle`, or the defaults for one that states none (a stand-in model)."""
+    return backbone if isinstance(backbone, AnswerStyle) else DEFAULT_ANSWER_STYLE
+
+
+def reasoning_preset(backbone: object) -> dict[str, Any]:
+    """The checkpoint's trained reasoning settings (`SupportsReasoningPreset`), else none."""
+    return dict(backbone.reasoning_preset or {}) if isinstance(backbone, SupportsReasoningPreset) else {}
+
+
+def temporal_patch(backbone: object) -> int:
+    """Frames per token set: `SupportsTemporalPatch.temporal_patch`, else 1."""
+    return max(1, int(backbone.temporal_patch)) if isinstance(backbone, SupportsTemporalPatch) else 1
+
+
+def require(backbone: object, capability: type[C], what: str) -> C:
+    """`backbone` as `capability`, or an `InvalidRequestError` saying that `what` needs it."""
+    if not isinstance(backbone, capability):
+        name = backbone.name if isinstance(backbone, VideoLanguageModel) else type(backbone).__name__
+        raise InvalidRequestError(f"{what} needs a backbone with {capability.__name__}; {name} has none")
+    return backbone
+
+
 def quant_role(key: str) -> str:
     """The quantization role ("llm" or "vision") of a `quantizable_modules()` key."""
     return "llm" if key == "llm" or key.endswith(".llm") else "vision"
 
 
-__all__ = ["FirstStep", "LanguageModel", "PromptBuilder", "SupportsChoiceScoring", "SupportsDedupFeatures",
-           "SupportsLowResTokens", "SupportsQuantization", "SupportsStaticDecode", "Tokenizer", "VideoLanguageModel",
-           "VisionTower", "quant_role"]
+__all__ = ["AnswerStyle", "DEFAULT_ANSWER_STYLE", "FirstStep", "HasCausalLM", "LanguageModel", "PromptBuilder",
+           "RelevancePrior", "SegmentMemoryEncoder", "SupportsBatchLogits", "SupportsChoiceScoring",
+           "SupportsDedupFeatures", "SupportsLowResTokens", "SupportsOptionSupport", "SupportsProjectorSwap",
+           "SupportsQuantization", "SupportsReasoningPreset", "SupportsSequenceLogits", "SupportsStaticDecode",
+           "SupportsTemporalPatch", "SupportsVideoGeometry", "Tokenizer", "TrainableVideoLanguageModel",
+           "VideoLanguageModel", "VisionTower", "answer_style", "quant_role", "reasoning_preset", "require",
+           "temporal_patch"]

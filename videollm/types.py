@@ -20,6 +20,35 @@ class FrameBatch:
         return int(self.frames.shape[0])
 
 
+@dataclass
+class PromptIds:
+    """The chat prompt split at the video placeholder: token ids and text on each side."""
+
+    before: list[int]
+    after: list[int]
+    before_text: str
+    after_text: str
+    #: leading ids of `before` that precede the user's text (all of them when the question follows the video)
+    fixed_before: int = -1
+
+    def __post_init__(self) -> None:
+        if self.fixed_before < 0:
+            self.fixed_before = len(self.before)
+
+
+@dataclass
+class PromptInputs:
+    """A chat prompt as LLM input embeddings, visual tokens spliced in (`PromptBuilder.build_inputs`)."""
+
+    embeds: torch.Tensor  # (1, L, D)
+    num_text_tokens: int
+    num_visual_tokens: int
+    prompt_text: str
+    #: leading embeddings that do not depend on the question (system and user-turn start, visual tokens):
+    #: their KV can be shared by every question about the same video (`runtime.prefix_cache`); 0 = none known
+    prefix_len: int = 0
+
+
 #: `patch_ids` value of a token that is text embedded by the LLM among the visual tokens (Tempo's
 #: "<12.0 seconds>" timestamps): counted in the budget, but not a picture of anything
 TEXT_PATCH_ID = -2

@@ -38,7 +38,7 @@ def continuation_logprob(pipe: ScoringPipeline, video: Video, prompt: str, conti
         return 0.0, True
     cfg = pipe.config
     plan = plan_context(backbone, prompt, cfg.system_prompt, len(video), len(ids),
-                        getattr(backbone, "text_tokens_per_frame", 0))
+                        backbone.text_tokens_per_frame)
     visual = pipe.compressor(video, query=query or prompt, budget=fit_budget(plan, cfg.budget))
     inputs = backbone.build_inputs(prompt, visual, system=cfg.system_prompt)
     return score_ids(backbone, inputs.embeds, ids)

@@ -6,10 +6,13 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from videollm.errors import VideoLLMError
 from videollm.registry import Registry
+
+if TYPE_CHECKING:
+    from videollm.video import Video
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +84,7 @@ class Task:
     def load(self, data_dir: str | Path) -> list[Sample]:
         raise NotImplementedError
 
-    def prompt_for(self, sample: Sample, video: Any) -> str:
+    def prompt_for(self, sample: Sample, video: Video) -> str:
         """The user text for `sample` once its video is open (only subtitle prompts need the video)."""
         return sample.prompt
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from .base import (
     require_columns,
     resolve_video,
 )
+
+if TYPE_CHECKING:
+    from videollm.video import Video
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +126,7 @@ class VideoMME(Task):
                               fields=fields))
         return out
 
-    def prompt_for(self, sample: Sample, video: Any) -> str:
+    def prompt_for(self, sample: Sample, video: Video) -> str:
         """The subtitle variant needs the video's fps and frame count; the plain one is fixed at load."""
         if not self.subtitles:
             return sample.prompt

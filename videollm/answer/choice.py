@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..errors import InvalidRequestError
+from ..protocols import FirstStep, Tokenizer
 from . import ANSWER_FORMATS  # defined in the package, torch-free, for the CLI
 
 NEG_INF = -math.inf
@@ -28,7 +29,7 @@ def check_answer_format(answer_format: str, options: Sequence[str] | None) -> No
         raise InvalidRequestError("answer format 'choice' needs the options of a multiple-choice question")
 
 
-def letter_token_ids(tokenizer: Any, letters: Sequence[str]) -> dict[int, str]:
+def letter_token_ids(tokenizer: Tokenizer, letters: Sequence[str]) -> dict[int, str]:
     """Single-token spellings of each letter (`A`, ` A`), asked of the tokenizer: token id → letter."""
     found: dict[int, str] = {}
     for letter in letters:
@@ -46,7 +47,7 @@ class LetterConstraint:
     a letter whatever the inner hook or the weights produce (NaN scores count as impossible).
     """
 
-    def __init__(self, tokenizer: Any, letters: Sequence[str], inner: Any = None):
+    def __init__(self, tokenizer: Tokenizer, letters: Sequence[str], inner: FirstStep | None = None):
         self.token_letter = letter_token_ids(tokenizer, letters)
         missing = sorted(set(letters) - set(self.token_letter.values()))
         if missing:

@@ -47,9 +47,7 @@ def apply_option_support(backbone: object, outcome: ReasoningOutcome, question: 
             outcome.choice = letters[i]
             outcome.text = letters[i]
     elif not any(found.supported):
-        seen = getattr(backbone, "seen_summary", None)
-        outcome.extra.setdefault("warnings", []).append(
-            NONE_SEEN.format(seen=seen(visual) if callable(seen) else "see the prompt"))
+        outcome.extra.setdefault("warnings", []).append(NONE_SEEN.format(seen=backbone.seen_summary(visual)))
     return outcome
 
 

@@ -22,7 +22,14 @@ import torch
 
 from ..errors import InvalidRequestError
 from ..options import build_dataclass, check_fields, is_checked, mark_checked
-from ..protocols import SupportsChoiceScoring, SupportsOptionSupport, VideoLanguageModel
+from ..protocols import (
+    SupportsChoiceScoring,
+    SupportsOptionSupport,
+    Tokenizer,
+    VideoLanguageModel,
+    answer_style,
+    reasoning_preset,
+)
 from ..question import Question
 from ..registry import Registry
 from ..runtime.generation import (
@@ -71,7 +78,7 @@ _SENTENCE = re.compile(r"^(.+?[.!?])(?=\s|$)", re.DOTALL)
 def sentence_stops(backbone: object, options: Sequence[str] | None) -> tuple[str, ...]:
     """Stop strings that end a free-form answer after its first sentence (backbones with
     `one_sentence_answers`); a streaming caller must cut at the same places as the decode loop."""
-    return SENTENCE_ENDS if not options and bool(getattr(backbone, "one_sentence_answers", False)) else ()
+    return SENTENCE_ENDS if not options and answer_style(backbone).one_sentence_answers else ()
 
 
 def first_sentence(text: str) -> str:
@@ -165,7 +172,7 @@ class ReasoningConfig:
         """The auto threshold to use: the one given, else the backbone's trained one, else DEFAULT_THRESHOLD."""
         if self.threshold is not None:
             return float(self.threshold)
-        trained = getattr(backbone, "reasoning_preset", None) or {}  # VideoAuto-R1 checkpoints
+        trained = reasoning_preset(backbone)  # VideoAuto-R1 checkpoints
         return float(trained.get("confidence_threshold", DEFAULT_THRESHOLD))
 
     def think_allowance(self) -> int:
@@ -206,7 +213,7 @@ def run_mode(name: str, backbone: VideoLanguageModel, question: Question, visual
         raise InvalidRequestError("run_mode takes a Question (videollm.question.make_question)")
     config = ReasoningConfig.build(config)  # a config built and checked upstream passes as it is
     fn = MODES.get(name)
-    if name in ("think", "auto") and not getattr(backbone, "reasons", True):
+    if name in ("think", "auto") and not answer_style(backbone).reasons:
         outcome = _evidence_thought(name, backbone, question, visual, generation, config, system)
     else:
         outcome = fn(backbone, question, visual, generation, config, system)
@@ -233,7 +240,7 @@ def _evidence_thought(name: str, backbone: VideoLanguageModel, question: Questio
 class LetterProbe:
     """Records, at every step, the log-probabilities of the option letters' tokens (`A`, ` A`, ...)."""
 
-    def __init__(self, tokenizer: Any, letters: Sequence[str]):
+    def __init__(self, tokenizer: Tokenizer, letters: Sequence[str]):
         self.token_letter: dict[int, str] = letter_token_ids(tokenizer, letters)
         self._ids = torch.tensor(sorted(self.token_letter), dtype=torch.long)
         self.rows: list[torch.Tensor] = []
@@ -254,7 +261,7 @@ class LetterProbe:
         return letter_probability(per_letter, letter)
 
 
-def _char_ends(tokenizer: Any, ids: Sequence[int], upto: int) -> list[int]:
+def _char_ends(tokenizer: Tokenizer, ids: Sequence[int], upto: int) -> list[int]:
     """Where each token's text ends in the decoded string (decoding prefixes, so byte pieces are right)."""
     ends: list[int] = []
     for i in range(len(ids)):
@@ -298,7 +305,7 @@ def answer_direct(backbone: VideoLanguageModel, question: Question, visual: Visu
     inputs = backbone.build_inputs(question.user_text, visual, system=system)
     probe = LetterProbe(backbone.tokenizer, question.letters) if question.is_choice else None
     cfg = replace(generation, stop_strings=tuple(generation.stop_strings) + (THINK_OPEN,))
-    guard = int(getattr(backbone, "repetition_guard", 0) or 0)  # small LLMs loop: a default n-gram guard
+    guard = answer_style(backbone).repetition_guard  # small LLMs loop: a default n-gram guard
     if guard and not cfg.no_repeat_ngram:
         cfg = replace(cfg, no_repeat_ngram=guard)
     one_sentence = bool(sentence_stops(backbone, question.options))
@@ -351,8 +358,7 @@ def answer_auto(backbone: VideoLanguageModel, question: Question, visual: Visual
 
 def _trained_format(backbone: object) -> bool:
     """Whether the backbone is a checkpoint trained in VideoAuto-R1's format (its preset says so)."""
-    preset = getattr(backbone, "reasoning_preset", None)
-    return isinstance(preset, dict) and preset.get("format") == "videoauto-r1"
+    return reasoning_preset(backbone).get("format") == "videoauto-r1"
 
 
 def should_think(mode: str, confidence: float | None, threshold: float) -> bool:

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import InvalidRequestError
-from ..types import VisualTokens
+from ..protocols import Tokenizer
+from ..types import PromptIds, PromptInputs, VisualTokens
 
 # Private-use markers the chat template is rendered around: user text is never part of the template's
 # own text, so it cannot add, remove or move special tokens (`<video>`, `<|im_end|>`) by containing them.
@@ -24,38 +24,14 @@ _SYSTEM_MARK = "\ue000videollm:system\ue001"
 _MARKS = re.compile(f"({re.escape(_USER_MARK)}|{re.escape(_SYSTEM_MARK)})")
 
 
-@dataclass
-class PromptIds:
-    """The chat prompt split at the video placeholder: token ids and text on each side."""
-
-    before: list[int]
-    after: list[int]
-    before_text: str
-    after_text: str
-    #: leading ids of `before` that precede the user's text (all of them when the question follows the video)
-    fixed_before: int = -1
-
-    def __post_init__(self) -> None:
-        if self.fixed_before < 0:
-            self.fixed_before = len(self.before)
-
-
-@dataclass
-class PromptInputs:
-    embeds: torch.Tensor  # (1, L, D)
-    num_text_tokens: int
-    num_visual_tokens: int
-    prompt_text: str
-    #: leading embeddings that do not depend on the question (system and user-turn start, visual tokens):
-    #: their KV can be shared by every question about the same video (`answer.prefix_cache`); 0 = none known
-    prefix_len: int = 0
-
-
 class Backbone(ABC):
-    """Base class for backbones. Subclasses set `tokenizer`, `device`, `dtype`, `name`."""
+    """Defaults implementing the backbone Protocols (`videollm.protocols`, the contract): a subclass that fills
+    in the abstract members is a `VideoLanguageModel`; the optional capabilities (`SupportsSequenceLogits`,
+    `SupportsQuantization`, ...) it offers by defining their methods. Subclasses set `tokenizer`, `device`,
+    `dtype`, `name`."""
 
     name: str = "backbone"
-    tokenizer: Any
+    tokenizer: Tokenizer
     device: torch.device
     dtype: torch.dtype
     #: chat template to use when the tokenizer's own cannot render a video entry
@@ -64,6 +40,10 @@ class Backbone(ABC):
     notice: str | None = None
     #: text tokens the backbone adds per frame around the visual ones (timestamps, labels), for budgeting
     text_tokens_per_frame: int = 0
+    #: `AnswerStyle`: an LLM that can reason, needs no repetition guard, and answers in full
+    reasons: bool = True
+    repetition_guard: int = 0
+    one_sentence_answers: bool = False
 
     # ---- sizes -------------------------------------------------------------------------------------
     @property
@@ -210,12 +190,11 @@ class Backbone(ABC):
         prompt (works for any backbone); backbones override it with one left-padded batched forward.
         """
         return torch.cat([self.lm_forward(p[None])[0] for p in prompts])
-    def sequence_logits(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
-        """Training hook: logits (1, L, V) at every position, differentiable w.r.t. `inputs_embeds` (no cache).
 
-        `lm_forward` returns only the last position under inference mode; a trainer (STORM's) needs the
-        loss over all answer tokens and gradients into the visual tokens."""
-        raise InvalidRequestError(f"backbone {self.name} cannot be used for training (no sequence_logits)")
+    def torch_modules(self) -> list[torch.nn.Module]:
+        """Every torch module the backbone holds (for `SupportsSequenceLogits`: a trainer freezes them all).
+        Backbones with training hooks define `sequence_logits` (logits at every position, with autograd)."""
+        return [m for m in vars(self).values() if isinstance(m, torch.nn.Module)]
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "hidden_size": self.hidden_size, "frame_grid": list(self.frame_grid),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -20,13 +20,19 @@ from ..runtime.decode_step import forward_last
 from .base import Backbone, left_pad, resize_normalize
 from .presets import register_preset
 
+if TYPE_CHECKING:
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    from ..protocols import Tokenizer
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_ID = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
 
 
 class LlavaOneVisionBackbone(Backbone):
-    def __init__(self, model: Any, tokenizer: Any, name: str, image_mean: tuple[float, ...] = (0.5, 0.5, 0.5),
+    def __init__(self, model: LlavaOnevisionForConditionalGeneration, tokenizer: Tokenizer, name: str,
+                 image_mean: tuple[float, ...] = (0.5, 0.5, 0.5),
                  image_std: tuple[float, ...] = (0.5, 0.5, 0.5), chat_template: str | None = None,
                  notice: str | None = None):
         self.model = model.eval()
@@ -148,6 +154,10 @@ class LlavaOneVisionBackbone(Backbone):
 
     def visual_suffix(self) -> torch.Tensor | None:
         return self.model.model.image_newline.detach()[None, :]
+
+    def projector_slot(self) -> tuple[torch.nn.Module, str]:
+        """Where `project` finds its projector (`SupportsProjectorSwap`: STORM's trained copy goes there)."""
+        return self.model.model, "multi_modal_projector"
 
     # -- language -------------------------------------------------------------------------------------
     def input_embeddings(self) -> torch.nn.Embedding:

@@ -21,7 +21,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,9 @@ from ..runtime.decode_step import forward_last
 from .base import Backbone, left_pad
 from .longvu_connector import LongVUConnector
 from .presets import register_preset
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +133,8 @@ def to_grid(tokens: torch.Tensor, side: int) -> torch.Tensor:
 class LongVUBackbone(Backbone):
     """SigLIP + DINOv2 → SVA connector → Qwen2 or Llama, driven stage by stage."""
 
-    def __init__(self, llm: Any, tokenizer: Any, siglip: nn.Module, dino: nn.Module, connector: LongVUConnector,
+    def __init__(self, llm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, siglip: nn.Module, dino: nn.Module,
+                 connector: LongVUConnector,
                  settings: LongVUSettings, name: str = QWEN_MODEL_ID, siglip_size: int = 384, dino_size: int = 378,
                  notice: str | None = None):
         self.llm = llm.eval()

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -40,6 +40,12 @@ from ..runtime.decode_step import forward_last
 from ..types import VisualTokens
 from .base import Backbone, PromptInputs
 from .presets import register_preset
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+    from transformers.video_processing_utils import BaseVideoProcessor
+
+    from ..protocols import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +106,7 @@ class QwenVLBackbone(Backbone):
 
     temporal_patch = 2
 
-    def __init__(self, model: Any, tokenizer: Any, video_processor: Any, name: str,
+    def __init__(self, model: PreTrainedModel, tokenizer: Tokenizer, video_processor: BaseVideoProcessor, name: str,
                  chat_template: str | None = None, notice: str | None = None,
                  reasoning_preset: dict[str, Any] | None = None):
         self.model = model.eval()

@@ -24,7 +24,7 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,9 @@ from ..errors import InvalidRequestError, ModelLoadError
 from ..runtime.decode_step import forward_last
 from .base import Backbone
 from .presets import register_preset
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +133,8 @@ class TempoBackbone(Backbone):
 
     chat_template = CHAT_TEMPLATE
 
-    def __init__(self, llm: Any, tokenizer: Any, svlm: TempoSVLM, svlm_tokenizer: Any, projector: nn.Module,
+    def __init__(self, llm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, svlm: TempoSVLM,
+                 svlm_tokenizer: PreTrainedTokenizerBase, projector: nn.Module,
                  name: str = DEFAULT_MODEL_ID, max_side: int = MAX_SIDE):
         self.llm = llm.eval()
         self.svlm = svlm.eval()

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._compat import require
+from ..protocols import HasCausalLM, SupportsQuantization, VideoLanguageModel
+from ..protocols import require as require_capability
 from .api import _linear_names, _set_child
 from .config import WeightQuantConfig
 from .linear import QuantLinear
@@ -169,21 +171,22 @@ def train_qat(student: nn.Module, teacher: nn.Module, data: torch.Tensor, config
     return losses
 
 
-def qat_backbone(backbone: Any, scheme: str, group_size: int | None = 128, config: QATConfig | None = None,
-                 accelerator: Any = None) -> list[float]:
+def qat_backbone(backbone: VideoLanguageModel, scheme: str, group_size: int | None = 128,
+                 config: QATConfig | None = None, accelerator: Any = None) -> list[float]:
     """Data-free QAT of a backbone's LLM, leaving packed `QuantLinear`s in place. Returns the losses."""
     from .api import backbone_parts
 
     config = config or QATConfig()
-    lm, _ = backbone_parts(backbone)
-    model = backbone.model
-    teacher = TextLM(model.get_input_embeddings(), copy.deepcopy(lm), model.lm_head)
-    student = TextLM(model.get_input_embeddings(), lm, model.lm_head)
+    lm, _ = backbone_parts(require_capability(backbone, SupportsQuantization, "QAT"))
+    model = require_capability(backbone, HasCausalLM, "QAT").causal_lm()
+    head = model.get_output_embeddings()
+    teacher = TextLM(model.get_input_embeddings(), copy.deepcopy(lm), head)
+    student = TextLM(model.get_input_embeddings(), lm, head)
     for p in student.parameters():
         p.requires_grad_(False)
     prepare_qat(lm, WeightQuantConfig(scheme=scheme, group_size=group_size))
     special = set(backbone.tokenizer.all_special_ids)
-    data = generate_distillation_data(teacher, model.lm_head.out_features, config.num_sequences, config.seq_len,
+    data = generate_distillation_data(teacher, head.out_features, config.num_sequences, config.seq_len,
                                       seed=config.seed, exclude_ids=special, device=backbone.device)
     losses = train_qat(student, teacher, data, config, accelerator)
     convert_qat(lm)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidRequestError
-from ..protocols import HasCausalLM, LanguageModel, SupportsStaticDecode
+from ..protocols import HasCausalLM, LanguageModel, SupportsStaticDecode, Tokenizer, VideoLanguageModel, VisionTower
 from .backends import library_scheme, tensor_bytes
 from .linear import QuantLinear
 
@@ -76,7 +76,8 @@ def layer_table(module: nn.Module, prefix: str = "") -> list[dict[str, Any]]:
 
 
 @torch.no_grad()
-def reference_logprobs(logits_fn: LogitsFn, tokenizer: Any, prompts: Sequence[str] = PROMPTS) -> list[torch.Tensor]:
+def reference_logprobs(logits_fn: LogitsFn, tokenizer: Tokenizer, prompts: Sequence[str] = PROMPTS
+                       ) -> list[torch.Tensor]:
     """log-softmax of the next-token logits at every position of each prompt (float32, CPU)."""
     out = []
     for text in prompts:
@@ -95,7 +96,7 @@ def compare_logprobs(ref: Sequence[torch.Tensor], test: Sequence[torch.Tensor]) 
     return float(torch.cat(kls).mean()), agree / max(1, n), n
 
 
-def backbone_logits_fn(backbone: Any) -> LogitsFn:
+def backbone_logits_fn(backbone: LanguageModel) -> LogitsFn:
     """All-position logits of a backbone's LLM on text ids: one forward through its text decoder where it
     offers one (`SupportsStaticDecode`), else token by token through `lm_forward` with its cache (any
     `LanguageModel`, e.g. videollm-mini)."""
@@ -192,11 +193,11 @@ class QuantReport:
         return "\n".join(lines)
 
 
-def _vision_features(backbone: Any) -> torch.Tensor:
+def _vision_features(backbone: VisionTower) -> torch.Tensor:
     return backbone.encode_frames(probe_frames()).float().flatten(0, 2)
 
 
-def quantize_backbone_with_report(backbone: Any, llm: str = "none", vision: str = "none",
+def quantize_backbone_with_report(backbone: VideoLanguageModel, llm: str = "none", vision: str = "none",
                                   group_size: int | None = 128, backend: str = "auto",
                                   prompts: Sequence[str] | None = PROMPTS,
                                   symmetric: bool | None = None, head: str = "auto") -> QuantReport:
@@ -248,7 +249,7 @@ def quantize_backbone_with_report(backbone: Any, llm: str = "none", vision: str 
     return rep
 
 
-def quantize_causal_lm_with_report(model: nn.Module, tokenizer: Any, scheme: str, group_size: int | None = 128,
+def quantize_causal_lm_with_report(model: nn.Module, tokenizer: Tokenizer, scheme: str, group_size: int | None = 128,
                                    backend: str = "auto", prompts: Sequence[str] = PROMPTS,
                                    name: str = "causal-lm", symmetric: bool | None = None,
                                    head: str = "auto") -> QuantReport:

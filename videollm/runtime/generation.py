@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..protocols import FirstStep, LanguageModel
+from ..protocols import FirstStep, LanguageModel, Tokenizer
 from ..timing import stage
 from . import prefix_cache
 
@@ -226,7 +226,7 @@ OVERTHINK_WORDS = ("wait", "but", "alternatively", "however", "hmm", "hold on", 
                    "re-examine", "reconsider")
 
 
-def word_token_ids(tokenizer: Any, words: Sequence[str], min_cover: float = 0.67) -> set[int]:
+def word_token_ids(tokenizer: Tokenizer, words: Sequence[str], min_cover: float = 0.67) -> set[int]:
     """Token ids that start one of `words` in any of its usual spellings (`wait`, ` Wait`, `WAIT`, ...).
 
     Found by asking the tokenizer, never hard-coded. A word that splits into several tokens contributes
@@ -270,7 +270,7 @@ class TokenPenalty:
         self._index: torch.Tensor | None = None
 
     @classmethod
-    def overthinking(cls, tokenizer: Any, penalty: float, words: Sequence[str] = OVERTHINK_WORDS) -> TokenPenalty:
+    def overthinking(cls, tokenizer: Tokenizer, penalty: float, words: Sequence[str] = OVERTHINK_WORDS) -> TokenPenalty:
         return cls(word_token_ids(tokenizer, words), penalty)
 
     def __call__(self, ids: list[int], scores: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from ..protocols import LanguageModel
+
 logger = logging.getLogger(__name__)
 
 ENV = "VIDEOLLM_PREFIX_CACHE"
@@ -63,13 +65,13 @@ class PrefixCache:
     """One prompt prefix's KV per backbone; see the module docstring."""
 
     def __init__(self) -> None:
-        self._entries: weakref.WeakKeyDictionary[Any, _Entry] = weakref.WeakKeyDictionary()
+        self._entries: weakref.WeakKeyDictionary[LanguageModel, _Entry] = weakref.WeakKeyDictionary()
         self.stats = PrefixStats()
 
     def clear(self) -> None:
         self._entries = weakref.WeakKeyDictionary()
 
-    def lookup(self, backbone: Any, prefix: torch.Tensor) -> Any | None:
+    def lookup(self, backbone: LanguageModel, prefix: torch.Tensor) -> Any | None:
         """A private copy of the cache holding `prefix` (1, P, D), or None (a miss)."""
         entry = self._get(backbone)
         if entry is None or not _same(entry.embeds, prefix):
@@ -79,7 +81,7 @@ class PrefixCache:
         self.stats.reused_tokens += int(prefix.shape[1])
         return clone_cache(entry.cache)
 
-    def store(self, backbone: Any, prefix: torch.Tensor, cache: Any) -> None:
+    def store(self, backbone: LanguageModel, prefix: torch.Tensor, cache: Any) -> None:
         """Keep a copy of `cache` cut to the prefix (the caller goes on using `cache` itself)."""
         try:
             self._entries[backbone] = _Entry(prefix.detach().clone(), clone_cache(cache, int(prefix.shape[1])))
@@ -88,7 +90,7 @@ class PrefixCache:
         except (ValueError, AttributeError, NotImplementedError) as err:  # a cache type that cannot crop
             logger.debug("prefix cache: cannot keep this cache (%s)", err)
 
-    def _get(self, backbone: Any) -> _Entry | None:
+    def _get(self, backbone: LanguageModel) -> _Entry | None:
         try:
             return self._entries.get(backbone)
         except TypeError:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from .._compat import cache_kwargs
+from ..protocols import SupportsStaticDecode
 
 logger = logging.getLogger(__name__)
 
@@ -72,10 +73,10 @@ class StaticDecoder:
 
 
 #: per backbone (held weakly: a dropped model is not kept alive by its compiled step), per `compile` flag
-_DECODERS: weakref.WeakKeyDictionary[Any, dict[bool, StaticDecoder]] = weakref.WeakKeyDictionary()
+_DECODERS: weakref.WeakKeyDictionary[SupportsStaticDecode, dict[bool, StaticDecoder]] = weakref.WeakKeyDictionary()
 
 
-def for_backbone(backbone: Any, compile: bool = True) -> StaticDecoder:
+def for_backbone(backbone: SupportsStaticDecode, compile: bool = True) -> StaticDecoder:
     """The backbone's `StaticDecoder` (made once: compiling is the expensive part)."""
     decoder, head = backbone.text_decoder()
     try:

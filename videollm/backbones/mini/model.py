@@ -23,7 +23,7 @@ import logging
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -39,6 +39,9 @@ from . import assets as mini_assets
 from . import bridge as mini_bridge
 from . import concepts as mini_concepts
 from . import evidence as mini_evidence
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +106,8 @@ class MiniBackbone(Backbone):
     one_sentence_answers = True  # free-form: the first sentence (what follows is where a 135M model invents)
     text_tokens_per_frame = 24  # "- 12.3-14.5s: <class names>" per run of frames, at worst one run per frame
 
-    def __init__(self, llm: Any, tokenizer: Any, encoder: Any, class_names: list[str],
-                 config: MiniConfig | None = None):
+    def __init__(self, llm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, encoder: torch.nn.Module,
+                 class_names: list[str], config: MiniConfig | None = None):
         self.config = config or MiniConfig()
         if self.config.tokens_per_frame < 1:
             raise ValueError("tokens_per_frame must be >= 1")
