@@ -134,7 +134,7 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     from videollm.backbones import load_backbone
-    from videollm.backbones.llava_onevision import resolve_dtype
+    from videollm.device import resolve_dtype
     from videollm.backbones.qwen_vl import QwenVLBackbone
     from videollm.backbones.qwen_vl_tiny import build_processor
 

@@ -1,4 +1,4 @@
-"""The lean one-token decode step (`answer.decode_step`) against transformers' own forward."""
+"""The lean one-token decode step (`runtime.decode_step`) against transformers' own forward."""
 from __future__ import annotations
 
 import copy

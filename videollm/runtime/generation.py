@@ -53,7 +53,7 @@ class GenerationConfig:
     repetition_penalty: float = 1.0  # >1 discourages tokens already generated (CTRL-style); 1 = off
     no_repeat_ngram: int = 0  # >0: never generate an n-gram of this many tokens twice (a loop guard); 0 = off
     #: opt-in fast loop: static KV cache + compiled per-token step (CUDA graphs on a GPU), same tokens as the
-    #: eager loop; used for fresh direct-mode prompts on backbones that offer it (`answer.static_decode`)
+    #: eager loop; used for fresh direct-mode prompts on backbones that offer it (`runtime.static_decode`)
     static_decode: bool = False
 
     def validate(self) -> None:
