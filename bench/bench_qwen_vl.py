@@ -134,9 +134,9 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     from videollm.backbones import load_backbone
-    from videollm.device import resolve_dtype
     from videollm.backbones.qwen_vl import QwenVLBackbone
     from videollm.backbones.qwen_vl_tiny import build_processor
+    from videollm.device import resolve_dtype
 
     bb = load_backbone(args.model, device=args.device, dtype=args.dtype[0])
     processor = build_processor("qwen2_5_vl", bb.tokenizer, 16, 768)
