@@ -360,7 +360,7 @@ def test_no_backbone_or_pipeline_parameter_is_typed_any():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    skip = {"videollm/models.py"}  # the model cache takes any loaded object; its rework (#28 part 4) types it
+    skip: set[str] = set()  # the model cache takes `object`: any loaded model, checked with isinstance inside
     found = []
     for folder in ("videollm", "compressors", "eval", "demo"):
         for path in sorted((root / folder).rglob("*.py")):

@@ -83,7 +83,7 @@ class LoadReport:
 
 @dataclass
 class _Entry:
-    model: Any
+    model: object  # a backbone, a timm encoder, any loaded model
     report: LoadReport
 
 
@@ -137,7 +137,7 @@ def get_model_like(name: str, reference: Any, **options: Any) -> Any:
     return get_model(name, **{**settings, **options})
 
 
-def prepare_model(model: Any, name: str | None = None, quant: str = "none", group_size: int | None = 128,
+def prepare_model(model: object, name: str | None = None, quant: str = "none", group_size: int | None = 128,
                   cpu_int8: str = "none") -> LoadReport:
     """Quantize a model built outside the cache (a compressor's own trained modules, a benchmark's variant)
     through the loader's path, and keep its report for as long as the model lives (`load_report(model)`)."""
@@ -149,7 +149,7 @@ def prepare_model(model: Any, name: str | None = None, quant: str = "none", grou
     return report
 
 
-def load_report(model: Any) -> LoadReport | None:
+def load_report(model: object) -> LoadReport | None:
     """What loading did to `model`, if the cache loaded or prepared it; None for a model built elsewhere."""
     with _LOCK:
         for entry in _CACHE.values():
@@ -161,7 +161,7 @@ def load_report(model: Any) -> LoadReport | None:
             return None
 
 
-def register_model(name: str, model: Any, device: str = "auto", dtype: str = "auto", quant: str = "none",
+def register_model(name: str, model: object, device: str = "auto", dtype: str = "auto", quant: str = "none",
                    **options: Any) -> Any:
     """Put an already-loaded model in the cache (a backbone built by hand), so others asking get it."""
     report = LoadReport(name=name, device=str(device), dtype=str(dtype), quant=str(quant))
@@ -224,7 +224,7 @@ def _build(name: str, device: str, dtype: str, **options: Any) -> Any:
     return load_backbone(name, device=device, dtype=dtype, **options)
 
 
-def _finish(model: Any, report: LoadReport) -> None:
+def _finish(model: object, report: LoadReport) -> None:
     """The one quantization path: weight quantization (a language model's answers checked against its float
     self), then CPU int8; what was done goes into `report`."""
     llm, vision = split_quant(report.quant)

@@ -54,9 +54,8 @@ def apply_option_support(backbone: object, outcome: ReasoningOutcome, question: 
 def fill_empty_answer(backbone: object, outcome: ReasoningOutcome, visual: VisualTokens) -> ReasoningOutcome:
     """A free-form answer with no text becomes what the kept frames showed ("The frames show: …"), with a
     warning: an empty line is no answer, and the frames' classes are what a tiny LLM would have named."""
-    seen = getattr(backbone, "seen_summary", None)
-    if outcome.text.strip() or not callable(seen):
+    if outcome.text.strip() or not isinstance(backbone, SupportsOptionSupport):
         return outcome
-    outcome.text = f"The frames show: {seen(visual)}."
+    outcome.text = f"The frames show: {backbone.seen_summary(visual)}."
     outcome.extra.setdefault("warnings", []).append(EMPTY_ANSWER)
     return outcome
