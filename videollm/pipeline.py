@@ -197,7 +197,8 @@ class VideoQAPipeline:
 
     def _query(self, question: Question) -> str:
         """What the compressor reads: the question, or the whole user turn for one that reads the options too."""
-        return question.user_text if self.compressor.wants_options else question.text
+        wants_options = getattr(self.compressor, "wants_options", False)  # False for a plain callable
+        return question.user_text if wants_options else question.text
 
     def ask_many(self, video: VideoInput,
                  questions: Sequence[str | tuple[str, Sequence[str] | None]], **kwargs: Any) -> list[Answer]:
