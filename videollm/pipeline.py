@@ -153,8 +153,7 @@ class VideoQAPipeline:
             from videollm.compressors.base import prepare_video
 
             prepare_video(self.backbone, vid)  # backbones whose grid depends on the frame size (Qwen-VL)
-            budget = self._fit_budget(req.budget, vid, req.question.user_text, req.mode, req.generation,
-                                      req.reasoning, notes)
+            budget = self._fit_budget(req, vid, notes)
             visual = self.compressor(vid, query=self._query(req.question), budget=budget)
         finally:
             if not isinstance(video, Video):
@@ -231,17 +230,16 @@ class VideoQAPipeline:
         arguments that follows finds its per-frame tokens in the feature cache (the server runs this for the next
         request while the current one generates). Nothing is returned; errors are the call's own."""
         req = self.prepare(question, options, budget=budget, reasoning=reasoning, generation=generation)
-        budget = self._fit_budget(req.budget, video, req.question.user_text, req.mode, req.generation,
-                                  req.reasoning, [])
+        budget = self._fit_budget(req, video, [])
         self.compressor(video, query=self._query(req.question), budget=budget)
 
-    def _fit_budget(self, budget: int | None, video: Video, user_text: str, mode: str, generation: GenerationConfig,
-                    reasoning: ReasoningConfig, notes: list[str]) -> int | None:
-        """Check a requested budget against the context, or choose one when none was given (before decoding)."""
+    def _fit_budget(self, req: Request, video: Video, notes: list[str]) -> int | None:
+        """Check the request's budget against the context, or choose one when none was given (before decoding)."""
+        budget, generation = req.budget, req.generation
         allowance = generation.max_new_tokens
-        if mode != "direct":
-            allowance += reasoning.think_allowance() + min(generation.max_new_tokens, MAX_ANSWER_TOKENS)
-        plan = plan_context(self.backbone, user_text, self.config.system_prompt, len(video), allowance,
+        if req.mode != "direct":
+            allowance += req.reasoning.think_allowance() + min(generation.max_new_tokens, MAX_ANSWER_TOKENS)
+        plan = plan_context(self.backbone, req.question.user_text, self.config.system_prompt, len(video), allowance,
                             self.backbone.text_tokens_per_frame)
         fitted = fit_budget(plan, budget)
         if budget is not None or len(video) * self.backbone.tokens_per_frame <= fitted:

@@ -48,12 +48,12 @@ class Question:
 
     @property
     def letters(self) -> tuple[str, ...]:
-        return tuple(string.ascii_uppercase[: len(self.options)])
+        return _letters(len(self.options))
 
     @property
     def lettered(self) -> list[str] | None:
         """The options as shown to the model ("A. a cat"), None for an open question."""
-        return [f"{letter}. {body}" for letter, body in zip(self.letters, self.options)] or None
+        return _lettered(self.options)
 
     @property
     def is_choice(self) -> bool:
@@ -109,12 +109,21 @@ def choices_of(options: Question | Sequence[str] | None) -> tuple[tuple[str, ...
     if isinstance(options, Question):
         return options.letters, options.options
     bodies = tuple(_option_bodies(list(options) if options else None))
-    return tuple(string.ascii_uppercase[: len(bodies)]), bodies
+    return _letters(len(bodies)), bodies
+
+
+def _letters(n: int) -> tuple[str, ...]:
+    return tuple(string.ascii_uppercase[:n])
+
+
+def _lettered(bodies: Sequence[str]) -> list[str] | None:
+    """Option texts with their letter labels ("A. text"); None when there are none."""
+    return [f"{letter}. {body}" for letter, body in zip(_letters(len(bodies)), bodies)] or None
 
 
 def normalize_options(options: list[str] | None) -> list[str] | None:
     """Give every option a letter label ("A. text"), keeping labels the user already wrote."""
-    return [f"{string.ascii_uppercase[i]}. {body}" for i, body in enumerate(_option_bodies(options))] or None
+    return _lettered(_option_bodies(options))
 
 
 def option_texts(options: list[str] | None) -> list[str]:
@@ -123,7 +132,7 @@ def option_texts(options: list[str] | None) -> list[str]:
 
 
 def option_letters(options: list[str] | None) -> list[str]:
-    return list(string.ascii_uppercase[: len(options or [])])
+    return list(_letters(len(options or [])))
 
 
 def format_question(question: str, options: list[str] | None = None) -> str:
