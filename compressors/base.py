@@ -27,7 +27,7 @@ from videollm.budget import MAX_BUDGET, check_budget
 from videollm.errors import InvalidRequestError
 from videollm.feature_cache import cached_chunks, default_cache, video_key
 from videollm.models import load_report
-from videollm.options import build_dataclass, check_fields, is_checked, mark_checked, non_defaults
+from videollm.options import build_config, non_defaults
 from videollm.protocols import SupportsVideoGeometry, VideoLanguageModel, VisionTower, temporal_patch
 from videollm.timing import stage
 from videollm.types import VisualTokens
@@ -74,21 +74,9 @@ class TokenCompressor(ABC):
         """The one way options become this compressor's config: a dict's names and types checked
         (`build_dataclass`), a config object's types (`check_fields`), then its `validate()`. A config that
         passed this already is trusted as it is (`videollm.options.mark_checked`)."""
-        what = f"{cls.name} option"
-        if isinstance(values, cls.config_class) and is_checked(values):
-            return values
-        if values is None:
-            cfg = cls.config_class()
-        elif isinstance(values, cls.config_class):
-            check_fields(values, what)
-            cfg = values
-        elif isinstance(values, Mapping):
-            cfg = build_dataclass(cls.config_class, dict(values), what=what)
-        else:
-            raise InvalidRequestError(f"compressor {cls.name!r} takes a {cls.config_class.__name__} or an object of "
-                                      f"option names and values, not a {type(values).__name__}")
-        cfg.validate()
-        return mark_checked(cfg)
+        return build_config(cls.config_class, values, f"{cls.name} option",
+                            f"compressor {cls.name!r} takes a {cls.config_class.__name__} or an object of option "
+                            f"names and values")
 
     @classmethod
     def make_config(cls, config: CompressorConfig | None = None, **overrides: Any) -> CompressorConfig:

@@ -103,8 +103,11 @@ def test_option_scorers_get_the_question_not_the_prompt(tiny_backbone, short_vid
     from videollm.pipeline import VideoQAPipeline
 
     got: list[Question] = []
-    monkeypatch.setattr(type(tiny_backbone), "choice_scorer", lambda self, inputs, question, visual:
-                        got.append(question) or None, raising=False)
+    # a subclass, not the shared class: isinstance checks against a runtime Protocol are cached per class, so
+    # a method set on the fixture's class and removed again would leave it "SupportsChoiceScoring" for later tests
+    scoring = type("Scoring", (type(tiny_backbone),),
+                   {"choice_scorer": lambda self, inputs, question, visual: got.append(question) or None})
+    monkeypatch.setattr(tiny_backbone, "__class__", scoring)
     pipe = VideoQAPipeline(tiny_backbone, PipelineConfig(model="tiny-random", sampling=SamplingConfig(num_frames=2)))
     options = ["a red\nball", "a blue cube"]
     pipe(short_video, "What is shown?", options, prompt="Look closely. Options: (A) a red ball, (B) a blue cube")

@@ -7,12 +7,20 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import fields
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .errors import InvalidRequestError
 
 D = TypeVar("D")
+
+
+class Validated(Protocol):
+    def validate(self) -> None: ...
+
+
+C = TypeVar("C", bound=Validated)
 
 
 def build_dataclass(cls: type[D], values: dict[str, Any], what: str = "option") -> D:
@@ -32,6 +40,26 @@ def build_dataclass(cls: type[D], values: dict[str, Any], what: str = "option") 
             raise InvalidRequestError(f"{what} {k}={v!r}: expected {_type_name(hints.get(k, Any))}")
         out[k] = coerced
     return cls(**out)
+
+
+def build_config(cls: type[C], values: C | Mapping[str, Any] | None, what: str, refusal: str) -> C:
+    """The one way user-given options become a config (a compressor's, the reasoning modes'): a dict's names
+    and types checked (`build_dataclass`), a config object's types (`check_fields`), then its `validate()`. A
+    config that passed this already is trusted as it is (`mark_checked`); any other value is refused with
+    `refusal` ("… takes a XConfig or an object of option names and values") and its type."""
+    if isinstance(values, cls) and is_checked(values):
+        return values
+    if values is None:
+        cfg = cls()
+    elif isinstance(values, cls):
+        check_fields(values, what)
+        cfg = values
+    elif isinstance(values, Mapping):
+        cfg = build_dataclass(cls, dict(values), what=what)
+    else:
+        raise InvalidRequestError(f"{refusal}, not a {type(values).__name__}")
+    cfg.validate()
+    return mark_checked(cfg)
 
 
 _CHECKED = "_videollm_checked"

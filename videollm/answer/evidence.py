@@ -51,10 +51,11 @@ def apply_option_support(backbone: object, outcome: ReasoningOutcome, question: 
     return outcome
 
 
-def fill_empty_answer(backbone: object, outcome: ReasoningOutcome, visual: VisualTokens) -> ReasoningOutcome:
+def fill_empty_answer(backbone: SupportsOptionSupport, outcome: ReasoningOutcome, visual: VisualTokens
+                      ) -> ReasoningOutcome:
     """A free-form answer with no text becomes what the kept frames showed ("The frames show: …"), with a
     warning: an empty line is no answer, and the frames' classes are what a tiny LLM would have named."""
-    if outcome.text.strip() or not isinstance(backbone, SupportsOptionSupport):
+    if outcome.text.strip():
         return outcome
     outcome.text = f"The frames show: {backbone.seen_summary(visual)}."
     outcome.extra.setdefault("warnings", []).append(EMPTY_ANSWER)

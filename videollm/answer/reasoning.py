@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import torch
 
 from ..errors import InvalidRequestError
-from ..options import build_dataclass, check_fields, is_checked, mark_checked
+from ..options import build_config, check_fields
 from ..protocols import (
     SupportsChoiceScoring,
     SupportsOptionSupport,
@@ -126,19 +126,10 @@ class ReasoningConfig:
         """The one way user-given options (CLI flags, JSON, YAML, keyword arguments) become a config: names and
         types checked (`build_dataclass`; a None value means the default), then `validate()`. A config passes
         through, checked."""
-        if isinstance(values, cls) and is_checked(values):
-            return values
-        if values is None:
-            cfg = cls()
-        elif isinstance(values, cls):
-            cfg = values
-        elif isinstance(values, Mapping):
-            cfg = build_dataclass(cls, {k: v for k, v in values.items() if v is not None}, what="reasoning option")
-        else:
-            raise InvalidRequestError(f"reasoning options must be a ReasoningConfig or an object of option names and "
-                                      f"values, not a {type(values).__name__}")
-        cfg.validate()
-        return mark_checked(cfg)
+        if isinstance(values, Mapping):
+            values = {k: v for k, v in values.items() if v is not None}
+        return build_config(cls, values, "reasoning option",
+                            "reasoning options must be a ReasoningConfig or an object of option names and values")
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> ReasoningConfig:
