@@ -134,6 +134,72 @@ def test_quantized_model_fused_projections(scheme, monkeypatch):
     assert all(m.kernel == ("lowbit" if fused else "int4_cpu") for m in proj.mods)
     x = torch.randn(1, 64)
     assert torch.equal(proj(x), torch.cat([m(x) for m in proj.mods], dim=-1))
+    # every projection on the low-bit kernel: the whole layer is one C call
+    assert all((layer.fused is not None) == fused for layer in step.layers)
+    _assert_same_decode(model, monkeypatch, rtol=2e-3)
+
+
+def _quantized(arch: str, scheme: str = "int2", layers: int = 2):
+    from videollm.quant import config_for, quantize_
+
+    model = _model(arch, layers=layers)
+    quantize_(model, config_for(scheme, 32, "native"))
+    return model
+
+
+def _per_op(monkeypatch) -> None:
+    """Plans made from now on run every layer op by op (no fused layer)."""
+    monkeypatch.setattr(decode_step._FusedLayer, "build", classmethod(lambda cls, p: None))
+    decode_step._PLANS.clear()
+
+
+@pytest.mark.skipif(not cpu_kernels.available(), reason="no C compiler for the low-bit kernel")
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3", "llama"])
+def test_fused_layer_equals_the_per_op_step(arch, monkeypatch):
+    """The one-call layer does the per-op step's operations in the same order: the same logits and caches
+    (Qwen3's head norms: the C loop against F.rms_norm, float rounding only), and both equal transformers."""
+    model = _quantized(arch)
+    decode_step._PLANS.clear()
+    calls = []
+    real = decode_step._FusedLayer.__call__
+    monkeypatch.setattr(decode_step._FusedLayer, "__call__", lambda self, *a: calls.append(1) or real(self, *a))
+    fused, fused_cache = _run(model, 6, 8, True, monkeypatch)
+    assert len(calls) == 8 * 2  # every step, both layers
+    _per_op(monkeypatch)
+    per_op, per_op_cache = _run(model, 6, 8, True, monkeypatch)
+    assert len(calls) == 16
+    tol = 1e-6 if arch != "qwen3" else 1e-4
+    assert torch.allclose(fused, per_op, rtol=tol, atol=tol * float(per_op.abs().max()))
+    for a, b in zip(fused_cache.layers, per_op_cache.layers):
+        assert torch.allclose(a.keys, b.keys, rtol=tol, atol=tol) and torch.allclose(a.values, b.values,
+                                                                                     rtol=tol, atol=tol)
+    monkeypatch.undo()
+    decode_step._PLANS.clear()
+    _assert_same_decode(model, monkeypatch, rtol=2e-3)
+
+
+@pytest.mark.skipif(not cpu_kernels.available(), reason="no C compiler for the low-bit kernel")
+def test_fused_layer_cache_growth_and_long_context(monkeypatch):
+    """Fused layers grow the cache past `KV_GROWTH` and hand over to the per-op step (PyTorch attention) from
+    `LONG_CONTEXT` cached tokens on, all within one run. (int2's int8-rounded activations drift from
+    transformers' SDPA over 300 tokens on the SIMD levels, per-op step alike: int4 there.)"""
+    model = _quantized("qwen2", "int4" if cpu_kernels.int8_path() else "int2")
+    monkeypatch.setattr(decode_step, "KV_GROWTH", 4)
+    monkeypatch.setattr(decode_ops, "LONG_CONTEXT", 310)
+    decode_step._PLANS.clear()
+    calls = []
+    real = decode_step._FusedLayer.__call__
+    monkeypatch.setattr(decode_step._FusedLayer, "__call__", lambda self, *a: calls.append(1) or real(self, *a))
+    _assert_same_decode(model, monkeypatch, prompt=300, steps=20, rtol=2e-3)
+    assert 0 < len(calls) < 20 * 2  # fused below 310 cached tokens, per op from there
+
+
+@pytest.mark.skipif(not cpu_kernels.available(), reason="no C compiler for the low-bit kernel")
+def test_no_fused_layer_without_the_c_ops(monkeypatch):
+    monkeypatch.setattr(decode_ops, "_library", lambda: None)
+    model = _quantized("qwen2")
+    step = LeanStep.build(model.model)
+    assert step is not None and all(layer.fused is None for layer in step.layers) and step.scratch == 0
     _assert_same_decode(model, monkeypatch, rtol=2e-3)
 
 

@@ -140,6 +140,13 @@ def _library_at(level: str) -> ctypes.CDLL | None:
     return lib
 
 
+def gemv_many_address(level: str) -> int | None:
+    """The address of `lowbit_gemv_many` in the kernel library built for `level`: C code elsewhere (the lean
+    decode step's whole-layer call, `runtime/decode_ops`) calls it directly, without linking this library."""
+    lib = _library(level)
+    return None if lib is None else ctypes.cast(lib.lowbit_gemv_many, ctypes.c_void_p).value
+
+
 def available() -> bool:
     """Whether the C kernel is built and loadable here."""
     return _library() is not None

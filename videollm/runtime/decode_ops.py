@@ -41,7 +41,29 @@ def _library_at(level: str) -> ctypes.CDLL | None:
     lib.decode_rope_store.restype = i
     lib.decode_swiglu.argtypes = [p, i, p]
     lib.decode_swiglu.restype = None
+    lib.decode_layer.argtypes = [ctypes.POINTER(DecodeLayer), p, p, p, p, p, lng, lng, lng, p, i]
+    lib.decode_layer.restype = i
+    lib.decode_layer_scratch.argtypes = [ctypes.POINTER(DecodeLayer)]
+    lib.decode_layer_scratch.restype = lng
     return lib
+
+
+class DecodeLayer(ctypes.Structure):
+    """`decode_layer_t` in the C source: one layer's kernels (arrays of the low-bit kernel's layer structs),
+    norms and sizes, for `decode_layer`, which runs the whole layer in one call."""
+
+    _fields_ = [("gemv", ctypes.c_void_p), ("qkv", ctypes.c_void_p), ("o", ctypes.c_void_p),
+                ("gate_up", ctypes.c_void_p), ("down", ctypes.c_void_p), ("norm1", ctypes.c_void_p),
+                ("norm2", ctypes.c_void_p), ("q_norm", ctypes.c_void_p), ("k_norm", ctypes.c_void_p),
+                ("eps1", ctypes.c_float), ("eps2", ctypes.c_float), ("eps_q", ctypes.c_float),
+                ("eps_k", ctypes.c_float), ("scaling", ctypes.c_float), ("n_qkv", ctypes.c_int),
+                ("n_gate_up", ctypes.c_int), ("D", ctypes.c_int), ("H", ctypes.c_int), ("KV", ctypes.c_int),
+                ("hd", ctypes.c_int), ("inter", ctypes.c_int)]
+
+
+def layer_library() -> ctypes.CDLL | None:
+    """The ops library whose `decode_layer` runs a whole layer (None without a C compiler)."""
+    return _library()
 
 
 def _f32(*tensors: torch.Tensor) -> bool:
@@ -119,4 +141,4 @@ def swiglu(gate_up: torch.Tensor, inter: int) -> torch.Tensor:
     return F.silu(gate_up[:, :inter]) * gate_up[:, inter:]
 
 
-__all__ = ["LONG_CONTEXT", "attend", "rms_norm", "rope_store", "swiglu"]
+__all__ = ["DecodeLayer", "LONG_CONTEXT", "attend", "layer_library", "rms_norm", "rope_store", "swiglu"]

@@ -1,4 +1,4 @@
-/* The small float32 operations of a one-token decoder step (videollm.answer.decode_ops loads this).
+/* The small float32 operations of a one-token decoder step (videollm.runtime.decode_ops loads this).
  *
  * In a batch-1 CPU decode step, RMSNorm, RoPE, one query's attention and SwiGLU's product are tiny
  * computations that PyTorch runs as several dispatched ops each (~20-50 us a call, ~100 calls a step for a
@@ -93,4 +93,58 @@ void decode_swiglu(const float *gu, int I, float *out) {
         const float g = gu[i];
         out[i] = (g / (1.f + expf(-g))) * gu[I + i];
     }
+}
+
+/* ---- one whole decoder layer ------------------------------------------------------------------------- */
+/* The low-bit kernel's `lowbit_gemv_many` (videollm/quant/csrc/lowbit_gemv.c), handed over as a pointer:
+ * this library does not link that one. Layers that read the same input (q/k/v, gate/up) in one call, their
+ * outputs side by side, bias included. */
+typedef int (*gemv_many_fn)(const void *const *layers, int n, const float *x, float *y, int nthreads);
+
+/* One layer's constant parts (decode_ops.DecodeLayer mirrors this layout), filled once per plan. */
+typedef struct {
+    gemv_many_fn gemv;
+    const void *const *qkv;
+    const void *const *o;
+    const void *const *gate_up;
+    const void *const *down;
+    const float *norm1, *norm2, *q_norm, *k_norm; /* q_norm/k_norm: Qwen3's per-head norms, else NULL */
+    float eps1, eps2, eps_q, eps_k, scaling;
+    int n_qkv, n_gate_up, D, H, KV, hd, inter;
+} decode_layer_t;
+
+/* Floats of scratch `decode_layer` needs. */
+long decode_layer_scratch(const decode_layer_t *L) {
+    return 2L * L->D + (long)(2 * L->H + 2 * L->KV) * L->hd + 3L * L->inter;
+}
+
+/* One token through one Llama-family layer, h (D) updated in place: RMSNorm -> q/k/v -> (Qwen3 head norms)
+ * -> RoPE and the cache write at row t -> attention over rows 0..t -> o -> residual -> RMSNorm -> gate/up ->
+ * SwiGLU -> down -> residual. The same operations, in the same order, as the per-op step in decode_step.py:
+ * at batch 1 the ~12 PyTorch and ctypes calls a layer cost more than these loops.
+ * Returns 0; -1 a kernel could not allocate, -2 a head over 1024, -3 no memory for the scores (h may then
+ * be partly updated: the caller raises). */
+int decode_layer(const decode_layer_t *L, float *h, const float *cos_, const float *sin_signed, float *kbuf,
+                 float *vbuf, long ldk, long ldv, long t, float *scratch, int nthreads) {
+    const int D = L->D, H = L->H, KV = L->KV, hd = L->hd, I = L->inter;
+    float *xn = scratch, *y = xn + D, *qkv = y + D, *att = qkv + (long)(H + 2 * KV) * hd, *gu = att + (long)H * hd;
+    float *act = gu + 2L * I;
+    decode_rms_norm(h, L->norm1, L->eps1, D, xn);
+    if (L->gemv(L->qkv, L->n_qkv, xn, qkv, nthreads)) return -1;
+    if (L->q_norm) {
+        for (int i = 0; i < H; i++) decode_rms_norm(qkv + (long)i * hd, L->q_norm, L->eps_q, hd, qkv + (long)i * hd);
+        for (int i = H; i < H + KV; i++)
+            decode_rms_norm(qkv + (long)i * hd, L->k_norm, L->eps_k, hd, qkv + (long)i * hd);
+    }
+    if (decode_rope_store(qkv, qkv + (long)(H + KV) * hd, cos_, sin_signed, H, KV, hd, kbuf, vbuf, ldk, ldv, t))
+        return -2;
+    if (decode_attend(qkv, kbuf, vbuf, ldk, ldv, (int)t + 1, H, KV, hd, L->scaling, att)) return -3;
+    if (L->gemv(L->o, 1, att, y, nthreads)) return -1;
+    for (int i = 0; i < D; i++) h[i] += y[i];
+    decode_rms_norm(h, L->norm2, L->eps2, D, xn);
+    if (L->gemv(L->gate_up, L->n_gate_up, xn, gu, nthreads)) return -1;
+    decode_swiglu(gu, I, act);
+    if (L->gemv(L->down, 1, act, y, nthreads)) return -1;
+    for (int i = 0; i < D; i++) h[i] += y[i];
+    return 0;
 }
