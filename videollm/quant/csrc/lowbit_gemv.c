@@ -619,6 +619,49 @@ static inline __attribute__((always_inline)) void plane_rows(const int bits, con
     }
 }
 
+/* int3 rows (see the header): like plane_rows, with two costs per row and vector taken out. Each row's
+ * scales are multiplied by the groups' activation scales once (ws, as group_rows does), so a vector's lane
+ * scales are one load and one permute; and a row block that ends 32 bytes before the tensor's end (all but the
+ * last) loads its three planes without the end check. */
+static inline __attribute__((always_inline)) void plane_rows3(const int R, const uint8_t *W, long ldw, int nbytes,
+                                                              const int8_t *xq, long rb_pad, const int32_t *map,
+                                                              const float *sx, const uint16_t *S, int G,
+                                                              const uint8_t *wend, __m256 *tot) {
+    const int nv = (nbytes + 31) / 32, gend = (G + 7) / 8 * 8;
+    float ws[R_BLOCK][80] __attribute__((aligned(32)));  /* G <= 63, read up to 8 past the last group */
+    for (int r = 0; r < R; r++) {
+        for (int g = 0; g < gend; g += 8)
+            _mm256_store_ps(ws[r] + g, _mm256_mul_ps(bf16x8(S + (long)r * G + g), _mm256_loadu_ps(sx + g)));
+        _mm256_store_ps(ws[r] + gend, _mm256_setzero_ps());
+    }
+    const int guard = W + (long)R * ldw + 32 > wend;
+    for (int v = 0; v < nv; v++) {
+        __m256i xv[8];
+        for (int p = 0; p < 8; p++) xv[p] = _mm256_loadu_si256((const __m256i *)(xq + p * rb_pad + v * 32));
+        const int32_t *mv = map + v * 9;
+        const __m256i perm = _mm256_loadu_si256((const __m256i *)(mv + 1));
+        const int b = v / 2, nb = nbytes - b * INT3_BLOCK < INT3_BLOCK ? nbytes - b * INT3_BLOCK : INT3_BLOCK;
+        for (int r = 0; r < R; r++) {  /* block v / 2, half v % 2; the block's byte planes nb apart */
+            const uint8_t *src = W + r * ldw + (long)3 * INT3_BLOCK * b + 32 * (v % 2);
+            if (PF_AHEAD) {  /* the block's three 64-byte lines, one a vector plus one on even vectors */
+                __builtin_prefetch(src + PF_AHEAD + (v % 2 ? 96 : 0));
+                if (!(v % 2)) __builtin_prefetch(src + PF_AHEAD + 64);
+            }
+            __m256i w0, w1, w2;
+            if (guard) {
+                w0 = load_guarded(src, wend), w1 = load_guarded(src + nb, wend), w2 = load_guarded(src + 2 * nb, wend);
+            } else {
+                w0 = _mm256_loadu_si256((const __m256i *)src);
+                w1 = _mm256_loadu_si256((const __m256i *)(src + nb));
+                w2 = _mm256_loadu_si256((const __m256i *)(src + 2 * nb));
+            }
+            const __m256i acc = dot_vec3(w0, w1, w2, xv);
+            const __m256 lane = _mm256_permutevar8x32_ps(_mm256_loadu_ps(ws[r] + mv[0]), perm);
+            tot[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), lane, tot[r]);
+        }
+    }
+}
+
 static inline float hsum8(__m256 v) {
     __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     h = _mm_add_ps(h, _mm_movehl_ps(h, h));
@@ -642,7 +685,9 @@ static inline __attribute__((always_inline)) void block_rows(const int bits, con
             case 128: group_rows(bits, R, 4, W, L->ldw, G, L->gb, a, L->rb_pad, S, tot); break;
             default: group_rows(bits, R, 0, W, L->ldw, G, L->gb, a, L->rb_pad, S, tot); break;
         }
-    } else
+    } else if (bits == 3)
+        plane_rows3(R, W, L->ldw, G * L->gb, a->xq, L->rb_pad, a->map, a->sx, S, G, wend, tot);
+    else
         plane_rows(bits, R, W, L->ldw, G * L->gb, a->xq, a->xq2, L->rb_pad, a->map, a->xl, S, G, wend, tot);
     const float offset = L->offset - ((SIGNED8 && bits == 8) ? 128.f : 0.f);
     const __m256 off = _mm256_set1_ps(-offset);
