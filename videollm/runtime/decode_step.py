@@ -25,6 +25,7 @@ against that forward.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import weakref
@@ -180,9 +181,7 @@ class _FusedLayer:
     low-bit kernel and the norms are float32, the ~12 PyTorch and ctypes calls a layer (~0.1-0.2 ms at batch 1,
     ~4 ms a token over 24 layers) become one. Same operations in the same order as `LeanStep._layer`."""
 
-    def __init__(self, p: _Layer, lib: Any, gemv: int):
-        import ctypes
-
+    def __init__(self, p: _Layer, lib: ctypes.CDLL, gemv: int):
         from ..quant import cpu_kernels
 
         parts = (p.qkv.gemvs(), p.o.gemvs(), p.gate_up.gemvs(), p.down.gemvs())
@@ -308,7 +307,7 @@ class LeanStep:
                  and cos.dtype == torch.float32 and past + 1 < decode_ops.LONG_CONTEXT)
         if fused:  # our own copy: the fused layers update it in place
             h = h.reshape(1, 1, -1).clone(memory_format=torch.contiguous_format)
-            scratch, threads = torch.empty(self.scratch), torch.get_num_threads()
+            cos, scratch, threads = cos.contiguous(), torch.empty(self.scratch), torch.get_num_threads()
         for p, cl in zip(self.layers, kv):
             if not (fused and p.fused is not None and p.fused(cl, h, cos, sin, scratch, threads)):
                 h = self._layer(p, cl, h, cos, sin)
