@@ -575,32 +575,33 @@ static inline __attribute__((always_inline)) void group_rows(const int bits, con
     }
 }
 
+/* Rows whose vectors hold several groups (int1 and int3 at group 128, int4 at 32): a vector's int32 lanes get
+ * their scales by one permute of the row's scale x activation-scale products (row_lane_scales, once a row). */
+static inline __attribute__((always_inline)) void row_lane_scales(const int R, const uint16_t *S, int G,
+                                                                  const float *sx, float ws[][80]) {
+    const int gend = (G + 7) / 8 * 8;  /* G <= 63; lanes past the last group read zeros */
+    for (int r = 0; r < R; r++) {
+        for (int g = 0; g < gend; g += 8)
+            _mm256_store_ps(ws[r] + g, _mm256_mul_ps(bf16x8(S + (long)r * G + g), _mm256_loadu_ps(sx + g)));
+        _mm256_store_ps(ws[r] + gend, _mm256_setzero_ps());
+    }
+}
+
 static inline __attribute__((always_inline)) void plane_rows(const int bits, const int R, const uint8_t *W, long ldw,
                                                              int nbytes, const int8_t *xq, const int8_t *xfine,
-                                                             long rb_pad, const int32_t *map, const float *xl,
+                                                             long rb_pad, const int32_t *map, const float *sx,
                                                              const uint16_t *S, int G, const uint8_t *wend,
                                                              __m256 *tot) {
-    const int P = bits == 3 ? 8 : 8 / bits, nv = (nbytes + 31) / 32;
+    const int P = 8 / bits, nv = (nbytes + 31) / 32;  /* bits 1, 2, 4, 8 (int3: plane_rows3) */
+    float ws[R_BLOCK][80] __attribute__((aligned(32)));
+    row_lane_scales(R, S, G, sx, ws);
     for (int v = 0; v < nv; v++) {
         __m256i xv[8], xf = _mm256_setzero_si256();
         for (int p = 0; p < P; p++) xv[p] = _mm256_loadu_si256((const __m256i *)(xq + p * rb_pad + v * 32));
         if (bits == 8) xf = _mm256_loadu_si256((const __m256i *)(xfine + v * 32));
-        const __m256 xs = _mm256_loadu_ps(xl + v * 8);
         const int32_t *mv = map + v * 9;
         const __m256i perm = _mm256_loadu_si256((const __m256i *)(mv + 1));
         const int tail = nbytes - v * 32 < 32;
-        if (bits == 3) {  /* block v / 2, half v % 2; the block's byte planes nb apart */
-            const int b = v / 2, nb = nbytes - b * INT3_BLOCK < INT3_BLOCK ? nbytes - b * INT3_BLOCK : INT3_BLOCK;
-            for (int r = 0; r < R; r++) {
-                const uint8_t *src = W + r * ldw + (long)3 * INT3_BLOCK * b + 32 * (v % 2);
-                if (PF_AHEAD) __builtin_prefetch(src + PF_AHEAD);
-                const __m256i acc = dot_vec3(load_guarded(src, wend), load_guarded(src + nb, wend),
-                                             load_guarded(src + 2 * nb, wend), xv);
-                const __m256 ws = _mm256_permutevar8x32_ps(bf16x8(S + (long)r * G + mv[0]), perm);
-                tot[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm256_mul_ps(ws, xs), tot[r]);
-            }
-            continue;
-        }
         for (int r = 0; r < R; r++) {
             const uint8_t *src = W + r * ldw + v * 32;
             if (PF_AHEAD) __builtin_prefetch(src + PF_AHEAD);
@@ -613,27 +614,22 @@ static inline __attribute__((always_inline)) void plane_rows(const int bits, con
                 w = _mm256_loadu_si256((const __m256i *)src);
             }
             const __m256i acc = dot_vec(bits, w, xv, xf);
-            const __m256 ws = _mm256_permutevar8x32_ps(bf16x8(S + (long)r * G + mv[0]), perm);
-            tot[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm256_mul_ps(ws, xs), tot[r]);
+            const __m256 lane = _mm256_permutevar8x32_ps(_mm256_loadu_ps(ws[r] + mv[0]), perm);
+            tot[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), lane, tot[r]);
         }
     }
 }
 
-/* int3 rows (see the header): like plane_rows, with two costs per row and vector taken out. Each row's
- * scales are multiplied by the groups' activation scales once (ws, as group_rows does), so a vector's lane
- * scales are one load and one permute; and a row block that ends 32 bytes before the tensor's end (all but the
- * last) loads its three planes without the end check. */
+/* int3 rows (see the header): plane_rows for the three byte planes of each 64-position block; a row block
+ * that ends 32 bytes before the tensor's end (all but the last) loads them without the end check, and all
+ * three planes' lines are prefetched. */
 static inline __attribute__((always_inline)) void plane_rows3(const int R, const uint8_t *W, long ldw, int nbytes,
                                                               const int8_t *xq, long rb_pad, const int32_t *map,
                                                               const float *sx, const uint16_t *S, int G,
                                                               const uint8_t *wend, __m256 *tot) {
-    const int nv = (nbytes + 31) / 32, gend = (G + 7) / 8 * 8;
-    float ws[R_BLOCK][80] __attribute__((aligned(32)));  /* G <= 63, read up to 8 past the last group */
-    for (int r = 0; r < R; r++) {
-        for (int g = 0; g < gend; g += 8)
-            _mm256_store_ps(ws[r] + g, _mm256_mul_ps(bf16x8(S + (long)r * G + g), _mm256_loadu_ps(sx + g)));
-        _mm256_store_ps(ws[r] + gend, _mm256_setzero_ps());
-    }
+    const int nv = (nbytes + 31) / 32;
+    float ws[R_BLOCK][80] __attribute__((aligned(32)));
+    row_lane_scales(R, S, G, sx, ws);
     const int guard = W + (long)R * ldw + 32 > wend;
     for (int v = 0; v < nv; v++) {
         __m256i xv[8];
@@ -688,7 +684,7 @@ static inline __attribute__((always_inline)) void block_rows(const int bits, con
     } else if (bits == 3)
         plane_rows3(R, W, L->ldw, G * L->gb, a->xq, L->rb_pad, a->map, a->sx, S, G, wend, tot);
     else
-        plane_rows(bits, R, W, L->ldw, G * L->gb, a->xq, a->xq2, L->rb_pad, a->map, a->xl, S, G, wend, tot);
+        plane_rows(bits, R, W, L->ldw, G * L->gb, a->xq, a->xq2, L->rb_pad, a->map, a->sx, S, G, wend, tot);
     const float offset = L->offset - ((SIGNED8 && bits == 8) ? 128.f : 0.f);
     const __m256 off = _mm256_set1_ps(-offset);
     for (int r = 0; r < R; r++) {
