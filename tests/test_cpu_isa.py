@@ -282,3 +282,15 @@ def test_neon_under_qemu_equals_the_reference(variant, scheme, neon_drivers, tmp
     and shape, with and without sdot; with more rows than the int8 path takes, the float path on exact ones."""
     _check_driver([QEMU, "-cpu", "max"], neon_drivers[variant], scheme, f"neon sdot={int(variant == 'sdot')}",
                   tmp_path)
+
+
+@pytest.mark.skipif(CROSS_CC is None, reason="no aarch64 cross compiler (apt-get install gcc-aarch64-linux-gnu)")
+def test_decode_ops_compile_for_aarch64(tmp_path):
+    """The decode step's ops (the fused layer included) are plain C: the aarch64 build must compile warning-free
+    (it runs the same loops as every x86 level, which the decode-step tests check)."""
+    from videollm.runtime import decode_ops
+
+    run = subprocess.run([CROSS_CC, "-O3", "-std=c99", "-ffast-math", "-fPIC", "-Wall", "-Werror", "-c",
+                          str(decode_ops.SOURCE), "-o", str(tmp_path / "decode_ops.o")], capture_output=True,
+                         text=True, check=False, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
