@@ -307,3 +307,33 @@ def test_attend_op(t, heads, long_context, monkeypatch):
     want = F.scaled_dot_product_attention(q.view(1, nh, 1, 64), keys, values, scale=0.125,
                                           enable_gqa=nh != nkv).reshape(1, -1)
     assert torch.allclose(decode_ops.attend(q, keys, values, 0.125), want, rtol=1e-5, atol=1e-5)
+
+
+def _crop_and_copy(model, monkeypatch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Decode, deep-copy the cache, crop it and decode on: the last hidden state, the copy's and the cache's keys."""
+    monkeypatch.setenv("VIDEOLLM_LEAN_DECODE", "cpu")
+    with torch.inference_mode():
+        embeds = model.model.embed_tokens(torch.arange(20)[None])
+        _, cache = forward_last(model.model, embeds[:, :10], None)
+        for i in range(10, 16):
+            _, cache = forward_last(model.model, embeds[:, i: i + 1], cache)
+        twin = copy.deepcopy(cache)
+        cache.crop(-4)
+        for i in range(12, 20):
+            hidden, cache = forward_last(model.model, embeds[:, i: i + 1], cache)
+    return hidden, [c.keys for c in twin.layers] + [c.keys for c in cache.layers]
+
+
+@pytest.mark.skipif(not cpu_kernels.available(), reason="no C compiler for the low-bit kernel")
+def test_fused_layer_after_crop_and_copy(monkeypatch):
+    """A cropped cache (rows past the crop overwritten in place) and a deep copy taken before it: the fused
+    layers leave both as the per-op step does."""
+    model = _quantized("qwen2")
+    monkeypatch.setattr(decode_step, "KV_GROWTH", 4)
+    decode_step._PLANS.clear()
+    fused_hidden, fused_keys = _crop_and_copy(model, monkeypatch)
+    assert all(layer.fused is not None for layer in decode_step._PLANS[model.model].layers)
+    _per_op(monkeypatch)
+    hidden, keys = _crop_and_copy(model, monkeypatch)
+    assert torch.allclose(fused_hidden, hidden, rtol=1e-6, atol=1e-6)
+    assert all(torch.allclose(a, b, rtol=1e-6, atol=1e-6) for a, b in zip(fused_keys, keys))
