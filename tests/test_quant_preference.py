@@ -172,3 +172,14 @@ def test_group_32_asymmetric_int4_recovers_q4_1_codes():
     assert err.max() < 0.08 and err.mean() < 0.02  # bfloat16 scale and zero: a few percent of the step
     codes128, _, _ = quantize_int4_asym(w, 128)
     assert not torch.equal(codes128.long(), q)  # four blocks under one grid: codes move
+
+
+def test_eval_fingerprint_keeps_float_runs_resumable_and_tells_quantized_defaults_apart():
+    """Float runs recorded group 128 before the default became the model's: with nothing quantized the group
+    changes nothing and is still recorded as 128; a quantized run records the model's default as None."""
+    float_cfg = PipelineConfig(model="tiny-random")
+    assert float_cfg.fingerprint()["quant_group_size"] == 128
+    assert float_cfg.replace(quant_group_size=64).fingerprint() == float_cfg.fingerprint()
+    q = float_cfg.replace(quant="int4")
+    assert q.fingerprint()["quant_group_size"] is None
+    assert q.replace(quant_group_size=128).fingerprint() != q.fingerprint()

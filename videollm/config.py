@@ -171,6 +171,8 @@ class PipelineConfig:
         d["compressor_options"] = non_defaults(self.compressor_config())  # canonical: typed, defaults dropped
         d["reasoning_options"] = _jsonable(non_defaults(self.reasoning_config()))
         d["max_new_tokens"] = self.generation.max_new_tokens  # the key runs recorded before the config tree
+        if self.quant == self.vision_quant == "none":  # no group to speak of: the value float runs always recorded
+            d["quant_group_size"] = 128
         return d
 
 
