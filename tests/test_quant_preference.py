@@ -183,3 +183,13 @@ def test_eval_fingerprint_keeps_float_runs_resumable_and_tells_quantized_default
     q = float_cfg.replace(quant="int4")
     assert q.fingerprint()["quant_group_size"] is None
     assert q.replace(quant_group_size=128).fingerprint() != q.fingerprint()
+
+
+def test_releasing_the_default_entry_forgets_it_under_its_resolved_key_too(tiny_backbone, fresh):
+    from videollm.models import cached_models, is_cached, release_model
+
+    get_model(NAME, device="cpu", quant="int4", loader=lambda: with_preference(tiny_backbone))
+    assert is_cached(NAME, device="cpu", quant="int4", group_size=16)
+    assert cached_models().count(NAME) == 1  # one model, however many keys find it
+    assert release_model(NAME, device="cpu", quant="int4", group_size=None)
+    assert not is_cached(NAME, device="cpu", quant="int4", group_size=16) and NAME not in cached_models()
