@@ -200,8 +200,8 @@ def is_cached(name: str, device: str = "auto", dtype: str = "auto", quant: str =
 
 def cached_models() -> list[str]:
     with _LOCK:
-        seen: set[int] = set()  # an entry kept under the asked and the resolved key is one model
-        return [json.loads(k)[0] for k, e in _CACHE.items() if not (id(e) in seen or seen.add(id(e)))]
+        first = {id(e): k for k, e in reversed(_CACHE.items())}  # an entry kept under several keys is one model
+        return [json.loads(k)[0] for k in first.values()][::-1]
 
 
 def load_count(name: str, device: str = "auto", dtype: str = "auto", quant: str = "none", **options: Any) -> int:
