@@ -3,6 +3,9 @@
 Each run is a fresh `videollm` process (imports, load and quantization included: `process_s`); the answer's
 `timings` give the stages. Prints the per-run rows and the medians as a Markdown table.
     taskset -c 0 python bench/bench_mini_quant.py [--runs 5] [--variants "" "--quant int4"] [--out runs/mq.json]
+
+`--weight-error` instead measures int4's weight error on mini's real weights against their Q4_1 source grid
+(|float − dequantized| in units of each block's step d, at groups 32 and 128, and bfloat16 casting for scale).
 """
 from __future__ import annotations
 
@@ -32,6 +35,51 @@ def run_once(videollm: str, sample: str, question: str, variant: str) -> dict:
             **{k: answer.get("timings", {}).get(k) for k in STAGES}}
 
 
+def weight_error() -> dict:
+    """int4 re-quantization of every Q4_1 tensor of the packaged GGUF, against the block's own codes and step."""
+    import gguf
+    import numpy as np
+    import torch
+    from gguf.quants import dequantize
+
+    from videollm.backbones.mini import assets
+    from videollm.quant.paretoq import quantize_int4_asym
+
+    def dequant(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int, k: int) -> torch.Tensor:
+        n = codes.shape[0]
+        w = (codes.float() - 8).view(n, -1, group) * scale[..., None] + zero[..., None]
+        return w.reshape(n, -1)[:, :k]
+
+    acc = {"weights": 0, "blocks": 0, "full_range_blocks": 0, "same_codes_g32": 0, "exact_g32": 0}
+    sums = {"g32": 0.0, "g128": 0.0, "bf16_cast": 0.0}
+    peaks = dict.fromkeys(sums, 0.0)
+    for t in gguf.GGUFReader(str(assets.gguf_path())).tensors:
+        if t.tensor_type.name != "Q4_1":
+            continue
+        raw = np.asarray(t.data).reshape(-1, 20)  # per block: fp16 d, fp16 m, 16 bytes of codes (low nibbles first)
+        d = torch.from_numpy(raw[:, 0:2].copy().view(np.float16).astype(np.float32)[:, 0])[:, None]
+        q = torch.from_numpy(np.concatenate([raw[:, 4:] & 0x0F, raw[:, 4:] >> 4], axis=1).astype(np.int64))
+        w = torch.from_numpy(np.array(dequantize(t.data, t.tensor_type), dtype=np.float32)).half().float()
+        k = w.shape[1]
+        c32, s32, z32 = quantize_int4_asym(w, 32)
+        c128, s128, z128 = quantize_int4_asym(w, 128)
+        errs = {"g32": dequant(c32, s32, z32, 32, k), "g128": dequant(c128, s128, z128, 128, k),
+                "bf16_cast": w.bfloat16().float()}
+        for name, approx in errs.items():
+            e = (approx - w).reshape(-1, 32).abs() / d
+            sums[name] += e.sum().item()
+            peaks[name] = max(peaks[name], e.max().item())
+            if name == "g32":
+                acc["exact_g32"] += int((e == 0).sum())
+        acc["weights"] += w.numel()
+        acc["blocks"] += q.shape[0]
+        acc["full_range_blocks"] += int(((q.min(1).values == 0) & (q.max(1).values == 15)).sum())
+        acc["same_codes_g32"] += int((c32[:, :k].reshape(-1, 32).long() == q).sum())
+    n = acc["weights"]
+    return {**acc, **{f"mean_err_over_d_{k}": v / n for k, v in sums.items()},
+            **{f"max_err_over_d_{k}": v for k, v in peaks.items()}}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
@@ -40,7 +88,11 @@ def main() -> int:
     ap.add_argument("--question", default="What is the man riding?")
     ap.add_argument("--videollm", default=str(Path(sys.executable).with_name("videollm")))
     ap.add_argument("--out", default=None)
+    ap.add_argument("--weight-error", action="store_true", help="measure int4's weight error against Q4_1 instead")
     args = ap.parse_args()
+    if args.weight_error:
+        print(json.dumps(weight_error(), indent=2))
+        return 0
     rows = []
     for i in range(args.runs):
         for variant in args.variants:

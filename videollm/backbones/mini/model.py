@@ -329,17 +329,18 @@ class MiniBackbone(Backbone):
     SOURCE_BLOCK = 32
 
     def quant_preference(self, llm: str) -> QuantPreference:
-        """`SupportsQuantPreference`: group 32 for int4 and below, the head and embeddings kept float.
+        """`SupportsQuantPreference`: group 32 whatever the scheme, the head and embeddings kept float.
 
         SmolLM2's 210 linear weights arrive as Q4_1 blocks of 32 input columns, and in every block the
         smallest weight has code 0 and the largest 15; asymmetric int4 over the same 32 columns (min/max scale
         and zero) therefore gives every weight the code it had, the only loss the bfloat16 rounding of scale
-        and zero (mean 1% of the Q4_1 step, at most 7%; bench/RESULTS.md). At group 128 four blocks share one
-        grid and the 135M model's answers change (5 of 8 probe prompts agree; 8 of 8 at group 32). Below
-        4 bits the same small groups lose least. int8 keeps its one scale per row (what its kernels take;
-        vision layers use this group too). The tied head/embeddings (the GGUF's Q8_0 table) stay float: this
-        backbone reads the word vectors themselves (it offers no `causal_lm`), and an int8 per-row head cost
-        one probe prompt's agreement without a faster decode."""
+        and zero (1.1% of the Q4_1 step on average, 7.0% at most; bench/RESULTS.md). At group 128 four blocks
+        share one grid and the 135M model's answers change (5 of 8 probe prompts agree; 8 of 8 at group 32).
+        int8 keeps its one scale per row (what its kernels take), and below 4 bits there is no source grid to
+        match (int2 garbles answers at any group), so 32 stays; `--vision-quant` uses the same group. The tied
+        head/embeddings (the GGUF's Q8_0 table) stay float: this backbone reads the word vectors themselves
+        (it offers no `causal_lm`), and an int8 per-row head, tried, lost one probe prompt without a faster
+        decode."""
         return QuantPreference(group_size=self.SOURCE_BLOCK, head="none")
 
     def input_embeddings(self) -> torch.nn.Embedding:
