@@ -705,8 +705,31 @@ def test_int4_on_mini_warns_in_one_line_and_int8_does_not(mini):
     lines = {}
     for scheme in ("int8", "int4"):
         bb = copy.deepcopy(mini)
-        checked = quantize_checked(bb, scheme)
+        checked = quantize_checked(bb, scheme, group_size=128)  # int4 at group 128: not mini's default (below)
         lines[scheme] = checked.warning
         assert checked.quantization.llm == scheme and not hasattr(bb, "setup_warnings")  # returned, not written
     assert lines["int8"] is None
     assert lines["int4"] is not None and "of 8 probe prompts" in lines["int4"] and "\n" not in lines["int4"]
+
+
+@needs_weights
+def test_int4_by_default_uses_the_q4_1_grid_and_keeps_the_answers(mini):
+    """`--quant int4` with no group size: mini's own preference (group 32, the GGUF's Q4_1 blocks; head
+    float), through the model cache's loader, agrees with the float model on every probe prompt."""
+    import copy
+
+    from videollm.models import clear_models, get_model, load_report
+    from videollm.protocols import QuantPreference, quant_preference
+    from videollm.quant import QuantLinear
+
+    assert quant_preference(mini, "int4") == QuantPreference(group_size=32, head="none")
+    clear_models("videollm-mini")
+    try:
+        bb = get_model("videollm-mini", device="cpu", quant="int4", loader=lambda: copy.deepcopy(mini))
+        report = load_report(bb)
+    finally:
+        clear_models("videollm-mini")
+    assert (report.group_size, report.head) == (32, "none") and report.warnings == []
+    layers = [m for m in bb.llm.model.modules() if isinstance(m, QuantLinear)]
+    assert len(layers) == 210 and {m.group for m in layers} == {32}
+    assert not isinstance(bb.llm.lm_head, QuantLinear)

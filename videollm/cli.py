@@ -93,7 +93,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quant", default="none", help=LazyHelp(lambda: f"LLM weight quantization: {schemes % {}}"))
     g.add_argument("--vision-quant", default="none",
                    help=LazyHelp(lambda: f"vision encoder quantization: {schemes % {}}"))
-    g.add_argument("--quant-group-size", type=int, default=128, help="input columns per scale (0 = one per row)")
+    g.add_argument("--quant-group-size", type=int, default=None,
+                   help="input columns per scale (0 = one per row); default: the model's own (videollm-mini: 32, "
+                        "its weights' Q4_1 grid), else 128")
     g.add_argument("--cpu-int8", default=None, metavar="{none,vision,llm,all}",
                    help="CPU only: int8 dynamic-activation quantization of these parts' linear layers after loading "
                         "(torch's int8 kernels; faster, outputs change slightly)")

@@ -49,7 +49,9 @@ class PipelineConfig:
     answer_format: str = "free"  # "free" (generate, lmms-eval parity) | "choice" (always an option letter)
     quant: str = "none"  # LLM weights: none | int8 | int4 | int2 | ternary
     vision_quant: str = "none"  # vision encoder weights, same choices
-    quant_group_size: int = 128  # input columns per scale; 0 = one scale per output row
+    #: input columns per scale; 0 = one scale per output row; None = the model's preference
+    #: (`SupportsQuantPreference`: videollm-mini's is 32, its weights' Q4_1 grid), else 128
+    quant_group_size: int | None = None
     #: CPU int8 dynamic-activation quantization after loading: none | vision | llm | all (`cpu_speed.py`)
     cpu_int8: str = "none"
     device: str = "auto"
@@ -169,6 +171,8 @@ class PipelineConfig:
         d["compressor_options"] = non_defaults(self.compressor_config())  # canonical: typed, defaults dropped
         d["reasoning_options"] = _jsonable(non_defaults(self.reasoning_config()))
         d["max_new_tokens"] = self.generation.max_new_tokens  # the key runs recorded before the config tree
+        if self.quant == self.vision_quant == "none":  # no group to speak of: the value float runs always recorded
+            d["quant_group_size"] = 128
         return d
 
 

@@ -17,6 +17,11 @@ built elsewhere that owns quantizable modules (a compressor's trained encoder) g
 
 `MODEL_LOADERS` maps a name (or a "prefix:" for families) to a loader `(name, device, dtype, **options)`;
 names it does not hold load as backbones (`load_backbone`).
+
+The quantization group and LM head scheme, when not given (`group_size` / `head` left out or None), are the
+model's own (`SupportsQuantPreference`: videollm-mini's Q4_1 source grid is group 32), else 128 and "auto". The
+key holds what was asked; once loaded, the entry is also kept under the resolved values, so asking for them
+explicitly shares it.
 """
 from __future__ import annotations
 
@@ -43,7 +48,7 @@ MODEL_LOADERS: Registry[Loader] = Registry("model loader")
 MODEL_LOADERS.register("dinov2:", "videollm.encoders:load_dinov2")  # LongVU's frame dedup encoder, via timm
 
 #: options the cache's loader consumes itself (they change the model, so they are part of the key)
-LOAD_OPTIONS = ("group_size", "cpu_int8")
+LOAD_OPTIONS = ("group_size", "head", "cpu_int8")
 
 
 @dataclass
@@ -56,7 +61,10 @@ class LoadReport:
     device: str = "auto"
     dtype: str = "auto"
     quant: str = "none"  # as asked: "none", "int8" (LLM and tower), or "LLM+VISION"
-    group_size: int | None = 128
+    #: input columns per scale and the LM head's scheme; None until loading resolves them from the model's own
+    #: preference (`SupportsQuantPreference`); then what quantization used
+    group_size: int | None = None
+    head: str | None = None
     cpu_int8: str = "none"  # as asked
     quantization: BackboneQuantization | None = None  # what `quantize_backbone` did
     cpu_int8_layers: list[str] = field(default_factory=list)
@@ -75,7 +83,7 @@ class LoadReport:
         """`get_model` arguments that load another model the same way (device, dtype, quantization, int8)."""
         out: dict[str, Any] = {"device": self.device, "dtype": self.dtype, "quant": self.quant}
         if self.quant != "none":
-            out["group_size"] = self.group_size
+            out["group_size"], out["head"] = self.group_size, self.head
         if self.cpu_int8 != "none":
             out["cpu_int8"] = self.cpu_int8
         return out
@@ -103,9 +111,11 @@ def get_model(name: str, device: str = "auto", dtype: str = "auto", quant: str =
     """The one loaded instance of `name` for these settings, loading (and quantizing) it on first use.
 
     `quant` is "none", one scheme for the LLM and the vision encoder ("int8"), or "LLM+VISION" ("int4+int8");
-    `group_size` and `cpu_int8` options set the quantization group and CPU int8 parts. `loader`, when given,
-    builds the float model (no arguments) the first time; otherwise `MODEL_LOADERS` or `load_backbone` does.
+    `group_size`, `head` and `cpu_int8` options set the quantization group, the LM head's scheme and CPU int8
+    parts (group and head left out or None: the model's preference). `loader`, when given, builds the float
+    model (no arguments) the first time; otherwise `MODEL_LOADERS` or `load_backbone` does.
     """
+    options = _asked(options)
     key = model_key(name, device, dtype, quant, **options)
     with _LOCK:
         entry = _CACHE.get(key)
@@ -115,13 +125,23 @@ def get_model(name: str, device: str = "auto", dtype: str = "auto", quant: str =
         build_options = {k: v for k, v in options.items() if k not in LOAD_OPTIONS}
         model = loader() if loader is not None else _build(name, device, dtype, **build_options)
         report = LoadReport(name=name, device=str(device), dtype=str(dtype), quant=str(quant),
-                            group_size=options.get("group_size", 128), cpu_int8=str(options.get("cpu_int8", "none")))
+                            group_size=options.get("group_size"), head=options.get("head"),
+                            cpu_int8=str(options.get("cpu_int8", "none")))
         _finish(model, report)
         report.seconds = round(time.perf_counter() - started, 3)
         _CACHE[key] = _Entry(model, report)
         _LOADS[key] = _LOADS.get(key, 0) + 1
+        if str(quant) != "none":  # asked for again with the group (and head) it resolved to: the same entry
+            for resolved in ({**options, "group_size": report.group_size},
+                             {**options, "group_size": report.group_size, "head": report.head}):
+                _CACHE.setdefault(model_key(name, device, dtype, quant, **resolved), _CACHE[key])
         logger.info("model cache: loaded %s (device=%s dtype=%s quant=%s)", name, device, dtype, quant)
         return model
+
+
+def _asked(options: dict[str, Any]) -> dict[str, Any]:
+    """Loader options with an unset group size or head (None: the model's preference) left out of the key."""
+    return {k: v for k, v in options.items() if not (k in ("group_size", "head") and v is None)}
 
 
 def get_model_like(name: str, reference: Any, **options: Any) -> Any:
@@ -137,12 +157,13 @@ def get_model_like(name: str, reference: Any, **options: Any) -> Any:
     return get_model(name, **{**settings, **options})
 
 
-def prepare_model(model: object, name: str | None = None, quant: str = "none", group_size: int | None = 128,
-                  cpu_int8: str = "none") -> LoadReport:
+def prepare_model(model: object, name: str | None = None, quant: str = "none", group_size: int | None = None,
+                  cpu_int8: str = "none", head: str | None = None) -> LoadReport:
     """Quantize a model built outside the cache (a compressor's own trained modules, a benchmark's variant)
-    through the loader's path, and keep its report for as long as the model lives (`load_report(model)`)."""
+    through the loader's path, and keep its report for as long as the model lives (`load_report(model)`).
+    `group_size` / `head` None: the model's preference (`SupportsQuantPreference`), else 128 and "auto"."""
     report = LoadReport(name=name or str(getattr(model, "name", type(model).__name__)), quant=quant,
-                        group_size=group_size, cpu_int8=cpu_int8)
+                        group_size=group_size, head=head, cpu_int8=cpu_int8)
     _finish(model, report)
     with _LOCK:
         _PREPARED[model] = report
@@ -164,7 +185,9 @@ def load_report(model: object) -> LoadReport | None:
 def register_model(name: str, model: object, device: str = "auto", dtype: str = "auto", quant: str = "none",
                    **options: Any) -> Any:
     """Put an already-loaded model in the cache (a backbone built by hand), so others asking get it."""
-    report = LoadReport(name=name, device=str(device), dtype=str(dtype), quant=str(quant))
+    options = _asked(options)
+    report = LoadReport(name=name, device=str(device), dtype=str(dtype), quant=str(quant),
+                        group_size=options.get("group_size"), head=options.get("head"))
     with _LOCK:
         _CACHE[model_key(name, device, dtype, quant, **options)] = _Entry(model, report)
     return model
@@ -172,25 +195,29 @@ def register_model(name: str, model: object, device: str = "auto", dtype: str = 
 
 def is_cached(name: str, device: str = "auto", dtype: str = "auto", quant: str = "none", **options: Any) -> bool:
     with _LOCK:
-        return model_key(name, device, dtype, quant, **options) in _CACHE
+        return model_key(name, device, dtype, quant, **_asked(options)) in _CACHE
 
 
 def cached_models() -> list[str]:
     with _LOCK:
-        return [json.loads(k)[0] for k in _CACHE]
+        first = {id(e): k for k, e in reversed(_CACHE.items())}  # an entry kept under several keys is one model
+        return [json.loads(k)[0] for k in first.values()][::-1]
 
 
 def load_count(name: str, device: str = "auto", dtype: str = "auto", quant: str = "none", **options: Any) -> int:
     """How many times the cache loaded this entry (1 once loaded; 0 if only registered or never asked)."""
-    return _LOADS.get(model_key(name, device, dtype, quant, **options), 0)
+    return _LOADS.get(model_key(name, device, dtype, quant, **_asked(options)), 0)
 
 
 def release_model(name: str, device: str = "auto", dtype: str = "auto", quant: str = "none", **options: Any) -> bool:
-    """Forget one entry (the demo keeps two backbones at most); whether it was there."""
-    key = model_key(name, device, dtype, quant, **options)
+    """Forget one entry, under every key it is kept (the demo keeps two backbones at most); whether it was there."""
+    key = model_key(name, device, dtype, quant, **_asked(options))
     with _LOCK:
         _LOADS.pop(key, None)
-        return _CACHE.pop(key, None) is not None
+        entry = _CACHE.pop(key, None)
+        for other in [k for k, e in _CACHE.items() if e is entry]:
+            del _CACHE[other]
+        return entry is not None
 
 
 def clear_models(name: str | None = None) -> None:
@@ -225,9 +252,15 @@ def _build(name: str, device: str, dtype: str, **options: Any) -> Any:
 
 
 def _finish(model: object, report: LoadReport) -> None:
-    """The one quantization path: weight quantization (a language model's answers checked against its float
-    self), then CPU int8; what was done goes into `report`."""
+    """The one quantization path: the group size and head the user left unset taken from the model's
+    preference, weight quantization (a language model's answers checked against its float self), then CPU
+    int8; what was done goes into `report`."""
+    from .protocols import quant_preference
+
     llm, vision = split_quant(report.quant)
+    preferred = quant_preference(model, llm)
+    report.group_size = preferred.group_size if report.group_size is None else report.group_size
+    report.head = preferred.head if report.head is None else report.head
     if llm != "none" or vision != "none":
         from torch import nn
 
@@ -237,11 +270,12 @@ def _finish(model: object, report: LoadReport) -> None:
         if isinstance(model, LanguageModel):  # a backbone (refused with one line if it offers no modules)
             from .quant.agreement import quantize_checked  # small LLMs: one warning if answers change
 
-            checked = quantize_checked(model, llm, vision, report.group_size)
+            checked = quantize_checked(model, llm, vision, report.group_size, head=report.head)
             report.quantization = checked.quantization
             report.warnings += [checked.warning] if checked.warning else []
         elif isinstance(model, SupportsQuantization):  # a compressor's own modules, a second model's parts
-            report.quantization = quantize_backbone(model, llm=llm, vision=vision, group_size=report.group_size)
+            report.quantization = quantize_backbone(model, llm=llm, vision=vision, group_size=report.group_size,
+                                                    head=report.head)
         elif isinstance(model, nn.Module) and (cfg := config_for(llm, report.group_size)) is not None:
             quantize_(model, cfg)  # a plain module: every linear layer, with the first scheme
     if report.cpu_int8 != "none":

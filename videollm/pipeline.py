@@ -75,7 +75,7 @@ class VideoQAPipeline:
         int8 (an int8 copy is another entry than the float one)."""
         quant = join_quant(cfg.quant, cfg.vision_quant)
         settings: dict[str, Any] = {"device": cfg.device, "dtype": cfg.dtype, "quant": quant}
-        if quant != "none":
+        if quant != "none" and cfg.quant_group_size is not None:  # None: the model's preference
             settings["group_size"] = cfg.quant_group_size
         if cfg.cpu_int8 != "none":
             settings["cpu_int8"] = cfg.cpu_int8

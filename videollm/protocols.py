@@ -219,6 +219,29 @@ class SupportsQuantization(Protocol):
     def quantizable_modules(self) -> dict[str, nn.Module]: ...
 
 
+@dataclass(frozen=True)
+class QuantPreference:
+    """How a model's weights quantize best when the user names no group size: the group of its LLM's linear
+    layers (input columns per scale; 0 = one scale per row) and the scheme of its LM head and embeddings
+    (`"auto"`, `"none"` or a scheme name; see `quant.api.quantize_backbone`)."""
+
+    group_size: int = 128
+    head: str = "auto"
+
+
+#: what a model that states no preference gets (`quant_preference`)
+DEFAULT_QUANT_PREFERENCE = QuantPreference()
+
+
+@runtime_checkable
+class SupportsQuantPreference(Protocol):
+    """Optional: the model's own quantization defaults for an LLM scheme (`--quant`), used where the user gave
+    no `--quant-group-size`. A model whose weights come from an already quantized source (videollm-mini's Q4_1
+    GGUF) quantizes best on that source's grid; an explicit group size always wins."""
+
+    def quant_preference(self, llm: str) -> QuantPreference: ...
+
+
 @runtime_checkable
 class HasCausalLM(Protocol):
     """Optional: the transformers causal LM whose `get_output_embeddings()` / `get_input_embeddings()` are the
@@ -343,6 +366,12 @@ def temporal_patch(backbone: object) -> int:
     return max(1, int(backbone.temporal_patch)) if isinstance(backbone, SupportsTemporalPatch) else 1
 
 
+def quant_preference(model: object, llm: str) -> QuantPreference:
+    """`model`'s quantization defaults for LLM scheme `llm` (`SupportsQuantPreference`), else group 128 and the
+    head as `HEAD_AUTO` says."""
+    return model.quant_preference(llm) if isinstance(model, SupportsQuantPreference) else DEFAULT_QUANT_PREFERENCE
+
+
 def require(backbone: object, capability: type[C], what: str) -> C:
     """`backbone` as `capability`, or an `InvalidRequestError` saying that `what` needs it."""
     if not isinstance(backbone, capability):
@@ -356,10 +385,10 @@ def quant_role(key: str) -> str:
     return "llm" if key == "llm" or key.endswith(".llm") else "vision"
 
 
-__all__ = ["AnswerStyle", "DEFAULT_ANSWER_STYLE", "FirstStep", "HasCausalLM", "LanguageModel", "PromptBuilder",
-           "RelevancePrior", "SegmentMemoryEncoder", "SupportsBatchLogits", "SupportsChoiceScoring",
-           "SupportsDedupFeatures", "SupportsLowResTokens", "SupportsOptionSupport", "SupportsProjectorSwap",
-           "SupportsQuantization", "SupportsReasoningPreset", "SupportsSequenceLogits", "SupportsStaticDecode",
-           "SupportsTemporalPatch", "SupportsVideoGeometry", "Tokenizer", "TrainableVideoLanguageModel",
-           "VideoLanguageModel", "VisionTower", "answer_style", "quant_role", "reasoning_preset", "require",
-           "temporal_patch"]
+__all__ = ["AnswerStyle", "DEFAULT_ANSWER_STYLE", "DEFAULT_QUANT_PREFERENCE", "FirstStep", "HasCausalLM",
+           "LanguageModel", "PromptBuilder", "QuantPreference", "RelevancePrior", "SegmentMemoryEncoder",
+           "SupportsBatchLogits", "SupportsChoiceScoring", "SupportsDedupFeatures", "SupportsLowResTokens",
+           "SupportsOptionSupport", "SupportsProjectorSwap", "SupportsQuantPreference", "SupportsQuantization",
+           "SupportsReasoningPreset", "SupportsSequenceLogits", "SupportsStaticDecode", "SupportsTemporalPatch",
+           "SupportsVideoGeometry", "Tokenizer", "TrainableVideoLanguageModel", "VideoLanguageModel", "VisionTower",
+           "answer_style", "quant_preference", "quant_role", "reasoning_preset", "require", "temporal_patch"]

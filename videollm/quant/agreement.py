@@ -77,16 +77,18 @@ class Checked:
     warning: str | None = None
 
 
-def quantize_checked(backbone: LanguageModel, llm: str, vision: str = "none", group_size: int | None = 128
-                     ) -> Checked:
-    """`quantize_backbone`, and for a small LLM the one-line warning when its answers change (the model
-    cache's loader puts it in the load report, which every answer's warnings carry)."""
+def quantize_checked(backbone: LanguageModel, llm: str, vision: str = "none", group_size: int | None = 128,
+                     head: str = "auto") -> Checked:
+    """`quantize_backbone` (`head`: the LM head's scheme, see there), and for a small LLM the one-line warning
+    when its answers change (the model cache's loader puts it in the load report, which every answer's
+    warnings carry)."""
     from .api import quantize_backbone
     from .report import PROMPTS
 
     check = llm != "none" and is_small(backbone)
     ref = next_tokens(backbone, PROMPTS) if check else []
-    done = quantize_backbone(backbone, llm=llm, vision=vision, group_size=group_size)  # type: ignore[arg-type]
+    done = quantize_backbone(backbone, llm=llm, vision=vision, group_size=group_size,  # type: ignore[arg-type]
+                             head=head)
     if not check:
         return Checked(done)
     found = agreement(ref, next_tokens(backbone, PROMPTS))

@@ -6,6 +6,8 @@ import json
 import logging
 from pathlib import Path
 
+from ..errors import InvalidRequestError
+from ..protocols import quant_preference
 from .config import BACKENDS, HEAD_CHOICES, SCHEME_NAMES
 
 logger = logging.getLogger(__name__)
@@ -24,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quant-head", default="auto", choices=HEAD_CHOICES, help="LM head + embeddings (tied: one "
                    "packed table); auto = int8 for int8, int4 for int4 and below, none when --quant none")
     p.add_argument("--vision-quant", default="none", choices=SCHEME_NAMES, help="vision encoder weights")
-    p.add_argument("--quant-group-size", type=int, default=128, help="columns per scale; 0 = per row")
+    p.add_argument("--quant-group-size", type=int, default=None, help="columns per scale; 0 = per row; default: "
+                   "the model's own (videollm-mini: 32), else 128")
     p.add_argument("--int4-symmetric", action="store_true", help="int4 without zero points (symmetric absmax); "
                    "default is asymmetric int4 (per-group scale + zero point)")
     p.add_argument("--backend", default="auto", choices=BACKENDS)
@@ -46,7 +49,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
         require_capability(args.model, "save_quantized")  # before any weights load
     prompts = () if args.no_eval else PROMPTS
-    group = args.quant_group_size or None
+    if args.quant_group_size is not None and args.quant_group_size < 0:
+        raise InvalidRequestError(f"--quant-group-size must be >= 0 (0 = one scale per row), "
+                                  f"got {args.quant_group_size}")
     symmetric = True if args.int4_symmetric else None
     if args.gguf:
         from .._compat import require
@@ -58,6 +63,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         model = transformers.AutoModelForCausalLM.from_pretrained(args.model, gguf_file=args.gguf, dtype=dtype)
         tok = transformers.AutoTokenizer.from_pretrained(args.model, gguf_file=args.gguf)
         model.to(args.device).eval()
+        group = 128 if args.quant_group_size is None else args.quant_group_size or None
         report = quantize_causal_lm_with_report(model, tok, args.quant, group, args.backend, prompts or PROMPTS[:1],
                                                 name=str(Path(args.model) / args.gguf), symmetric=symmetric,
                                                 head=args.quant_head)
@@ -67,6 +73,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         from ..backbones import load_backbone
 
         backbone = load_backbone(args.model, device=args.device, dtype=args.dtype)
+        given = args.quant_group_size
+        group = quant_preference(backbone, args.quant).group_size if given is None else given or None
         report = quantize_backbone_with_report(backbone, args.quant, args.vision_quant, group, args.backend, prompts,
                                                symmetric=symmetric, head=args.quant_head)
         if args.output:

@@ -29,7 +29,7 @@ import torch
 
 from ..._compat import cache_kwargs, require
 from ...device import resolve_device, resolve_dtype
-from ...protocols import FirstStep
+from ...protocols import FirstStep, QuantPreference
 from ...question import Question
 from ...runtime.decode_step import forward_last
 from ...types import VisualTokens
@@ -324,6 +324,24 @@ class MiniBackbone(Backbone):
         """SmolLM2's decoder layers (embeddings and the tied head stay float) and the EfficientNet encoder
         (`SupportsQuantization`; its linear layer is the ImageNet classifier the soft tokens come from)."""
         return {"llm": self.llm.model, "vision": self.encoder}
+
+    #: input columns per block of the packaged GGUF's linear weights (Q4_1: value = d·q + m, q in 0..15)
+    SOURCE_BLOCK = 32
+
+    def quant_preference(self, llm: str) -> QuantPreference:
+        """`SupportsQuantPreference`: group 32 whatever the scheme, the head and embeddings kept float.
+
+        SmolLM2's 210 linear weights arrive as Q4_1 blocks of 32 input columns, and in every block the
+        smallest weight has code 0 and the largest 15; asymmetric int4 over the same 32 columns (min/max scale
+        and zero) therefore gives every weight the code it had, the only loss the bfloat16 rounding of scale
+        and zero (1.1% of the Q4_1 step on average, 7.0% at most; bench/RESULTS.md). At group 128 four blocks
+        share one grid and the 135M model's answers change (5 of 8 probe prompts agree; 8 of 8 at group 32).
+        int8 keeps its one scale per row (what its kernels take), and below 4 bits there is no source grid to
+        match (int2 garbles answers at any group), so 32 stays; `--vision-quant` uses the same group. The tied
+        head/embeddings (the GGUF's Q8_0 table) stay float: this backbone reads the word vectors themselves
+        (it offers no `causal_lm`), and an int8 per-row head, tried, lost one probe prompt without a faster
+        decode."""
+        return QuantPreference(group_size=self.SOURCE_BLOCK, head="none")
 
     def input_embeddings(self) -> torch.nn.Embedding:
         return self.llm.get_input_embeddings()
