@@ -9,6 +9,9 @@ shared machine count less). Comparing an older kernel with the current one:
     taskset -c 1 python bench/bench_lowbit_gemv.py int4 int2 --src /tmp/old.c videollm/quant/csrc/lowbit_gemv.c
 
 The outputs of the builds are compared too (they must agree up to float summation order).
+
+`--resident` times the compute instead: one 896×896 and one 4864×896 layer called over and over, so their
+weights stay in L2/L3 (the kernel's cost per weight, without the DRAM stream).
 """
 from __future__ import annotations
 
@@ -64,8 +67,11 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=9)
     ap.add_argument("--layers", type=int, default=24)
     ap.add_argument("--group", type=int, default=128)
+    ap.add_argument("--resident", action="store_true", help="cache-resident layers: compute cost per weight")
     args = ap.parse_args()
     fns = [_function(s, args.level) for s in args.src]
+    if args.resident:
+        return _resident(args, fns)
     for scheme in args.schemes:
         kerns = [_layer(scheme, n, k, args.group, args.level) for _ in range(args.layers) for n, k in SHAPES]
         kerns.append(_layer("int8" if scheme == "int8" else "int4", VOCAB, HIDDEN, args.group, args.level))
@@ -89,6 +95,23 @@ def main() -> None:
                  for s, t in zip(args.src, times)]
         print(f"{scheme} ({mb:.0f} MB a token, {args.level}): " + " | ".join(cells)
               + ("" if agree else " | OUTPUTS DIFFER"), flush=True)
+
+
+def _resident(args: argparse.Namespace, fns: list[ctypes._CFuncPtr]) -> None:
+    for scheme in args.schemes:
+        for n, k, calls in ((HIDDEN, HIDDEN, 400), (INTER, HIDDEN, 60)):
+            kk = _layer(scheme, n, k, args.group, args.level)
+            x, y = torch.randn(1, k), torch.empty(1, n)
+            times: list[list[float]] = [[] for _ in fns]
+            for _ in range(args.reps):
+                for i, fn in enumerate(fns):
+                    t0 = time.process_time()
+                    for _ in range(calls):
+                        fn(kk.current_layer(), x.data_ptr(), y.data_ptr(), 1, 1)
+                    times[i].append((time.process_time() - t0) / calls * 1e6)
+            cells = [f"{s.name}: best {min(t):.1f} / median {statistics.median(t):.1f} µs"
+                     for s, t in zip(args.src, times)]
+            print(f"{scheme} {n}x{k} resident ({args.level}): " + " | ".join(cells), flush=True)
 
 
 if __name__ == "__main__":
