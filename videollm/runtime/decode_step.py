@@ -14,7 +14,7 @@ over the KV cache → o → RMSNorm → SwiGLU MLP) with a few ops a layer and:
 - where all seven projections of a layer run on the low-bit kernel (a quantized float32 model on CPU), runs
   the whole layer as one C call (`_FusedLayer`, `decode_layer` in `runtime/csrc/decode_ops.c`, which calls the
   kernel library's `lowbit_gemv_many` through a pointer): the same operations in the same order, without the
-  ~12 Python-level calls a layer (−5 ms a token for int4 Qwen2-0.5B at AVX2, bench/RESULTS.md).
+  ~12 Python-level calls a layer (−5.6 ms a token for int4 Qwen2-0.5B at AVX2, bench/RESULTS.md).
 
 It runs only where it computes what the transformers layer computes: the layer classes in `SUPPORTED`
 (SiLU MLP, full attention only), no hooks (on the layers when the step is planned, or global ones), eval
