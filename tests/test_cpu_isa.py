@@ -220,6 +220,36 @@ def test_avxvnni_path_with_its_dot_product_emulated(scheme, tmp_path):
     _check_driver([], exe, scheme, "avxvnni sdot=0", tmp_path)
 
 
+def _simde_avx512() -> bool:
+    """Whether SIMDe's AVX-512 header is installed (Debian: libsimde-dev)."""
+    cc = shutil.which("cc")
+    if cc is None:
+        return False
+    probe = subprocess.run([cc, "-E", "-x", "c", "-"], input="#include <simde/x86/avx512.h>\n", text=True,
+                           capture_output=True, check=False, timeout=120)
+    return probe.returncode == 0
+
+
+@pytest.fixture(scope="module")
+def avx512_emulated(tmp_path_factory) -> Path:
+    """The driver built with the AVX-512 VNNI code and SIMDe's portable intrinsics (one build: ~30 s)."""
+    if not _simde_avx512():
+        pytest.skip("no SIMDe headers for the AVX-512 emulation (apt-get install libsimde-dev)")
+    exe = tmp_path_factory.mktemp("avx512") / "lowbit_avx512_emulated"
+    subprocess.run(["cc", "-O1", "-std=c99", "-ffast-math", "-Wno-psabi", "-DLOWBIT_EMULATE_AVX512", str(DRIVER),
+                    "-o", str(exe), "-lm"], check=True, capture_output=True, timeout=600)
+    return exe
+
+
+@needs_kernel
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_avx512vnni_path_under_simde_emulation(scheme, avx512_emulated, tmp_path):
+    """The AVX-512 VNNI build's code (vpdpbusd, masked loads, vpermt2w lane scales) with every intrinsic from
+    SIMDe's portable implementations: checked against the reference on any CPU, since neither this machine nor
+    qemu-user runs AVX-512 (its speed is measured only where a CPU has it)."""
+    _check_driver([], avx512_emulated, scheme, "avx512vnni sdot=0", tmp_path)
+
+
 # ---- ARM NEON under qemu-user ----------------------------------------------------------------------------
 CROSS_CC = shutil.which("aarch64-linux-gnu-gcc")
 QEMU = shutil.which("qemu-aarch64") or shutil.which("qemu-aarch64-static")

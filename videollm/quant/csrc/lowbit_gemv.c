@@ -37,7 +37,62 @@
  * level the CPU runs): AVX-512 VNNI, AVX-VNNI (256-bit vpdpbusd), AVX2 (vpmaddubsw + vpmaddwd, as llama.cpp's
  * x86 paths), ARM NEON (sdot where the dot-product extension is compiled in, else smull + pairwise adds), or
  * none: the portable float path alone. */
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#if defined(LOWBIT_EMULATE_AVX512)
+/* Tests only (tests/test_cpu_isa.py): the AVX-512 VNNI code on a CPU without it, every intrinsic from SIMDe's
+ * portable implementations (Debian's libsimde-dev), so its logic is checked against the reference anywhere. */
+#define SIMDE_ENABLE_NATIVE_ALIASES
+#define SIMDE_NO_NATIVE
+#include <simde/x86/avx512.h>
+#include <stdint.h>
+#define ISA_512 1
+#define ISA_NAME "avx512vnni"
+/* what SIMDe 0.7 (Debian 12) lacks, written out lane by lane as the instructions are specified; masked-off
+ * lanes are zero and their memory is never read */
+typedef uint16_t __mmask16;
+typedef uint32_t __mmask32;
+typedef uint64_t __mmask64;
+static inline __m512i emu_maskz_loadu_epi8(__mmask64 k, const void *p) {
+    int8_t b[64];
+    for (int i = 0; i < 64; i++) b[i] = (k >> i) & 1 ? ((const int8_t *)p)[i] : 0;
+    return _mm512_loadu_si512(b);
+}
+static inline __m512i emu_maskz_loadu_epi16(__mmask32 k, const void *p) {
+    int16_t b[32];
+    for (int i = 0; i < 32; i++) b[i] = (k >> i) & 1 ? ((const int16_t *)p)[i] : 0;
+    return _mm512_loadu_si512(b);
+}
+static inline __m256i emu256_maskz_loadu_epi16(__mmask16 k, const void *p) {
+    int16_t b[16];
+    for (int i = 0; i < 16; i++) b[i] = (k >> i) & 1 ? ((const int16_t *)p)[i] : 0;
+    return _mm256_loadu_si256((const void *)b);
+}
+static inline __m512 emu_cvtepi32_ps(__m512i a) {
+    int32_t v[16];
+    float f[16];
+    _mm512_storeu_si512(v, a);
+    for (int i = 0; i < 16; i++) f[i] = (float)v[i];
+    return _mm512_loadu_ps(f);
+}
+static inline __m512i emu_cvtepu16_epi32(__m256i a) {
+    uint16_t u[16];
+    uint32_t v[16];
+    _mm256_storeu_si256((void *)u, a);
+    for (int i = 0; i < 16; i++) v[i] = u[i];
+    return _mm512_loadu_si512(v);
+}
+static inline float emu_reduce_add_ps(__m512 a) {
+    float f[16], t = 0.f;
+    _mm512_storeu_ps(f, a);
+    for (int i = 0; i < 16; i++) t += f[i];
+    return t;
+}
+#define _mm512_maskz_loadu_epi8 emu_maskz_loadu_epi8
+#define _mm512_maskz_loadu_epi16 emu_maskz_loadu_epi16
+#define _mm256_maskz_loadu_epi16 emu256_maskz_loadu_epi16
+#define _mm512_cvtepi32_ps emu_cvtepi32_ps
+#define _mm512_cvtepu16_epi32 emu_cvtepu16_epi32
+#define _mm512_reduce_add_ps emu_reduce_add_ps
+#elif defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 #include <immintrin.h>
 #define ISA_512 1
 #define ISA_NAME "avx512vnni"
