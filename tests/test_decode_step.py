@@ -60,6 +60,22 @@ def _assert_same_decode(model, monkeypatch, prompt=7, steps=12, rtol=1e-4):
                                                                                       rtol=rtol, atol=rtol)
 
 
+def _crop_and_copy(model, monkeypatch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Decode 16 tokens, deep-copy the cache, crop its last 4 and decode tokens 12-19 again: the last hidden
+    state, then the copy's keys and the cache's keys (layer by layer)."""
+    monkeypatch.setenv("VIDEOLLM_LEAN_DECODE", "cpu")
+    with torch.inference_mode():
+        embeds = model.model.embed_tokens(torch.arange(20)[None])
+        _, cache = forward_last(model.model, embeds[:, :10], None)
+        for i in range(10, 16):
+            _, cache = forward_last(model.model, embeds[:, i: i + 1], cache)
+        twin = copy.deepcopy(cache)
+        cache.crop(-4)
+        for i in range(12, 20):
+            hidden, cache = forward_last(model.model, embeds[:, i: i + 1], cache)
+    return hidden, [c.keys for c in twin.layers] + [c.keys for c in cache.layers]
+
+
 @pytest.mark.parametrize("arch", ["qwen2", "qwen3", "llama"])
 def test_lean_step_equals_transformers(arch, monkeypatch):
     model = _model(arch)
@@ -90,22 +106,15 @@ def test_long_cache_growth_crop_and_copies(monkeypatch):
     monkeypatch.setattr(decode_step, "KV_GROWTH", 4)
     monkeypatch.setattr(decode_ops, "LONG_CONTEXT", 310)  # both attention paths within the run
     _assert_same_decode(model, monkeypatch, prompt=300, steps=20)
-    monkeypatch.setenv("VIDEOLLM_LEAN_DECODE", "cpu")
+    hidden, keys = _crop_and_copy(model, monkeypatch)
+    monkeypatch.setenv("VIDEOLLM_LEAN_DECODE", "0")
     with torch.inference_mode():
         embeds = model.model.embed_tokens(torch.arange(20)[None])
-        _, cache = forward_last(model.model, embeds[:, :10], None)
-        for i in range(10, 16):
-            hidden, cache = forward_last(model.model, embeds[:, i: i + 1], cache)
-        twin = copy.deepcopy(cache)
-        cache.crop(-4)  # drop the last 4 tokens, then go on from token 12 again
-        for i in range(12, 20):
-            hidden, cache = forward_last(model.model, embeds[:, i: i + 1], cache)
-        # the copy taken before the crop is untouched by the steps after it
-        monkeypatch.setenv("VIDEOLLM_LEAN_DECODE", "0")
         _, ref = forward_last(model.model, embeds[:, :16], None)
-        for a, b in zip(twin.layers, ref.layers):
-            assert torch.allclose(a.keys, b.keys, atol=1e-5)
         ref_hidden, _ = forward_last(model.model, embeds, None)
+    # the copy taken before the crop is untouched by the steps after it
+    for a, b in zip(keys[: len(ref.layers)], ref.layers):
+        assert torch.allclose(a, b.keys, atol=1e-5)
     assert torch.allclose(hidden, ref_hidden, atol=1e-4)
 
 
@@ -307,21 +316,6 @@ def test_attend_op(t, heads, long_context, monkeypatch):
     want = F.scaled_dot_product_attention(q.view(1, nh, 1, 64), keys, values, scale=0.125,
                                           enable_gqa=nh != nkv).reshape(1, -1)
     assert torch.allclose(decode_ops.attend(q, keys, values, 0.125), want, rtol=1e-5, atol=1e-5)
-
-
-def _crop_and_copy(model, monkeypatch) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Decode, deep-copy the cache, crop it and decode on: the last hidden state, the copy's and the cache's keys."""
-    monkeypatch.setenv("VIDEOLLM_LEAN_DECODE", "cpu")
-    with torch.inference_mode():
-        embeds = model.model.embed_tokens(torch.arange(20)[None])
-        _, cache = forward_last(model.model, embeds[:, :10], None)
-        for i in range(10, 16):
-            _, cache = forward_last(model.model, embeds[:, i: i + 1], cache)
-        twin = copy.deepcopy(cache)
-        cache.crop(-4)
-        for i in range(12, 20):
-            hidden, cache = forward_last(model.model, embeds[:, i: i + 1], cache)
-    return hidden, [c.keys for c in twin.layers] + [c.keys for c in cache.layers]
 
 
 @pytest.mark.skipif(not cpu_kernels.available(), reason="no C compiler for the low-bit kernel")
