@@ -170,3 +170,21 @@ def test_entry_holds_only_quantized_layers(tiny_backbone, cache):
     assert {k.rsplit(".", 1)[0] for k in keys} == set(layers)  # each quantized layer once, nothing else
     floats = {f"{root}/{n}" for root, m in weights_cache._roots(model) for n, _ in m.named_parameters()}
     assert floats and not floats & set(keys)  # norms, the projector, float embeddings: the model loads them itself
+
+
+def test_mini_fingerprint_follows_its_converted_weights(tmp_path):
+    import os
+
+    from videollm.backbones.mini import assets
+
+    try:
+        assets.encoder_weights_path()
+    except assets.MissingWeightsError:
+        pytest.skip("videollm-mini's encoder weights package is not installed")
+    (tmp_path / "model.safetensors").write_bytes(b"0" * 64)
+    first = assets.weights_fingerprint(tmp_path)
+    assert assets.weights_fingerprint(tmp_path) == first  # stable
+    os.utime(tmp_path / "model.safetensors", ns=(1, 1))  # converted again
+    assert assets.weights_fingerprint(tmp_path) != first
+    (tmp_path / "model.safetensors").write_bytes(b"0" * 65)
+    assert assets.weights_fingerprint(tmp_path) != first
