@@ -47,6 +47,7 @@ def no_quantizing(monkeypatch) -> None:
     monkeypatch.setattr(agreement, "quantize_checked", refuse)
     monkeypatch.setattr(api, "quantize_backbone", refuse)
     monkeypatch.setattr(agreement, "next_tokens", refuse)  # nor the probe prompts
+    monkeypatch.setattr(QuantLinear, "_try", refuse)  # nor the kernel self-checks: the saved choice is replayed
 
 
 def logits(model) -> torch.Tensor:
@@ -188,3 +189,19 @@ def test_mini_fingerprint_follows_its_converted_weights(tmp_path):
     assert assets.weights_fingerprint(tmp_path) != first
     (tmp_path / "model.safetensors").write_bytes(b"0" * 65)
     assert assets.weights_fingerprint(tmp_path) != first
+
+
+@pytest.mark.parametrize(("recorded", "replayed"), [("int4_cpu", True), ("lut", True), ("int8_cpu", False),
+                                                    ("bogus", False)])
+def test_recorded_kernel_is_replayed_only_where_it_fits(recorded, replayed):
+    """A recorded kernel the layer can take is prepared as recorded; one it cannot (int8's kernel for int4 codes,
+    an unknown name) is not prepared blindly: the layer selects and self-checks as when quantizing. Either way
+    it computes what the reference does."""
+    ref = QuantLinear.from_linear(torch.nn.Linear(96, 40), "int4", 32, zero_point=True)
+    q = QuantLinear(96, 40, "int4", 32, bias=True, zero_point=True)
+    q.checked_kernel = recorded
+    q.load_state_dict(ref.state_dict())
+    assert q.kernel == (recorded if replayed else ref.kernel) and q.checked_kernel is None  # taken once
+    x = torch.randn(1, 96)
+    want = ref.forward_reference(x)
+    assert torch.allclose(q(x), want, rtol=3e-2, atol=3e-2 * float(want.abs().max()))

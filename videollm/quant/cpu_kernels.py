@@ -168,6 +168,13 @@ def isa(level: str | None = None) -> str:
     return "none" if lib is None else lib.lowbit_isa().decode()
 
 
+def build_id(level: str | None = None) -> str:
+    """The kernel library in use, by its file name (which holds the hash of its source, compiler and flags):
+    results checked against one build are trusted for that build only ("none": no C kernel here)."""
+    lib = _library(level)
+    return "none" if lib is None else Path(lib._name).name
+
+
 def describe() -> str:
     """One line for `videollm list` and `-v`: the level in use and what the CPU could run."""
     try:

@@ -97,7 +97,8 @@ def save_module(module: nn.Module, path: str | Path, extra: dict[str, Any] | Non
 
 # ---- only what quantization produced (the quantized-weights cache, `weights_cache`) --------------------------
 def _layer_spec(m: QuantLinear) -> dict[str, Any]:
-    return {**_spec(m), "kernel": m.requested_kernel, "compute_dtype": str(m.compute_dtype).replace("torch.", "")}
+    return {**_spec(m), "kernel": m.requested_kernel, "compute_dtype": str(m.compute_dtype).replace("torch.", ""),
+            "checked_kernel": m.kernel}
 
 
 def quantized_state(module: nn.Module, seen: set[int] | None = None
@@ -147,6 +148,7 @@ def _filled_layer(spec: dict[str, Any], tensors: dict[str, torch.Tensor], prefix
     q = QuantLinear(spec["in_features"], spec["out_features"], spec["scheme"], spec["group_size"], bias=spec["bias"],
                     kernel=spec.get("kernel", "auto"), compute_dtype=compute_dtype, device=device,
                     zero_point=spec["zero_point"])
+    q.checked_kernel = spec.get("checked_kernel")  # the kernel chosen (self-checked) when these were saved
     state = {}
     for k in _state_names(spec):
         t, want = tensors[f"{prefix}.{k}"], getattr(q, k)

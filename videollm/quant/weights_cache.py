@@ -9,8 +9,10 @@ warning restored, and neither quantization nor the probe forwards run. Only what
 stored (`io.quantized_state`), never the float parameters the model loads itself.
 
 The key holds the model's name and fingerprint, both schemes, the resolved group and head, the device and dtype
-the weights sit in, the file format, videollm's version and the CPU kernel level in use (the agreement check's
-result can depend on it): an entry is trusted only for exactly these. `VIDEOLLM_QUANT_CACHE=0` turns it off.
+the weights sit in, the file format, videollm's version and the CPU kernel level and build in use (the agreement
+check's result can depend on them): an entry is trusted only for exactly these. So each layer's kernel, chosen
+after its self-check against the reference when the entry was saved, is prepared again without repeating the
+check (`QuantLinear.checked_kernel`). `VIDEOLLM_QUANT_CACHE=0` turns it off.
 An entry that cannot be read is removed and the model quantized as on a miss.
 """
 from __future__ import annotations
@@ -63,7 +65,7 @@ def entry_key(name: str, fingerprint: str, llm: str, vision: str, group_size: in
     from .. import __version__
 
     parts = [name, fingerprint, llm, vision, group_size, head, device, dtype, io.FORMAT_VERSION, __version__,
-             cpu_kernels.isa()]
+             cpu_kernels.isa(), cpu_kernels.build_id()]
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:24]
 
 
