@@ -605,8 +605,9 @@ class MiniBackbone(Backbone):
     "training": "cannot be trained as a STORM backbone (its prompt splices soft tokens from the image "
                 "classifier and offers no all-position logits); train with a LLaVA-OneVision model, e.g. --model "
                 "tiny-random to try the trainer offline",
-    "save_quantized": "a quantized videollm-mini is not saved (--output): it quantizes in seconds at load, so "
-                      "use `videollm ask --model videollm-mini --quant int4` instead"})
+    "save_quantized": "a quantized videollm-mini is not saved (--output): its first `--quant` load keeps the "
+                      "quantized layers in the cache ($VIDEOLLM_CACHE/quantized) for later loads, so use "
+                      "`videollm ask --model videollm-mini --quant int4` instead"})
 def build_mini(device: str | torch.device | None = "auto", dtype: str | torch.dtype | None = "auto",
                tokens_per_frame: int = 3, **kwargs: Any) -> MiniBackbone:
     """Load videollm-mini from the packaged weights (first call converts the GGUF into the cache)."""
