@@ -4,8 +4,10 @@ Each run is a fresh `videollm` process (imports, load and quantization included:
 `timings` give the stages. Prints the per-run rows and the medians as a Markdown table.
     taskset -c 0 python bench/bench_mini_quant.py [--runs 5] [--variants "" "--quant int4"] [--out runs/mq.json]
 
-`--weight-error` instead measures int4's weight error on mini's real weights against their Q4_1 source grid
-(|float − dequantized| in units of each block's step d, at groups 32 and 128, and bfloat16 casting for scale).
+`--load [QUANT ...]` instead times the model load alone (fresh processes, alternating; the quantized-weights
+cache is used as `ask` uses it). `--weight-error` instead measures int4's weight error on mini's real weights
+against their Q4_1 source grid (|float − dequantized| in units of each block's step d, at groups 32 and 128, and
+bfloat16 casting for scale).
 """
 from __future__ import annotations
 
@@ -80,6 +82,33 @@ def weight_error() -> dict:
             **{f"max_err_over_d_{k}": v for k, v in peaks.items()}}
 
 
+#: one fresh process: the model cache's load of videollm-mini, quantization (or the quantized-weights cache) included
+LOAD_SCRIPT = """
+import json, sys, time
+from videollm.models import get_model
+t = time.perf_counter()
+get_model("videollm-mini", device="cpu", quant=sys.argv[1])
+print(json.dumps({"load_s": time.perf_counter() - t}))
+"""
+
+
+def load_once(quant: str) -> float:
+    done = subprocess.run([sys.executable, "-c", LOAD_SCRIPT, quant], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])["load_s"]
+
+
+def load_times(runs: int, quants: list[str]) -> None:
+    """`--load`: `get_model` alone, alternating, each in a fresh process ("int4+none" is `ask --quant int4`)."""
+    times: dict[str, list[float]] = {q: [] for q in quants}
+    for _ in range(runs):
+        for q in quants:
+            times[q].append(load_once(q))
+            print(json.dumps({"quant": q, "load_s": times[q][-1]}), flush=True)
+    print(table(["quant", "load s (median)", "runs"],
+                [[q, statistics.median(t), " / ".join(f"{x:.2f}" for x in t)] for q, t in times.items()]))
+    print(environment())
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
@@ -89,7 +118,12 @@ def main() -> int:
     ap.add_argument("--videollm", default=str(Path(sys.executable).with_name("videollm")))
     ap.add_argument("--out", default=None)
     ap.add_argument("--weight-error", action="store_true", help="measure int4's weight error against Q4_1 instead")
+    ap.add_argument("--load", nargs="*", metavar="QUANT", default=None,
+                    help="time the model load alone for these quant settings (default: none int4+none) instead")
     args = ap.parse_args()
+    if args.load is not None:
+        load_times(args.runs, args.load or ["none", "int4+none"])
+        return 0
     if args.weight_error:
         print(json.dumps(weight_error(), indent=2))
         return 0

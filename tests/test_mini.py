@@ -733,3 +733,16 @@ def test_int4_by_default_uses_the_q4_1_grid_and_keeps_the_answers(mini):
     layers = [m for m in bb.llm.model.modules() if isinstance(m, QuantLinear)]
     assert len(layers) == 210 and {m.group for m in layers} == {32}
     assert not isinstance(bb.llm.lm_head, QuantLinear)
+
+
+@needs_weights
+def test_packaged_weights_have_a_fingerprint(mini):
+    """The quantized-weights cache keeps mini's int4 layers (`SupportsWeightsFingerprint`): the packaged files'
+    identity and the dtype they were loaded in; an instance built from other weights has none."""
+    from videollm.backbones.mini.model import MiniBackbone
+    from videollm.protocols import SupportsWeightsFingerprint
+
+    assert isinstance(mini, SupportsWeightsFingerprint)
+    assert mini.weights_fingerprint() and mini.weights_fingerprint().endswith(str(mini.dtype))
+    other = MiniBackbone(mini.llm, mini.tokenizer, mini.encoder, mini.class_names, mini.config)
+    assert other.weights_fingerprint() is None

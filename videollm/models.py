@@ -268,9 +268,10 @@ def _finish(model: object, report: LoadReport) -> None:
         from .quant import config_for, quantize_, quantize_backbone
 
         if isinstance(model, LanguageModel):  # a backbone (refused with one line if it offers no modules)
-            from .quant.agreement import quantize_checked  # small LLMs: one warning if answers change
+            from .quant.weights_cache import quantize_cached  # small LLMs: one warning if answers change
 
-            checked = quantize_checked(model, llm, vision, report.group_size, head=report.head)
+            # quantize_checked, or its saved result for a model that fingerprints its float weights
+            checked = quantize_cached(model, report.name, llm, vision, report.group_size, head=report.head)
             report.quantization = checked.quantization
             report.warnings += [checked.warning] if checked.warning else []
         elif isinstance(model, SupportsQuantization):  # a compressor's own modules, a second model's parts

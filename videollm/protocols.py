@@ -243,6 +243,15 @@ class SupportsQuantPreference(Protocol):
 
 
 @runtime_checkable
+class SupportsWeightsFingerprint(Protocol):
+    """Optional: a stable identity of the float weights this instance loaded (files, sizes, modification times;
+    None when unknown), so its quantized layers can be saved once and reused by later processes
+    (`quant.weights_cache`). Two loads with equal fingerprints must hold the same float weights."""
+
+    def weights_fingerprint(self) -> str | None: ...
+
+
+@runtime_checkable
 class HasCausalLM(Protocol):
     """Optional: the transformers causal LM whose `get_output_embeddings()` / `get_input_embeddings()` are the
     LM head and embeddings, quantized with `--quant` too. Backbones that read the embedding table's weights
@@ -390,5 +399,6 @@ __all__ = ["AnswerStyle", "DEFAULT_ANSWER_STYLE", "DEFAULT_QUANT_PREFERENCE", "F
            "SupportsBatchLogits", "SupportsChoiceScoring", "SupportsDedupFeatures", "SupportsLowResTokens",
            "SupportsOptionSupport", "SupportsProjectorSwap", "SupportsQuantPreference", "SupportsQuantization",
            "SupportsReasoningPreset", "SupportsSequenceLogits", "SupportsStaticDecode", "SupportsTemporalPatch",
-           "SupportsVideoGeometry", "Tokenizer", "TrainableVideoLanguageModel", "VideoLanguageModel", "VisionTower",
+           "SupportsVideoGeometry", "SupportsWeightsFingerprint", "Tokenizer", "TrainableVideoLanguageModel",
+           "VideoLanguageModel", "VisionTower",
            "answer_style", "quant_preference", "quant_role", "reasoning_preset", "require", "temporal_patch"]

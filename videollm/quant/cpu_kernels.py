@@ -47,12 +47,15 @@ FLAGS = ("-O3", "-ffast-math", "-fPIC", "-shared", "-std=c99", "-Wno-psabi")
 #: after the source: with -ffast-math GCC vectorises expf through glibc's libmvec
 LIBS = ("-lm",)
 
-def _cache_dir() -> Path:
+def cache_base() -> Path:
+    """videollm's cache root: `$VIDEOLLM_CACHE`, else `$XDG_CACHE_HOME/videollm`, else `~/.cache/videollm`."""
     if os.environ.get("VIDEOLLM_CACHE"):
-        base = Path(os.environ["VIDEOLLM_CACHE"]).expanduser()
-    else:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "videollm"
-    return base / "kernels"
+        return Path(os.environ["VIDEOLLM_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "videollm"
+
+
+def _cache_dir() -> Path:
+    return cache_base() / "kernels"
 
 
 def _compiler() -> str | None:
@@ -163,6 +166,13 @@ def isa(level: str | None = None) -> str:
     """The instruction-set level the kernel in use was built for ("none": no C kernel here)."""
     lib = _library(level)
     return "none" if lib is None else lib.lowbit_isa().decode()
+
+
+def build_id(level: str | None = None) -> str:
+    """The kernel library in use, by its file name (which holds the hash of its source, compiler and flags):
+    results checked against one build are trusted for that build only ("none": no C kernel here)."""
+    lib = _library(level)
+    return "none" if lib is None else Path(lib._name).name
 
 
 def describe() -> str:

@@ -95,6 +95,108 @@ def save_module(module: nn.Module, path: str | Path, extra: dict[str, Any] | Non
     return path
 
 
+# ---- only what quantization produced (the quantized-weights cache, `weights_cache`) --------------------------
+def _layer_spec(m: QuantLinear) -> dict[str, Any]:
+    return {**_spec(m), "kernel": m.requested_kernel, "compute_dtype": str(m.compute_dtype).replace("torch.", ""),
+            "checked_kernel": m.kernel}
+
+
+def quantized_state(module: nn.Module, seen: set[int] | None = None
+                    ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """What quantization produced in `module`, and nothing else: each `QuantLinear`'s portable state and each
+    quantized embedding (its own packed table when untied), with the manifest part that rebuilds them
+    (`build_quantized`). The float parameters the model loads itself stay out. Modules whose ids are in `seen`
+    (recorded under another root sharing them) are skipped; the ones recorded here are added to it."""
+    quantized_layers(module)  # refuses layers a library quantized: they have no portable state
+    seen = set() if seen is None else seen
+    layers: dict[str, Any] = {}
+    embeddings: dict[str, Any] = {}
+    tensors: dict[str, torch.Tensor] = {}
+
+    def keep(prefix: str, m: QuantLinear) -> None:
+        seen.add(id(m))
+        tensors.update({k: t.detach().contiguous().cpu() for k, t in m.state_dict(prefix=prefix + ".").items()})
+
+    for name, m in module.named_modules():
+        if id(m) in seen:
+            continue
+        if isinstance(m, QuantEmbedding):
+            seen.add(id(m))
+            entry: dict[str, Any] = {"dtype": str(m.dtype).replace("torch.", ""), "padding_idx": m.padding_idx}
+            if m.tied:
+                head = next((n for n, x in module.named_modules() if x is m.table), None)
+                if head is None:
+                    raise InvalidRequestError(f"{name} is tied to a head outside the module saved")
+                entry["tied_to"] = head
+            else:
+                entry["table"] = _layer_spec(m.table)
+                keep(name + ".source", m.table)
+            embeddings[name] = entry
+        elif isinstance(m, QuantLinear):
+            layers[name] = _layer_spec(m)
+            keep(name, m)
+    return {"layers": layers, "embeddings": embeddings}, tensors
+
+
+def _state_names(spec: dict[str, Any]) -> list[str]:
+    return ["qweight", "scale"] + (["zero"] if spec["zero_point"] else []) + (["bias"] if spec["bias"] else [])
+
+
+def _filled_layer(spec: dict[str, Any], tensors: dict[str, torch.Tensor], prefix: str,
+                  device: torch.device) -> QuantLinear:
+    compute_dtype = getattr(torch, spec.get("compute_dtype", "bfloat16"))
+    q = QuantLinear(spec["in_features"], spec["out_features"], spec["scheme"], spec["group_size"], bias=spec["bias"],
+                    kernel=spec.get("kernel", "auto"), compute_dtype=compute_dtype, device=device,
+                    zero_point=spec["zero_point"])
+    q.checked_kernel = spec.get("checked_kernel")  # the kernel chosen (self-checked) when these were saved
+    state = {}
+    for k in _state_names(spec):
+        t, want = tensors[f"{prefix}.{k}"], getattr(q, k)
+        if tuple(t.shape) != tuple(want.shape) or t.dtype != want.dtype:
+            raise ValueError(f"{prefix}.{k}: {tuple(t.shape)} {t.dtype}, expected {tuple(want.shape)} {want.dtype}")
+        state[k] = t
+    q.load_state_dict(state, strict=True)  # derives the kernel layout, as quantizing does
+    return q
+
+
+def build_quantized(module: nn.Module, part: dict[str, Any], tensors: dict[str, torch.Tensor]
+                    ) -> dict[str, nn.Module]:
+    """The quantized layers `quantized_state` recorded, rebuilt and loaded but not yet in `module` (name → new
+    module), so an entry that does not fit (a layer missing, another shape, a tensor absent) raises before
+    `module` is touched. Each one must replace an `nn.Linear` / `nn.Embedding` of the same shape."""
+    dev = next(module.parameters()).device
+    new: dict[str, nn.Module] = {}
+    for name, spec in part["layers"].items():
+        old = module.get_submodule(name)
+        if not isinstance(old, nn.Linear) or (old.in_features, old.out_features) != (spec["in_features"],
+                                                                                       spec["out_features"]):
+            raise ValueError(f"{name} is not a {spec['out_features']}x{spec['in_features']} linear layer here")
+        new[name] = _filled_layer(spec, tensors, name, dev)
+    for name, spec in part["embeddings"].items():
+        old = module.get_submodule(name)
+        if not isinstance(old, nn.Embedding):
+            raise ValueError(f"{name} is not an embedding here")
+        dtype = getattr(torch, spec["dtype"])
+        if "tied_to" in spec:
+            head = new.get(spec["tied_to"])
+            if not isinstance(head, QuantLinear):
+                raise ValueError(f"{name} is tied to {spec['tied_to']}, which is not among the quantized layers")
+            emb = QuantEmbedding(head, tied=True, dtype=dtype, padding_idx=spec["padding_idx"])
+        else:
+            emb = QuantEmbedding(_filled_layer(spec["table"], tensors, name + ".source", dev), tied=False, dtype=dtype,
+                                 padding_idx=spec["padding_idx"])
+        if (emb.num_embeddings, emb.embedding_dim) != (old.num_embeddings, old.embedding_dim):
+            raise ValueError(f"{name}: {emb.num_embeddings}x{emb.embedding_dim} does not fit this embedding")
+        new[name] = emb
+    return new
+
+
+def swap_in(module: nn.Module, new: dict[str, nn.Module]) -> None:
+    """Put `build_quantized`'s layers into `module`."""
+    for name, m in new.items():
+        _set_child(module, name, m)
+
+
 def read_manifest(path: str | Path) -> dict[str, Any]:
     f = Path(path) / MANIFEST
     if not f.is_file():

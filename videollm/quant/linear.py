@@ -68,6 +68,9 @@ class QuantLinear(nn.Module):
         self.register_buffer("zero", torch.zeros(out_features, n_groups, dtype=torch.bfloat16, device=device)
                              if zero_point else None)
         self.register_buffer("bias", torch.zeros(out_features, device=device) if bias else None)
+        #: a kernel whose self-check these exact weights already passed with this kernel build (the quantized-
+        #: weights cache replays the choice made when they were saved); taken once, at the next `set_packed`
+        self.checked_kernel: str | None = None
         self._kweight: torch.Tensor | None = None  # kernel layout (int4, int3, ternary), replaces qweight in memory
         self._kscale: torch.Tensor | None = None
         self._lowbit: cpu_kernels.LowBitGemv | None = None
@@ -120,6 +123,9 @@ class QuantLinear(nn.Module):
         want = self.requested_kernel
         if want == "dequant" or self.qweight.device.type != "cpu":
             return
+        checked, self.checked_kernel = self.checked_kernel, None
+        if checked is not None and self._replay(checked):
+            return
         if self.scheme == "int8":
             if want != "int8_cpu" and cpu_kernels.int8_path():  # ~2x faster a layer at batch 1 (bench/RESULTS.md)
                 self._try("lowbit", self._prepare_lowbit)
@@ -135,6 +141,26 @@ class QuantLinear(nn.Module):
             self._try("int4_cpu", self._prepare_int4)
         if self.kernel == "dequant" and self.scheme not in ("int8", "int3"):
             self._try("lut", self._prepare_lut)
+
+    def _replay(self, name: str) -> bool:
+        """Prepare kernel `name` without the self-check, which these weights passed with this kernel build when
+        they were quantized (`quant.weights_cache`: the build is part of its key); False when it cannot."""
+        fits = {"lowbit": True, "int4_cpu": self.scheme == "int4" and self.group in _INT4_GROUPS,
+                "int8_cpu": self.scheme == "int8", "lut": self.scheme not in ("int8", "int3"), "dequant": True}
+        if not fits.get(name, False):  # a name this layer's own selection could not have chosen
+            return False
+        if name == "dequant":
+            return True
+        prepare = {"lowbit": self._prepare_lowbit, "int4_cpu": self._prepare_int4, "int8_cpu": self._prepare_int8,
+                   "lut": self._prepare_lut}[name]
+        try:
+            prepare()
+        except (NotImplementedError, RuntimeError) as err:
+            logger.debug("%s kernel not replayed for %dx%d: %s", name, self.out_features, self.in_features, err)
+            self._fall_back()
+            return False
+        self.kernel = name
+        return True
 
     def _prepare_lowbit(self) -> None:
         """The C kernel reads our packed rows when groups start on byte boundaries; ternary is re-packed as

@@ -92,6 +92,14 @@ def converted_dir(src: Path | None = None) -> Path:
     return cache_root() / "mini" / f"smollm2-135m-instruct-{_fingerprint(src)}"
 
 
+def weights_fingerprint(converted: Path) -> str:
+    """The float weights a load reads: the converted safetensors copy and the encoder's .pth, each by path, size
+    and modification time (a re-conversion or another package version is another fingerprint)."""
+    files = [converted / "model.safetensors", encoder_weights_path()]
+    stats = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    return hashlib.sha1(json.dumps([CACHE_FORMAT, stats]).encode()).hexdigest()[:16]
+
+
 # ---- GGUF → Llama state dict ---------------------------------------------------------------------------
 def unpermute_rotary(w: np.ndarray, n_head: int) -> np.ndarray:
     """Undo llama.cpp's q/k row permutation (it interleaves the two rotary halves of every head)."""

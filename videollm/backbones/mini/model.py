@@ -107,8 +107,9 @@ class MiniBackbone(Backbone):
     text_tokens_per_frame = 24  # "- 12.3-14.5s: <class names>" per run of frames, at worst one run per frame
 
     def __init__(self, llm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, encoder: torch.nn.Module,
-                 class_names: list[str], config: MiniConfig | None = None):
+                 class_names: list[str], config: MiniConfig | None = None, weights_source: str | None = None):
         self.config = config or MiniConfig()
+        self.weights_source = weights_source  # the float weights' fingerprint, when loaded from the packaged files
         if self.config.tokens_per_frame < 1:
             raise ValueError("tokens_per_frame must be >= 1")
         self.llm = llm.eval()
@@ -324,6 +325,11 @@ class MiniBackbone(Backbone):
         """SmolLM2's decoder layers (embeddings and the tied head stay float) and the EfficientNet encoder
         (`SupportsQuantization`; its linear layer is the ImageNet classifier the soft tokens come from)."""
         return {"llm": self.llm.model, "vision": self.encoder}
+
+    def weights_fingerprint(self) -> str | None:
+        """`SupportsWeightsFingerprint`: the packaged weights' converted files (`assets.weights_fingerprint`) and
+        the dtype they were loaded in; None for an instance built from other weights (never cached)."""
+        return None if self.weights_source is None else f"{self.weights_source}:{self.dtype}"
 
     #: input columns per block of the packaged GGUF's linear weights (Q4_1: value = d·q + m, q in 0..15)
     SOURCE_BLOCK = 32
@@ -599,8 +605,9 @@ class MiniBackbone(Backbone):
     "training": "cannot be trained as a STORM backbone (its prompt splices soft tokens from the image "
                 "classifier and offers no all-position logits); train with a LLaVA-OneVision model, e.g. --model "
                 "tiny-random to try the trainer offline",
-    "save_quantized": "a quantized videollm-mini is not saved (--output): it quantizes in seconds at load, so "
-                      "use `videollm ask --model videollm-mini --quant int4` instead"})
+    "save_quantized": "a quantized videollm-mini is not saved (--output): its first `--quant` load keeps the "
+                      "quantized layers in the cache ($VIDEOLLM_CACHE/quantized) for later loads, so use "
+                      "`videollm ask --model videollm-mini --quant int4` instead"})
 def build_mini(device: str | torch.device | None = "auto", dtype: str | torch.dtype | None = "auto",
                tokens_per_frame: int = 3, **kwargs: Any) -> MiniBackbone:
     """Load videollm-mini from the packaged weights (first call converts the GGUF into the cache)."""
@@ -612,4 +619,5 @@ def build_mini(device: str | torch.device | None = "auto", dtype: str | torch.dt
     path = mini_assets.ensure_converted()
     llm, tokenizer = mini_assets.load_llm(path, dt, dev)
     encoder = mini_assets.load_encoder(torch.float32, dev)
-    return MiniBackbone(llm, tokenizer, encoder, mini_bridge.imagenet_names(), cfg)
+    return MiniBackbone(llm, tokenizer, encoder, mini_bridge.imagenet_names(), cfg,
+                        weights_source=mini_assets.weights_fingerprint(path))
