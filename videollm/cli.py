@@ -237,6 +237,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
         local = fetch(video)  # http(s):// or data: into a private temp file, with video/remote.py's caps
     check_video_path(local)
+    from .serve.memory import keep_large_buffers
+
+    keep_large_buffers()  # a one-shot job: the vision tower's large buffers reused, not re-mapped (serve/memory.py)
     args.defer_notes = True
     cfg = pipeline_config(args)
     from .answer.choice import check_answer_format
