@@ -137,7 +137,7 @@ class _Projection:
 
     def gemvs(self) -> list[Any]:
         """The low-bit kernels of these layers in output order ([] where a layer has none)."""
-        return [k for k in self.kernels if k is not None] if self.group is not None else []
+        return list(self.kernels) if self.group is not None else []  # a group: every layer has its kernel
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.group is not None and x.device.type == "cpu":
@@ -204,8 +204,7 @@ class _FusedLayer:
     def build(cls, p: _Layer) -> _FusedLayer | None:
         from ..quant import cpu_kernels
 
-        projections = (p.qkv, p.o, p.gate_up, p.down)
-        if any(not proj.gemvs() for proj in projections) or p.o.group is None or p.down.group is None:
+        if any(proj.group is None for proj in (p.qkv, p.o, p.gate_up, p.down)):
             return None
         norms = [n[0] for n in (p.norm1, p.norm2, p.q_norm, p.k_norm) if n is not None]
         if not all(n.dtype == torch.float32 and n.device.type == "cpu" and n.is_contiguous() for n in norms):
