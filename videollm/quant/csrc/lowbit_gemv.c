@@ -284,7 +284,7 @@ typedef struct {
 
 typedef struct {
     const int8_t *xq, *xq2;  /* int8 planes of A and B (int3), or A's fine plane (8-bit weights) */
-    const float *xl, *xl2;   /* per chunk, each lane's activation scale; xl2 unused */
+    const float *xl, *xl2;   /* per chunk, each lane's activation scale (512-bit, NEON); xl2 unused */
     const float *zx;         /* per group sx·(sum of its int8 activations), zero-padded to a multiple of 16 */
     const int32_t *map, *map2; /* 256-bit and NEON builds: per vector, its first group and lane offsets */
     const float *sx;         /* per group its activation scale (the lanes' scale), zero-padded to a multiple of 16 */
@@ -992,11 +992,15 @@ static void prepare_act(const lowbit_layer *L, const float *x, int nch, int8_t *
         qx2[K] = 0;
         for (long i = 0; i < L->rb_pad; i++) xq2[i] = qx2[L->col[i]];
     }
+#if !defined(ISA_256)  /* the 256-bit builds take lane scales from sx (row_lane_scales) */
     for (int c = 0; c < nch; c++)
         for (int i = 0; i < 16; i++) {
             const int g = L->idx[c * 32 + 2 * i + 1];
             xl[c * 16 + i] = g < 63 ? sx[g] : 0.f;
         }
+#else
+    (void)xl;
+#endif
 }
 
 static int gemv_int8(const lowbit_layer *L, const float *x, float *y, int M, int nthreads) {
