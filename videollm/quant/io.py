@@ -95,6 +95,13 @@ def save_module(module: nn.Module, path: str | Path, extra: dict[str, Any] | Non
     return path
 
 
+def _empty_layer(spec: dict[str, Any], device: torch.device, **options: Any) -> QuantLinear:
+    """An unfilled `QuantLinear` of the shape and scheme a manifest entry records (`_spec`; files from before
+    zero points: symmetric)."""
+    return QuantLinear(spec["in_features"], spec["out_features"], spec["scheme"], spec["group_size"],
+                       bias=spec["bias"], device=device, zero_point=spec.get("zero_point", False), **options)
+
+
 # ---- only what quantization produced (the quantized-weights cache, `weights_cache`) --------------------------
 def _layer_spec(m: QuantLinear) -> dict[str, Any]:
     return {**_spec(m), "kernel": m.requested_kernel, "compute_dtype": str(m.compute_dtype).replace("torch.", ""),
@@ -145,9 +152,7 @@ def _state_names(spec: dict[str, Any]) -> list[str]:
 def _filled_layer(spec: dict[str, Any], tensors: dict[str, torch.Tensor], prefix: str,
                   device: torch.device) -> QuantLinear:
     compute_dtype = getattr(torch, spec.get("compute_dtype", "bfloat16"))
-    q = QuantLinear(spec["in_features"], spec["out_features"], spec["scheme"], spec["group_size"], bias=spec["bias"],
-                    kernel=spec.get("kernel", "auto"), compute_dtype=compute_dtype, device=device,
-                    zero_point=spec["zero_point"])
+    q = _empty_layer(spec, device, kernel=spec.get("kernel", "auto"), compute_dtype=compute_dtype)
     q.checked_kernel = spec.get("checked_kernel")  # the kernel chosen (self-checked) when these were saved
     state = {}
     for k in _state_names(spec):
@@ -213,9 +218,7 @@ def load_into(module: nn.Module, path: str | Path) -> nn.Module:
     manifest = read_manifest(path)
     dev = next(module.parameters()).device
     for name, spec in manifest["layers"].items():
-        _set_child(module, name, QuantLinear(spec["in_features"], spec["out_features"], spec["scheme"],
-                                             spec["group_size"], bias=spec["bias"], device=dev,
-                                             zero_point=spec.get("zero_point", False)))  # older files: symmetric
+        _set_child(module, name, _empty_layer(spec, dev))
     embeddings = manifest.get("embeddings", {})
     for name, spec in embeddings.items():
         dtype = getattr(torch, spec["dtype"])
@@ -223,10 +226,8 @@ def load_into(module: nn.Module, path: str | Path) -> nn.Module:
             emb = QuantEmbedding(module.get_submodule(spec["tied_to"]), tied=True, dtype=dtype,
                                  padding_idx=spec["padding_idx"])
         else:
-            t = spec["table"]
-            table = QuantLinear(t["in_features"], t["out_features"], t["scheme"], t["group_size"], bias=False,
-                                kernel="dequant", device=dev, zero_point=t["zero_point"])
-            emb = QuantEmbedding(table, tied=False, dtype=dtype, padding_idx=spec["padding_idx"])
+            emb = QuantEmbedding(_empty_layer(spec["table"], dev, kernel="dequant"), tied=False, dtype=dtype,
+                                 padding_idx=spec["padding_idx"])
         _set_child(module, name, emb)
     state = st.load_file(str(Path(path) / WEIGHTS), device=str(dev))
     for alias, owner in manifest.get("aliases", {}).items():
