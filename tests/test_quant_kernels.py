@@ -11,6 +11,7 @@ from torch import nn
 
 from videollm.quant import QuantLinear, cpu_kernels, packing
 from videollm.quant.embedding import QuantEmbedding
+from videollm.quant.linear import DENSE_ROWS
 from videollm.quant.paretoq import LsqQuant, SignQuant, StretchedElasticQuant, fake_quant, init_alpha, quantize_codes
 
 needs_kernel = pytest.mark.skipif(not cpu_kernels.available(), reason="no C compiler for the low-bit kernel")
@@ -69,6 +70,30 @@ def test_int8_weights_on_the_kernel_equal_their_reference(shape, rows):
     bf16 = F.linear(x.bfloat16().float(), ref.dequantize(), ref.bias)
     assert (got - exact).abs().max() < 0.1 * (bf16 - exact).abs().max()
     assert torch.equal(q.portable_qweight(), ref.portable_qweight())  # checkpoints keep the signed codes
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4", "int3", "int2", "ternary", "int1"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_prefill_weights_equal_the_reference_bit_for_bit(scheme, shape):
+    """Prefill (more than DENSE_ROWS rows) multiplies by the dequantized weight: on the AVX2-and-up builds it
+    comes from one C pass over the kernel's codes, elsewhere (and for groups that split a byte) from PyTorch's
+    unpack-and-scale. Either way it is the reference's float32 weight exactly, so prefill is unchanged."""
+    n, k, group = shape
+    torch.manual_seed(n + 7 * k)
+    lin = nn.Linear(k, n, bias=True)
+    q = QuantLinear.from_linear(lin, scheme, group, zero_point=scheme == "int4")
+    ref = QuantLinear.from_linear(lin, scheme, group, kernel="dequant", zero_point=scheme == "int4")
+    assert torch.equal(q.dequantize(), ref.dequantize())
+    x = torch.randn(DENSE_ROWS + 9, k)
+    assert torch.equal(q(x), ref.forward_reference(x))
+    if q._lowbit is None:
+        return
+    fast = q._lowbit.dequantize()
+    per = {"int8": 1, "int4": 2, "int3": 8, "int2": 4, "ternary": 4, "int1": 8}[scheme]
+    if cpu_kernels.isa() in ("avx2", "avxvnni", "avx512vnni") and q._lowbit.group % per == 0:
+        assert fast is not None and torch.equal(fast, ref.dequantize())
+    else:
+        assert fast is None
 
 
 def test_int8x2_reference_by_hand():

@@ -138,6 +138,9 @@ def _library_at(level: str) -> ctypes.CDLL | None:
     many.argtypes = [ctypes.POINTER(ctypes.POINTER(Layer)), ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
                      ctypes.c_int]
     many.restype = ctypes.c_int
+    deq = lib.lowbit_dequantize
+    deq.argtypes = [ctypes.POINTER(Layer), ctypes.c_void_p, ctypes.c_int]
+    deq.restype = ctypes.c_int
     lib.lowbit_has_int8_path.restype = ctypes.c_int
     lib.lowbit_isa.restype = ctypes.c_char_p
     return lib
@@ -257,6 +260,15 @@ def lane_groups(groups: int, gb: int, rb_pad: int) -> torch.Tensor | None:
     return idx.reshape(-1).to(torch.int16).contiguous()
 
 
+@lru_cache(maxsize=64)
+def _planar_maps(k: int, group: int, per_byte: int, groups: int
+                 ) -> tuple[torch.Tensor, int, int, torch.Tensor | None]:
+    """`row_planar_index` (int32) and `lane_groups` for one layer shape, made once and shared read-only by every
+    layer of that shape (a model has a handful of shapes and hundreds of layers)."""
+    index, gb, rb_pad = row_planar_index(k, group, per_byte, groups)
+    return index.to(torch.int32).contiguous(), gb, rb_pad, lane_groups(groups, gb, rb_pad)
+
+
 class LowBitGemv:
     """One layer's prepared call: packed bytes, bf16 scale bits and the activation permutations.
 
@@ -287,9 +299,7 @@ class LowBitGemv:
         self.bias = bias.float().contiguous() if bias is not None else None  # added by the kernel
         self.k, self.group, self.offset = in_features, group, float(offset)
         width = 1 if bits == 3 else bits  # int3 positions hold 8 codes, as 1-bit bytes do
-        index, self.gb, self.rb_pad = row_planar_index(in_features, group, 8 // width, self.groups)
-        self.index = index.to(torch.int32).contiguous()
-        self.idx = lane_groups(self.groups, self.gb, self.rb_pad)
+        self.index, self.gb, self.rb_pad, self.idx = _planar_maps(in_features, group, 8 // width, self.groups)
         # the C struct's former int3 second-plane fields: unused since int3 has its own layout (kept: ABI)
         self.index2, self.gb2, self.rb_pad2, self.hi_off, self.idx2 = None, 0, 0, 0, None
         self.int8_activations = bool(lib.lowbit_has_int8_path()) and self.idx is not None
@@ -336,6 +346,14 @@ class LowBitGemv:
         check_failed(self._fn(self.current_layer(), x.data_ptr(), y.data_ptr(), x.numel() // self.k,
                               torch.get_num_threads()))
         return y if dtype == torch.float32 else y.to(dtype)
+
+    def dequantize(self) -> torch.Tensor | None:
+        """(N, K) float32 weights, (code - offset)·scale (+ zero), equal bit for bit to
+        `paretoq.dequantize_codes` in float32, from one C pass over the codes (prefill's dense GEMMs take them);
+        None where the build has no such pass (below AVX2, groups that split a byte)."""
+        w = torch.empty(self.n, self.k, dtype=torch.float32)
+        done = _library(self.level).lowbit_dequantize(self.current_layer(), w.data_ptr(), torch.get_num_threads())
+        return w if done else None
 
     def current_layer(self) -> ctypes.pointer:
         """The C struct for this layer's tensors as they are now."""

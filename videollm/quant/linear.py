@@ -303,6 +303,10 @@ class QuantLinear(nn.Module):
 
     def dequantize(self, dtype: torch.dtype = torch.float32, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The float weight (N, K) these codes stand for (the reference path); only `rows` if given."""
+        if self._lowbit is not None and rows is None and dtype == torch.float32:  # prefill: one C pass
+            w = self._lowbit.dequantize()
+            if w is not None:
+                return w
         scale = self.scale if rows is None else self.scale[rows]
         zero = self.zero if rows is None or self.zero is None else self.zero[rows]
         if self._kweight is not None and self.scheme == "int8":  # prefill's path: two passes, as from int8 codes

@@ -1093,6 +1093,94 @@ int lowbit_gemv(const lowbit_layer *L, const float *x, float *y, int M, int nthr
     return 0;
 }
 
+/* The float weights W (N, K) float32 that a layer's codes stand for, (code - offset)·scale (+ zero), bit for bit
+ * as quant.paretoq.dequantize_codes computes them: prefill's dense GEMMs take them, and PyTorch needs five
+ * passes over the weight (unpack, convert, subtract, scale, shift) for what one pass does here, ~5x faster.
+ * Eight columns at a time where groups start on a byte (int3: on a position). The empty asm statements hold
+ * each intermediate in its register as rounded, so the compiler cannot fuse the multiply and add into an FMA
+ * or reassociate them under -ffast-math. AVX2 builds only (the x86 int8 levels); elsewhere, or for groups
+ * that split a byte, lowbit_dequantize returns 0 and the caller keeps PyTorch's path. */
+#if defined(__AVX2__)
+#define KEEP(v) __asm__("" : "+x"(v))
+static inline __attribute__((always_inline)) void dequant_row_avx2(const int bits, const lowbit_layer *L, int n,
+                                                                   float *out) {
+    const int G = L->G, K = L->K, group = L->group;
+    const uint8_t *row = L->W + (long)n * L->ldw;
+    const __m256i shifts = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(bits));
+    const __m256i mask = _mm256_set1_epi32(bits == 8 ? 255 : (1 << bits) - 1);
+    const __m256 off = _mm256_set1_ps(L->offset);
+    const __m256i sh3 = _mm256_setr_epi32(0, 3, 8, 11, 16, 19, 6, 14), m3 = _mm256_setr_epi32(7, 7, 7, 7, 7, 7, 3, 3);
+    const __m256i sh3hi = _mm256_setr_epi32(0, 0, 0, 0, 0, 0, 22, 23), m3hi = _mm256_setr_epi32(0, 0, 0, 0, 0, 0, 1, 1);
+    for (int g = 0; g < G; g++) {
+        const float s1 = bf16(L->scale[(long)n * G + g]), z1 = L->zero ? bf16(L->zero[(long)n * G + g]) : 0.f;
+        const __m256 s = _mm256_set1_ps(s1), z = _mm256_set1_ps(z1);
+        const int c_end = (g + 1) * group < K ? (g + 1) * group : K;
+        int c = g * group;
+        for (; c + 8 <= c_end; c += 8) {
+            const uint8_t *src = row + (long)c * bits / 8;
+            __m256i q;
+            if (bits == 8) {
+                q = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)src));
+            } else if (bits == 3) {  /* position c/8's three bytes; c6 and c7 take two bits from b0/b1, one from b2 */
+                uint32_t b0, b1, b2;
+                int3_bytes(row, c / 8, G * L->gb, &b0, &b1, &b2);
+                const __m256i u = _mm256_set1_epi32((int)(b0 | b1 << 8 | b2 << 16));
+                q = _mm256_or_si256(_mm256_and_si256(_mm256_srlv_epi32(u, sh3), m3),
+                                    _mm256_slli_epi32(_mm256_and_si256(_mm256_srlv_epi32(u, sh3hi), m3hi), 2));
+            } else {
+                uint32_t u = 0;
+                memcpy(&u, src, (size_t)bits);
+                q = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)u), shifts), mask);
+            }
+            __m256 v = _mm256_sub_ps(_mm256_cvtepi32_ps(q), off);
+            KEEP(v);
+            v = _mm256_mul_ps(v, s);
+            if (L->zero) {
+                KEEP(v);
+                v = _mm256_add_ps(v, z);
+            }
+            _mm256_storeu_ps(out + c, v);
+        }
+        for (; c < c_end; c++) {
+            uint32_t code;
+            if (bits == 3) {
+                uint32_t b0, b1, b2;
+                int3_bytes(row, c / 8, G * L->gb, &b0, &b1, &b2);
+                const uint32_t u = b0 | b1 << 8 | b2 << 16, p = (uint32_t)c % 8;
+                const uint32_t sh[8] = {0, 3, 8, 11, 16, 19, 6, 14};
+                code = ((u >> sh[p]) & (p < 6 ? 7u : 3u)) | (p < 6 ? 0u : ((u >> (p == 6 ? 22 : 23)) & 1u) << 2);
+            } else {
+                code = bits == 8 ? row[c] : (row[(long)c * bits / 8] >> ((c * bits) % 8)) & ((1u << bits) - 1u);
+            }
+            volatile float d = (float)code - L->offset;
+            volatile float v = d * s1;
+            if (L->zero) v = v + z1;
+            out[c] = v;
+        }
+    }
+}
+#endif
+
+int lowbit_dequantize(const lowbit_layer *L, float *w, int nthreads) {
+#if defined(__AVX2__)
+    const int N = L->N;
+    const long K = L->K;
+    if (L->group % (L->kind == 3 ? 8 : 8 / L->kind)) return 0;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int n = 0; n < N; n++) switch (L->kind) {  /* constant widths: the byte loads inline */
+        case 1: dequant_row_avx2(1, L, n, w + n * K); break;
+        case 2: dequant_row_avx2(2, L, n, w + n * K); break;
+        case 3: dequant_row_avx2(3, L, n, w + n * K); break;
+        case 4: dequant_row_avx2(4, L, n, w + n * K); break;
+        default: dequant_row_avx2(8, L, n, w + n * K); break;
+    }
+    return 1;
+#else
+    (void)L; (void)w; (void)nthreads;
+    return 0;
+#endif
+}
+
 /* Several layers that read the same activations (q/k/v, gate/up) in one call: one ctypes round trip instead
  * of one per layer. y holds the layers' outputs side by side for a single row: (1, N_0 + N_1 + ...). */
 int lowbit_gemv_many(const lowbit_layer *const *layers, int n, const float *x, float *y, int nthreads) {
