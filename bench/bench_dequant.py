@@ -14,8 +14,8 @@ import argparse
 import time
 
 import torch
-
 from common import command_line, environment, table
+
 from videollm.quant import QuantLinear
 from videollm.serve.memory import keep_large_buffers
 

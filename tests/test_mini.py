@@ -736,6 +736,54 @@ def test_int4_by_default_uses_the_q4_1_grid_and_keeps_the_answers(mini):
 
 
 @needs_weights
+def test_quantized_load_never_casts_the_layers_it_replaces(mini, tmp_path, monkeypatch):
+    """`get_model(..., quant=...)` builds mini with the decoder's linear weights still in the file's float16
+    (`defer_cast`): a cache miss casts them to float32 before quantizing (the agreement check runs the float
+    model), a cache hit replaces them without casting, and a vision-only quantization casts them all; each
+    ends with the float model's own weights and answers."""
+    from videollm.backbones.mini.model import MiniBackbone
+    from videollm.models import clear_models, get_model
+    from videollm.quant import weights_cache
+
+    monkeypatch.setattr(weights_cache, "cache_dir", lambda: tmp_path / "quantized")
+    casts: list[set[str]] = []
+    finish_cast = MiniBackbone.finish_cast
+
+    def spy(self):
+        casts.append({str(p.dtype) for m in mini_assets.decoder_linears(self.llm) for p in m.parameters()})
+        finish_cast(self)
+
+    quantized_from: list[set[str]] = []
+    quantize_checked = weights_cache.quantize_checked
+
+    def spy_quantize(backbone, *a, **k):
+        quantized_from.append({str(p.dtype) for m in mini_assets.decoder_linears(backbone.llm)
+                               for p in m.parameters()})
+        return quantize_checked(backbone, *a, **k)
+
+    monkeypatch.setattr(MiniBackbone, "finish_cast", spy)
+    monkeypatch.setattr(weights_cache, "quantize_checked", spy_quantize)
+    ids = mini.embed_text("what is in the video?").unsqueeze(0)
+    clear_models("videollm-mini")
+    try:
+        missed = get_model("videollm-mini", device="cpu", quant="int4")
+        assert quantized_from == [{"torch.float32"}] and casts[0] == {"torch.float16"}
+        want = missed.lm_forward(ids)[0]
+        clear_models("videollm-mini")
+        casts.clear()
+        hit = get_model("videollm-mini", device="cpu", quant="int4")
+        assert len(quantized_from) == 1 and casts and all(c == set() for c in casts)  # nothing left to cast
+        assert torch.equal(hit.lm_forward(ids)[0], want)
+        assert next(hit.llm.parameters()).dtype == torch.float32 and hit.llm.config.dtype == torch.float32
+        clear_models("videollm-mini")
+        vision_only = get_model("videollm-mini", device="cpu", quant="none+int4")
+        got, ref = vision_only.llm.state_dict(), mini.llm.state_dict()
+        assert got.keys() == ref.keys() and all(torch.equal(got[k], ref[k]) for k in ref)
+    finally:
+        clear_models("videollm-mini")
+
+
+@needs_weights
 def test_packaged_weights_have_a_fingerprint(mini):
     """The quantized-weights cache keeps mini's int4 layers (`SupportsWeightsFingerprint`): the packaged files'
     identity and the dtype they were loaded in; an instance built from other weights has none."""

@@ -123,7 +123,8 @@ def get_model(name: str, device: str = "auto", dtype: str = "auto", quant: str =
             return entry.model
         started = time.perf_counter()
         build_options = {k: v for k, v in options.items() if k not in LOAD_OPTIONS}
-        model = loader() if loader is not None else _build(name, device, dtype, **build_options)
+        model = (loader() if loader is not None
+                 else _build(name, device, dtype, defer_cast=str(quant) != "none", **build_options))
         report = LoadReport(name=name, device=str(device), dtype=str(dtype), quant=str(quant),
                             group_size=options.get("group_size"), head=options.get("head"),
                             cpu_int8=str(options.get("cpu_int8", "none")))
@@ -239,8 +240,9 @@ def join_quant(llm: str, vision: str) -> str:
     return "none" if llm == vision == "none" else f"{llm}+{vision}"
 
 
-def _build(name: str, device: str, dtype: str, **options: Any) -> Any:
-    """The float model: a registered loader by name or "prefix:", else a backbone."""
+def _build(name: str, device: str, dtype: str, defer_cast: bool = False, **options: Any) -> Any:
+    """The float model: a registered loader by name or "prefix:", else a backbone (`defer_cast`: it is about to
+    be quantized; see `load_backbone`)."""
     prefix = name.split(":", 1)[0] + ":" if ":" in name else None
     if name in MODEL_LOADERS:
         return MODEL_LOADERS.get(name)(name, device=device, dtype=dtype, **options)
@@ -248,7 +250,7 @@ def _build(name: str, device: str, dtype: str, **options: Any) -> Any:
         return MODEL_LOADERS.get(prefix)(name.split(":", 1)[1], device=device, dtype=dtype, **options)
     from .backbones import load_backbone
 
-    return load_backbone(name, device=device, dtype=dtype, **options)
+    return load_backbone(name, device=device, dtype=dtype, defer_cast=defer_cast, **options)
 
 
 def _finish(model: object, report: LoadReport) -> None:
@@ -279,6 +281,10 @@ def _finish(model: object, report: LoadReport) -> None:
                                                     head=report.head)
         elif isinstance(model, nn.Module) and (cfg := config_for(llm, report.group_size)) is not None:
             quantize_(model, cfg)  # a plain module: every linear layer, with the first scheme
+    from .protocols import SupportsDeferredCast
+
+    if isinstance(model, SupportsDeferredCast):  # built for quantization: what it did not replace is cast now
+        model.finish_cast()
     if report.cpu_int8 != "none":
         from .cpu_speed import apply_cpu_int8
 

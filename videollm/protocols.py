@@ -252,6 +252,16 @@ class SupportsWeightsFingerprint(Protocol):
 
 
 @runtime_checkable
+class SupportsDeferredCast(Protocol):
+    """Optional: built for quantization (`load_backbone(..., defer_cast=True)`), with the float weights that
+    quantization replaces still in their stored dtype (videollm-mini's float16 file), so a quantized load never
+    casts them; `finish_cast()` casts whatever quantization left to the model's dtype (idempotent). Until then
+    those layers must not run."""
+
+    def finish_cast(self) -> None: ...
+
+
+@runtime_checkable
 class HasCausalLM(Protocol):
     """Optional: the transformers causal LM whose `get_output_embeddings()` / `get_input_embeddings()` are the
     LM head and embeddings, quantized with `--quant` too. Backbones that read the embedding table's weights
@@ -396,7 +406,8 @@ def quant_role(key: str) -> str:
 
 __all__ = ["AnswerStyle", "DEFAULT_ANSWER_STYLE", "DEFAULT_QUANT_PREFERENCE", "FirstStep", "HasCausalLM",
            "LanguageModel", "PromptBuilder", "QuantPreference", "RelevancePrior", "SegmentMemoryEncoder",
-           "SupportsBatchLogits", "SupportsChoiceScoring", "SupportsDedupFeatures", "SupportsLowResTokens",
+           "SupportsBatchLogits", "SupportsChoiceScoring", "SupportsDedupFeatures", "SupportsDeferredCast",
+           "SupportsLowResTokens",
            "SupportsOptionSupport", "SupportsProjectorSwap", "SupportsQuantPreference", "SupportsQuantization",
            "SupportsReasoningPreset", "SupportsSequenceLogits", "SupportsStaticDecode", "SupportsTemporalPatch",
            "SupportsVideoGeometry", "SupportsWeightsFingerprint", "Tokenizer", "TrainableVideoLanguageModel",

@@ -27,11 +27,16 @@ from .presets import (
 logger = logging.getLogger(__name__)
 
 
-def load_backbone(model: str, device: str = "auto", dtype: str = "auto", **kwargs: Any) -> Backbone:
-    """Build a backbone from a preset name, a hub id or a local directory."""
+def load_backbone(model: str, device: str = "auto", dtype: str = "auto", defer_cast: bool = False,
+                  **kwargs: Any) -> Backbone:
+    """Build a backbone from a preset name, a hub id or a local directory. `defer_cast`: the model is about to
+    be quantized, so a preset that can (`Preset.defers_cast`) leaves the weights quantization replaces in their
+    stored dtype; the caller then calls its `finish_cast()` (`models.get_model` does)."""
     if model in PRESETS:
         preset = PRESETS.get(model)
         args = (preset.model_id,) if preset.model_id else ()
+        if defer_cast and preset.defers_cast:
+            kwargs["defer_cast"] = True
         if preset.model_id:
             kwargs.update(_hub_kwargs(preset.model_id, model))
         try:

@@ -21,12 +21,15 @@ class Preset:
 
     `max_context` and `lacks` are what the preset is known to be before any weights load, so a request it
     cannot serve (a budget past its context, training, saving) is refused in milliseconds: `lacks` maps a
-    capability name (see `CAPABILITIES`) to the reason the model does not have it."""
+    capability name (see `CAPABILITIES`) to the reason the model does not have it. `defers_cast`: its builder
+    takes `defer_cast=True` (asked for when the model is about to be quantized) and returns a
+    `SupportsDeferredCast` model whose quantizable float weights are still in their stored dtype."""
 
     build: Callable[..., Backbone]
     model_id: str | None = None
     max_context: int | None = None
     lacks: tuple[tuple[str, str], ...] = ()
+    defers_cast: bool = False
 
 
 #: capabilities a preset may declare it lacks: `training` (STORM's trainer: all-position logits with
@@ -53,17 +56,19 @@ _CUSTOM_TYPES = {"tempo_qwen", "cambrian_qwen", "cambrian_llama"}
 
 
 def register_preset(
-    name: str, model_id: str | None = None, *, max_context: int | None = None, lacks: dict[str, str] | None = None
+    name: str, model_id: str | None = None, *, max_context: int | None = None, lacks: dict[str, str] | None = None,
+    defers_cast: bool = False,
 ) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
     """Decorator: `@register_preset("tiny-random")` on a builder `(device=..., dtype=...) -> Backbone`, or
     `register_preset("llava-onevision-0.5b", "llava-hf/...")(Cls.from_pretrained)` for a hub checkpoint.
-    `max_context` (the LLM's positions) and `lacks` ({capability: why not}) are checked before loading."""
+    `max_context` (the LLM's positions) and `lacks` ({capability: why not}) are checked before loading;
+    `defers_cast` says the builder takes `defer_cast` (see `Preset`)."""
     unknown = set(lacks or {}) - set(CAPABILITIES)
     if unknown:
         raise ValueError(f"unknown capabilities {sorted(unknown)}; known: {CAPABILITIES}")
 
     def deco(fn: Callable[..., Backbone]) -> Callable[..., Backbone]:
-        PRESETS.register(name, Preset(fn, model_id, max_context, tuple(sorted((lacks or {}).items()))))
+        PRESETS.register(name, Preset(fn, model_id, max_context, tuple(sorted((lacks or {}).items())), defers_cast))
         return fn
     return deco
 

@@ -30,7 +30,13 @@ from typing import Any
 from torch import nn
 
 from ..errors import InvalidRequestError
-from ..protocols import HasCausalLM, LanguageModel, SupportsQuantization, SupportsWeightsFingerprint
+from ..protocols import (
+    HasCausalLM,
+    LanguageModel,
+    SupportsDeferredCast,
+    SupportsQuantization,
+    SupportsWeightsFingerprint,
+)
 from . import cpu_kernels, io
 from .agreement import Checked, quantize_checked
 from .api import BackboneQuantization, check_scheme_names, resolve_head
@@ -72,9 +78,12 @@ def entry_key(name: str, fingerprint: str, llm: str, vision: str, group_size: in
 def quantize_cached(backbone: LanguageModel, name: str, llm: str, vision: str = "none",
                     group_size: int | None = 128, head: str = "auto") -> Checked:
     """`agreement.quantize_checked`, or its saved result for the same float weights and settings. Models without
-    a fingerprint, or with the cache off, quantize as always."""
+    a fingerprint, or with the cache off, quantize as always. A `SupportsDeferredCast` model is cast before
+    quantizing (the agreement check runs it in float) and after a hit (what the entry did not replace), so on a
+    hit the replaced layers' float weights are never cast."""
     fingerprint = backbone.weights_fingerprint() if isinstance(backbone, SupportsWeightsFingerprint) else None
     if not fingerprint or not enabled() or not isinstance(backbone, SupportsQuantization):
+        _finish_cast(backbone)
         return quantize_checked(backbone, llm, vision, group_size, head=head)
     check_scheme_names(llm, vision)
     roots = _roots(backbone)
@@ -85,10 +94,17 @@ def quantize_cached(backbone: LanguageModel, name: str, llm: str, vision: str = 
     if where.is_dir():
         hit = _load(roots, where)
         if hit is not None:
+            _finish_cast(backbone)
             return hit
+    _finish_cast(backbone)
     checked = quantize_checked(backbone, llm, vision, group_size, head=head)
     _save(roots, where, checked)
     return checked
+
+
+def _finish_cast(backbone: LanguageModel) -> None:
+    if isinstance(backbone, SupportsDeferredCast):
+        backbone.finish_cast()
 
 
 def _load(roots: list[tuple[str, nn.Module]], where: Path) -> Checked | None:

@@ -209,12 +209,43 @@ def ensure_converted(src: Path | None = None) -> Path:
     return convert_gguf(src, dst)
 
 
-def load_llm(path: Path, dtype: torch.dtype, device: torch.device) -> tuple[Any, Any]:
-    """The cached LlamaForCausalLM and its tokenizer."""
+#: the dtype `convert_gguf` stores the weights in
+STORED_DTYPE = torch.float16
+
+
+def load_llm(path: Path, dtype: torch.dtype, device: torch.device, defer_linears: bool = False
+             ) -> tuple[Any, Any]:
+    """The cached LlamaForCausalLM and its tokenizer. `defer_linears`: the decoder layers' linear weights stay in
+    the file's float16 (`cast_decoder_linears` finishes), everything else is in `dtype` — a quantized load
+    replaces those layers next, so casting their 106M weights (~0.25 s, 4 bytes each) would be wasted."""
     transformers = require("transformers")
-    model = transformers.LlamaForCausalLM.from_pretrained(str(path), dtype=dtype)
+    stored = STORED_DTYPE if defer_linears else dtype
+    model = transformers.LlamaForCausalLM.from_pretrained(str(path), dtype=stored)
+    if stored != dtype:
+        deferred = {id(m) for m in decoder_linears(model)}
+        for module in model.modules():
+            if id(module) not in deferred:
+                for p in module.parameters(recurse=False):
+                    p.data = p.data.to(dtype)
+        model.config.dtype = dtype
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
     return model.to(device).eval(), tokenizer
+
+
+def decoder_linears(model: Any) -> list[torch.nn.Linear]:
+    """The decoder layers' float linear layers (q/k/v/o, gate/up/down): what `--quant` replaces."""
+    return [m for m in model.model.layers.modules() if isinstance(m, torch.nn.Linear)]
+
+
+def cast_decoder_linears(model: Any, dtype: torch.dtype) -> int:
+    """Cast the decoder's float linear weights (and biases) that are not in `dtype` yet; how many were."""
+    cast = 0
+    for m in decoder_linears(model):
+        for p in m.parameters(recurse=False):
+            if p.dtype != dtype:
+                p.data = p.data.to(dtype)
+                cast += 1
+    return cast
 
 
 def load_encoder(dtype: torch.dtype, device: torch.device) -> Any:

@@ -326,6 +326,11 @@ class MiniBackbone(Backbone):
         (`SupportsQuantization`; its linear layer is the ImageNet classifier the soft tokens come from)."""
         return {"llm": self.llm.model, "vision": self.encoder}
 
+    def finish_cast(self) -> None:
+        """`SupportsDeferredCast`: the decoder's float linear weights a quantized load did not replace, from the
+        file's float16 to the model's dtype (`build_mini(defer_cast=True)`; a no-op otherwise)."""
+        mini_assets.cast_decoder_linears(self.llm, self.dtype)
+
     def weights_fingerprint(self) -> str | None:
         """`SupportsWeightsFingerprint`: the packaged weights' converted files (`assets.weights_fingerprint`) and
         the dtype they were loaded in; None for an instance built from other weights (never cached)."""
@@ -607,17 +612,18 @@ class MiniBackbone(Backbone):
                 "tiny-random to try the trainer offline",
     "save_quantized": "a quantized videollm-mini is not saved (--output): its first `--quant` load keeps the "
                       "quantized layers in the cache ($VIDEOLLM_CACHE/quantized) for later loads, so use "
-                      "`videollm ask --model videollm-mini --quant int4` instead"})
+                      "`videollm ask --model videollm-mini --quant int4` instead"}, defers_cast=True)
 def build_mini(device: str | torch.device | None = "auto", dtype: str | torch.dtype | None = "auto",
-               tokens_per_frame: int = 3, **kwargs: Any) -> MiniBackbone:
-    """Load videollm-mini from the packaged weights (first call converts the GGUF into the cache)."""
+               tokens_per_frame: int = 3, defer_cast: bool = False, **kwargs: Any) -> MiniBackbone:
+    """Load videollm-mini from the packaged weights (first call converts the GGUF into the cache).
+    `defer_cast`: about to be quantized, so the decoder's linear weights stay float16 until `finish_cast()`."""
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     require("transformers")
     cfg = MiniConfig(tokens_per_frame=tokens_per_frame,
                      **{k: v for k, v in kwargs.items() if k in MiniConfig.__dataclass_fields__})
     path = mini_assets.ensure_converted()
-    llm, tokenizer = mini_assets.load_llm(path, dt, dev)
+    llm, tokenizer = mini_assets.load_llm(path, dt, dev, defer_linears=defer_cast)
     encoder = mini_assets.load_encoder(torch.float32, dev)
     return MiniBackbone(llm, tokenizer, encoder, mini_bridge.imagenet_names(), cfg,
                         weights_source=mini_assets.weights_fingerprint(path))
