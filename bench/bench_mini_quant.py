@@ -1,7 +1,8 @@
 """videollm-mini float vs quantized, as a user runs it: `videollm ask --sample bikes ... --json`, runs alternating.
 
-Each run is a fresh `videollm` process (imports, load and quantization included: `process_s`); the answer's
-`timings` give the stages. Prints the per-run rows and the medians as a Markdown table.
+Each run is a fresh `videollm` process (imports, load and quantization included: `process_s` wall, `cpu_s` its
+user + system CPU time); the answer's `timings` give the stages. Prints the per-run rows and the medians as a
+Markdown table.
     taskset -c 0 python bench/bench_mini_quant.py [--runs 5] [--variants "" "--quant int4"] [--out runs/mq.json]
 
 `--load [QUANT ...]` instead times the model load alone (fresh processes, alternating; the quantized-weights
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shlex
 import statistics
 import subprocess
@@ -27,12 +29,15 @@ STAGES = ("vision", "prefill", "generate", "stages_total", "wall")
 
 def run_once(videollm: str, sample: str, question: str, variant: str) -> dict:
     cmd = [videollm, "ask", "--sample", sample, question, "--model", "videollm-mini", "--json", *shlex.split(variant)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
     process_s = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     answer = json.loads(done.stdout)
     quant_warnings = [w for w in answer.get("warnings", []) if "probe prompts" in w]
-    return {"variant": variant or "float", "process_s": process_s, "text": answer["text"],
+    return {"variant": variant or "float", "process_s": process_s, "cpu_s": cpu_s, "text": answer["text"],
             "tokens": answer.get("generated_tokens"), "agreement_warning": bool(quant_warnings),
             **{k: answer.get("timings", {}).get(k) for k in STAGES}}
 
@@ -136,13 +141,14 @@ def main() -> int:
     medians = []
     for variant in args.variants:
         mine = [r for r in rows if r["variant"] == (variant or "float")]
-        med = {k: statistics.median(r[k] for r in mine) for k in (*STAGES, "process_s", "tokens")}
+        med = {k: statistics.median(r[k] for r in mine) for k in (*STAGES, "process_s", "cpu_s", "tokens")}
         texts = sorted({r["text"] for r in mine})
         medians.append([variant or "float", med["tokens"], med["vision"], med["prefill"], med["generate"],
-                        med["stages_total"], med["wall"], med["process_s"], sum(r["agreement_warning"] for r in mine),
+                        med["stages_total"], med["wall"], med["process_s"], med["cpu_s"],
+                        sum(r["agreement_warning"] for r in mine),
                         " / ".join(texts)])
     print(table(["variant", "tokens", "vision s", "prefill s", "generate s", "stages total s", "answer wall s",
-                 "process s", "agreement warnings", "answer"], medians))
+                 "process s", "process CPU s", "agreement warnings", "answer"], medians))
     print(environment())
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -29,8 +29,9 @@ DRIVER = Path(__file__).parent / "csrc" / "lowbit_main.c"
 
 
 def _case(scheme: str, shape: tuple, rows: int, level: str) -> tuple[cpu_kernels.LowBitGemv, torch.Tensor,
-                                                                       torch.Tensor, torch.Tensor]:
-    """(kernel at `level`, x, the int8-activation reference, the exact-activation reference) for one layer."""
+                                                                       torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(kernel at `level`, x, the int8-activation reference, the exact-activation reference, the reference's
+    float32 weight) for one layer."""
     n, k, group = shape
     torch.manual_seed(n * 7 + k + rows)
     lin = nn.Linear(k, n, bias=True)
@@ -51,7 +52,7 @@ def _case(scheme: str, shape: tuple, rows: int, level: str) -> tuple[cpu_kernels
     w = ref.dequantize(torch.float32)
     lanes = kern.idx is not None and rows <= cpu_kernels.INT8_MAX_ROWS
     want8 = F.linear(act(x, kern.group) if lanes else x, w, ref.bias)
-    return kern, x, want8, F.linear(x, w, ref.bias)
+    return kern, x, want8, F.linear(x, w, ref.bias), w
 
 
 def _close(got: torch.Tensor, want: torch.Tensor) -> bool:
@@ -67,7 +68,7 @@ def test_every_level_this_cpu_runs_equals_the_reference(level, scheme, shape):
     scalar: the float path on exact activations. Each is built for the level asked."""
     assert cpu_kernels.isa(level) == level
     for rows in (1, 3):
-        kern, x, want8, exact = _case(scheme, shape, rows, level)
+        kern, x, want8, exact, _ = _case(scheme, shape, rows, level)
         got = kern(x)
         if level == "scalar" or kern.idx is None:
             assert not kern.int8_activations and _close(got, exact)
@@ -83,9 +84,9 @@ def test_levels_agree_with_each_other(scheme):
     levels = [lv for lv in cpu_kernels.runnable_levels() if lv != "scalar"]
     outs = []
     for level in levels:
-        kern, x, _, _ = _case(scheme, (70, 896, 32), 1, level)
+        kern, x, _, _, _ = _case(scheme, (70, 896, 32), 1, level)
         outs.append(kern(x))
-        twin, _, _, _ = _case(scheme, (70, 896, 32), 1, level)
+        twin, _, _, _, _ = _case(scheme, (70, 896, 32), 1, level)
         group = cpu_kernels.LowBitGemvGroup([kern, twin])
         assert torch.equal(group(x), torch.cat([kern(x), twin(x)], dim=-1))
     for out in outs[1:]:
@@ -196,14 +197,22 @@ except MemoryError as err:
     assert "raised: the low-bit C kernel could not allocate" in out.stdout, out.stderr[-2000:]
 
 
-def _check_driver(prefix: list[str], exe: Path, scheme: str, want_isa: str, tmp: Path) -> None:
+def _check_driver(prefix: list[str], exe: Path, scheme: str, want_isa: str, tmp: Path,
+                  dequantizes: bool = False) -> None:
+    """Every shape at 1, 3 and more rows than the int8 path takes; prefill's dequantized weight bit-equal to the
+    reference's wherever the build has that pass (`dequantizes`: it must, for groups that start on a byte)."""
+    per = 8 if scheme == "int3" else {"int8": 1, "int4": 2, "int2": 4, "ternary": 4, "int1": 8}[scheme]
     for shape in SHAPES:
         for rows in (1, 3, cpu_kernels.INT8_MAX_ROWS + 1):
-            kern, x, want8, exact = _case(scheme, shape, rows, "scalar")  # layouts do not depend on the level
-            got, isa = _run_driver(prefix, exe, kern, x, tmp)
+            kern, x, want8, exact, w = _case(scheme, shape, rows, "scalar")  # layouts do not depend on the level
+            got, isa, dequantized = _run_driver(prefix, exe, kern, x, tmp)
             assert isa == want_isa
             lanes = kern.idx is not None and rows <= cpu_kernels.INT8_MAX_ROWS
             assert _close(got, want8 if lanes else exact), (shape, rows)
+            if dequantizes and kern.group % per == 0:
+                assert dequantized is not None, shape
+            if dequantized is not None:
+                assert torch.equal(dequantized, w), shape
 
 
 @needs_kernel
@@ -217,7 +226,7 @@ def test_avxvnni_path_with_its_dot_product_emulated(scheme, tmp_path):
     subprocess.run(["cc", "-O2", "-std=c99", "-ffast-math", "-Wno-psabi", "-mavx2", "-mfma", "-mf16c",
                     "-DLOWBIT_EMULATE_AVXVNNI", str(DRIVER), "-o", str(exe), "-lm"], check=True, capture_output=True,
                    timeout=300)
-    _check_driver([], exe, scheme, "avxvnni sdot=0", tmp_path)
+    _check_driver([], exe, scheme, "avxvnni sdot=0", tmp_path, dequantizes=True)
 
 
 def _simde_avx512() -> bool:
@@ -286,8 +295,9 @@ def _blob(t: torch.Tensor | None) -> bytes:
 
 
 def _run_driver(prefix: list[str], exe: Path, kern: cpu_kernels.LowBitGemv, x: torch.Tensor,
-                tmp: Path) -> tuple[torch.Tensor, str]:
-    """The layer and x written for `csrc/lowbit_main.c`, run as `prefix exe in out`: (its y, the level it names)."""
+                tmp: Path) -> tuple[torch.Tensor, str, torch.Tensor | None]:
+    """The layer and x written for `csrc/lowbit_main.c`, run as `prefix exe in out`: (its y, the level it names,
+    its dequantized weight or None where the build has no dequantization pass)."""
     pad = torch.zeros(16, dtype=torch.int16)
     head = struct.pack("<10i2qf", kern.bits, kern.weight.shape[1], kern.hi_off, kern.k, kern.n, kern.groups,
                        kern.group, kern.gb, kern.gb2, x.shape[0], kern.rb_pad, kern.rb_pad2, kern.offset)
@@ -299,8 +309,12 @@ def _run_driver(prefix: list[str], exe: Path, kern: cpu_kernels.LowBitGemv, x: t
     run = subprocess.run([*prefix, str(exe), str(src), str(dst)], capture_output=True, text=True, check=False,
                          timeout=120)
     assert run.returncode == 0, run.stderr
-    y = torch.frombuffer(bytearray(dst.read_bytes()), dtype=torch.float32).view(x.shape[0], kern.n)
-    return y, run.stdout.strip()
+    out = bytearray(dst.read_bytes())
+    ny = x.shape[0] * kern.n
+    y = torch.frombuffer(out[: 4 * ny], dtype=torch.float32).view(x.shape[0], kern.n)
+    done = struct.unpack("<i", out[4 * ny: 4 * ny + 4])[0]
+    w = torch.frombuffer(out[4 * ny + 4:], dtype=torch.float32).view(kern.n, kern.k) if done else None
+    return y, run.stdout.strip(), w
 
 
 @needs_kernel
@@ -311,7 +325,7 @@ def test_neon_under_qemu_equals_the_reference(variant, scheme, neon_drivers, tmp
     """The NEON build (cross-compiled, run by qemu-user) equals the int8-activation reference on every scheme
     and shape, with and without sdot; with more rows than the int8 path takes, the float path on exact ones."""
     _check_driver([QEMU, "-cpu", "max"], neon_drivers[variant], scheme, f"neon sdot={int(variant == 'sdot')}",
-                  tmp_path)
+                  tmp_path, dequantizes=True)
 
 
 @pytest.mark.skipif(CROSS_CC is None, reason="no aarch64 cross compiler (apt-get install gcc-aarch64-linux-gnu)")

@@ -75,9 +75,9 @@ def test_int8_weights_on_the_kernel_equal_their_reference(shape, rows):
 @pytest.mark.parametrize("scheme", ["int8", "int4", "int3", "int2", "ternary", "int1"])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_prefill_weights_equal_the_reference_bit_for_bit(scheme, shape):
-    """Prefill (more than DENSE_ROWS rows) multiplies by the dequantized weight: on the AVX2-and-up builds it
-    comes from one C pass over the kernel's codes, elsewhere (and for groups that split a byte) from PyTorch's
-    unpack-and-scale. Either way it is the reference's float32 weight exactly, so prefill is unchanged."""
+    """Prefill (more than DENSE_ROWS rows) multiplies by the dequantized weight: on the AVX2-and-up and NEON
+    builds it comes from one C pass over the kernel's codes, elsewhere (and for groups that split a byte) from
+    PyTorch's unpack-and-scale (NEON's pass is checked under qemu: tests/test_cpu_isa.py). Either way it is the reference's float32 weight exactly, so prefill is unchanged."""
     n, k, group = shape
     torch.manual_seed(n + 7 * k)
     lin = nn.Linear(k, n, bias=True)
@@ -90,7 +90,7 @@ def test_prefill_weights_equal_the_reference_bit_for_bit(scheme, shape):
         return
     fast = q._lowbit.dequantize()
     per = {"int8": 1, "int4": 2, "int3": 8, "int2": 4, "ternary": 4, "int1": 8}[scheme]
-    if cpu_kernels.isa() in ("avx2", "avxvnni", "avx512vnni") and q._lowbit.group % per == 0:
+    if cpu_kernels.isa() in ("avx2", "avxvnni", "avx512vnni", "neon") and q._lowbit.group % per == 0:
         assert fast is not None and torch.equal(fast, ref.dequantize())
     else:
         assert fast is None

@@ -4,7 +4,8 @@
  *   lowbit_main IN OUT   IN: blobs, each an int64 byte count then the bytes (count 0: NULL), in the order
  *                        header, W, scale, zero, col, col2, idx, idx2, bias, x; header = int32 kind, ldw, hi_off,
  *                        K, N, G, group, gb, gb2, M, then int64 rb_pad, rb_pad2, then float32 offset.
- *                        OUT: the (M, N) float32 result. Prints the build's level. Exit 1: bad input.
+ *                        OUT: the (M, N) float32 result, an int32 (1: lowbit_dequantize ran), then (if it
+ *                        did) the (N, K) float32 dequantized weights. Prints the build's level. Exit 1: bad input.
  */
 #include <stdio.h>
 
@@ -48,8 +49,13 @@ int main(int argc, char **argv) {
     const int M = v[9];
     float *y = malloc(sizeof(float) * (size_t)M * (size_t)L.N);
     if (!y || lowbit_gemv(&L, x, y, M, 1)) return 1;
+    float *w = malloc(sizeof(float) * (size_t)L.N * (size_t)L.K);
+    if (!w) return 1;
+    const int32_t done = lowbit_dequantize(&L, w, 1);
     FILE *o = fopen(argv[2], "wb");
     if (!o || fwrite(y, sizeof(float), (size_t)M * L.N, o) != (size_t)M * L.N) return 1;
+    if (fwrite(&done, sizeof done, 1, o) != 1) return 1;
+    if (done && fwrite(w, sizeof(float), (size_t)L.N * L.K, o) != (size_t)L.N * L.K) return 1;
     fclose(o);
     printf("%s sdot=%d\n", lowbit_isa(), lowbit_has_sdot());
     return 0;

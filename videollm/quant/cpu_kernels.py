@@ -350,7 +350,7 @@ class LowBitGemv:
     def dequantize(self) -> torch.Tensor | None:
         """(N, K) float32 weights, (code - offset)·scale (+ zero), equal bit for bit to
         `paretoq.dequantize_codes` in float32, from one C pass over the codes (prefill's dense GEMMs take them);
-        None where the build has no such pass (below AVX2, groups that split a byte)."""
+        None where the build has no such pass (the scalar level, groups that split a byte)."""
         w = torch.empty(self.n, self.k, dtype=torch.float32)
         done = _library(self.level).lowbit_dequantize(self.current_layer(), w.data_ptr(), torch.get_num_threads())
         return w if done else None

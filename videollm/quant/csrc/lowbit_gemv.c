@@ -1095,84 +1095,142 @@ int lowbit_gemv(const lowbit_layer *L, const float *x, float *y, int M, int nthr
 
 /* The float weights W (N, K) float32 that a layer's codes stand for, (code - offset)·scale (+ zero), bit for bit
  * as quant.paretoq.dequantize_codes computes them: prefill's dense GEMMs take them, and PyTorch needs five
- * passes over the weight (unpack, convert, subtract, scale, shift) for what one pass does here, ~5x faster.
- * Eight columns at a time where groups start on a byte (int3: on a position). The empty asm statements hold
- * each intermediate in its register as rounded, so the compiler cannot fuse the multiply and add into an FMA
- * or reassociate them under -ffast-math. AVX2 builds only (the x86 int8 levels); elsewhere, or for groups
- * that split a byte, lowbit_dequantize returns 0 and the caller keeps PyTorch's path. */
+ * passes over the weight (unpack, convert, subtract, scale, shift) for what one pass does here (2-11x faster,
+ * bench/bench_dequant.py). Eight columns a step where groups start on a byte (int3: on a position), on the
+ * 256-bit x86 levels and NEON; the empty asm statements (KEEP) hold each intermediate in its register as
+ * rounded, so the compiler cannot fuse the multiply and add into an FMA or reassociate them under
+ * -ffast-math. Elsewhere (the scalar level, the emulated AVX-512 build), or for groups that split a byte,
+ * lowbit_dequantize returns 0 and the caller keeps PyTorch's path. */
+#if defined(__AVX2__) || defined(ISA_NEON)
+#define HAVE_DEQUANT 1
+
+/* Code of column c: bits-wide codes packed from bit 0 up, or int3's position c/8 (c6, c7 take two bits from
+ * b0/b1 and one from b2) */
+static inline uint32_t code_at(const int bits, const uint8_t *row, int c, int rb) {
+    if (bits == 3) {
+        uint32_t b0, b1, b2;
+        int3_bytes(row, c / 8, rb, &b0, &b1, &b2);
+        const uint32_t u = b0 | b1 << 8 | b2 << 16, p = (uint32_t)c % 8;
+        static const uint8_t sh[8] = {0, 3, 8, 11, 16, 19, 6, 14};
+        return ((u >> sh[p]) & (p < 6 ? 7u : 3u)) | (p < 6 ? 0u : ((u >> (p == 6 ? 22 : 23)) & 1u) << 2);
+    }
+    return bits == 8 ? row[c] : (row[(long)c * bits / 8] >> ((c * bits) % 8)) & ((1u << bits) - 1u);
+}
+
+/* int3 position c/8 as one word: b0 | b1 << 8 | b2 << 16 */
+static inline uint32_t int3_word(const uint8_t *row, int c, int rb) {
+    uint32_t b0, b1, b2;
+    int3_bytes(row, c / 8, rb, &b0, &b1, &b2);
+    return b0 | b1 << 8 | b2 << 16;
+}
+
 #if defined(__AVX2__)
 #define KEEP(v) __asm__("" : "+x"(v))
-static inline __attribute__((always_inline)) void dequant_row_avx2(const int bits, const lowbit_layer *L, int n,
-                                                                   float *out) {
-    const int G = L->G, K = L->K, group = L->group;
+/* columns c..c+7 of one row */
+static inline __attribute__((always_inline)) void dequant8(const int bits, const uint8_t *row, int c, int rb,
+                                                           float off1, float s1, float z1, int has_zero, float *o) {
+    static const int32_t sh3[8] = {0, 3, 8, 11, 16, 19, 6, 14}, m3[8] = {7, 7, 7, 7, 7, 7, 3, 3};
+    static const int32_t sh3hi[8] = {0, 0, 0, 0, 0, 0, 22, 23}, m3hi[8] = {0, 0, 0, 0, 0, 0, 1, 1};
+    __m256i q;
+    if (bits == 8) {
+        q = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(row + c)));
+    } else if (bits == 3) {
+        const __m256i u = _mm256_set1_epi32((int)int3_word(row, c, rb));
+        q = _mm256_or_si256(
+            _mm256_and_si256(_mm256_srlv_epi32(u, _mm256_loadu_si256((const __m256i *)sh3)),
+                             _mm256_loadu_si256((const __m256i *)m3)),
+            _mm256_slli_epi32(_mm256_and_si256(_mm256_srlv_epi32(u, _mm256_loadu_si256((const __m256i *)sh3hi)),
+                                               _mm256_loadu_si256((const __m256i *)m3hi)), 2));
+    } else {
+        uint32_t u = 0;
+        memcpy(&u, row + (long)c * bits / 8, (size_t)bits);
+        const __m256i shifts = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(bits));
+        q = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)u), shifts), _mm256_set1_epi32((1 << bits) - 1));
+    }
+    __m256 v = _mm256_sub_ps(_mm256_cvtepi32_ps(q), _mm256_set1_ps(off1));
+    KEEP(v);
+    v = _mm256_mul_ps(v, _mm256_set1_ps(s1));
+    if (has_zero) {
+        KEEP(v);
+        v = _mm256_add_ps(v, _mm256_set1_ps(z1));
+    }
+    _mm256_storeu_ps(o, v);
+}
+#else /* ISA_NEON */
+#define KEEP(v) __asm__("" : "+w"(v))
+static inline __attribute__((always_inline)) void dequant4(uint32x4_t q, float off1, float s1, float z1,
+                                                           int has_zero, float *o) {
+    float32x4_t v = vsubq_f32(vcvtq_f32_u32(q), vdupq_n_f32(off1));
+    KEEP(v);
+    v = vmulq_f32(v, vdupq_n_f32(s1));
+    if (has_zero) {
+        KEEP(v);
+        v = vaddq_f32(v, vdupq_n_f32(z1));
+    }
+    vst1q_f32(o, v);
+}
+
+static inline __attribute__((always_inline)) void dequant8(const int bits, const uint8_t *row, int c, int rb,
+                                                           float off1, float s1, float z1, int has_zero, float *o) {
+    static const int32_t sh3[8] = {0, -3, -8, -11, -16, -19, -6, -14}, sh3hi[4] = {0, 0, -22, -23};
+    static const uint32_t m3[8] = {7, 7, 7, 7, 7, 7, 3, 3}, m3hi[4] = {0, 0, 1, 1};
+    uint32x4_t lo, hi;
+    if (bits == 8) {
+        const uint16x8_t w = vmovl_u8(vld1_u8(row + c));
+        lo = vmovl_u16(vget_low_u16(w));
+        hi = vmovl_u16(vget_high_u16(w));
+    } else if (bits == 3) {
+        const uint32x4_t u = vdupq_n_u32(int3_word(row, c, rb));
+        lo = vandq_u32(vshlq_u32(u, vld1q_s32(sh3)), vld1q_u32(m3));
+        hi = vorrq_u32(vandq_u32(vshlq_u32(u, vld1q_s32(sh3 + 4)), vld1q_u32(m3 + 4)),
+                       vshlq_n_u32(vandq_u32(vshlq_u32(u, vld1q_s32(sh3hi)), vld1q_u32(m3hi)), 2));
+    } else {
+        uint32_t u = 0;
+        memcpy(&u, row + (long)c * bits / 8, (size_t)bits);
+        const int32x4_t lane = {0, -1, -2, -3};  /* right shifts by bits * lane */
+        const int32x4_t sh = vmulq_n_s32(lane, bits), mask = vdupq_n_s32((1 << bits) - 1);
+        const uint32x4_t uv = vdupq_n_u32(u);
+        lo = vandq_u32(vshlq_u32(uv, sh), vreinterpretq_u32_s32(mask));
+        hi = vandq_u32(vshlq_u32(uv, vsubq_s32(sh, vdupq_n_s32(4 * bits))), vreinterpretq_u32_s32(mask));
+    }
+    dequant4(lo, off1, s1, z1, has_zero, o);
+    dequant4(hi, off1, s1, z1, has_zero, o + 4);
+}
+#endif
+
+static inline __attribute__((always_inline)) void dequant_row(const int bits, const lowbit_layer *L, int n,
+                                                              float *out) {
+    const int G = L->G, K = L->K, group = L->group, rb = G * L->gb, has_zero = L->zero != NULL;
     const uint8_t *row = L->W + (long)n * L->ldw;
-    const __m256i shifts = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(bits));
-    const __m256i mask = _mm256_set1_epi32(bits == 8 ? 255 : (1 << bits) - 1);
-    const __m256 off = _mm256_set1_ps(L->offset);
-    const __m256i sh3 = _mm256_setr_epi32(0, 3, 8, 11, 16, 19, 6, 14), m3 = _mm256_setr_epi32(7, 7, 7, 7, 7, 7, 3, 3);
-    const __m256i sh3hi = _mm256_setr_epi32(0, 0, 0, 0, 0, 0, 22, 23), m3hi = _mm256_setr_epi32(0, 0, 0, 0, 0, 0, 1, 1);
     for (int g = 0; g < G; g++) {
-        const float s1 = bf16(L->scale[(long)n * G + g]), z1 = L->zero ? bf16(L->zero[(long)n * G + g]) : 0.f;
-        const __m256 s = _mm256_set1_ps(s1), z = _mm256_set1_ps(z1);
+        const float s1 = bf16(L->scale[(long)n * G + g]), z1 = has_zero ? bf16(L->zero[(long)n * G + g]) : 0.f;
         const int c_end = (g + 1) * group < K ? (g + 1) * group : K;
         int c = g * group;
-        for (; c + 8 <= c_end; c += 8) {
-            const uint8_t *src = row + (long)c * bits / 8;
-            __m256i q;
-            if (bits == 8) {
-                q = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)src));
-            } else if (bits == 3) {  /* position c/8's three bytes; c6 and c7 take two bits from b0/b1, one from b2 */
-                uint32_t b0, b1, b2;
-                int3_bytes(row, c / 8, G * L->gb, &b0, &b1, &b2);
-                const __m256i u = _mm256_set1_epi32((int)(b0 | b1 << 8 | b2 << 16));
-                q = _mm256_or_si256(_mm256_and_si256(_mm256_srlv_epi32(u, sh3), m3),
-                                    _mm256_slli_epi32(_mm256_and_si256(_mm256_srlv_epi32(u, sh3hi), m3hi), 2));
-            } else {
-                uint32_t u = 0;
-                memcpy(&u, src, (size_t)bits);
-                q = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)u), shifts), mask);
-            }
-            __m256 v = _mm256_sub_ps(_mm256_cvtepi32_ps(q), off);
-            KEEP(v);
-            v = _mm256_mul_ps(v, s);
-            if (L->zero) {
-                KEEP(v);
-                v = _mm256_add_ps(v, z);
-            }
-            _mm256_storeu_ps(out + c, v);
-        }
-        for (; c < c_end; c++) {
-            uint32_t code;
-            if (bits == 3) {
-                uint32_t b0, b1, b2;
-                int3_bytes(row, c / 8, G * L->gb, &b0, &b1, &b2);
-                const uint32_t u = b0 | b1 << 8 | b2 << 16, p = (uint32_t)c % 8;
-                const uint32_t sh[8] = {0, 3, 8, 11, 16, 19, 6, 14};
-                code = ((u >> sh[p]) & (p < 6 ? 7u : 3u)) | (p < 6 ? 0u : ((u >> (p == 6 ? 22 : 23)) & 1u) << 2);
-            } else {
-                code = bits == 8 ? row[c] : (row[(long)c * bits / 8] >> ((c * bits) % 8)) & ((1u << bits) - 1u);
-            }
-            volatile float d = (float)code - L->offset;
+        for (; c + 8 <= c_end; c += 8) dequant8(bits, row, c, rb, L->offset, s1, z1, has_zero, out + c);
+        for (; c < c_end; c++) {  /* the tail: the same three roundings, one value at a time */
+            volatile float d = (float)code_at(bits, row, c, rb) - L->offset;
             volatile float v = d * s1;
-            if (L->zero) v = v + z1;
+            if (has_zero) v = v + z1;
             out[c] = v;
         }
     }
 }
+#else
+#define HAVE_DEQUANT 0
 #endif
 
 int lowbit_dequantize(const lowbit_layer *L, float *w, int nthreads) {
-#if defined(__AVX2__)
+#if HAVE_DEQUANT
     const int N = L->N;
     const long K = L->K;
     if (L->group % (L->kind == 3 ? 8 : 8 / L->kind)) return 0;
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
     for (int n = 0; n < N; n++) switch (L->kind) {  /* constant widths: the byte loads inline */
-        case 1: dequant_row_avx2(1, L, n, w + n * K); break;
-        case 2: dequant_row_avx2(2, L, n, w + n * K); break;
-        case 3: dequant_row_avx2(3, L, n, w + n * K); break;
-        case 4: dequant_row_avx2(4, L, n, w + n * K); break;
-        default: dequant_row_avx2(8, L, n, w + n * K); break;
+        case 1: dequant_row(1, L, n, w + n * K); break;
+        case 2: dequant_row(2, L, n, w + n * K); break;
+        case 3: dequant_row(3, L, n, w + n * K); break;
+        case 4: dequant_row(4, L, n, w + n * K); break;
+        default: dequant_row(8, L, n, w + n * K); break;
     }
     return 1;
 #else
