@@ -77,7 +77,8 @@ def test_int8_weights_on_the_kernel_equal_their_reference(shape, rows):
 def test_prefill_weights_equal_the_reference_bit_for_bit(scheme, shape):
     """Prefill (more than DENSE_ROWS rows) multiplies by the dequantized weight: on the AVX2-and-up and NEON
     builds it comes from one C pass over the kernel's codes, elsewhere (and for groups that split a byte) from
-    PyTorch's unpack-and-scale (NEON's pass is checked under qemu: tests/test_cpu_isa.py). Either way it is the reference's float32 weight exactly, so prefill is unchanged."""
+    PyTorch's unpack-and-scale (NEON's pass is checked under qemu: tests/test_cpu_isa.py). Either way it is
+    the reference's float32 weight exactly, so prefill is unchanged."""
     n, k, group = shape
     torch.manual_seed(n + 7 * k)
     lin = nn.Linear(k, n, bias=True)
