@@ -237,15 +237,12 @@ def decoder_linears(model: Any) -> list[torch.nn.Linear]:
     return [m for m in model.model.layers.modules() if isinstance(m, torch.nn.Linear)]
 
 
-def cast_decoder_linears(model: Any, dtype: torch.dtype) -> int:
-    """Cast the decoder's float linear weights (and biases) that are not in `dtype` yet; how many were."""
-    cast = 0
+def cast_decoder_linears(model: Any, dtype: torch.dtype) -> None:
+    """Cast the decoder's float linear weights (and biases) that are not in `dtype` yet."""
     for m in decoder_linears(model):
         for p in m.parameters(recurse=False):
             if p.dtype != dtype:
                 p.data = p.data.to(dtype)
-                cast += 1
-    return cast
 
 
 def load_encoder(dtype: torch.dtype, device: torch.device) -> Any:

@@ -1104,24 +1104,22 @@ int lowbit_gemv(const lowbit_layer *L, const float *x, float *y, int M, int nthr
 #if defined(__AVX2__) || defined(ISA_NEON)
 #define HAVE_DEQUANT 1
 
-/* Code of column c: bits-wide codes packed from bit 0 up, or int3's position c/8 (c6, c7 take two bits from
- * b0/b1 and one from b2) */
-static inline uint32_t code_at(const int bits, const uint8_t *row, int c, int rb) {
-    if (bits == 3) {
-        uint32_t b0, b1, b2;
-        int3_bytes(row, c / 8, rb, &b0, &b1, &b2);
-        const uint32_t u = b0 | b1 << 8 | b2 << 16, p = (uint32_t)c % 8;
-        static const uint8_t sh[8] = {0, 3, 8, 11, 16, 19, 6, 14};
-        return ((u >> sh[p]) & (p < 6 ? 7u : 3u)) | (p < 6 ? 0u : ((u >> (p == 6 ? 22 : 23)) & 1u) << 2);
-    }
-    return bits == 8 ? row[c] : (row[(long)c * bits / 8] >> ((c * bits) % 8)) & ((1u << bits) - 1u);
-}
-
 /* int3 position c/8 as one word: b0 | b1 << 8 | b2 << 16 */
 static inline uint32_t int3_word(const uint8_t *row, int c, int rb) {
     uint32_t b0, b1, b2;
     int3_bytes(row, c / 8, rb, &b0, &b1, &b2);
     return b0 | b1 << 8 | b2 << 16;
+}
+
+/* Code of column c: bits-wide codes packed from bit 0 up, or from int3's word (c6, c7 take two bits from b0/b1
+ * and one from b2) */
+static inline uint32_t code_at(const int bits, const uint8_t *row, int c, int rb) {
+    if (bits == 3) {
+        const uint32_t u = int3_word(row, c, rb), p = (uint32_t)c % 8;
+        static const uint8_t sh[8] = {0, 3, 8, 11, 16, 19, 6, 14};
+        return ((u >> sh[p]) & (p < 6 ? 7u : 3u)) | (p < 6 ? 0u : ((u >> (p == 6 ? 22 : 23)) & 1u) << 2);
+    }
+    return bits == 8 ? row[c] : (row[(long)c * bits / 8] >> ((c * bits) % 8)) & ((1u << bits) - 1u);
 }
 
 #if defined(__AVX2__)
