@@ -17,13 +17,16 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ..._compat import require
 from ...errors import ModelLoadError, VideoLLMError
+
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM
 
 logger = logging.getLogger(__name__)
 
@@ -232,12 +235,12 @@ def load_llm(path: Path, dtype: torch.dtype, device: torch.device, defer_linears
     return model.to(device).eval(), tokenizer
 
 
-def decoder_linears(model: Any) -> list[torch.nn.Linear]:
+def decoder_linears(model: LlamaForCausalLM) -> list[torch.nn.Linear]:
     """The decoder layers' float linear layers (q/k/v/o, gate/up/down): what `--quant` replaces."""
     return [m for m in model.model.layers.modules() if isinstance(m, torch.nn.Linear)]
 
 
-def cast_decoder_linears(model: Any, dtype: torch.dtype) -> None:
+def cast_decoder_linears(model: LlamaForCausalLM, dtype: torch.dtype) -> None:
     """Cast the decoder's float linear weights (and biases) that are not in `dtype` yet."""
     for m in decoder_linears(model):
         for p in m.parameters(recurse=False):
