@@ -39,6 +39,17 @@ def test_ask_fps_and_compressor_option(short_video, capsys):
     assert out["sampled_frames"] == 8 and out["visual_tokens"] == 8 * 4
 
 
+def test_a_warning_the_log_showed_is_not_printed_again(short_video):
+    """The quantization agreement line is logged when the model loads and travels in the answer's warnings too:
+    a user sees it once. (A fresh process, so the log writes to stderr as it does for a user.)"""
+    script = ("import sys; from videollm.quant import agreement; agreement.MIN_AGREEMENT = 1.01; "
+              "agreement.is_small = lambda backbone: True; from videollm.cli import main; sys.exit(main(sys.argv[1:]))")
+    done = subprocess.run([sys.executable, "-c", script, "ask", str(short_video), "What?", *TINY, "--quant", "int8"],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.count("probe prompts") == 1, done.stderr
+
+
 def test_human_output_goes_to_stdout_summary_to_stderr(short_video, capsys):
     assert main(["ask", str(short_video), "What?", *TINY]) == 0
     captured = capsys.readouterr()

@@ -255,7 +255,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
         opened.close()
     if not args.quiet:
         for warning in ans.warnings:
-            if warning != pipe.backbone.notice:  # the model's standing notice is for -v and --json
+            # the model's standing notice is for -v and --json; a line the log showed is not repeated
+            if warning != pipe.backbone.notice and warning not in LOGGED_WARNINGS:
                 print(f"warning: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps({**ans.to_dict(), "video": video}, ensure_ascii=False))
@@ -429,6 +430,17 @@ def one_line(err: BaseException) -> str:
     return " ".join(str(err).split("\n")).replace("\r", " ")
 
 
+#: messages the log has already shown at WARNING or above: an answer's warning equal to one is not printed again
+#: (the quantization agreement line is logged when the model loads and also travels in every Answer.warnings)
+LOGGED_WARNINGS: set[str] = set()
+
+
+def _remember_warning(record: logging.LogRecord) -> bool:
+    if record.levelno >= logging.WARNING:
+        LOGGED_WARNINGS.add(record.getMessage())
+    return True
+
+
 def configure_output(verbose: int, quiet: bool) -> None:
     """By default the user sees answers and our own one-line notices; -v adds library logs and loading bars.
 
@@ -437,6 +449,10 @@ def configure_output(verbose: int, quiet: bool) -> None:
     """
     level = logging.ERROR if quiet else [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    LOGGED_WARNINGS.clear()
+    for handler in logging.getLogger().handlers:
+        if _remember_warning not in handler.filters:
+            handler.addFilter(_remember_warning)
     if verbose == 0:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
