@@ -145,18 +145,14 @@ def quantized_state(module: nn.Module, seen: set[int] | None = None
     return {"layers": layers, "embeddings": embeddings}, tensors
 
 
-def _state_names(spec: dict[str, Any]) -> list[str]:
-    return ["qweight", "scale"] + (["zero"] if spec["zero_point"] else []) + (["bias"] if spec["bias"] else [])
-
-
 def _filled_layer(spec: dict[str, Any], tensors: dict[str, torch.Tensor], prefix: str,
                   device: torch.device) -> QuantLinear:
     compute_dtype = getattr(torch, spec.get("compute_dtype", "bfloat16"))
     q = _empty_layer(spec, device, kernel=spec.get("kernel", "auto"), compute_dtype=compute_dtype)
     q.checked_kernel = spec.get("checked_kernel")  # the kernel chosen (self-checked) when these were saved
     state = {}
-    for k in _state_names(spec):
-        t, want = tensors[f"{prefix}.{k}"], getattr(q, k)
+    for k, want in q.state_dict().items():  # the empty layer's own names: qweight, scale (, zero) (, bias)
+        t = tensors[f"{prefix}.{k}"]
         if tuple(t.shape) != tuple(want.shape) or t.dtype != want.dtype:
             raise ValueError(f"{prefix}.{k}: {tuple(t.shape)} {t.dtype}, expected {tuple(want.shape)} {want.dtype}")
         state[k] = t
