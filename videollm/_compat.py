@@ -13,6 +13,19 @@ logger = logging.getLogger(__name__)
 _TORCHVISION_PATCHED = False
 
 
+def switched_off(name: str) -> bool:
+    """Whether environment variable `name` turns an on-by-default behaviour off: 0, false, no or off (any case)."""
+    return os.environ.get(name, "").strip().lower() in ("0", "false", "no", "off")
+
+
+def cache_root() -> Path:
+    """videollm's cache root: `$VIDEOLLM_CACHE`, else `$XDG_CACHE_HOME/videollm`, else `~/.cache/videollm` (built
+    kernels, mini's converted weights and quantized layers each keep a folder under it)."""
+    if os.environ.get("VIDEOLLM_CACHE"):
+        return Path(os.environ["VIDEOLLM_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "videollm"
+
+
 def ensure_torchvision_importable() -> None:
     """Make `import torchvision` survive a CPU torch beside a CUDA torchvision wheel.
 

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from .._compat import cache_root
 from ..errors import InvalidRequestError
 from . import packing
 from .cpu_isa import ISA_ENV, LEVELS, level_flags, requested_level, runnable_levels
@@ -47,15 +48,8 @@ FLAGS = ("-O3", "-ffast-math", "-fPIC", "-shared", "-std=c99", "-Wno-psabi")
 #: after the source: with -ffast-math GCC vectorises expf through glibc's libmvec
 LIBS = ("-lm",)
 
-def cache_base() -> Path:
-    """videollm's cache root: `$VIDEOLLM_CACHE`, else `$XDG_CACHE_HOME/videollm`, else `~/.cache/videollm`."""
-    if os.environ.get("VIDEOLLM_CACHE"):
-        return Path(os.environ["VIDEOLLM_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "videollm"
-
-
 def _cache_dir() -> Path:
-    return cache_base() / "kernels"
+    return cache_root() / "kernels"
 
 
 def _compiler() -> str | None:

@@ -29,6 +29,7 @@ from typing import Any
 
 from torch import nn
 
+from .._compat import cache_root, switched_off
 from ..errors import InvalidRequestError
 from ..protocols import (
     HasCausalLM,
@@ -52,11 +53,11 @@ _MODULES = "modules."
 
 def enabled() -> bool:
     """Off with `VIDEOLLM_QUANT_CACHE=0` (or false/no/off)."""
-    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    return not switched_off(ENV)
 
 
 def cache_dir() -> Path:
-    return cpu_kernels.cache_base() / "quantized"
+    return cache_root() / "quantized"
 
 
 def _roots(backbone: SupportsQuantization) -> list[tuple[str, nn.Module]]:

@@ -25,6 +25,8 @@ import logging
 import os
 import sys
 
+from .._compat import switched_off
+
 logger = logging.getLogger(__name__)
 
 ENV = "VIDEOLLM_SERVE_ARENAS"
@@ -87,7 +89,7 @@ def keep_large_buffers(limit: int = KEEP_BYTES) -> bool:
     applied (glibc only). For one-shot CPU jobs: a long-running server keeps `cap_arenas` and `trim_heap`.
     `VIDEOLLM_KEEP_BUFFERS=0`, or glibc's own `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_` in the
     environment, leaves glibc's defaults."""
-    if os.environ.get(KEEP_ENV, "").strip().lower() in ("0", "off", "no", "false"):
+    if switched_off(KEEP_ENV):
         return False
     if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
         return False

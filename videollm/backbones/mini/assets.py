@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..._compat import require
+from ..._compat import cache_root, require
 from ...errors import ModelLoadError, VideoLLMError
 
 if TYPE_CHECKING:
@@ -75,14 +75,6 @@ def gguf_path() -> Path:
 
 def encoder_weights_path() -> Path:
     return _package_file(ENCODER_MODULE, ENCODER_FILE, ENCODER_PACKAGE)
-
-
-def cache_root() -> Path:
-    """`$VIDEOLLM_CACHE`, else `$XDG_CACHE_HOME/videollm`, else `~/.cache/videollm`."""
-    if os.environ.get("VIDEOLLM_CACHE"):
-        return Path(os.environ["VIDEOLLM_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "videollm"
 
 
 def _fingerprint(path: Path) -> str:
